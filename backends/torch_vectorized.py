@@ -1,0 +1,26 @@
+"""``torch-vectorized``: batched PyTorch tensor ops, no Python loop over B or K, no host sync."""
+
+from __future__ import annotations
+
+from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.rng import draw_uniforms
+
+from ._vectorized import verify_tensors
+
+
+class TorchVectorizedBackend(Backend):
+    name = "torch-vectorized"
+    description = "Batched PyTorch tensor ops; no loop over B or K, no host sync (CPU and GPU)."
+    capabilities = Capabilities(cuda_graphs=True, host_sync_free=True)
+
+    def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
+        greedy = inputs.mode == "greedy"
+        uniforms = inputs.uniforms
+        if uniforms is None and not greedy:
+            uniforms = draw_uniforms(
+                inputs.batch_size, inputs.num_draft, inputs.generator, inputs.device
+            )
+        token_ids, num_emitted = verify_tensors(
+            inputs.draft_token_ids, inputs.draft_probs, inputs.target_probs, uniforms, greedy
+        )
+        return VerifyOutput(token_ids, num_emitted)

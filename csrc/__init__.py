@@ -1,0 +1,1 @@
+"""CUDA C++ sources of specsample, shipped as package data (found with importlib.resources)."""

@@ -1,0 +1,1 @@
+"""Benchmark runner, result schema, tables, plots and HTML reports."""
