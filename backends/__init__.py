@@ -6,7 +6,7 @@ classes, never triton, cupy or the CUDA extension (those load inside ``is_availa
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from specsample.hookspecs import hookimpl
 

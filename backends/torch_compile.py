@@ -12,7 +12,7 @@ version does not help.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms

@@ -8,7 +8,6 @@ the yardstick the reports measure speedups against. It draws its uniforms exactl
 from __future__ import annotations
 
 import torch
-
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
 
@@ -19,7 +18,7 @@ class TorchLoopBackend(Backend):
     capabilities = Capabilities()
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
-        B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+        B, K = inputs.batch_size, inputs.num_draft
         device = inputs.device
         ids, p_all, q_all = inputs.draft_token_ids, inputs.draft_probs, inputs.target_probs
         greedy = inputs.mode == "greedy"

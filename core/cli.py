@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue  # command not shipped in this build
-        command = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        command = sub.add_parser(
+            name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."
+        )
         module.configure(command)
         command.set_defaults(_main=module.main)
     return parser

@@ -36,7 +36,11 @@ def main(args: argparse.Namespace) -> int:
                 ",".join(d.replace("float", "f").replace("bf", "bf") for d in caps.dtypes)
                 if caps
                 else "",
-                ("1" if caps.fused else (str(caps.launches_per_call) if caps.launches_per_call else "many"))
+                (
+                    "1"
+                    if caps.fused
+                    else (str(caps.launches_per_call) if caps.launches_per_call else "many")
+                )
                 if caps
                 else "",
                 info.reason if not info.available else info.description,

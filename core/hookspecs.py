@@ -10,7 +10,7 @@ third-party package exposes a module with a ``@hookimpl`` function under the ent
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -56,7 +56,9 @@ def inverse_cdf(r: torch.Tensor, u: float) -> int:
     total = cdf[-1].item()
     if total <= 0.0:
         return 0
-    idx = int(torch.searchsorted(cdf, torch.tensor([u * total], dtype=cdf.dtype), right=True).item())
+    idx = int(
+        torch.searchsorted(cdf, torch.tensor([u * total], dtype=cdf.dtype), right=True).item()
+    )
     # searchsorted(right=True) gives the first index whose cdf is > threshold; guard rounding.
     idx = min(idx, r.numel() - 1)
     while r[idx].item() == 0.0 and idx > 0:

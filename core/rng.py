@@ -38,9 +38,7 @@ def device_seed(generator: torch.Generator, device: torch.device | str) -> torch
     Under CUDA graph capture every replay draws new values, because torch registers the generator
     with the graph. Costs one small kernel launch, so backends use it only while capturing.
     """
-    seed = torch.randint(
-        0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64
-    )
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
     return torch.cat([seed, torch.zeros_like(seed)])
 
 

@@ -69,9 +69,7 @@ def validate_inputs(
     if draft_token_ids.dtype not in _ID_DTYPES:
         raise TypeError(f"draft_token_ids must be int32 or int64, got {draft_token_ids.dtype}")
     if draft_token_ids.dim() != 2:
-        raise ValueError(
-            f"draft_token_ids must be 2-D [B, K], got shape {_shape(draft_token_ids)}"
-        )
+        raise ValueError(f"draft_token_ids must be 2-D [B, K], got shape {_shape(draft_token_ids)}")
     if target_probs.dtype not in _DTYPE_NAMES:
         raise TypeError(
             f"target_probs must be float32, float16 or bfloat16, got {target_probs.dtype}"
@@ -115,7 +113,9 @@ def validate_inputs(
                 f"{_shape(target_probs)}"
             )
         if draft_probs.device != device:
-            raise ValueError(f"draft_probs is on {draft_probs.device} but target_probs is on {device}")
+            raise ValueError(
+                f"draft_probs is on {draft_probs.device} but target_probs is on {device}"
+            )
 
     if uniforms is not None:
         uniforms = _require_tensor("uniforms", uniforms)
@@ -174,7 +174,9 @@ def _check_capabilities(
     num_draft: int,
 ) -> None:
     if mode not in caps.modes:
-        raise ValueError(f"backend {backend_name!r} does not support mode={mode!r} (claims {caps.modes})")
+        raise ValueError(
+            f"backend {backend_name!r} does not support mode={mode!r} (claims {caps.modes})"
+        )
     dtype_name = _DTYPE_NAMES[dtype]
     if dtype_name not in caps.dtypes:
         raise TypeError(

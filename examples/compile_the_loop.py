@@ -1,12 +1,11 @@
 """Show why torch.compile cannot speed up the loop backend: run with TORCH_LOGS=graph_breaks.
 
-    TORCH_LOGS=graph_breaks python examples/compile_the_loop.py
+TORCH_LOGS=graph_breaks python examples/compile_the_loop.py
 """
 
 from __future__ import annotations
 
 import torch
-
 from specsample.backends.torch_loop import TorchLoopBackend
 from specsample.workloads import make_workload
 

@@ -10,7 +10,9 @@ import specsample
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "specsample", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "specsample", *args], capture_output=True, text=True
+    )
 
 
 def test_version():

@@ -44,15 +44,50 @@ def run(cmd, **kw):
 @pytest.mark.slow
 def test_wheel_install(tmp_path):
     src = source_copy(tmp_path)
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ]
+    )
     wheel = next((tmp_path / "dist").glob("specsample-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for pkg in ("specsample", "specsample/backends", "specsample/csrc", "specsample/conformance", "specsample/reports"):
+    for pkg in (
+        "specsample",
+        "specsample/backends",
+        "specsample/csrc",
+        "specsample/conformance",
+        "specsample/reports",
+    ):
         assert f"{pkg}/__init__.py" in names
     assert any("entry_points.txt" in n for n in names)
     target = tmp_path / "site"
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)])
-    out = run([sys.executable, "-c", CHECK], env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(wheel),
+        ]
+    )
+    out = run(
+        [sys.executable, "-c", CHECK],
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+    )
     path, files = out.splitlines()
     assert path.startswith(str(target))
     assert expected_csrc() <= set(files.split())
@@ -67,7 +102,9 @@ def test_editable_install(tmp_path):
     # Let the fresh venv see this environment's packages (torch, setuptools) without reinstalling.
     site = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
     Path(site, "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(src)])
+    run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(src)]
+    )
     out = run([str(py), "-c", CHECK], cwd=tmp_path)
     path, files = out.splitlines()
     assert Path(path).resolve() == (src / "core" / "__init__.py").resolve()

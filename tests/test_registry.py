@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-
 import specsample
 from specsample import registry
 
@@ -80,11 +79,16 @@ def test_cli_list_survives_a_broken_plugin(tmp_path):
     make_plugin_dist(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     run = subprocess.run(
-        [sys.executable, "-m", "specsample", "list", "--json"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "specsample", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert run.returncode == 0, run.stderr
     rows = {r["name"]: r for r in json.loads(run.stdout)}
-    assert rows["broken"]["available"] is False and "ModuleNotFoundError" in rows["broken"]["reason"]
+    assert (
+        rows["broken"]["available"] is False and "ModuleNotFoundError" in rows["broken"]["reason"]
+    )
     assert rows["good-test-backend"]["available"] is True
     text = subprocess.run(
         [sys.executable, "-m", "specsample", "list"], capture_output=True, text=True, env=env

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 import specsample
+import torch
 from specsample.rng import draw_uniforms
 from specsample.workloads import make_workload
-
 
 TORCH_BACKENDS = ["torch-loop", "torch-vectorized", "torch-compile"]
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -29,12 +27,22 @@ def test_matches_reference_token_for_token(name, device):
     backend = specsample.get_backend(name)
     for i, B, K, V in random_cases(12, seed=hash(name) % 1000):
         w = make_workload(
-            B, K, V, acceptance=["high", "low", 1.5][i % 3], with_draft_probs=i % 3 != 1, seed=i, device=device
+            B,
+            K,
+            V,
+            acceptance=["high", "low", 1.5][i % 3],
+            with_draft_probs=i % 3 != 1,
+            seed=i,
+            device=device,
         )
         u = draw_uniforms(B, K, torch.Generator(device=device).manual_seed(i), device)
         for mode in ("random", "greedy"):
-            ref = specsample.reference_verify(w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u)
-            out = backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u)
+            ref = specsample.reference_verify(
+                w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u
+            )
+            out = backend.verify(
+                w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u
+            )
             assert out.token_ids.device == w.target_probs.device
             assert torch.equal(out.num_emitted.cpu(), ref.num_emitted.cpu()), (name, mode, B, K, V)
             assert torch.equal(out.token_ids.cpu(), ref.token_ids.cpu()), (name, mode, B, K, V)
@@ -58,10 +66,14 @@ def test_inputs_are_not_modified_and_generator_reproduces(name):
     w = make_workload(5, 4, 97, acceptance="low", seed=3)
     before = [t.clone() for t in (w.draft_token_ids, w.draft_probs, w.target_probs)]
     backend = specsample.get_backend(name)
-    a = backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, generator=torch.Generator().manual_seed(7))
-    b = backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, generator=torch.Generator().manual_seed(7))
+    a = backend.verify(
+        w.draft_token_ids, w.draft_probs, w.target_probs, generator=torch.Generator().manual_seed(7)
+    )
+    b = backend.verify(
+        w.draft_token_ids, w.draft_probs, w.target_probs, generator=torch.Generator().manual_seed(7)
+    )
     assert torch.equal(a.token_ids, b.token_ids)
-    for t, t0 in zip((w.draft_token_ids, w.draft_probs, w.target_probs), before):
+    for t, t0 in zip((w.draft_token_ids, w.draft_probs, w.target_probs), before, strict=True):
         assert torch.equal(t, t0)
 
 
@@ -69,7 +81,10 @@ def test_loop_and_vectorized_consume_the_generator_alike():
     w = make_workload(16, 6, 50, acceptance="medium", seed=1)
     outs = [
         specsample.get_backend(n).verify(
-            w.draft_token_ids, w.draft_probs, w.target_probs, generator=torch.Generator().manual_seed(11)
+            w.draft_token_ids,
+            w.draft_probs,
+            w.target_probs,
+            generator=torch.Generator().manual_seed(11),
         )
         for n in TORCH_BACKENDS
     ]
@@ -118,6 +133,8 @@ def test_vectorized_never_syncs_the_host():
     torch.cuda.set_sync_debug_mode("error")
     try:
         for mode in ("random", "greedy"):
-            backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, check_finite=False)
+            backend.verify(
+                w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, check_finite=False
+            )
     finally:
         torch.cuda.set_sync_debug_mode("default")

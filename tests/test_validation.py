@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-
 import specsample
+import torch
 from specsample.validation import validate_inputs
 
 
@@ -36,9 +35,17 @@ def call(ids, p, q, **kw):
         (lambda i, p, q: (i, p[..., :5], q[..., :5]), ValueError, "must lie in [0, V=5)"),
         (lambda i, p, q: (i - 20, p, q), ValueError, "draft_token_ids must lie in [0, V=11)"),
         (lambda i, p, q: (i, p, q[..., :0]), ValueError, "V >= 1"),
-        (lambda i, p, q: (i, p, torch.where(q > 0.2, float("nan"), q)), ValueError, "target_probs contains NaN"),
+        (
+            lambda i, p, q: (i, p, torch.where(q > 0.2, float("nan"), q)),
+            ValueError,
+            "target_probs contains NaN",
+        ),
         (lambda i, p, q: (i, p, -q), ValueError, "target_probs contains negative"),
-        (lambda i, p, q: (i, p * float("inf"), q), ValueError, "draft_probs contains NaN or infinite"),
+        (
+            lambda i, p, q: (i, p * float("inf"), q),
+            ValueError,
+            "draft_probs contains NaN or infinite",
+        ),
         (lambda i, p, q: (i, -p, q), ValueError, "draft_probs contains negative"),
     ],
 )
@@ -54,8 +61,16 @@ def test_bad_input_is_named(mutate, exc, message):
     [
         ({"mode": "sample"}, ValueError, "mode must be one of"),
         ({"uniforms": torch.rand(4, 4).double()}, TypeError, "uniforms must be float32"),
-        ({"uniforms": torch.rand(4, 3)}, ValueError, "uniforms has shape (4, 3); expected [B, K+1]=(4, 4)"),
-        ({"uniforms": torch.rand(4, 4) + 1}, ValueError, "uniforms must be finite and lie in [0, 1)"),
+        (
+            {"uniforms": torch.rand(4, 3)},
+            ValueError,
+            "uniforms has shape (4, 3); expected [B, K+1]=(4, 4)",
+        ),
+        (
+            {"uniforms": torch.rand(4, 4) + 1},
+            ValueError,
+            "uniforms must be finite and lie in [0, 1)",
+        ),
         ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ],
 )
@@ -68,7 +83,9 @@ def test_bad_keyword_is_named(kwargs, exc, message):
 def test_error_message_example_from_the_style_guide():
     ids, p, q = good(B=4, K=3, V=11)
     q5 = torch.cat([q, q[:, :1]], dim=1)
-    with pytest.raises(ValueError, match=r"draft_token_ids has shape \(4, 3\) but target_probs has 5 rows"):
+    with pytest.raises(
+        ValueError, match=r"draft_token_ids has shape \(4, 3\) but target_probs has 5 rows"
+    ):
         call(ids, p, q5)
 
 
@@ -90,7 +107,9 @@ def test_generator_device_mismatch_is_named():
 def test_capabilities_are_enforced():
     from specsample.contract import Capabilities
 
-    caps = Capabilities(modes=("greedy",), dtypes=("float32",), devices=("cpu",), max_vocab=8, max_k=2)
+    caps = Capabilities(
+        modes=("greedy",), dtypes=("float32",), devices=("cpu",), max_vocab=8, max_k=2
+    )
     ids, p, q = good()
     with pytest.raises(ValueError, match="does not support mode='random'"):
         validate_inputs(ids, p, q, capabilities=caps, backend_name="x")
