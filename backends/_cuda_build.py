@@ -1,0 +1,243 @@
+"""What the two CUDA backends (``cuda-cpp`` and ``cupy``) share.
+
+- where the kernel sources are (package data of ``specsample.csrc``) and a hash of them;
+- the cheap availability checks (no build, no cupy import);
+- the just-in-time build of the torch extension (``cuda-cpp``), cached in torch's extension
+  directory, one build per (sources, GPU architecture);
+- the automatic launch configuration (a Python mirror of ``choose_config`` in
+  ``csrc/verify_torch.cu``: the CuPy backend launches the same kernels the same way);
+- a pure-Python Philox4x32-10 giving the uniforms the kernel draws, so tests can check the
+  in-kernel random numbers against the float64 reference token for token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+KERNEL_HEADER = "verify_kernel.cuh"
+TORCH_SOURCE = "verify_torch.cu"
+OP_NAME = "specsample::verify"
+OP_SCHEMA = (
+    "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
+    "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0) "
+    "-> (Tensor, Tensor)"
+)
+MAX_K = 128  # kMaxK in verify_kernel.cuh
+MAX_STEP_ROWS = 16  # kMaxStepRows
+CLUSTER_SIZES = (1, 2, 4, 8, 16)
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+def csrc_dir() -> Path:
+    """The directory holding the CUDA sources (works for regular and editable installs)."""
+    return Path(str(importlib.resources.files("specsample.csrc")))
+
+
+def source_path(name: str) -> Path:
+    path = csrc_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"specsample CUDA source {name!r} not found in {csrc_dir()} (broken installation?)"
+        )
+    return path
+
+
+def sources_hash(*names: str) -> str:
+    """SHA-256 (hex) over the named source files, in order."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+        h.update(source_path(name).read_bytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Availability (cheap: no build, no cupy import)
+# --------------------------------------------------------------------------------------------
+def torch_cuda_reason() -> str:
+    """``""`` when torch can run CUDA kernels here, else why not."""
+    import torch
+
+    if torch.version.cuda is None:
+        return "torch built without CUDA"
+    try:
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            return "no CUDA device"
+    except Exception as exc:  # a broken driver install
+        return f"no CUDA device ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def find_nvcc() -> str | None:
+    """Path of nvcc as torch's extension builder will find it (CUDA_HOME/CUDA_PATH, PATH, default)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        home = os.environ.get(var)
+        if home:
+            candidate = Path(home) / "bin" / "nvcc"
+            if candidate.is_file():
+                return str(candidate)
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.is_file() else None
+
+
+def ninja_reason() -> str:
+    if shutil.which("ninja"):
+        return ""
+    try:
+        import ninja  # noqa: F401  (the PyPI package puts the binary next to the interpreter)
+
+        return ""
+    except ImportError:
+        return "ninja not found (pip install ninja)"
+
+
+# --------------------------------------------------------------------------------------------
+# The torch extension (cuda-cpp)
+# --------------------------------------------------------------------------------------------
+_build_lock = threading.Lock()
+_built_path: str | None = None
+
+
+def device_arch() -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability()
+
+
+def arch_flags(major: int, minor: int) -> list[str]:
+    """nvcc flags for exactly this device's architecture (sm_90 on Hopper), clusters from sm_90."""
+    arch = f"{major}{minor}"
+    flags = [f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+    if major >= 9:
+        flags.append("-DSPECSAMPLE_CLUSTERS=1")
+    return flags
+
+
+def extension_name(major: int, minor: int) -> str:
+    digest = sources_hash(KERNEL_HEADER, TORCH_SOURCE)[:12]
+    return f"specsample_verify_sm{major}{minor}_{digest}"
+
+
+def build_extension(verbose: bool = False) -> str:
+    """Build (first use only) and load the torch extension; return the shared library's path.
+
+    Prints one line on stderr when it actually compiles. A compile error propagates with the
+    compiler's output (torch includes it in the RuntimeError it raises).
+    """
+    global _built_path
+    with _build_lock:
+        if _built_path is not None:
+            return _built_path
+        from torch.utils import cpp_extension
+
+        major, minor = device_arch()
+        name = extension_name(major, minor)
+        build_dir = cpp_extension._get_build_directory(name, verbose)
+        library = os.path.join(build_dir, f"{name}.so")
+        if not os.path.exists(library):
+            print(
+                f"specsample: building the CUDA extension (first use only, sm_{major}{minor})…",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            path = cpp_extension.load(
+                name=name,
+                sources=[str(source_path(TORCH_SOURCE))],
+                extra_include_paths=[str(csrc_dir())],
+                extra_cflags=["-O3", "-std=c++17"],
+                extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", *arch_flags(major, minor)],
+                build_directory=build_dir,
+                is_python_module=False,
+                verbose=verbose,
+            )
+        except Exception as exc:
+            raise RuntimeError(
+                f"specsample: building the CUDA extension {name!r} failed; the compiler's output "
+                f"is above or in the chained error:\n{exc}"
+            ) from exc
+        _built_path = str(path) if path else library
+        return _built_path
+
+
+# --------------------------------------------------------------------------------------------
+# Launch configuration (mirror of choose_config in csrc/verify_torch.cu)
+# --------------------------------------------------------------------------------------------
+def choose_config(
+    B: int, K: int, V: int, greedy: bool, num_sms: int, clusters: bool
+) -> tuple[int, int, int]:
+    """``(cluster, threads, rows_per_step)`` for a call; identical to the C++ ``choose_config``."""
+    cluster, threads, rows = 1, 512, 1
+    if clusters:
+        if B <= 16:
+            cluster = 16
+            if B > 4:
+                threads = 256
+        elif B < 128:
+            cluster = 2
+    if greedy and B <= 16:
+        rows = MAX_STEP_ROWS  # steps of 1, 2, 4, ... rows at small batch
+    return cluster, threads, rows
+
+
+def philox_increment(K: int) -> int:
+    """Generator offset consumed by one call with K drafts: 4 * ceil((K+1)/4)."""
+    return ((K + 1 + 3) // 4) * 4
+
+
+# --------------------------------------------------------------------------------------------
+# Philox4x32-10 in Python (tests; small sizes)
+# --------------------------------------------------------------------------------------------
+_M0, _M1, _W0, _W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85
+_MASK = 0xFFFFFFFF
+
+
+def philox4x32_10(counter: tuple[int, int, int, int], key: tuple[int, int]) -> tuple[int, ...]:
+    """Philox4x32 with 10 rounds (Salmon et al. 2011); Random123's known-answer vectors hold."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0 = _M0 * c0
+        p1 = _M1 * c2
+        c0, c1, c2, c3 = (
+            ((p1 >> 32) ^ c1 ^ k0) & _MASK,
+            p1 & _MASK,
+            ((p0 >> 32) ^ c3 ^ k1) & _MASK,
+            p0 & _MASK,
+        )
+        k0 = (k0 + _W0) & _MASK
+        k1 = (k1 + _W1) & _MASK
+    return c0, c1, c2, c3
+
+
+def philox_uniform(seed: int, offset: int, subsequence: int, index: int) -> float:
+    """The ``index``-th uniform of ``subsequence`` exactly as the kernel draws it."""
+    n = offset + index
+    ctr = n >> 2
+    words = philox4x32_10(
+        (ctr & _MASK, (ctr >> 32) & _MASK, subsequence & _MASK, (subsequence >> 32) & _MASK),
+        (seed & _MASK, (seed >> 32) & _MASK),
+    )
+    return (words[n & 3] >> 8) * (1.0 / 16777216.0)
+
+
+def philox_uniforms(seed: int, offset: int, batch_size: int, num_draft: int):
+    """``[B, K+1]`` float32 CPU tensor: the uniforms a call with this (seed, offset) draws."""
+    import torch
+
+    rows = [
+        [philox_uniform(seed, offset, b, i) for i in range(num_draft + 1)]
+        for b in range(batch_size)
+    ]
+    return torch.tensor(rows, dtype=torch.float32).reshape(batch_size, num_draft + 1)

@@ -1,0 +1,232 @@
+// specsample: torch binding of the fused verification kernel (backend `cuda-cpp`).
+//
+// Registers the custom op `specsample::verify` (CUDA implementation here; the fake/meta
+// implementation is registered from Python in specsample.backends.cuda_cpp), so it composes with
+// torch.compile and CUDA-graph capture:
+//
+//   specsample::verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs,
+//                      Tensor? uniforms, Generator? generator, bool greedy,
+//                      int cluster=0, int threads=0, int rows_per_step=0) -> (Tensor, Tensor)
+//
+// cluster / threads / rows_per_step = 0 pick the launch configuration automatically (see
+// choose_config); explicit values exist for tuning and for the tests, which check every variant.
+//
+// Random numbers: the generator's Philox (seed, offset) reaches the kernel through
+// at::PhiloxCudaState, so under CUDA-graph capture each replay reads the offset that torch advances
+// per replay and draws fresh numbers. Each call advances the offset by 4 * ceil((K+1)/4).
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <mutex>
+#include <optional>
+#include <tuple>
+
+#include "verify_kernel.cuh"
+
+namespace specsample {
+namespace {
+
+struct LaunchConfig {
+  int cluster;
+  int threads;
+  int rows_per_step;
+};
+
+// Automatic launch configuration. Mirrored in Python (specsample.backends._cuda_build.choose_config)
+// for the CuPy backend: keep the two identical.
+LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, bool clusters) {
+  LaunchConfig c{1, 512, 1};
+  if (clusters) {
+    // spread a request's row over up to 16 SMs while the batch alone does not fill the GPU;
+    // at larger batches pairs of blocks (clusters of 2) measured fastest on H100
+    if (B <= 16) {
+      c.cluster = 16;
+      if (B > 4) c.threads = 256;
+    } else if (B < 128) {
+      c.cluster = 2;
+    }
+  }
+  // greedy: at small batch examine 1, 2, 4, ... (up to 16) rows per step (latency: a long
+  // accepted run costs ~log2(K) cluster round trips); at larger batch strictly one row per step
+  // (bytes: stop reading at the first mismatch)
+  c.rows_per_step = (greedy && B <= 16) ? kMaxStepRows : 1;
+  (void)K;
+  (void)V;
+  (void)num_sms;
+  return c;
+}
+
+bool cluster_size_ok(int cl) { return cl == 1 || cl == 2 || cl == 4 || cl == 8 || cl == 16; }
+
+template <typename T, bool GREEDY>
+void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const void* ids,
+                  const void* p, const void* q, const float* u, int64_t* tok, int64_t* num, int64_t V,
+                  int K, int ids64, const at::PhiloxCudaState& rng) {
+  const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
+  const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
+  const int64_t* seed_ptr = rng.captured_ ? rng.seed_.ptr : nullptr;
+  const int64_t* offset_ptr = rng.captured_ ? rng.offset_.ptr : nullptr;
+  const uint64_t intragraph = rng.captured_ ? rng.offset_intragraph_ : 0;
+  const int captured = rng.captured_ ? 1 : 0;
+  const dim3 block(cfg.threads);
+#define SPECSAMPLE_ARGS                                                                             \
+  ids, p, q, u, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), (i64)V, (int)B, K, ids64, \
+      GREEDY ? 1 : 0, cfg.rows_per_step, (u64)seed, (u64)offset,                                   \
+      reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),            \
+      (u64)intragraph, captured
+  if (cfg.cluster == 1) {
+    verify_kernel<T, GREEDY><<<dim3((unsigned)B), block, 0, stream>>>(SPECSAMPLE_ARGS);
+  } else {
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+    const dim3 grid((unsigned)(B * cfg.cluster));
+    switch (cfg.cluster) {
+      case 2:
+        verify_cluster_kernel<T, 2, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        break;
+      case 4:
+        verify_cluster_kernel<T, 4, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        break;
+      case 8:
+        verify_cluster_kernel<T, 8, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        break;
+      case 16: {
+        static std::once_flag once;
+        std::call_once(once, [] {
+          C10_CUDA_CHECK(cudaFuncSetAttribute(verify_cluster_kernel<T, 16, GREEDY>,
+                                              cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        });
+        verify_cluster_kernel<T, 16, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        break;
+      }
+      default:
+        TORCH_CHECK(false, "specsample::verify: unsupported cluster size ", cfg.cluster);
+    }
+#else
+    TORCH_CHECK(false, "specsample::verify: thread-block clusters need sm_90 or newer");
+#endif
+  }
+#undef SPECSAMPLE_ARGS
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void launch_mode(bool greedy, const LaunchConfig& cfg, int64_t B, cudaStream_t stream,
+                 const void* ids, const void* p, const void* q, const float* u, int64_t* tok,
+                 int64_t* num, int64_t V, int K, int ids64, const at::PhiloxCudaState& rng) {
+  if (greedy) {
+    launch_typed<T, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  } else {
+    launch_typed<T, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids,
+                                               const std::optional<at::Tensor>& draft_probs,
+                                               const at::Tensor& target_probs,
+                                               const std::optional<at::Tensor>& uniforms,
+                                               std::optional<at::Generator> generator, bool greedy,
+                                               int64_t cluster, int64_t threads,
+                                               int64_t rows_per_step) {
+  TORCH_CHECK(target_probs.is_cuda(), "specsample::verify: target_probs must be a CUDA tensor");
+  TORCH_CHECK(target_probs.dim() == 3, "specsample::verify: target_probs must be [B, K+1, V]");
+  TORCH_CHECK(draft_token_ids.dim() == 2, "specsample::verify: draft_token_ids must be [B, K]");
+  const int64_t B = draft_token_ids.size(0), K = draft_token_ids.size(1), V = target_probs.size(2);
+  TORCH_CHECK(target_probs.size(0) == B && target_probs.size(1) == K + 1,
+              "specsample::verify: target_probs must be [B, K+1, V]");
+  TORCH_CHECK(K <= kMaxK, "specsample::verify: K=", K, " exceeds the kernel's limit ", kMaxK);
+  TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify: V must be in [1, 2^31)");
+  TORCH_CHECK(B < (int64_t(1) << 27), "specsample::verify: B too large");
+  const auto st = target_probs.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "specsample::verify: probabilities must be float32, float16 or bfloat16");
+  const auto it = draft_token_ids.scalar_type();
+  TORCH_CHECK(it == at::kInt || it == at::kLong, "specsample::verify: ids must be int32 or int64");
+  c10::cuda::CUDAGuard guard(target_probs.device());
+
+  const at::Tensor q = target_probs.contiguous();
+  const at::Tensor ids = draft_token_ids.contiguous();
+  at::Tensor p;
+  if (draft_probs.has_value() && draft_probs->defined()) {
+    p = draft_probs->contiguous();
+    TORCH_CHECK(p.scalar_type() == st && p.dim() == 3 && p.size(0) == B && p.size(1) == K &&
+                    p.size(2) == V,
+                "specsample::verify: draft_probs must be [B, K, V] with target_probs' dtype");
+  }
+  at::Tensor u;
+  if (uniforms.has_value() && uniforms->defined()) {
+    u = uniforms->contiguous();
+    TORCH_CHECK(u.scalar_type() == at::kFloat && u.dim() == 2 && u.size(0) == B && u.size(1) == K + 1,
+                "specsample::verify: uniforms must be float32 [B, K+1]");
+  }
+
+  auto opts = q.options().dtype(at::kLong);
+  at::Tensor tokens = at::empty({B, K + 1}, opts);
+  at::Tensor num = at::empty({B}, opts);
+  if (B == 0) return {tokens, num};
+
+  at::PhiloxCudaState rng;
+  if (!greedy && !u.defined()) {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    rng = gen->philox_cuda_state((uint64_t)(((K + 1 + 3) / 4) * 4));
+  }
+
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+  const bool clusters = prop->major >= 9;
+#else
+  const bool clusters = false;
+#endif
+  LaunchConfig cfg = choose_config(B, K, V, greedy, prop->multiProcessorCount, clusters);
+  if (cluster > 0) {
+    TORCH_CHECK(cluster_size_ok((int)cluster) && (cluster == 1 || clusters),
+                "specsample::verify: cluster must be 1, 2, 4, 8 or 16 (>1 needs sm_90)");
+    cfg.cluster = (int)cluster;
+  }
+  if (threads > 0) {
+    TORCH_CHECK(threads % 32 == 0 && threads <= 512, "specsample::verify: threads must be a multiple of 32, <= 512");
+    cfg.threads = (int)threads;
+  }
+  if (rows_per_step > 0) cfg.rows_per_step = (int)std::min<int64_t>(rows_per_step, kMaxStepRows);
+
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const void* pp = p.defined() ? p.data_ptr() : nullptr;
+  const float* up = u.defined() ? u.data_ptr<float>() : nullptr;
+  const int ids64 = it == at::kLong ? 1 : 0;
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  int64_t* nm = num.data_ptr<int64_t>();
+  switch (st) {
+    case at::kFloat:
+      launch_mode<float>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+                         (int)K, ids64, rng);
+      break;
+    case at::kHalf:
+      launch_mode<f16>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+                       (int)K, ids64, rng);
+      break;
+    default:
+      launch_mode<bf16>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+                        (int)K, ids64, rng);
+      break;
+  }
+  return {tokens, num};
+}
+
+}  // namespace
+}  // namespace specsample
+
+TORCH_LIBRARY(specsample, m) {
+  m.def(
+      "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
+      "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0) "
+      "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_cuda); }

@@ -1,0 +1,288 @@
+"""The ``cuda-cpp`` backend: CPU-checkable facts everywhere, the kernel itself where a GPU is."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import specsample
+import torch
+from specsample.backends import _cuda_build
+from specsample.backends.cuda_cpp import CudaCppBackend
+from specsample.workloads import make_workload
+
+HAS_CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU: sources, schema, availability, Philox
+# ------------------------------------------------------------------------------------------------
+def test_sources_ship_with_the_package():
+    d = _cuda_build.csrc_dir()
+    for name in (_cuda_build.KERNEL_HEADER, _cuda_build.TORCH_SOURCE):
+        assert (d / name).is_file(), f"{name} missing from {d}"
+    assert len(_cuda_build.sources_hash(_cuda_build.KERNEL_HEADER, _cuda_build.TORCH_SOURCE)) == 64
+
+
+def test_kernel_header_includes_nothing():
+    # NVRTC (the cupy backend) compiles it with no system headers on its include path
+    text = (_cuda_build.csrc_dir() / _cuda_build.KERNEL_HEADER).read_text()
+    assert not re.findall(r"^\s*#\s*include", text, flags=re.M)
+    assert "curand_kernel" not in text
+
+
+def _cpp_string_literal_after(text: str, marker: str) -> str:
+    start = text.index(marker) + len(marker)
+    end = text.index(");", start)
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', text[start:end]))
+
+
+def test_op_schema_matches_the_binding():
+    text = (_cuda_build.csrc_dir() / _cuda_build.TORCH_SOURCE).read_text()
+    assert _cpp_string_literal_after(text, "m.def(") == _cuda_build.OP_SCHEMA
+    assert 'm.impl("verify"' in text
+    schema = torch._C.parse_schema("specsample::" + _cuda_build.OP_SCHEMA)
+    names = [a.name for a in schema.arguments]
+    assert names[:6] == [
+        "draft_token_ids",
+        "draft_probs",
+        "target_probs",
+        "uniforms",
+        "generator",
+        "greedy",
+    ]
+    assert len(schema.returns) == 2
+
+
+def test_limits_agree_with_the_kernel():
+    text = (_cuda_build.csrc_dir() / _cuda_build.KERNEL_HEADER).read_text()
+    assert f"constexpr int kMaxK = {_cuda_build.MAX_K};" in text
+    assert f"constexpr int kMaxStepRows = {_cuda_build.MAX_STEP_ROWS};" in text
+    assert CudaCppBackend.capabilities.max_k == _cuda_build.MAX_K >= 32
+
+
+def test_capabilities():
+    caps = CudaCppBackend.capabilities
+    assert caps.devices == ("cuda",) and caps.needs_gpu and caps.fused
+    assert caps.launches_per_call == 1 and caps.cuda_graphs
+    assert set(caps.dtypes) == {"float32", "float16", "bfloat16"}
+    assert set(caps.modes) == {"random", "greedy"}
+
+
+def test_unavailable_reason_without_gpu():
+    ok, reason = CudaCppBackend.is_available()
+    if torch.version.cuda is None:
+        assert not ok and reason == "torch built without CUDA"
+    elif not HAS_CUDA:
+        assert not ok and reason == "no CUDA device"
+    info = {i.name: i for i in specsample.list_backends()}["cuda-cpp"]
+    assert info.available == ok and info.reason == ("" if ok else reason)
+
+
+def test_nvcc_missing_is_reported(monkeypatch):
+    monkeypatch.setattr(_cuda_build, "torch_cuda_reason", lambda: "")
+    monkeypatch.setattr(_cuda_build, "find_nvcc", lambda: None)
+    ok, reason = CudaCppBackend.is_available()
+    assert not ok and reason.startswith("nvcc not found")
+
+
+def test_availability_builds_nothing(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("is_available must not build")
+
+    monkeypatch.setattr(_cuda_build, "build_extension", boom)
+    CudaCppBackend.is_available()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU message")
+def test_build_command_without_gpu():
+    out = subprocess.run(
+        [sys.executable, "-m", "specsample", "build"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1
+    assert "cuda-cpp: cannot build here:" in out.stdout
+
+
+KAT = [  # Random123 tests/kat_vectors, philox4x32 10: counter, key, expected
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    (
+        (0xFFFFFFFF,) * 4,
+        (0xFFFFFFFF, 0xFFFFFFFF),
+        (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD),
+    ),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_python_philox_known_answers(counter, key, expected):
+    assert _cuda_build.philox4x32_10(counter, key) == expected
+
+
+def test_philox_stream_layout():
+    # accept draws (i < K) and the final draw (i = K) are distinct positions of one subsequence
+    u = _cuda_build.philox_uniforms(seed=5, offset=0, batch_size=3, num_draft=6)
+    assert u.shape == (3, 7) and u.dtype == torch.float32
+    assert ((u >= 0) & (u < 1)).all()
+    assert len(set(u.flatten().tolist())) == u.numel()
+    # offsets count 32-bit numbers: skipping 4 = one Philox block
+    v = _cuda_build.philox_uniforms(seed=5, offset=4, batch_size=3, num_draft=2)
+    assert torch.equal(v, u[:, 4:7])
+    assert [_cuda_build.philox_increment(k) for k in (0, 3, 4, 7, 8)] == [4, 4, 8, 8, 12]
+
+
+def test_auto_config_is_sane():
+    for B in (1, 8, 64, 256, 4096):
+        for greedy in (False, True):
+            cl, nt, rows = _cuda_build.choose_config(B, 8, 128256, greedy, 132, True)
+            assert cl in _cuda_build.CLUSTER_SIZES and nt % 32 == 0 and 1 <= rows <= 16
+            assert _cuda_build.choose_config(B, 8, 128256, greedy, 132, False)[0] == 1
+    assert _cuda_build.choose_config(1, 8, 128256, False, 132, True)[0] == 16
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: the kernel
+# ------------------------------------------------------------------------------------------------
+def _ref(w, mode, u):
+    out = specsample.reference_verify(
+        w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u, check_finite=False
+    )
+    return out.token_ids.cpu(), out.num_emitted.cpu()
+
+
+CASES = [
+    (1, 8, 128256, torch.float32, "low", True),
+    (3, 0, 1000, torch.float32, "high", True),
+    (5, 16, 997, torch.float16, "high", True),
+    (64, 4, 32000, torch.bfloat16, "low", True),
+    (8, 1, 32003, torch.float32, "low", False),
+    (2, 32, 513, torch.float32, "high", True),
+]
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,K,V,dtype,acc,with_p", CASES)
+def test_matches_reference_with_uniforms(B, K, V, dtype, acc, with_p):
+    backend = specsample.get_backend("cuda-cpp")
+    w = make_workload(
+        B, K, V, dtype=dtype, device="cuda", acceptance=acc, with_draft_probs=with_p, seed=B + K
+    )
+    u = torch.rand((B, K + 1), device="cuda", generator=torch.Generator("cuda").manual_seed(V))
+    for mode in ("random", "greedy"):
+        out = backend.verify(
+            w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u
+        )
+        want = _ref(w, mode, u)
+        assert torch.equal(out.token_ids.cpu(), want[0]), mode
+        assert torch.equal(out.num_emitted.cpu(), want[1]), mode
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,K,V,dtype,acc,with_p", CASES[:4])
+def test_in_kernel_philox_matches_python_stream(B, K, V, dtype, acc, with_p):
+    backend = specsample.get_backend("cuda-cpp")
+    w = make_workload(
+        B, K, V, dtype=dtype, device="cuda", acceptance=acc, with_draft_probs=with_p, seed=3
+    )
+    g = torch.Generator("cuda").manual_seed(2024)
+    seed, offset = g.initial_seed(), g.get_offset()
+    out = backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, generator=g)
+    assert g.get_offset() - offset == _cuda_build.philox_increment(K)
+    want = _ref(w, "random", _cuda_build.philox_uniforms(seed, offset, B, K).cuda())
+    assert torch.equal(out.token_ids.cpu(), want[0])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("cluster", [1, 2, 4, 8, 16])
+def test_every_cluster_size(cluster):
+    from specsample.backends.cuda_cpp import verify_op
+
+    if cluster > 1 and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("thread-block clusters need sm_90")
+    w = make_workload(6, 8, 4099, device="cuda", acceptance="low", seed=cluster)
+    u = torch.rand((6, 9), device="cuda")
+    for threads in (128, 512):
+        got = verify_op(
+            w.draft_token_ids,
+            w.draft_probs,
+            w.target_probs,
+            uniforms=u,
+            cluster=cluster,
+            threads=threads,
+        )
+        assert torch.equal(got[0].cpu(), _ref(w, "random", u)[0])
+        for rows in (1, 9):
+            got = verify_op(
+                w.draft_token_ids,
+                w.draft_probs,
+                w.target_probs,
+                mode="greedy",
+                cluster=cluster,
+                threads=threads,
+                rows_per_step=rows,
+            )
+            assert torch.equal(got[0].cpu(), _ref(w, "greedy", None)[0])
+
+
+@gpu
+@pytest.mark.gpu
+def test_cuda_graph_replays_draw_fresh_numbers():
+    from specsample.backends.cuda_cpp import verify_op
+
+    B, K, V = 4, 4, 32000
+    w = make_workload(B, K, V, device="cuda", acceptance="low", seed=1)
+    g = torch.cuda.default_generators[torch.cuda.current_device()]  # registered with every graph
+    g.manual_seed(9)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        verify_op(w.draft_token_ids, w.draft_probs, w.target_probs)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tok, num = verify_op(w.draft_token_ids, w.draft_probs, w.target_probs)
+    seen = set()
+    for _ in range(3):
+        offset = g.get_offset()
+        graph.replay()
+        want = _ref(w, "random", _cuda_build.philox_uniforms(g.initial_seed(), offset, B, K).cuda())
+        assert torch.equal(tok.cpu(), want[0])
+        seen.add(tuple(tok.flatten().tolist()))
+    assert len(seen) > 1
+
+
+@gpu
+@pytest.mark.gpu
+def test_one_launch_per_call():
+    backend = specsample.get_backend("cuda-cpp")
+    w = make_workload(2, 4, 1000, device="cuda", seed=0)
+    backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, check_finite=False)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, check_finite=False)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1
+
+
+@gpu
+@pytest.mark.gpu
+def test_torch_compile_fullgraph():
+    from specsample.backends.cuda_cpp import load_op
+
+    op = load_op()
+    w = make_workload(3, 4, 1000, device="cuda", seed=2)
+    u = torch.rand((3, 5), device="cuda")
+    f = torch.compile(lambda a, b, c, d: op(a, b, c, d, None, False, 0, 0, 0), fullgraph=True)
+    tok, num = f(w.draft_token_ids, w.draft_probs, w.target_probs, u)
+    assert torch.equal(tok.cpu(), _ref(w, "random", u)[0])
