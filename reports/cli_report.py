@@ -1,0 +1,54 @@
+"""``specsample report results.json [conformance.json] --out DIR``: render a report folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="benchmark results JSON(s) and/or one conformance JSON (any order); "
+        "several results files (a grid split over runs) are merged",
+    )
+    parser.add_argument("--out", default="specsample-report", help="output folder")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .render import render_report
+    from .schema import (
+        SchemaError,
+        detect_kind,
+        load_json,
+        merge_results,
+        validate_conformance,
+        validate_results,
+    )
+
+    benches = []
+    conf = None
+    try:
+        for path in args.files:
+            doc = load_json(path)
+            try:
+                kind = detect_kind(doc)
+                if kind == "bench":
+                    benches.append(validate_results(doc))
+                else:
+                    if conf is not None:
+                        raise SchemaError("two conformance files given")
+                    conf = validate_conformance(doc)
+            except SchemaError as exc:
+                raise SchemaError(f"{path}: {exc}") from None
+        bench = merge_results(benches) if benches else None
+    except SchemaError as exc:
+        print(f"specsample report: {exc}", file=sys.stderr)
+        return 2
+    written = render_report(bench, conf, args.out, plots=not args.no_plots)
+    for key, path in written.items():
+        print(f"{key:16s} {path}")
+    return 0

@@ -1,0 +1,123 @@
+"""``specsample run``: the main job — conformance, the benchmark preset that fits the machine over
+every available backend, and the report, into ``./specsample-report/``, with a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from .cli_bench import add_grid_arguments
+
+    parser.add_argument(
+        "--out", default="specsample-report", help="report folder (default ./specsample-report)"
+    )
+    parser.add_argument("--no-conformance", action="store_true", help="skip the conformance suite")
+    parser.add_argument(
+        "--level",
+        choices=("fast", "full"),
+        default=None,
+        help="conformance level (default: full with a GPU, fast without)",
+    )
+    parser.add_argument("--no-bench", action="store_true", help="skip the benchmark")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    add_grid_arguments(parser)
+
+
+def _conformance(args: argparse.Namespace, out: Path, device: str) -> dict | None:
+    level = args.level or ("full" if device == "cuda" else "fast")
+    try:
+        from specsample.conformance.runner import run_conformance
+    except ImportError as exc:
+        print(
+            f"conformance skipped: the conformance runner is not installed ({exc})", file=sys.stderr
+        )
+        return None
+    print(f"[1/3] conformance ({level}) ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        conf = run_conformance(
+            backends=args.backends, level=level, json_path=str(out / "conformance.json"), quiet=True
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # the suite could not run at all: report that, go on benchmarking
+        print(f"conformance could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return None
+    print(f"      done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return conf
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from .cli_bench import command_line, config_from_args
+    from .render import render_report
+    from .runner import run_bench
+    from .tables import terminal_summary
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        config = config_from_args(args)
+        device = config.resolved_device()
+    except ValueError as exc:
+        print(f"specsample run: {exc}", file=sys.stderr)
+        return 2
+    device_type = torch.device(device).type
+
+    conf = None
+    if not args.no_conformance:
+        try:
+            conf = _conformance(args, out, device_type)
+        except KeyboardInterrupt:
+            print("conformance interrupted; going on without it", file=sys.stderr)
+
+    doc = None
+    if not args.no_bench:
+        print(
+            f"[2/3] benchmark (preset {config.preset}, {device_type}) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            doc = run_bench(
+                config,
+                out_path=out / "results.json",
+                command=command_line(),
+                progress=not args.no_progress,
+            )
+        except ValueError as exc:
+            print(f"specsample run: {exc}", file=sys.stderr)
+            return 2
+
+    if doc is None and conf is None:
+        print(
+            "specsample run: nothing to report (no conformance runner and --no-bench)",
+            file=sys.stderr,
+        )
+        return 1
+    print("[3/3] report ...", file=sys.stderr, flush=True)
+    written = render_report(doc, conf, out, plots=not args.no_plots)
+    print()
+    if doc is not None:
+        print(terminal_summary(doc, conf))
+    elif conf is not None:
+        from .tables import conformance_table
+
+        print(conformance_table(conf, fmt="simple"))
+    print()
+    print(f"report: {written['html']}  (markdown: {written['markdown']})")
+    failed = False
+    if conf is not None:
+        for entry in conf.get("backends", {}).values():
+            for res in (entry.get("checks") or {}).values():
+                if res.get("outcome") in ("fail", "error"):
+                    failed = True
+    if doc is not None and doc.get("interrupted"):
+        return 130
+    return 1 if failed else 0

@@ -1,0 +1,506 @@
+"""The benchmark sweep: backends x batch x K x vocab x dtype x mode x acceptance regime.
+
+One workload is drawn per (B, K, V, dtype, accept, mode) and every backend is timed on it; the
+results document (schema ``specsample.bench/1``) is written after each workload, so a crash or a
+Ctrl-C keeps the cells done so far.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .schema import BENCH_SCHEMA, write_json
+from .timing import Timer, TimingPolicy, capture_graph, copy_bandwidth, launch_floor
+
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+ID_BYTES = 8  # workloads use int64 ids
+SLOW_BACKENDS = ("torch-loop",)  # baselines expected to hit the per-cell budget
+
+
+@dataclass
+class BenchConfig:
+    """What to sweep and how to time it.
+
+    Attributes:
+        backends: backend names, or None for every registered backend (unavailable ones are listed
+            in the results with their reason and get no cells).
+        batch, k, vocab, dtype, mode, accept: the grid; ``accept`` holds regime names
+            (``high``/``medium``/``low``), ``rate=ALPHA`` or mean acceptance lengths.
+        device: ``"cuda"``, ``"cpu"`` or ``"auto"`` (cuda when available).
+        policy: the timing policy (warm-up, samples, budget, L2 handling).
+        cuda_graph: also time CUDA-graph replay for backends that claim graph support.
+        launches: count kernel launches and host syncs per call (GPU only).
+        seed: seed of the workloads and of the verify generator.
+        keep_samples: store the raw samples in the results.
+        preset: name of the preset the grid came from (recorded only).
+        threads: ``torch.set_num_threads`` for the sweep (CPU backends); None keeps torch's default.
+            On a busy machine one thread avoids OpenMP stalls that swamp the CPU timings.
+        max_errors: after this many consecutive errors a backend's remaining cells are not run
+            (recorded as errors that say so): a backend that fails to compile would otherwise
+            retry, slowly, in every cell. 0 disables.
+    """
+
+    backends: list[str] | None = None
+    batch: Sequence[int] = (1, 8)
+    k: Sequence[int] = (4,)
+    vocab: Sequence[int] = (32000,)
+    dtype: Sequence[str] = ("float32",)
+    mode: Sequence[str] = ("random", "greedy")
+    accept: Sequence[str] = ("high", "low")
+    device: str = "auto"
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    cuda_graph: bool = False
+    launches: bool = True
+    seed: int = 0
+    keep_samples: bool = True
+    preset: str | None = None
+    threads: int | None = None
+    max_errors: int = 3
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
+        return self.device
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backends": self.backends,
+            "grid": {
+                "batch": list(self.batch),
+                "k": list(self.k),
+                "vocab": list(self.vocab),
+                "dtype": list(self.dtype),
+                "mode": list(self.mode),
+                "accept": [str(a) for a in self.accept],
+            },
+            "device": self.device,
+            "policy": self.policy.to_dict(),
+            "cuda_graph": self.cuda_graph,
+            "launches": self.launches,
+            "seed": self.seed,
+            "keep_samples": self.keep_samples,
+            "preset": self.preset,
+            "threads": self.threads,
+            "max_errors": self.max_errors,
+        }
+
+
+def must_read_bytes(
+    mode: str,
+    batch: int,
+    k: int,
+    vocab: int,
+    dtype: str,
+    mean_length: float,
+    reject_fraction: float,
+) -> float:
+    """Bytes a verify call must read at least (docs/benchmarks.md, "The floor").
+
+    random: per request the K draft ids, the K draft and K target probabilities at those ids, one
+    full target row (the rejected row's q, or the bonus row), and one full draft row when some draft
+    is rejected (``reject_fraction`` of the requests).
+    greedy: per request the K draft ids and each target row up to the first mismatch, i.e.
+    ``mean_length`` (= accepted + 1) full rows.
+    """
+    es = DTYPE_BYTES[dtype]
+    if mode == "random":
+        per = k * ID_BYTES + 2 * k * es + vocab * es + reject_fraction * vocab * es
+    elif mode == "greedy":
+        per = k * ID_BYTES + mean_length * vocab * es
+    else:
+        raise ValueError(f"mode must be 'random' or 'greedy', got {mode!r}")
+    return batch * per
+
+
+def _skip_reason(info: Any, device: str, mode: str, dtype: str, k: int, vocab: int) -> str | None:
+    caps = info.capabilities
+    if caps is None:
+        return "no capabilities declared"
+    if device not in caps.devices:
+        return f"does not run on {device} (devices: {', '.join(caps.devices)})"
+    if mode not in caps.modes:
+        return f"mode {mode!r} not claimed"
+    if dtype not in caps.dtypes:
+        return f"dtype {dtype} not claimed"
+    if caps.max_vocab is not None and vocab > caps.max_vocab:
+        return f"V={vocab} above max_vocab={caps.max_vocab}"
+    if caps.max_k is not None and k > caps.max_k:
+        return f"K={k} above max_k={caps.max_k}"
+    return None
+
+
+def _backend_table(names: list[str] | None) -> dict[str, Any]:
+    from specsample.registry import list_backends
+
+    infos = {i.name: i for i in list_backends()}
+    if names is None:
+        return infos
+    unknown = [n for n in names if n not in infos]
+    if unknown:
+        raise ValueError(
+            f"unknown backend(s) {', '.join(unknown)}; registered: {', '.join(infos) or 'none'}"
+        )
+    return {n: infos[n] for n in names}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class _Sweep:
+    def __init__(self, config: BenchConfig, command: Sequence[str] | None, out_path: Any) -> None:
+        import torch
+
+        from .environment import collect_environment
+
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        self.torch = torch
+        self.config = config
+        self.device = config.resolved_device()
+        self.out_path = Path(out_path) if out_path else None
+        self.consecutive_errors: dict[str, list[str]] = {}
+        self.infos = _backend_table(config.backends)
+        self.doc: dict[str, Any] = {
+            "schema": BENCH_SCHEMA,
+            "created": _now(),
+            "command": list(command) if command is not None else list(sys.argv),
+            "config": config.to_dict(),
+            "environment": collect_environment(torch.device(self.device).type),
+            "device": {},
+            "backends": {
+                name: {
+                    "available": info.available,
+                    "reason": info.reason,
+                    "capabilities": info.capabilities.to_dict() if info.capabilities else None,
+                    "plugin": info.plugin,
+                }
+                for name, info in self.infos.items()
+            },
+            "cells": [],
+            "interrupted": False,
+            "complete": False,
+            "elapsed_s": None,
+        }
+
+    def save(self) -> None:
+        if self.out_path is not None:
+            write_json(self.doc, self.out_path)
+
+    def measure_device(self) -> None:
+        torch = self.torch
+        dev = torch.device(self.device)
+        from .timing import last_level_cache_bytes
+
+        info: dict[str, Any] = {"type": dev.type, "name": None}
+        if dev.type == "cuda":
+            info["name"] = torch.cuda.get_device_name(dev)
+        else:
+            import platform
+
+            info["name"] = platform.processor() or platform.machine()
+        info["l2_bytes"] = last_level_cache_bytes(dev)
+        bw = copy_bandwidth(dev)
+        info["copy_bandwidth_Bps"] = bw["bandwidth_Bps"]
+        info["copy"] = bw
+        floor = launch_floor(dev, self.config.policy)
+        info["launch_floor_s"] = floor["median"]
+        info["launch_floor"] = floor
+        self.doc["device"] = info
+
+    def workloads(self) -> list[tuple]:
+        c = self.config
+        return list(itertools.product(c.mode, c.dtype, c.accept, c.vocab, c.k, c.batch))
+
+    def run(self, progress: bool = True) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        t_start = time.perf_counter()
+        available = [n for n, i in self.infos.items() if i.available]
+        self.measure_device()
+        groups = self.workloads()
+        total = len(groups) * len(available)
+        bar = tqdm(
+            total=total,
+            disable=not progress,
+            unit="cell",
+            desc="specsample bench",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        try:
+            for mode, dtype, accept, vocab, k, batch in groups:
+                self.run_group(mode, dtype, accept, vocab, k, batch, available, bar)
+                self.save()
+            self.doc["complete"] = True
+        except KeyboardInterrupt:
+            self.doc["interrupted"] = True
+            bar.write("interrupted: keeping the cells done so far")
+        finally:
+            bar.close()
+            self.doc["elapsed_s"] = time.perf_counter() - t_start
+            self.save()
+        return self.doc
+
+    def run_group(self, mode, dtype, accept, vocab, k, batch, available, bar) -> None:
+        from specsample.workloads import acceptance_length_for, expected_acceptance, make_workload
+
+        torch = self.torch
+        base = {
+            "mode": mode,
+            "dtype": dtype,
+            "batch": batch,
+            "k": k,
+            "vocab": vocab,
+            "accept": str(accept),
+        }
+        todo = []
+        for name in available:
+            reason = _skip_reason(
+                self.infos[name], torch.device(self.device).type, mode, dtype, k, vocab
+            )
+            if reason is not None:
+                self.doc["cells"].append(
+                    {"backend": name, **base, "status": "skipped", "reason": reason}
+                )
+                bar.update(1)
+            else:
+                todo.append(name)
+        if not todo:
+            return
+        try:
+            length = acceptance_length_for(accept, k)
+            wl = make_workload(
+                batch,
+                k,
+                vocab,
+                dtype=getattr(torch, dtype),
+                device=self.device,
+                seed=self.config.seed,
+                acceptance_length=length,
+                greedy_drafter=mode == "greedy",
+            )
+            expected = expected_acceptance(wl, mode).to_dict()
+        except (ValueError, RuntimeError) as exc:  # bad regime for this K, or out of memory
+            for name in todo:
+                self.doc["cells"].append(
+                    {
+                        "backend": name,
+                        **base,
+                        "status": "error",
+                        "reason": f"workload: {type(exc).__name__}: {exc}",
+                    }
+                )
+                bar.update(1)
+            return
+        workload_info = {
+            "noise": wl.noise,
+            "requested_length": length,
+            "expected": expected,
+            "seed": self.config.seed,
+            "input_bytes": wl.nbytes(),
+        }
+        copies = self._copies(wl)
+        for name in todo:
+            bar.set_postfix_str(f"{name} {mode} B={batch} K={k} V={vocab} {accept}", refresh=False)
+            cell = {"backend": name, **base, "workload": workload_info}
+            errors = self.consecutive_errors.setdefault(name, [])
+            limit = self.config.max_errors
+            if limit and len(errors) >= limit:
+                cell.update(
+                    status="error",
+                    reason=f"not run: the backend failed in its last "
+                    f"{len(errors)} cells (last: {errors[-1]})",
+                )
+                self.doc["cells"].append(cell)
+                bar.update(1)
+                continue
+            try:
+                cell.update(self.run_cell(name, mode, copies, expected))
+                errors.clear()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                cell.update(status="error", reason=message)
+                errors.append(message.splitlines()[0][:300] if message else "")
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+            self.doc["cells"].append(cell)
+            bar.update(1)
+        del copies, wl
+
+    def _copies(self, wl: Any) -> list[Any]:
+        """The workload, or enough copies of it to exceed the cache when rotating."""
+        policy = self.config.policy
+        if policy.l2 != "rotate":
+            return [wl]
+        from .timing import last_level_cache_bytes
+
+        llc = last_level_cache_bytes(self.torch.device(self.device))
+        n = min(64, max(1, math.ceil(2 * llc / max(1, wl.nbytes())) + 1))
+        n = max(1, min(n, int(2 * 2**30 // max(1, wl.nbytes()))))  # at most 2 GiB of copies
+        copies = [wl]
+        for _ in range(n - 1):
+            copies.append(
+                type(wl)(
+                    wl.draft_token_ids.clone(),
+                    None if wl.draft_probs is None else wl.draft_probs.clone(),
+                    wl.target_probs.clone(),
+                    wl.noise,
+                    wl.requested_acceptance_length,
+                )
+            )
+        return copies
+
+    def run_cell(self, name: str, mode: str, copies: list[Any], expected: dict) -> dict[str, Any]:
+        import specsample
+
+        from .launches import count_launches
+
+        torch = self.torch
+        cfg = self.config
+        backend = specsample.get_backend(name)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(cfg.seed + 1)
+
+        def call(i: int) -> Any:
+            w = copies[i]
+            return backend.verify(
+                w.draft_token_ids,
+                w.draft_probs,
+                w.target_probs,
+                mode=mode,
+                generator=gen,
+                check_finite=False,
+            )
+
+        emitted: list[Any] = []
+
+        def keep(out: Any) -> None:
+            emitted.append(out.num_emitted.to(torch.float64))
+
+        policy = cfg.policy
+        if name not in SLOW_BACKENDS and policy.budget_s is not None:
+            # The budget is meant for slow baselines; give the others room to reach min_samples.
+            policy = TimingPolicy(**{**policy.to_dict(), "budget_s": max(policy.budget_s, 30.0)})
+        timer = Timer(self.device, policy)
+        m = timer.measure(call, n_inputs=len(copies), on_warmup_output=keep)
+        timing = m.to_dict(keep_samples=cfg.keep_samples)
+
+        B, K, V = copies[0].shape
+        ne = torch.cat(emitted) if emitted else torch.empty(0)
+        measured_length = float(ne.mean()) if ne.numel() else math.nan
+        measured_reject = float((ne < K + 1).double().mean()) if ne.numel() else math.nan
+        acceptance = {
+            "requested_length": copies[0].requested_acceptance_length,
+            "expected_length": expected["mean_length"],
+            "expected_reject_fraction": expected["reject_fraction"],
+            "measured_length": measured_length,
+            "measured_reject_fraction": measured_reject,
+            "measured_calls": len(emitted),
+        }
+
+        dtype = str(copies[0].target_probs.dtype).replace("torch.", "")
+        nbytes = must_read_bytes(mode, B, K, V, dtype, measured_length, measured_reject)
+        dev = self.doc["device"]
+        median = timing["median"]
+        bw = dev["copy_bandwidth_Bps"]
+        floor_launch = dev["launch_floor_s"]
+        floor_bytes = nbytes / bw
+        floor = max(floor_launch, floor_bytes)
+        result: dict[str, Any] = {
+            "status": "ok",
+            "reason": "",
+            "capped": m.capped,
+            "timing": timing,
+            "acceptance": acceptance,
+            "bytes": {"must_read": nbytes, "input_bytes": copies[0].nbytes()},
+            "bandwidth": {
+                "achieved_Bps": nbytes / median if median > 0 else math.nan,
+                "fraction_of_copy": (nbytes / median) / bw if median > 0 else math.nan,
+            },
+            "floor": {
+                "launch_s": floor_launch,
+                "bytes_s": floor_bytes,
+                "floor_s": floor,
+                "bound": "launch" if floor_launch >= floor_bytes else "bytes",
+                "ratio": median / floor if floor > 0 else math.nan,
+            },
+            "launches": None,
+            "graph": None,
+        }
+        if cfg.launches and self.device.startswith("cuda"):
+            calls = 3 if (m.est_call_s or 0) < 0.05 else 1
+            try:
+                result["launches"] = count_launches(lambda: call(0), self.device, calls=calls)
+            except Exception as exc:
+                result["launches"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if cfg.cuda_graph and self.device.startswith("cuda"):
+            result["graph"] = self._graph_timing(backend, mode, copies[0], policy)
+        return result
+
+    def _graph_timing(self, backend: Any, mode: str, wl: Any, policy: TimingPolicy) -> dict:
+        caps = backend.capabilities
+        if not caps.cuda_graphs:
+            return {"status": "skipped", "reason": "backend does not claim CUDA-graph support"}
+
+        def call(i: int) -> Any:
+            # The default generator: torch registers it with the graph, so replays draw anew.
+            return backend.verify(
+                wl.draft_token_ids, wl.draft_probs, wl.target_probs, mode=mode, check_finite=False
+            )
+
+        try:
+            graph = capture_graph(call, self.device)
+        except Exception as exc:
+            return {"status": "error", "reason": f"capture failed: {type(exc).__name__}: {exc}"}
+        p = TimingPolicy(**{**policy.to_dict(), "l2": "flush" if policy.l2 != "none" else "none"})
+        m = Timer(self.device, p).measure(lambda i: graph.replay())
+        out = m.to_dict(keep_samples=self.config.keep_samples)
+        out["status"] = "ok"
+        out["method"] = "cuda-events around CUDAGraph.replay()"
+        return out
+
+
+def run_bench(
+    config: BenchConfig,
+    *,
+    out_path: str | Path | None = None,
+    command: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the sweep; return the results document (and write it to ``out_path`` as it goes).
+
+    A KeyboardInterrupt (or SIGTERM) stops the sweep, marks the document ``"interrupted": true``
+    and still writes it; it is not re-raised (check the flag).
+    """
+    import signal
+    import threading
+
+    sweep = _Sweep(config, command, out_path)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # A SIGTERM (a CI timeout, `timeout`, a scheduler) ends the sweep like Ctrl-C does: the
+        # cells done so far are kept and the file is written.
+        def _terminate(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return sweep.run(progress=progress)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,381 @@
+"""Timing one call, the project's standard way (docs/benchmarks.md, "Timing method").
+
+GPU: CUDA events recorded on the current stream around each call; the L2 cache is flushed before
+every call by writing a buffer twice its size (read from ``torch.cuda.get_device_properties``), or
+the inputs are rotated among enough copies to exceed it; warm-up calls (which absorb any autotune,
+JIT build or ``torch.compile``) are excluded. This is the method of ``triton.testing.do_bench``, but
+we keep every sample and report the median and inter-quartile range (do_bench returns the mean
+unless asked otherwise). CPU: ``time.perf_counter`` around each call, same statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .stats import summarize
+
+L2_MODES = ("flush", "rotate", "none")
+
+
+@dataclass
+class TimingPolicy:
+    """How long and how often to time one cell.
+
+    Attributes:
+        warmup_calls: warm-up calls before timing (at least one; the first may compile or tune).
+        warmup_s: keep warming up (after the first call) until this much wall time has passed.
+        target_s: wall time to spend on timed calls when the budget allows.
+        min_samples, max_samples: bounds on the number of timed calls.
+        budget_s: cap on one cell's wall time (warm-up after the first call + timing; the first
+            call, which may compile, is not counted); None for no cap. A cell that hits it before
+            ``min_samples`` is marked ``capped``.
+        l2: ``"flush"`` (write, then read, a buffer of twice the last-level cache before each
+            call), ``"rotate"`` (cycle through input copies whose total exceeds it) or ``"none"``.
+        gpu_delay: on the GPU, enqueue a spin kernel (``torch.cuda._sleep``) before each call's
+            start event, sized 1.25x the host's enqueue time of the call (at most
+            ``max_delay_s``), so the events measure device time rather than host launch overhead.
+    """
+
+    warmup_calls: int = 3
+    warmup_s: float = 0.02
+    target_s: float = 0.25
+    min_samples: int = 10
+    max_samples: int = 400
+    budget_s: float | None = 10.0
+    l2: str = "flush"
+    gpu_delay: bool = True
+    max_delay_s: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.l2 not in L2_MODES:
+            raise ValueError(f"l2 must be one of {L2_MODES}, got {self.l2!r}")
+        if self.warmup_calls < 1:
+            raise ValueError(f"warmup_calls must be >= 1, got {self.warmup_calls}")
+        if self.min_samples < 1 or self.max_samples < self.min_samples:
+            raise ValueError(
+                f"need 1 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Measurement:
+    """Samples of one timed call plus how they were taken."""
+
+    samples: list[float]
+    method: str
+    l2: str
+    warmup_calls: int
+    capped: bool = False
+    first_call_s: float | None = None
+    est_call_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, keep_samples: bool = True) -> dict[str, Any]:
+        out = summarize(self.samples)
+        out.update(
+            unit="s",
+            method=self.method,
+            l2=self.l2,
+            warmup_calls=self.warmup_calls,
+            first_call_s=self.first_call_s,
+            capped=self.capped,
+        )
+        out.update(self.extra)
+        if keep_samples:
+            out["samples"] = list(self.samples)
+        return out
+
+
+def last_level_cache_bytes(device: Any) -> int:
+    """L2 size of a CUDA device, or the CPU's last-level cache (32 MiB if it cannot be read)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return int(getattr(props, "L2_cache_size", 0)) or 50 * 2**20
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            best = max(best, int(text.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return best or 32 * 2**20
+
+
+class CacheFlusher:
+    """Evicts whatever the previous call left in the last-level cache.
+
+    Writes a buffer of twice the cache size, then reads it back (a sum into a device scalar): the
+    write evicts everything, the read replaces the now dirty lines with clean ones, so the timed
+    call does not pay for writing the flush buffer back to memory.
+    """
+
+    def __init__(self, device: Any) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.cache_bytes = last_level_cache_bytes(self.device)
+        self.buffer = torch.empty(
+            2 * self.cache_bytes // 4, dtype=torch.float32, device=self.device
+        )
+        self.sink = torch.zeros((), dtype=torch.float32, device=self.device)
+
+    def __call__(self) -> None:
+        import torch
+
+        self.buffer.fill_(1.0)
+        torch.sum(self.buffer, dim=0, out=self.sink)
+
+
+# Cycles per second assumed when sizing the GPU delay: the highest SM clock of current GPUs, so
+# that a slower clock only makes the delay longer (the safe side).
+_DELAY_CLOCK_HZ = 2.0e9
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Times ``call(i)`` (``i`` picks the input copy when rotating) under a :class:`TimingPolicy`."""
+
+    def __init__(self, device: Any, policy: TimingPolicy) -> None:
+        import torch
+
+        self.device = torch.device(device)
+        self.policy = policy
+        self.cuda = self.device.type == "cuda"
+        self._flusher: CacheFlusher | None = None
+
+    @property
+    def method(self) -> str:
+        return "cuda-events" if self.cuda else "perf_counter"
+
+    def flusher(self) -> CacheFlusher:
+        if self._flusher is None:
+            self._flusher = CacheFlusher(self.device)
+        return self._flusher
+
+    def measure(
+        self,
+        call: Callable[[int], Any],
+        n_inputs: int = 1,
+        on_warmup_output: Callable[[Any], None] | None = None,
+    ) -> Measurement:
+        """Warm up, then time ``call`` many times.
+
+        Args:
+            call: the function to time; gets the index of the input copy to use.
+            n_inputs: number of input copies (``l2="rotate"``); 1 otherwise.
+            on_warmup_output: receives each warm-up call's return value (e.g. to measure acceptance).
+        """
+        policy = self.policy
+        flush = self.flusher() if policy.l2 == "flush" else None
+        budget = policy.budget_s if policy.budget_s is not None else math.inf
+        start_wall = time.perf_counter()
+
+        # Warm-up: the first call may compile/tune; later warm-up calls estimate the call time
+        # (synchronized wall clock: the eager latency a caller sees) and the host's enqueue time.
+        warm_times: list[float] = []
+        enqueue_times: list[float] = []
+        first = None
+        calls = 0
+        while True:
+            _sync(self.device)
+            t0 = time.perf_counter()
+            out = call(calls % n_inputs)
+            t_enq = time.perf_counter() - t0
+            _sync(self.device)
+            dt = time.perf_counter() - t0
+            if on_warmup_output is not None:
+                on_warmup_output(out)
+            if first is None:
+                # The first call may compile, tune or build: the budget starts after it.
+                first = dt
+                start_wall = time.perf_counter()
+            else:
+                warm_times.append(dt)
+                enqueue_times.append(t_enq)
+            calls += 1
+            elapsed = time.perf_counter() - start_wall
+            if elapsed > budget:
+                break
+            if calls >= policy.warmup_calls and sum(warm_times) >= policy.warmup_s:
+                break
+            if calls >= max(policy.warmup_calls, 1000):
+                break
+        est = (sorted(warm_times)[len(warm_times) // 2] if warm_times else first) or 1e-6
+        host = sorted(enqueue_times)[len(enqueue_times) // 2] if enqueue_times else est
+
+        # GPU: a spin kernel before the start event keeps the GPU busy while the host enqueues the
+        # call, so the events time the device work, not the host's launch overhead.
+        delay = 0.0
+        if self.cuda and policy.gpu_delay:
+            delay = min(policy.max_delay_s, 1.25 * host + 5e-6)
+
+        remaining = budget - (time.perf_counter() - start_wall)
+        n = max(policy.min_samples, math.ceil(policy.target_s / est))
+        n = min(n, policy.max_samples)
+        capped = False
+        if (est + delay) * n > remaining:
+            n_fit = max(1, int(remaining / (est + delay))) if remaining > 0 else 1
+            if n_fit < n:
+                capped = n_fit < policy.min_samples
+                n = n_fit
+        if self.cuda:
+            samples = self._time_cuda(call, n, n_inputs, flush, start_wall, budget, delay)
+        else:
+            samples = self._time_cpu(call, n, n_inputs, flush, start_wall, budget)
+        if len(samples) < min(n, policy.min_samples):
+            capped = True
+        wall = summarize(warm_times)
+        return Measurement(
+            samples=samples,
+            method=self.method,
+            l2=policy.l2,
+            warmup_calls=calls,
+            capped=capped,
+            first_call_s=first,
+            est_call_s=est,
+            extra={
+                "gpu_delay_s": delay,
+                "host_enqueue_s": host,
+                "wall": {k: wall[k] for k in ("statistic", "n", "median", "q1", "q3", "iqr")},
+            },
+        )
+
+    def _time_cpu(self, call, n, n_inputs, flush, start_wall, budget) -> list[float]:
+        samples = []
+        for i in range(n):
+            if flush is not None:
+                flush()
+            t0 = time.perf_counter()
+            call(i % n_inputs)
+            samples.append(time.perf_counter() - t0)
+            if time.perf_counter() - start_wall > budget and samples:
+                break
+        return samples
+
+    def _time_cuda(self, call, n, n_inputs, flush, start_wall, budget, delay=0.0) -> list[float]:
+        import torch
+
+        sleep = getattr(torch.cuda, "_sleep", None) if delay > 0 else None
+        cycles = int(delay * _DELAY_CLOCK_HZ)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        done = 0
+        for i in range(n):
+            if flush is not None:
+                flush()
+            if sleep is not None:
+                sleep(cycles)
+            starts[i].record()
+            call(i % n_inputs)
+            ends[i].record()
+            done = i + 1
+            # Keep the host from queueing far ahead, and honour the budget.
+            if done % 32 == 0:
+                ends[i].synchronize()
+                if time.perf_counter() - start_wall > budget:
+                    break
+        torch.cuda.synchronize(self.device)
+        return [starts[i].elapsed_time(ends[i]) * 1e-3 for i in range(done)]
+
+
+def capture_graph(call: Callable[[int], Any], device: Any) -> Any:
+    """Capture one ``call(0)`` into a CUDA graph (after warm-up on a side stream); return the graph."""
+    import torch
+
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            call(0)
+    torch.cuda.current_stream(device).wait_stream(stream)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call(0)
+    torch.cuda.synchronize(device)
+    return graph
+
+
+def copy_bandwidth(device: Any, nbytes: int | None = None, repeats: int = 20) -> dict[str, Any]:
+    """Measure device-memory copy bandwidth: ``dst.copy_(src)``, counting bytes read + written.
+
+    The buffer is at least 256 MiB and 8x the last-level cache, so the copy streams from memory.
+    Returns ``{"bandwidth_Bps", "bytes", "median_s", "method"}``.
+    """
+    import torch
+
+    device = torch.device(device)
+    llc = last_level_cache_bytes(device)
+    if nbytes is None:
+        nbytes = max(256 * 2**20, 8 * llc) if device.type == "cuda" else max(64 * 2**20, 4 * llc)
+    n = nbytes // 4
+    src = torch.rand(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    policy = TimingPolicy(
+        warmup_calls=3,
+        warmup_s=0.0,
+        target_s=0.0,
+        min_samples=repeats,
+        max_samples=repeats,
+        budget_s=30.0,
+        l2="none",
+    )
+    m = Timer(device, policy).measure(lambda i: dst.copy_(src))
+    median = summarize(m.samples)["median"]
+    return {
+        "bandwidth_Bps": 2 * n * 4 / median,
+        "bytes": 2 * n * 4,
+        "median_s": median,
+        "method": f"{m.method}, dst.copy_(src) of {n * 4} bytes, read + written, median of {len(m.samples)}",
+    }
+
+
+def launch_floor(device: Any, policy: TimingPolicy) -> dict[str, Any]:
+    """Time the smallest possible call, one trivial kernel (``x.add_(1)`` on one element).
+
+    Timed exactly like a cell (same method and cache policy), so it is the floor of a one-launch
+    backend at small batch. On the CPU it is the cost of one trivial torch op, caches warm.
+    """
+    import torch
+
+    x = torch.zeros(1, dtype=torch.float32, device=device)
+    p = TimingPolicy(
+        warmup_calls=10,
+        warmup_s=0.01,
+        target_s=max(policy.target_s, 0.1),
+        min_samples=50,
+        max_samples=500,
+        budget_s=20.0,
+        # CPU: no flush; evicting the interpreter's own code and data would make the floor the
+        # cost of a cold cache, not of a call.
+        l2="none"
+        if torch.device(device).type == "cpu"
+        else (policy.l2 if policy.l2 != "rotate" else "flush"),
+        gpu_delay=policy.gpu_delay,
+        max_delay_s=policy.max_delay_s,
+    )
+    m = Timer(device, p).measure(lambda i: x.add_(1.0))
+    out = m.to_dict(keep_samples=False)
+    out["what"] = "one trivial kernel (x.add_(1), one element)"
+    return out
