@@ -1,0 +1,50 @@
+"""``specsample conform``: run the conformance suite against backends (pytest underneath)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .options import LEVELS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="NAME",
+        dest="backends",
+        help="backend to check (repeatable; default: every available backend)",
+    )
+    parser.add_argument(
+        "--level", choices=LEVELS, default="fast", help="fast (default; CPU-friendly) or full (GPU)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write per-backend, per-check results here")
+    parser.add_argument("-k", metavar="EXPRESSION", help="only checks matching (pytest -k)")
+    parser.add_argument("-x", action="store_true", help="stop at the first failure")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+
+
+def main(args: argparse.Namespace) -> int:
+    from .results import summary_lines
+    from .runner import ConformanceRunError, run
+
+    pytest_args: list[str] = []
+    if args.k:
+        pytest_args += ["-k", args.k]
+    if args.x:
+        pytest_args.append("-x")
+    try:
+        outcome = run(args.backends, args.level, args.json, pytest_args, quiet=args.quiet)
+    except ConformanceRunError as exc:
+        print(f"specsample conform: {exc}", file=sys.stderr)
+        return 2
+    if args.quiet:
+        print("\n".join(summary_lines(outcome.results)))
+    for name, reason in outcome.unavailable_requested.items():
+        print(
+            f"specsample conform: backend {name!r} could not be checked: {reason}", file=sys.stderr
+        )
+    if args.json:
+        print(f"results written to {args.json}")
+    return 0 if outcome.ok else 1

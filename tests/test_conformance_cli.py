@@ -1,0 +1,163 @@
+"""`specsample conform`, `run_conformance` and `pytest --pyargs specsample.conformance` agree, and
+write the documented JSON schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from specsample.conformance.results import OUTCOMES, SCHEMA
+from specsample.conformance.runner import run, run_conformance
+
+SUBSET = ["-k", "contract or badinput or bfloat16 or cuda-graph"]
+
+
+def _check_schema(doc: dict) -> None:
+    assert doc["schema"] == SCHEMA
+    assert doc["level"] in ("fast", "full")
+    assert set(doc["environment"]) >= {"python", "torch", "platform", "cuda_device", "specsample"}
+    for entry in doc["backends"].values():
+        assert set(entry) == {"available", "reason", "checks", "summary"}
+        assert set(entry["summary"]) == set(OUTCOMES)
+        assert sum(entry["summary"].values()) == len(entry["checks"])
+        for result in entry["checks"].values():
+            assert set(result) == {"outcome", "duration_s", "details"}
+            assert result["outcome"] in OUTCOMES
+            assert isinstance(result["duration_s"], float)
+
+
+def test_run_conformance_returns_and_writes_the_schema(tmp_path):
+    path = tmp_path / "out.json"
+    doc = run_conformance(["torch-vectorized"], "fast", str(path), SUBSET, quiet=True)
+    assert json.loads(path.read_text())["backends"] == doc["backends"]
+    _check_schema(doc)
+    checks = doc["backends"]["torch-vectorized"]["checks"]
+    assert checks["contract.padding"]["outcome"] == "pass"
+    assert checks["edge.bfloat16"]["outcome"] == "pass"
+    # Claimed, but this run has no CUDA device: reported, not silently skipped.
+    import torch
+
+    if not torch.cuda.is_available():
+        assert checks["repro.cuda-graph"]["outcome"] == "not-claimed"
+        assert "CUDA" in checks["repro.cuda-graph"]["details"]
+
+
+def test_unknown_backend_is_reported_and_fails_the_cli(tmp_path, capsys):
+    outcome = run(["no-such-backend"], "fast", None, (), quiet=True)
+    assert not outcome.ok
+    entry = outcome.results["backends"]["no-such-backend"]
+    assert entry["available"] is False and "no backend named" in entry["reason"]
+
+    from specsample.cli import main
+
+    assert main(["conform", "--backend", "no-such-backend", "-q"]) == 1
+    assert "could not be checked" in capsys.readouterr().err
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+def test_cli_and_pytest_give_identical_verdicts(tmp_path):
+    cli_json, py_json = tmp_path / "cli.json", tmp_path / "py.json"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "specsample",
+            "conform",
+            "--backend",
+            "torch-loop",
+            "-k",
+            "contract or greedy.ties",
+            "--json",
+            str(cli_json),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "torch-loop" in cli.stdout
+    py = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "specsample.conformance",
+            "-p",
+            "no:cacheprovider",
+            "--specsample-backend",
+            "torch-loop",
+            "-k",
+            "contract or greedy.ties",
+            "--specsample-json",
+            str(py_json),
+            "-rs",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=300,
+    )
+    assert py.returncode == 0, py.stdout + py.stderr
+    assert "specsample conformance" in py.stdout  # the terminal summary section
+    a, b = json.loads(cli_json.read_text()), json.loads(py_json.read_text())
+    _check_schema(a)
+    _check_schema(b)
+    outcomes = lambda d: {c: r["outcome"] for c, r in d["backends"]["torch-loop"]["checks"].items()}  # noqa: E731
+    assert outcomes(a) == outcomes(b)
+    assert len(outcomes(a)) == 8
+
+
+def test_pytest_mode_refuses_an_unavailable_backend(tmp_path):
+    py = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--pyargs",
+            "specsample.conformance",
+            "-p",
+            "no:cacheprovider",
+            "--specsample-backend",
+            "no-such-backend",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=300,
+    )
+    assert py.returncode != 0
+    assert "no-such-backend" in py.stdout + py.stderr
+
+
+def test_conform_help_is_cheap_and_lists_the_options():
+    code = (
+        "import sys; from specsample.cli import build_parser; build_parser();"
+        "import specsample.conformance.plugin;"
+        "print(sorted(m for m in ('torch', 'triton', 'cupy', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    helptext = subprocess.run(
+        [sys.executable, "-m", "specsample", "conform", "--help"], capture_output=True, text=True
+    ).stdout
+    for word in ("--backend", "--level", "--json"):
+        assert word in helptext
+
+
+def test_level_validation():
+    with pytest.raises(ValueError, match="level"):
+        run_conformance(["torch-loop"], level="medium")
