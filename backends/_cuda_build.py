@@ -20,6 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
+from specsample.contract import Capabilities
+
 KERNEL_HEADER = "verify_kernel.cuh"
 TORCH_SOURCE = "verify_torch.cu"
 OP_NAME = "specsample::verify"
@@ -29,6 +31,20 @@ OP_SCHEMA = (
     "-> (Tensor, Tensor)"
 )
 MAX_K = 128  # kMaxK in verify_kernel.cuh
+
+# What the shared kernel supports; cuda-cpp and cupy launch the same kernel, so they claim the same.
+KERNEL_CAPABILITIES = Capabilities(
+    modes=("random", "greedy"),
+    dtypes=("float32", "float16", "bfloat16"),
+    devices=("cuda",),
+    needs_gpu=True,
+    max_vocab=2**31 - 1,
+    max_k=MAX_K,
+    fused=True,
+    launches_per_call=1,
+    cuda_graphs=True,
+    host_sync_free=True,
+)
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
 from . import _cuda_build
 
@@ -90,18 +90,7 @@ def verify_op(
 class CudaCppBackend(Backend):
     name = "cuda-cpp"
     description = "One fused CUDA C++ kernel per call (torch extension, JIT-built on first use)."
-    capabilities = Capabilities(
-        modes=("random", "greedy"),
-        dtypes=("float32", "float16", "bfloat16"),
-        devices=("cuda",),
-        needs_gpu=True,
-        max_vocab=2**31 - 1,
-        max_k=_cuda_build.MAX_K,
-        fused=True,
-        launches_per_call=1,
-        cuda_graphs=True,
-        host_sync_free=True,
-    )
+    capabilities = _cuda_build.KERNEL_CAPABILITIES
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import threading
 
-from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
 from . import _cuda_build
 
@@ -345,18 +345,7 @@ class CupyBackend(Backend):
     description = (
         "The cuda-cpp kernel source compiled by NVRTC through CuPy (same kernel, other host side)."
     )
-    capabilities = Capabilities(
-        modes=("random", "greedy"),
-        dtypes=("float32", "float16", "bfloat16"),
-        devices=("cuda",),
-        needs_gpu=True,
-        max_vocab=2**31 - 1,
-        max_k=_cuda_build.MAX_K,
-        fused=True,
-        launches_per_call=1,
-        cuda_graphs=True,
-        host_sync_free=True,
-    )
+    capabilities = _cuda_build.KERNEL_CAPABILITIES
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:

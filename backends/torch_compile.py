@@ -13,7 +13,7 @@ to generate its split-scan kernel for a cumsum of symbolic length on CUDA: ``Ind
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
@@ -23,7 +23,7 @@ from ._vectorized import assemble, inverse_cdf_rows, select_rows
 RECOMPILE_LIMIT = 64
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiled(fn: Callable) -> Callable:
     """``fn`` under torch.compile (compiled lazily, on the first call of each variant)."""
     import torch
