@@ -24,22 +24,13 @@ def philox_seed_offset(generator: torch.Generator, increment: int) -> tuple[int,
     ``increment`` is rounded up to a multiple of 4, as torch's own kernels do (one Philox call yields
     four 32-bit numbers). For in-kernel generators launched from Python (Triton, CuPy) outside CUDA
     graph capture; under capture these values would be baked into the graph, so such backends must
-    use :func:`device_seed` there instead.
+    draw a device-resident seed there instead (a graph-safe ``torch.randint`` with the
+    generator, which torch re-draws on every replay).
     """
     seed = generator.initial_seed()
     offset = generator.get_offset()
     generator.set_offset(offset + ((increment + 3) // 4) * 4)
     return seed, offset
-
-
-def device_seed(generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-    """A fresh ``[2]`` int64 (seed, offset=0) tensor drawn on ``device`` by a graph-safe torch op.
-
-    Under CUDA graph capture every replay draws new values, because torch registers the generator
-    with the graph. Costs one small kernel launch, so backends use it only while capturing.
-    """
-    seed = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.int64)
-    return torch.cat([seed, torch.zeros_like(seed)])
 
 
 def is_capturing(device: torch.device) -> bool:
