@@ -11,8 +11,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "files",
         nargs="+",
         metavar="FILE",
-        help="benchmark results JSON(s) and/or one conformance JSON (any order); "
-        "several results files (a grid split over runs) are merged",
+        help="benchmark results JSON(s) and/or conformance JSON(s), in any order; several "
+        "results files (a grid split over runs) are merged, and so are conformance files of one "
+        "level (e.g. one run per backend)",
     )
     parser.add_argument("--out", default="specsample-report", help="output folder")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
@@ -24,13 +25,14 @@ def main(args: argparse.Namespace) -> int:
         SchemaError,
         detect_kind,
         load_json,
+        merge_conformance,
         merge_results,
         validate_conformance,
         validate_results,
     )
 
     benches = []
-    conf = None
+    confs = []
     try:
         for path in args.files:
             doc = load_json(path)
@@ -39,12 +41,11 @@ def main(args: argparse.Namespace) -> int:
                 if kind == "bench":
                     benches.append(validate_results(doc))
                 else:
-                    if conf is not None:
-                        raise SchemaError("two conformance files given")
-                    conf = validate_conformance(doc)
+                    confs.append(validate_conformance(doc))
             except SchemaError as exc:
                 raise SchemaError(f"{path}: {exc}") from None
         bench = merge_results(benches) if benches else None
+        conf = merge_conformance(confs) if confs else None
     except SchemaError as exc:
         print(f"specsample report: {exc}", file=sys.stderr)
         return 2

@@ -217,3 +217,27 @@ def merge_results(docs: list[dict[str, Any]]) -> dict[str, Any]:
         for d in docs
     ]
     return base
+
+
+def merge_conformance(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge conformance files of one level (e.g. one run per backend) into one document.
+
+    The first document gives the environment; backends are united, and a backend present in two
+    files is an error (which verdict would be the right one?). Files of different levels are an
+    error too: a matrix mixing fast and full verdicts would mislead.
+    """
+    if not docs:
+        raise SchemaError("nothing to merge")
+    if len(docs) == 1:
+        return docs[0]
+    levels = {d.get("level") for d in docs}
+    if len(levels) > 1:
+        raise SchemaError(f"conformance files of different levels: {sorted(map(str, levels))}")
+    base = dict(docs[0])
+    base["backends"] = {}
+    for doc in docs:
+        for name, entry in doc.get("backends", {}).items():
+            if name in base["backends"]:
+                raise SchemaError(f"backend {name!r} appears in two conformance files")
+            base["backends"][name] = entry
+    return base

@@ -686,7 +686,6 @@ def host_overhead():
     section("host overhead per call (us), issue-only, no sync")
     for B in (1, 256):
         w = make_workload(B, 8, 128256 if B == 1 else 32000, device=DEV, acceptance="low", seed=3)
-        u = None
         paths = {
             "cuda-cpp backend.verify": lambda: specsample.get_backend("cuda-cpp").verify(
                 w.draft_token_ids, w.draft_probs, w.target_probs, check_finite=False

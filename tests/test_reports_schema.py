@@ -15,6 +15,7 @@ from specsample.reports.schema import (
     detect_kind,
     load_conformance,
     load_results,
+    merge_conformance,
     validate_results,
     write_json,
 )
@@ -140,6 +141,25 @@ def test_conformance_fixture_validates(tmp_path):
     assert detect_kind(CONFORMANCE_FIXTURE) == "conformance"
     with pytest.raises(SchemaError):
         detect_kind({"schema": "nope"})
+
+
+def test_conformance_files_of_one_level_merge(tmp_path):
+    backends = CONFORMANCE_FIXTURE["backends"]
+    first = {**CONFORMANCE_FIXTURE, "backends": {"torch-vectorized": backends["torch-vectorized"]}}
+    second = {**CONFORMANCE_FIXTURE, "backends": {"broken": backends["broken"]}}
+    merged = merge_conformance([first, second])
+    assert list(merged["backends"]) == ["torch-vectorized", "broken"]
+    with pytest.raises(SchemaError, match="appears in two conformance files"):
+        merge_conformance([first, first])
+    with pytest.raises(SchemaError, match="different levels"):
+        merge_conformance([first, {**second, "level": "full"}])
+    # and through the CLI: two files, one matrix
+    from specsample.cli import main
+
+    paths = [str(write_json(d, tmp_path / f"c{i}.json")) for i, d in enumerate((first, second))]
+    assert main(["report", *paths, "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    report = (tmp_path / "rep" / "report.md").read_text()
+    assert "torch-vectorized" in report and "broken" in report
 
 
 def test_skipped_cells_say_why(tmp_path):
