@@ -106,8 +106,9 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(stats.chisquare(obs.numpy(), exp.numpy()).pvalue)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["torch-vectorized", "torch-compile"])
-def test_losslessness_chi_square(name):
+def test_losslessness_chi_square(name, device):
     """Drafts drawn from p: the first emitted token is distributed as q[0] (Leviathan et al. Thm 1).
 
     False-alarm rate 1e-4 per test; with N=40000 samples over V=12 the test detects a total-variation
@@ -117,11 +118,12 @@ def test_losslessness_chi_square(name):
     g = torch.Generator().manual_seed(123)
     p_row = torch.softmax(torch.randn(V, generator=g) * 1.5, 0)
     q_row = torch.softmax(torch.randn(V, generator=g) * 1.5, 0)
-    draft_probs = p_row.expand(N, K, V).contiguous()
-    target = q_row.expand(N, K + 1, V).contiguous()
-    ids = torch.multinomial(p_row, N * K, replacement=True, generator=g).reshape(N, K)
-    out = specsample.get_backend(name).verify(ids, draft_probs, target, generator=g)
-    counts = torch.bincount(out.token_ids[:, 0], minlength=V)
+    draft_probs = p_row.expand(N, K, V).contiguous().to(device)
+    target = q_row.expand(N, K + 1, V).contiguous().to(device)
+    ids = torch.multinomial(p_row, N * K, replacement=True, generator=g).reshape(N, K).to(device)
+    gen = torch.Generator(device=device).manual_seed(321)
+    out = specsample.get_backend(name).verify(ids, draft_probs, target, generator=gen)
+    counts = torch.bincount(out.token_ids[:, 0].cpu(), minlength=V)
     assert chi_square_pvalue(counts, q_row.double()) > 1e-4
 
 
