@@ -23,6 +23,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", metavar="EXPRESSION", help="only checks matching (pytest -k)")
     parser.add_argument("-x", action="store_true", help="stop at the first failure")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="check N backends at once, one process each (default 1: all in this process)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,8 +43,10 @@ def main(args: argparse.Namespace) -> int:
     if args.x:
         pytest_args.append("-x")
     try:
-        outcome = run(args.backends, args.level, args.json, pytest_args, quiet=args.quiet)
-    except ConformanceRunError as exc:
+        outcome = run(
+            args.backends, args.level, args.json, pytest_args, quiet=args.quiet, jobs=args.jobs
+        )
+    except (ConformanceRunError, ValueError) as exc:
         print(f"specsample conform: {exc}", file=sys.stderr)
         return 2
     if args.quiet:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +56,7 @@ def run(
     json_path: str | None = None,
     pytest_args: Sequence[str] = (),
     quiet: bool = False,
+    jobs: int = 1,
 ) -> ConformanceRun:
     """Like :func:`run_conformance`, also returning pytest's exit code and the requested backends
     that could not run."""
@@ -61,11 +67,15 @@ def run(
 
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     available, unavailable = resolve_backends(list(backends) if backends else None)
     order = list(available) + list(unavailable)
     tested: dict[str, dict[str, Any]] = {}
     code = 0
-    if available:
+    if available and jobs > 1 and len(available) > 1:
+        tested, code = _run_parallel(available, level, pytest_args, quiet, jobs)
+    elif available:
         # No ini file (-c devnull): the project in the current directory must not change the run
         # (its addopts, python_files...); -rfEs lists failures, errors and "not claimed" reasons.
         args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
@@ -103,12 +113,103 @@ def run(
     return ConformanceRun(results, code, requested_missing)
 
 
+def _run_parallel(
+    names: list[str], level: str, pytest_args: Sequence[str], quiet: bool, jobs: int
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """One ``specsample conform`` subprocess per backend, ``jobs`` at a time.
+
+    Separate processes keep one backend's state (CUDA context, compile caches, a crash) away from
+    the others; on a GPU the checks are latency-bound, so several backends share it well. Each
+    child's output is printed as one block when it ends (unless ``quiet``), with a line per backend
+    on stderr either way.
+    """
+    tested: dict[str, dict[str, Any]] = {}
+    worst = 0
+    pending = list(names)
+    running: dict[str, tuple[subprocess.Popen, str, Any, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="specsample-conform-") as tmp:
+        try:
+            while pending or running:
+                while pending and len(running) < jobs:
+                    name = pending.pop(0)
+                    path = os.path.join(tmp, f"backend-{names.index(name)}.json")
+                    log = tempfile.TemporaryFile(mode="w+", dir=tmp)
+                    cmd = [sys.executable, "-m", "specsample", "conform", "--backend", name]
+                    cmd += ["--level", level, "--json", path, "-q", *_forward(pytest_args)]
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+                    running[name] = (proc, path, log, time.perf_counter())
+                finished = [n for n, (p, *_rest) in running.items() if p.poll() is not None]
+                if not finished:
+                    time.sleep(0.2)
+                    continue
+                for name in finished:
+                    proc, path, log, t0 = running.pop(name)
+                    log.seek(0)
+                    output = log.read()
+                    log.close()
+                    checks = _read_checks(path, name)
+                    if proc.returncode in (2, 3, 4) or checks is None:
+                        raise ConformanceRunError(
+                            f"the conformance run of backend {name!r} ended with exit code "
+                            f"{proc.returncode} and no results: {output[-3000:]}"
+                        )
+                    tested[name] = checks
+                    worst = max(worst, proc.returncode)
+                    counts = {
+                        o: sum(r["outcome"] == o for r in checks.values())
+                        for o in ("pass", "fail", "not-claimed", "error")
+                    }
+                    print(
+                        f"conformance {name}: {counts['pass']} pass, {counts['fail']} fail, "
+                        f"{counts['not-claimed']} not claimed, {counts['error']} error "
+                        f"({time.perf_counter() - t0:.0f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    if not quiet:
+                        print(f"===== {name} =====\n{output}", flush=True)
+        finally:
+            for proc, *_rest in running.values():
+                proc.terminate()
+            for proc, *_rest in running.values():
+                proc.wait()
+    return {n: tested[n] for n in names}, worst
+
+
+def _forward(pytest_args: Sequence[str]) -> list[str]:
+    """``-k EXPR`` and ``-x`` go through the CLI; anything else cannot reach a child process."""
+    out: list[str] = []
+    args = list(pytest_args)
+    while args:
+        a = args.pop(0)
+        if a == "-k" and args:
+            out += ["-k", args.pop(0)]
+        elif a == "-x":
+            out.append("-x")
+        else:
+            raise ValueError(f"pytest argument {a!r} is not supported with jobs > 1 (only -k, -x)")
+    return out
+
+
+def _read_checks(path: str, name: str) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    entry = doc.get("backends", {}).get(name)
+    if not entry or not entry.get("available"):
+        return None
+    return entry["checks"]
+
+
 def run_conformance(
     backends: list[str] | None = None,
     level: str = "fast",
     json_path: str | None = None,
     pytest_args: Sequence[str] = (),
     quiet: bool = False,
+    jobs: int = 1,
 ) -> dict:
     """Run the conformance suite and return the results document (schema
     ``specsample.conformance/1``, see docs/conformance.md).
@@ -120,8 +221,11 @@ def run_conformance(
         json_path: also write the document there.
         pytest_args: extra pytest arguments (``["-k", "stats"]``, ``["-x"]``...).
         quiet: suppress pytest's output.
+        jobs: check this many backends at once, each in its own process (``specsample conform``);
+            1 (the default) runs every backend in this process. ``pytest_args`` may then hold only
+            ``-k EXPR`` and ``-x``.
 
     Raises:
         ConformanceRunError: pytest could not run the suite.
     """
-    return run(backends, level, json_path, pytest_args, quiet).results
+    return run(backends, level, json_path, pytest_args, quiet, jobs).results

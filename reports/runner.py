@@ -327,6 +327,7 @@ class _Sweep:
                 self.doc["cells"].append(cell)
                 bar.update(1)
                 continue
+            t_cell = time.perf_counter()
             try:
                 cell.update(self.run_cell(name, mode, copies, expected))
                 errors.clear()
@@ -338,6 +339,7 @@ class _Sweep:
                 errors.append(message.splitlines()[0][:300] if message else "")
                 if self.device.startswith("cuda"):
                     torch.cuda.empty_cache()
+            cell["wall_s"] = time.perf_counter() - t_cell  # the cell's cost to the sweep
             self.doc["cells"].append(cell)
             bar.update(1)
         del copies, wl

@@ -18,7 +18,8 @@ specsample build 2>&1 | tail -1
 case "$stage" in
 tests)
   timeout 540 python3 -m pytest -q -p no:cacheprovider tests/test_torch_backends.py tests/test_validation.py \
-    tests/test_cuda_cpp.py tests/test_cupy.py tests/test_triton.py tests/test_reports_gpu.py >"$OUT/pytest.log" 2>&1
+    tests/test_cuda_cpp.py tests/test_cupy.py tests/test_triton.py tests/test_reports_gpu.py \
+    --deselect tests/test_triton.py::test_interpreter_suite >"$OUT/pytest.log" 2>&1  # CPU path: CI runs it
   tail -15 "$OUT/pytest.log"
   ;;
 conform)

@@ -45,6 +45,30 @@ def test_run_conformance_returns_and_writes_the_schema(tmp_path):
         assert "CUDA" in checks["repro.cuda-graph"]["details"]
 
 
+def test_parallel_jobs_give_the_same_verdicts_as_one_process(tmp_path, capsys):
+    """jobs > 1: one child process per backend, merged into one document with the same outcomes."""
+    names = ["torch-vectorized", "torch-loop", "no-such-backend"]
+    serial = run_conformance(names, "fast", None, SUBSET, quiet=True)
+    path = tmp_path / "parallel.json"
+    parallel = run_conformance(names, "fast", str(path), SUBSET, quiet=True, jobs=2)
+    _check_schema(parallel)
+    assert json.loads(path.read_text())["backends"] == parallel["backends"]
+    assert list(parallel["backends"]) == names
+    for name in names:
+        a, b = serial["backends"][name], parallel["backends"][name]
+        assert a["available"] == b["available"] and a["summary"] == b["summary"], name
+        assert {c: r["outcome"] for c, r in a["checks"].items()} == {
+            c: r["outcome"] for c, r in b["checks"].items()
+        }
+    assert parallel["backends"]["torch-loop"]["summary"]["pass"] > 5
+    err = capsys.readouterr().err
+    assert "conformance torch-loop:" in err and "conformance torch-vectorized:" in err
+    with pytest.raises(ValueError, match="not supported with jobs > 1"):
+        run_conformance(names[:2], "fast", None, ["--lf"], quiet=True, jobs=2)
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_conformance(names[:2], "fast", None, quiet=True, jobs=0)
+
+
 def test_unknown_backend_is_reported_and_fails_the_cli(tmp_path, capsys):
     outcome = run(["no-such-backend"], "fast", None, (), quiet=True)
     assert not outcome.ok
