@@ -88,8 +88,10 @@ def test_run_calls_the_conformance_runner(tmp_path, monkeypatch, capsys):
     """The run path with conformance, against a stand-in runner honouring the agreed signature."""
     calls = {}
 
-    def run_conformance(backends=None, level="fast", json_path=None, pytest_args=(), quiet=False):
-        calls.update(backends=backends, level=level, json_path=json_path, quiet=quiet)
+    def run_conformance(
+        backends=None, level="fast", json_path=None, pytest_args=(), quiet=False, jobs=1
+    ):
+        calls.update(backends=backends, level=level, json_path=json_path, quiet=quiet, jobs=jobs)
         doc = dict(CONFORMANCE_FIXTURE, level=level)
         with open(json_path, "w") as f:
             json.dump(doc, f)
@@ -117,6 +119,7 @@ def test_run_calls_the_conformance_runner(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert code == 1  # the fixture has a failing backend
     assert calls["level"] == "fast" and calls["backends"] == ["torch-vectorized"]
+    assert calls["jobs"] == 1  # the CPU default: backends would compete for the same cores
     assert (out / "conformance.json").exists() and (out / "conformance.csv").exists()
     assert "conformance (fast)" in text and "broken" in text
     assert "FAIL" in (out / "report.md").read_text()
