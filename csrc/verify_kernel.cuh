@@ -39,6 +39,22 @@
 // The accept draws and the final draw use distinct (counter, word) positions.
 #pragma once
 
+// Development only (-DSPECSAMPLE_TRACE=1, CuPy builds): thread 0 of each block stores the SM clock
+// at the phase marks below, so scripts/trace_phases.py can print where a call's time goes.
+#if defined(SPECSAMPLE_TRACE) && SPECSAMPLE_TRACE
+extern "C" {
+__device__ unsigned long long specsample_trace[16 * 1024];
+}
+#define SPECSAMPLE_MARK(i)                                                                 \
+  do {                                                                                      \
+    if (threadIdx.x == 0 && blockIdx.x < 1024) specsample_trace[blockIdx.x * 16 + (i)] = clock64(); \
+  } while (0)
+#else
+#define SPECSAMPLE_MARK(i) \
+  do {                     \
+  } while (0)
+#endif
+
 namespace specsample {
 
 typedef unsigned int u32;
@@ -491,6 +507,7 @@ template <typename T, int CL, bool GREEDY>
 __device__ __forceinline__ void verify_body(const Params& P) {
   constexpr int N = VecTraits<T>::N;
   __shared__ Smem s;
+  SPECSAMPLE_MARK(0);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const u32 rank = cluster_rank<CL>();
   const i64 b = (i64)cluster_id<CL>();
@@ -522,6 +539,7 @@ __device__ __forceinline__ void verify_body(const Params& P) {
     offset = (u64)*P.offset_ptr + P.offset_intragraph;
   }
   __syncthreads();
+  SPECSAMPLE_MARK(1);
 
   if constexpr (!GREEDY) {
     // ---- 1. accept / reject: warp 0, 32 drafts at a time ---------------------------------------
@@ -555,6 +573,7 @@ __device__ __forceinline__ void verify_body(const Params& P) {
       }
     }
     __syncthreads();
+    SPECSAMPLE_MARK(2);
     const int kstar = s.kstar;
     const double u_final = (double)s.u_final;
     const T* qrow = q + (b * K1 + kstar) * V;
@@ -570,12 +589,14 @@ __device__ __forceinline__ void verify_body(const Params& P) {
           warp_sum(segment_residual_sum<T>(qrow, prow, onehot, w_lo, w_hi, V, aligned, lane, qw, pw));
       if (lane == 0) s.seg_sum[warp] = part;
       __syncthreads();
+      if (attempt == 0) SPECSAMPLE_MARK(3);
       if (tid == 0) {
         double acc = 0.0;
         for (int w = 0; w < nwarps; ++w) acc += s.seg_sum[w];
         s.chunk_sum = acc;
       }
       cluster_barrier<CL>();
+      if (attempt == 0) SPECSAMPLE_MARK(4);
       // gather the CL chunk sums (one distributed-shared-memory load per thread, in parallel)
       if (tid < CL) s.peer_sum[tid] = ld_peer_f64<CL>(&s.chunk_sum, (u32)tid);
       __syncthreads();
@@ -609,6 +630,7 @@ __device__ __forceinline__ void verify_body(const Params& P) {
         s.warp_tmp[0] = total;
       }
       cluster_barrier<CL>();  // peers have read our chunk_sum; smem may be reused
+      if (attempt == 0) SPECSAMPLE_MARK(5);
       total = s.warp_tmp[0];
       owner = s.owner;
       if (total > 0.0 || (prow == nullptr && onehot < 0)) break;
@@ -751,11 +773,13 @@ __device__ __forceinline__ void verify_body(const Params& P) {
       }
     }
     __syncthreads();
+    SPECSAMPLE_MARK(6);
     // ---- 5. outputs ------------------------------------------------------------------------------
     for (int k = tid; k <= K; k += blockDim.x) {
       P.out_tokens[out_base + k] = k < kstar ? s.xhat[k] : (k == kstar ? s.final_token : -1);
     }
     if (tid == 0) P.out_num[b] = kstar + 1;
+    SPECSAMPLE_MARK(7);
   } else {
   // ================================ greedy ========================================================
   const int R = P.rows_per_step < 1 ? 1 : (P.rows_per_step > kMaxStepRows ? kMaxStepRows : P.rows_per_step);
