@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The project's end-of-issue GPU check, one stage per device call (each must end inside the call's
-# 10-minute limit; on an H100 the full conformance level of all six backends took more than 400 s):
+# The project's end-of-issue GPU checks, one stage per device call (each ends inside the call's
+# 10-minute limit). The whole job (full conformance of every backend + the standard grid + the
+# report) is one `specsample run`, which scripts/gpu_run.sh runs past a single call; these stages
+# are for checking parts of it:
 #   bash scripts/gpu_final.sh tests                          # the project's GPU tests
-#   bash scripts/gpu_final.sh conform cuda-cpp cupy triton   # full conformance of the fused backends
-#   bash scripts/gpu_final.sh conform torch-vectorized torch-compile torch-loop
+#   bash scripts/gpu_final.sh conform cuda-cpp cupy triton   # full conformance of some backends
 #   bash scripts/gpu_final.sh bench                          # specsample run --no-conformance: benchmark + report
 # Logs land in $OUT (the report tarred); a short summary prints last.
 set -uo pipefail
