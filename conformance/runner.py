@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .options import BACKEND_OPTION, CONFORMANCE_PACKAGE, LEVEL_OPTION, LEVELS
+from .results import summarize
 
 
 class ConformanceRunError(RuntimeError):
@@ -155,10 +156,7 @@ def _run_parallel(
                         )
                     tested[name] = checks
                     worst = max(worst, proc.returncode)
-                    counts = {
-                        o: sum(r["outcome"] == o for r in checks.values())
-                        for o in ("pass", "fail", "not-claimed", "error")
-                    }
+                    counts = summarize(checks)
                     print(
                         f"conformance {name}: {counts['pass']} pass, {counts['fail']} fail, "
                         f"{counts['not-claimed']} not claimed, {counts['error']} error "

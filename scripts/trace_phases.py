@@ -53,8 +53,6 @@ for B in [int(a) for a in sys.argv[1:]] or [1, 64]:
             for i, name in enumerate(PHASES, start=1):
                 if blk[i] and blk[i - 1]:
                     deltas[name].append(int(blk[i] - blk[i - 1]))
-                elif i == 6 and blk[i] and blk[5]:
-                    deltas[name].append(int(blk[i] - blk[5]))
     print(
         f"B={B} cluster={cl} threads={nt} (median over blocks and 10 calls; SM clock {clock_hz / 1e9:.2f} GHz)"
     )
