@@ -196,12 +196,21 @@ def choose_config(
     """``(cluster, threads, rows_per_step)`` for a call; identical to the C++ ``choose_config``."""
     cluster, threads, rows = 1, 512, 1
     if clusters:
-        if B <= 16:
-            cluster = 16
-            if B > 4:
-                threads = 256
+        if greedy:
+            if B <= 16:
+                cluster = 16
+                if B > 4:
+                    threads = 256
+            elif B < 128:
+                cluster = 2
+        elif B <= 8:
+            cluster, threads = 16, 256
+        elif B <= 16:
+            cluster, threads = 16, 128
+        elif B <= 32:
+            cluster, threads = 8, 256
         elif B < 128:
-            cluster = 2
+            cluster, threads = 4, 256
     if greedy and B <= 16:
         rows = MAX_STEP_ROWS  # steps of 1, 2, 4, ... rows at small batch
     return cluster, threads, rows

@@ -50,6 +50,7 @@ class _Module:
             options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
             if self.clusters:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
+            options.extend(extra_options)
             self.names: dict[tuple[str, int, bool], str] = {}
             for dtype, ctype in _KERNEL_TYPES.items():
                 for greedy in (False, True):

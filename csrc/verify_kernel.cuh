@@ -13,21 +13,21 @@
 //   2. first rejection k*: r = max(0, q[b,k*] - p[b,k*]) (p = one-hot(x) without draft probs);
 //      if sum(r) == 0, r = q[b,k*]. All accepted: r = q[b,K] (the bonus row).
 //   3. last token = smallest j with cumsum(r)[j] > u[b,K] * sum(r); never a token with r_j = 0.
-//   Every r_j is formed in double from the stored values exactly as the reference does, and the
-//   sums are accumulated in double, so only the summation ORDER differs from the reference
-//   (relative differences ~1e-16 of the total): in practice the tokens are identical.
+//   The residual is summed in float32 within one 16-byte vector (4 or 8 elements; DESIGN.md:
+//   "accumulated in float32 or wider") and in double across vectors, and the element where the
+//   threshold is crossed is found with every r_j formed in double exactly as the reference does:
+//   the tokens differ from the reference only where the threshold lies within ~1e-7 of a vector
+//   sum of a token boundary (never observed in the exactness checks).
 //   Greedy: accept while x == argmax(q[b,k]) (ties -> smallest index); last token = argmax of the
 //   first mismatching row, or of row K.
 //
 // Work decomposition: one request per thread-block CLUSTER of CL blocks (CL = 1 without Hopper
 // clusters). The row that must be read in full (q and p at the first rejection, or the bonus row)
 // is split into CL contiguous chunks, one per block, and each block's chunk into one contiguous
-// segment per warp. Each lane streams 16-byte vectors of its warp's segment (coalesced, several in
-// flight). Partial sums are combined in a fixed, sequential order (segment -> chunk -> row), and
-// the chunk sums travel between the blocks of the cluster through distributed shared memory, so the
-// cluster needs no global workspace, no atomics in global memory and no second launch. The block
-// owning the chunk where the cumulative sum crosses the threshold re-reads only the crossing
-// warp segment (a few KB, from L2) and scans it.
+// segment per warp. Each lane streams 16-byte vectors of its warp's segment (coalesced, two waves
+// in flight). The sums travel between the blocks of the cluster through distributed shared
+// memory, so the cluster needs no global workspace, no atomics in global memory and no second
+// launch (random mode: see "Random mode" below; greedy: argmax keys, gathered per step).
 //
 // Random numbers (when no explicit uniforms are given): Philox4x32-10, key = (seed_lo, seed_hi),
 // counter = (n_lo, n_hi, b_lo, b_hi) with n = (offset + i) / 4, word (offset + i) % 4, for the
@@ -39,8 +39,9 @@
 // The accept draws and the final draw use distinct (counter, word) positions.
 #pragma once
 
-// Development only (-DSPECSAMPLE_TRACE=1, CuPy builds): thread 0 of each block stores the SM clock
-// at the phase marks below, so scripts/trace_phases.py can print where a call's time goes.
+// Development only (-DSPECSAMPLE_TRACE=1, CuPy builds): thread 0 (MARK) or lane 0 of a warp
+// (MARK_WARP) of each block stores the SM clock at the phase marks below, so
+// scripts/trace_phases.py can print where a call's time goes.
 #if defined(SPECSAMPLE_TRACE) && SPECSAMPLE_TRACE
 extern "C" {
 __device__ unsigned long long specsample_trace[16 * 1024];
@@ -49,9 +50,17 @@ __device__ unsigned long long specsample_trace[16 * 1024];
   do {                                                                                      \
     if (threadIdx.x == 0 && blockIdx.x < 1024) specsample_trace[blockIdx.x * 16 + (i)] = clock64(); \
   } while (0)
+// lane 0 of whichever warp gets there (a phase only one warp of the block reaches)
+#define SPECSAMPLE_MARK_WARP(i)                                                                 \
+  do {                                                                                          \
+    if ((threadIdx.x & 31) == 0 && blockIdx.x < 1024) specsample_trace[blockIdx.x * 16 + (i)] = clock64(); \
+  } while (0)
 #else
 #define SPECSAMPLE_MARK(i) \
   do {                     \
+  } while (0)
+#define SPECSAMPLE_MARK_WARP(i) \
+  do {                          \
   } while (0)
 #endif
 
@@ -69,17 +78,10 @@ struct bf16 {
   unsigned short bits;
 };
 
-constexpr int kMaxWarps = 32;       // blockDim.x <= 1024
 constexpr int kMaxK = 128;          // draft tokens per request
 constexpr int kMaxStepRows = 16;    // greedy: rows examined per step
 constexpr int kGreedyGroup = 4;     // greedy: rows streamed together (loads in flight)
 
-#ifndef SPECSAMPLE_REGSCAN
-#define SPECSAMPLE_REGSCAN 1  // scan a one-wave crossing segment from registers (no re-read)
-#endif
-#ifndef SPECSAMPLE_MIN_BLOCKS
-#define SPECSAMPLE_MIN_BLOCKS 1  // blocks of 512 threads per SM the register budget must allow
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // Element conversion and 16-byte vector loads
@@ -297,23 +299,12 @@ __device__ __forceinline__ u64 argmax_key(float v, i64 j) {
   return ((u64)__float_as_uint(v + 0.0f) << 32) | (u64)(0xFFFFFFFFu - (u32)j);
 }
 
-struct Smem {
-  double seg_sum[kMaxWarps];   // random: this block's per-warp segment sums (sequential order)
-  double warp_tmp[kMaxWarps];  // block scan scratch
-  double chunk_sum;            // random: this block's chunk sum (read by peers)
-  double threshold;            // random: u_K * total
-  double seg_base;             // random: cumulative sum before the crossing segment
-  u64 row_key[kMaxStepRows];   // greedy: this block's argmax key of each row of the step
-  u64 peer_key[kMaxStepRows][16];  // greedy: every block's key per row (gathered by rank 0..)
-  double peer_sum[16];         // random: every block's chunk sum (gathered in parallel)
-  i64 xhat[kMaxK];             // draft ids (or -1 when out of range)
-  i64 found;                   // random: crossing index found by the rescan
-  i64 last_pos;                // random: last positive index of the rescanned segment
+struct GreedySmem {
+  u64 row_key[kMaxStepRows];       // this block's argmax key of each row of the step
+  u64 peer_key[kMaxStepRows][16];  // every block's key per row (gathered in parallel)
+  i64 xhat[kMaxK];                 // draft ids (or -1 when out of range)
   i64 final_token;
   int kstar;
-  int owner;                   // block rank that writes the outputs
-  int seg;                     // crossing warp segment
-  float u_final;
   int stop;
 };
 
@@ -328,101 +319,560 @@ __device__ __forceinline__ void split_range(i64 lo, i64 hi, int parts, int i, i6
 }
 
 // ---------------------------------------------------------------------------------------------
-// Random mode: sum of r over the vectors [lo, hi) of one warp segment.
+// Kernel parameters
 // ---------------------------------------------------------------------------------------------
-#ifndef SPECSAMPLE_UNROLL
-#define SPECSAMPLE_UNROLL 4
-#endif
-constexpr int kUnrollRandom = SPECSAMPLE_UNROLL;  // vectors per lane and stream in flight
+struct Params {
+  const void* ids;        // [B, K] int32 or int64
+  const void* p;          // [B, K, V] or null
+  const void* q;          // [B, K+1, V]
+  const float* uniforms;  // [B, K+1] or null
+  i64* out_tokens;        // [B, K+1]
+  i64* out_num;           // [B]
+  i64 V;
+  int B, K;
+  int ids64;
+  int greedy;
+  int rows_per_step;      // greedy: rows examined per step (1..kMaxStepRows)
+  u64 seed, offset;       // Philox, when not captured
+  const i64* seed_ptr;    // Philox, under CUDA-graph capture: *seed_ptr, *offset_ptr + intragraph
+  const i64* offset_ptr;
+  u64 offset_intragraph;
+  int captured;
+};
 
-template <typename T>
-__device__ __forceinline__ double residual_value(float qv, float pv, bool use_p, int j, int onehot) {
+
+// ---------------------------------------------------------------------------------------------
+// Random mode.
+//
+// Every warp of every block of the request's cluster makes the K accept/reject decisions itself,
+// in registers (one draft per lane: its id, then q and p at the id, while the lane computes its
+// Philox number), so no block-wide barrier stands between the decisions and the row's first loads.
+// Block 0's warp 0 writes the outputs the decisions fix (accepted ids, -1 padding, the count) at
+// once. Each warp then streams its own contiguous segment of the block's chunk of the row in waves
+// of 32 x U vectors, issuing the next wave's loads before it reduces the current one. A warp records the residual sum of each of up to 32 groups of
+// consecutive waves (lane j keeps group j's sum in a register) and its segment sum, which it
+// pushes into the shared memory of every block of the cluster (distributed shared memory). While
+// the other blocks' sums arrive, it prepares its own prefix sums (wave groups; at small batch also
+// its last wave, still in registers). Then each warp finds, from its own block's shared memory, the
+// chunk and the warp segment holding the threshold; only the warp that owns it goes on: it picks
+// the wave group, scans the crossing wave (from registers when it was the segment's last one, else
+// re-read from L2) and writes the last token.
+//
+// Arithmetic: r_j = max(0, q_j - p_j) is summed in float32 over one 16-byte vector (4 or 8
+// elements), and those vector sums are added in double; the element where the threshold is
+// crossed is then found with every r_j formed exactly in double.
+// ---------------------------------------------------------------------------------------------
+constexpr int kMaxWarpsRandom = 16;  // random mode: blockDim.x <= 512
+
+// Vectors per lane in one wave (two waves in flight: the loop is double-buffered).
+#ifndef SPECSAMPLE_WAVE_SMALL
+#define SPECSAMPLE_WAVE_SMALL 2  // clusters of fewer than 16 blocks
+#endif
+#ifndef SPECSAMPLE_WAVE_LARGE
+#define SPECSAMPLE_WAVE_LARGE 2  // clusters of 16 blocks (small batches)
+#endif
+#ifndef SPECSAMPLE_RANDOM_MIN_BLOCKS
+#define SPECSAMPLE_RANDOM_MIN_BLOCKS 2  // blocks of 512 threads per SM (cluster < 16): <= 64 regs
+#endif
+template <int CL>
+struct RandomShape {
+  static constexpr int U = CL >= 16 ? SPECSAMPLE_WAVE_LARGE : SPECSAMPLE_WAVE_SMALL;
+  // small batches (latency): scan the segment's last wave while the exchange completes
+  static constexpr bool kPrecompute = CL >= 16;
+  static constexpr int kMinBlocks = CL >= 16 ? 1 : SPECSAMPLE_RANDOM_MIN_BLOCKS;
+};
+
+// r_j = max(0, q_j - p_j) in double (exact: both are floats); p is one-hot(onehot) without draft
+// probabilities. `j` and `onehot` compare as unsigned (onehot = -1: none).
+__device__ __forceinline__ double residual_value(float qv, float pv, bool use_p, u32 j, int onehot) {
   const double qd = (double)qv;
-  const double pd = use_p ? (double)pv : (j == onehot ? 1.0 : 0.0);
+  const double pd = use_p ? (double)pv : (j == (u32)onehot ? 1.0 : 0.0);
   const double r = qd - pd;
   return r > 0.0 ? r : 0.0;
 }
 
-template <typename T, int U>
-__device__ __forceinline__ void load_wave(const T* qrow, const T* prow, i64 base, i64 hi, i64 V,
-                                          bool aligned, int lane, uint4 (&qw)[U], uint4 (&pw)[U]) {
+// Residual sum of one 16-byte vector (index g of the row), in float32, returned as a double.
+// Padding past V holds +0.0 and adds 0.
+template <typename T>
+__device__ __forceinline__ double vector_residual(const uint4& qw, const uint4& pw, u32 g, bool use_p,
+                                                  int onehot) {
+  constexpr int N = VecTraits<T>::N;
+  float qv[N], pv[N];
+  VecTraits<T>::unpack(qw, qv);
+  VecTraits<T>::unpack(pw, pv);
+  float acc = 0.0f;
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const float d = use_p ? qv[e] - pv[e] : (g * N + e == (u32)onehot ? qv[e] - 1.0f : qv[e]);
+    acc += fmaxf(d, 0.0f);
+  }
+  return (double)acc;
+}
+
+// One wave of a warp: this lane's vectors base + u*32 + lane, u < U (zeros past `hi`).
+template <int U>
+struct Wave {
+  uint4 q[U], p[U];
+};
+
+// ALIGNED: every row starts on 16 bytes and V is a multiple of N, so each vector is one 16-byte load
+// (decided once per call, outside the loops, so the hot loop has no per-vector branch).
+template <typename T, int U, bool ALIGNED>
+__device__ __forceinline__ void load_wave(Wave<U>& w, const T* qrow, const T* prow, int base, int hi,
+                                          i64 V, int lane) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    const i64 g = base + u * 32 + lane;
-    qw[u] = make_uint4(0u, 0u, 0u, 0u);
-    pw[u] = make_uint4(0u, 0u, 0u, 0u);
+    const int g = base + u * 32 + lane;
+    w.q[u] = make_uint4(0u, 0u, 0u, 0u);
+    w.p[u] = make_uint4(0u, 0u, 0u, 0u);
     if (g < hi) {
-      qw[u] = load_raw(qrow, g, V, aligned);
-      if (prow != nullptr) pw[u] = load_raw(prow, g, V, aligned);
+      if constexpr (ALIGNED) {
+        w.q[u] = __ldg(reinterpret_cast<const uint4*>(qrow) + g);
+        if (prow != nullptr) w.p[u] = __ldg(reinterpret_cast<const uint4*>(prow) + g);
+      } else {
+        w.q[u] = load_raw(qrow, g, V, false);
+        if (prow != nullptr) w.p[u] = load_raw(prow, g, V, false);
+      }
     }
   }
 }
 
-template <typename T, int U>
-__device__ __forceinline__ double wave_sum(const uint4 (&qw)[U], const uint4 (&pw)[U], i64 base,
-                                           bool use_p, int onehot, int lane) {
-  constexpr int N = VecTraits<T>::N;
-  double acc = 0.0;
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int j0 = (int)(base + u * 32 + lane) * N;  // V < 2^31: in-row indices fit 32 bits
-    float qv[N], pv[N];
-    VecTraits<T>::unpack(qw[u], qv);
-    VecTraits<T>::unpack(pw[u], pv);
-#pragma unroll
-    for (int e = 0; e < N; ++e) acc += residual_value<T>(qv[e], pv[e], use_p, j0 + e, onehot);
-  }
-  return acc;
-}
-
-// Sum of r over the vectors [lo, hi) of one warp segment (this lane's share). The first wave of
-// vectors stays in qw/pw: when the segment is a single wave, the crossing search reuses it from
-// registers instead of reading the segment again.
-template <typename T>
-__device__ __forceinline__ double segment_residual_sum(const T* qrow, const T* prow, int onehot,
-                                                       i64 lo, i64 hi, i64 V, bool aligned, int lane,
-                                                       uint4 (&qw)[kUnrollRandom],
-                                                       uint4 (&pw)[kUnrollRandom]) {
-  constexpr int U = kUnrollRandom;
-  const bool use_p = prow != nullptr;
-  load_wave<T, U>(qrow, prow, lo, hi, V, aligned, lane, qw, pw);
-  double acc = wave_sum<T, U>(qw, pw, lo, use_p, onehot, lane);
-  for (i64 base = lo + 32 * U; base < hi; base += 32 * U) {
-    uint4 qx[U], px[U];
-    load_wave<T, U>(qrow, prow, base, hi, V, aligned, lane, qx, px);
-    acc += wave_sum<T, U>(qx, px, base, use_p, onehot, lane);
-  }
-  return acc;
-}
-
-// Exclusive block scan of one double per thread (blockDim.x threads); returns the exclusive prefix
-// and, through `total`, the block total. Uses s.warp_tmp; ends with a __syncthreads.
-__device__ double block_exclusive_scan(double x, double& total, Smem& s) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  double incl = x;
+__device__ __forceinline__ double warp_inclusive_scan(double x, int lane) {
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
-    const double y = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += y;
+    const double y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
   }
-  double lane_excl = __shfl_up_sync(0xffffffffu, incl, 1);
-  if (lane == 0) lane_excl = 0.0;
-  if (lane == 31) s.warp_tmp[warp] = incl;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double acc = 0.0;
-    for (int w = 0; w < nwarps; ++w) {
-      const double t = s.warp_tmp[w];
-      s.warp_tmp[w] = acc;
-      acc += t;
+  return x;
+}
+
+// Two independent scans interleaved (one chain's latency instead of two).
+__device__ __forceinline__ void warp_inclusive_scan2(double& x, double& y, int lane) {
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double a = __shfl_up_sync(0xffffffffu, x, o);
+    const double c = __shfl_up_sync(0xffffffffu, y, o);
+    if (lane >= o) {
+      x += a;
+      y += c;
     }
-    s.chunk_sum = acc;  // scratch: the block total (chunk_sum is no longer read by peers here)
   }
-  __syncthreads();
-  total = s.chunk_sum;
-  const double excl = s.warp_tmp[warp] + lane_excl;
-  __syncthreads();
-  return excl;
+}
+
+// Exclusive prefix from an inclusive one.
+__device__ __forceinline__ double exclusive_of(double incl, int lane) {
+  const double e = __shfl_up_sync(0xffffffffu, incl, 1);
+  return lane == 0 ? 0.0 : e;
+}
+
+// The lanes hold consecutive non-negative parts `v` of a sequence (lane order) that starts at
+// `base`, with their inclusive and exclusive prefix sums. Returns the lane of the part where the
+// running sum first exceeds t (among parts > 0); when rounding left t at or past the end, the last
+// lane with a part > 0; -1 when all are 0. `before` receives base + the sum of the parts before it.
+__device__ __forceinline__ int lane_crossing(double v, double incl, double excl, double base, double t,
+                                             double& before) {
+  const u32 hit = __ballot_sync(0xffffffffu, v > 0.0 && base + incl > t);
+  const u32 pos = __ballot_sync(0xffffffffu, v > 0.0);
+  const int l = hit ? __ffs(hit) - 1 : (pos ? 31 - __clz(pos) : -1);
+  before = base + __shfl_sync(0xffffffffu, excl, l < 0 ? 0 : l);
+  return l;
+}
+
+// A wave's residual sums, ready for the crossing search: per lane and slice u (vectors u*32 + lane)
+// the vector sum r, the slice totals, and the inclusive prefix over the lanes of each slice.
+template <int U>
+struct WaveScan {
+  double r[U], tot[U], incl[U], excl[U];
+};
+
+template <typename T, int U>
+__device__ __forceinline__ void scan_wave(const Wave<U>& w, int base, bool use_p, int onehot, int lane,
+                                          WaveScan<U>& s) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    s.r[u] = vector_residual<T>(w.q[u], w.p[u], (u32)(base + u * 32 + lane), use_p, onehot);
+    s.incl[u] = s.r[u];
+  }
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const double y = __shfl_up_sync(0xffffffffu, s.incl[u], o);
+      if (lane >= o) s.incl[u] += y;
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    s.tot[u] = __shfl_sync(0xffffffffu, s.incl[u], 31);
+    s.excl[u] = exclusive_of(s.incl[u], lane);
+  }
+}
+
+// The element of lane l's vector g where base + cumsum (exact, in double) first exceeds t; the
+// vector's last positive element when rounding says otherwise (-1 if it has none). Lane l only.
+template <typename T>
+__device__ __forceinline__ int pick_in_vector(const uint4& qw, const uint4& pw, u32 g, double before,
+                                              double t, bool use_p, int onehot) {
+  constexpr int N = VecTraits<T>::N;
+  float qv[N], pv[N];
+  VecTraits<T>::unpack(qw, qv);
+  VecTraits<T>::unpack(pw, pv);
+  double a = before;
+  int hit = -1, last = -1;
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const double r = residual_value(qv[e], pv[e], use_p, g * N + e, onehot);
+    a += r;
+    if (r > 0.0) {
+      last = (int)(g * N + e);
+      if (hit < 0 && a > t) hit = (int)(g * N + e);
+    }
+  }
+  return hit >= 0 ? hit : last;
+}
+
+// One wave (vectors base + u*32 + lane) with its scan: if `run` + its cumulative residual crosses
+// t, returns the element; otherwise adds the wave's sum to `run`, records its last positive
+// element in `last` (unchanged when it has none) and returns -1.
+template <typename T, int U>
+__device__ __forceinline__ int pick_in_wave(const Wave<U>& w, const WaveScan<U>& s, int base, bool use_p,
+                                            int onehot, double t, double& run, int& last, int lane) {
+  int us = -1, ulast = -1;
+  double base_us = run;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (s.tot[u] > 0.0) {
+      ulast = u;
+      if (us < 0 && run + s.tot[u] > t) {
+        us = u;
+        base_us = run;
+      }
+    }
+    if (us < 0) run += s.tot[u];
+  }
+  const int pick = us >= 0 ? us : ulast;
+  if (pick < 0) return -1;
+  // slice `pick`, selected without dynamic register indexing
+  double rs = 0.0, is = 0.0, es = 0.0;
+  uint4 qs = make_uint4(0u, 0u, 0u, 0u), ps = qs;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (u == pick) {
+      rs = s.r[u];
+      is = s.incl[u];
+      es = s.excl[u];
+      qs = w.q[u];
+      ps = w.p[u];
+    }
+  }
+  // no crossing in this wave: its last positive element (t = +inf picks the last positive lane)
+  const double tt = us >= 0 ? t : __longlong_as_double(0x7ff0000000000000LL);
+  double before;
+  const int l = lane_crossing(rs, is, es, us >= 0 ? base_us : 0.0, tt, before);
+  int token = 0;
+  if (lane == l) token = pick_in_vector<T>(qs, ps, (u32)(base + pick * 32 + lane), before, tt, use_p, onehot);
+  token = __shfl_sync(0xffffffffu, token, l < 0 ? 0 : l);
+  if (us >= 0) return token;
+  last = token;
+  return -1;
+}
+
+// Stream one warp segment [lo, hi) (vector indices) of a row, the next wave's loads issued before
+// the current one is reduced. Returns the segment sum (every lane); lane j's `group_sum` is the sum
+// of waves [j*G, (j+1)*G); `cur` is left holding the last wave.
+template <typename T, int U, bool ALIGNED>
+__device__ __forceinline__ double stream_segment(const T* qrow, const T* prow, int onehot, int lo, int hi,
+                                                 i64 V, int lane, int nwaves, int G, Wave<U>& cur,
+                                                 double& group_sum) {
+  const bool use_p = prow != nullptr;
+  double seg = 0.0, acc = 0.0;
+  group_sum = 0.0;
+  if (nwaves > 0) load_wave<T, U, ALIGNED>(cur, qrow, prow, lo, hi, V, lane);
+  int in_group = 0, group = 0;
+  for (int i = 0; i < nwaves; ++i) {
+    const int base = lo + i * 32 * U;
+    const bool more = i + 1 < nwaves;
+    Wave<U> nxt;
+    if (more) load_wave<T, U, ALIGNED>(nxt, qrow, prow, base + 32 * U, hi, V, lane);
+#pragma unroll
+    for (int u = 0; u < U; ++u) acc += vector_residual<T>(cur.q[u], cur.p[u], (u32)(base + u * 32 + lane), use_p, onehot);
+    if (++in_group == G || !more) {
+      const double gs = warp_sum(acc);
+      if (lane == group) group_sum = gs;
+      seg += gs;
+      acc = 0.0;
+      in_group = 0;
+      ++group;
+    }
+    if (more) cur = nxt;
+  }
+  return seg;
+}
+
+// Split barrier phases (clusters): arrive early, wait late.
+template <int CL>
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  if constexpr (CL > 1) asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+template <int CL>
+__device__ __forceinline__ void cluster_wait() {
+  if constexpr (CL > 1) asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+
+template <int CL>
+__device__ __forceinline__ void st_peer_f64(double* local, u32 rank, double v) {
+  if constexpr (CL == 1) {
+    *local = v;
+  } else {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+    asm volatile("st.shared::cluster.f64 [%0], %1;" ::"r"(remote), "d"(v) : "memory");
+  }
+}
+
+// The segment sums travel between the blocks of a cluster as asynchronous remote stores that
+// complete a transaction count on the receiving block's mbarrier (st.async): a block waits only
+// for the bytes it expects, with no cluster-wide barrier and no release fence on the GPU's memory.
+// SPECSAMPLE_ASYNC_EXCHANGE=0 uses remote stores + one cluster barrier instead.
+#ifndef SPECSAMPLE_ASYNC_EXCHANGE
+#define SPECSAMPLE_ASYNC_EXCHANGE 1
+#endif
+
+
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// One arrival that also announces `bytes` of transactions for the current phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+// spin: poll without suspending (at tiny batch the SM has nothing else to run, and a suspended
+// thread wakes up late); otherwise let the hardware suspend the waiting threads.
+__device__ __forceinline__ void mbar_wait_parity(u64* bar, u32 parity, bool spin) {
+  if (spin) {
+    asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "SPIN:\n\t"
+        "mbarrier.test_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra SPIN;\n}" ::"r"(smem_addr(bar)),
+        "r"(parity)
+        : "memory");
+  } else {
+    asm volatile(
+        "{\n\t.reg .pred done;\n"
+        "WAIT:\n\t"
+        "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n\t"
+        "@!done bra WAIT;\n}" ::"r"(smem_addr(bar)),
+        "r"(parity)
+        : "memory");
+  }
+}
+// v -> `local`'s twin in block `rank` of the cluster, completing 8 bytes on that block's `bar`.
+__device__ __forceinline__ void st_async_peer_f64(double* local, u64* bar, u32 rank, double v) {
+  u32 ra, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rb) : "r"(smem_addr(bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f64 [%0], %1, [%2];" ::"r"(ra), "d"(v),
+               "r"(rb)
+               : "memory");
+}
+
+// Shared memory of the random-mode body.
+template <int CL>
+struct RandomSmem {
+  double seg_all[2][CL][kMaxWarpsRandom];  // [attempt][block rank][warp]: every warp's segment sum
+  u64 bar[2];                              // [attempt]: the exchange's mbarrier (async exchange)
+};
+
+__device__ __forceinline__ i64 load_id(const Params& P, i64 b, int k) {
+  return P.ids64 ? __ldg(reinterpret_cast<const i64*>(P.ids) + b * P.K + k)
+                 : (i64)__ldg(reinterpret_cast<const int*>(P.ids) + b * P.K + k);
+}
+
+// Outputs of request b known once the drafts are decided, written by one warp: the accepted ids,
+// -1 after the last token, and the count. The last token itself (position kstar) comes later.
+__device__ __forceinline__ void write_decided_outputs(const Params& P, i64 b, int kstar, i64 id_lane,
+                                                      int lane) {
+  const int K = P.K;
+  const i64 base = b * ((i64)K + 1);
+  for (int k0 = 0; k0 <= K; k0 += 32) {
+    const int k = k0 + lane;
+    if (k > K) break;
+    if (k == kstar) continue;
+    // accepted ids are in range
+    P.out_tokens[base + k] = k > kstar ? -1 : (k0 == 0 ? id_lane : load_id(P, b, k));
+  }
+  if (lane == 0) P.out_num[b] = kstar + 1;
+}
+
+template <typename T, int CL, bool ALIGNED>
+__device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& sm) {
+  constexpr bool kAsync = CL > 1 && SPECSAMPLE_ASYNC_EXCHANGE;
+  constexpr int U = RandomShape<CL>::U;
+  constexpr int N = VecTraits<T>::N;
+  SPECSAMPLE_MARK(0);
+  if constexpr (kAsync) {
+    if (threadIdx.x == 0) {
+      mbar_init(&sm.bar[0], 1);
+      mbar_init(&sm.bar[1], 1);
+      mbar_fence_init();
+    }
+  }
+  cluster_arrive_relaxed<CL>();  // paired with the wait before the first remote store
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const u32 rank = cluster_rank<CL>();
+  const i64 b = (i64)cluster_id<CL>();
+  const int K = P.K;
+  const i64 V = P.V;
+  const i64 K1 = (i64)K + 1;
+  const T* q = reinterpret_cast<const T*>(P.q);
+  const T* p = reinterpret_cast<const T*>(P.p);
+  const int NG = (int)((V + N - 1) / N);  // vectors per row (V < 2^31)
+  u64 seed = P.seed, offset = P.offset;
+  if (P.captured) {
+    seed = (u64)*P.seed_ptr;
+    offset = (u64)*P.offset_ptr + P.offset_intragraph;
+  }
+
+  // ---- 1. decisions, 32 drafts per step, in every warp -----------------------------------------
+  int kstar = K;
+  i64 x_star = -1, id_lane = -1;  // rejected id (-1: out of range); lane k's id for k < 32
+  float u_final = 0.0f;
+  bool have_final = false;
+  for (int k0 = 0; k0 <= K; k0 += 32) {
+    const int k = k0 + lane;
+    i64 x = -1;
+    if (k < K) {
+      x = load_id(P, b, k);
+      if (x < 0 || x >= V) x = -1;  // out of range: a rejection, never dereferenced
+    }
+    float qx = 0.0f, px = 1.0f;  // p = 1 without draft probabilities
+    if (x >= 0) {
+      qx = VecTraits<T>::load1(q + (b * K1 + k) * V + x);
+      if (p != nullptr) px = VecTraits<T>::load1(p + (b * (i64)K + k) * V + x);
+    }
+    float u = 0.0f;
+    if (k <= K) u = P.uniforms ? __ldg(P.uniforms + b * K1 + k) : philox_uniform(seed, offset, (u64)b, (u64)k);
+    const bool reject = k < K && !(x >= 0 && (double)u * (double)px < (double)qx);  // exact in double
+    if (k0 == 0) id_lane = x;
+    if (K - k0 < 32) {
+      u_final = __shfl_sync(0xffffffffu, u, K - k0);
+      have_final = true;
+    }
+    const u32 mask = __ballot_sync(0xffffffffu, reject);
+    if (mask) {
+      const int l = __ffs(mask) - 1;
+      kstar = k0 + l;
+      x_star = __shfl_sync(0xffffffffu, x, l);
+      break;
+    }
+  }
+  if (!have_final) {
+    u_final = P.uniforms ? __ldg(P.uniforms + b * K1 + K) : philox_uniform(seed, offset, (u64)b, (u64)K);
+  }
+  SPECSAMPLE_MARK(1);
+  if (rank == 0 && warp == 0) write_decided_outputs(P, b, kstar, id_lane, lane);
+  const i64 last_slot = b * K1 + kstar;  // out_tokens index of the last token
+
+  // ---- 2. stream this warp's segment of the row --------------------------------------------------
+  const T* qrow = q + (b * K1 + kstar) * V;
+  const T* prow = (p != nullptr && kstar < K) ? p + (b * (i64)K + kstar) * V : nullptr;
+  int onehot = (p == nullptr && kstar < K) ? (int)x_star : -1;
+  i64 c_lo, c_hi, w_lo64, w_hi64;
+  split_range(0, NG, CL, (int)rank, c_lo, c_hi);
+  split_range(c_lo, c_hi, nwarps, warp, w_lo64, w_hi64);
+  const int w_lo = (int)w_lo64, w_hi = (int)w_hi64;
+  const int nwaves = (w_hi - w_lo + 32 * U - 1) / (32 * U);
+  const int G = (nwaves + 31) / 32;  // waves per recorded group (at most 32 groups)
+  Wave<U> cur;
+  WaveScan<U> last_scan;  // the segment's last wave, scanned while the exchange completes
+  double group_sum = 0.0, group_incl = 0.0, group_excl = 0.0, total = 0.0;
+  double chunk = 0.0, chunk_incl = 0.0, seg_v = 0.0, seg_incl = 0.0;
+  const bool spin = P.B <= 4;  // tiny batch: poll the exchange's mbarrier
+  int att = 0;
+  for (;; ++att) {
+    const double seg = stream_segment<T, U, ALIGNED>(
+        qrow, prow, onehot, w_lo, w_hi, V, lane, nwaves, G, cur, group_sum);
+    SPECSAMPLE_MARK(2);
+    // every block of the cluster has started (its shared memory and mbarriers exist)
+    if (att == 0) cluster_wait<CL>();
+    if constexpr (kAsync) {
+      if (threadIdx.x == 0) mbar_arrive_expect_tx(&sm.bar[att], (u32)(CL * nwarps * sizeof(double)));
+      if (lane < CL) st_async_peer_f64(&sm.seg_all[att][rank][warp], &sm.bar[att], (u32)lane, seg);
+    } else {
+      if (lane < CL) st_peer_f64<CL>(&sm.seg_all[att][rank][warp], (u32)lane, seg);
+    }
+    // while the sums travel: this warp's own prefix sums (wave groups; with short segments, also
+    // its last wave, kept in registers)
+    group_incl = warp_inclusive_scan(group_sum, lane);
+    group_excl = exclusive_of(group_incl, lane);
+    if constexpr (RandomShape<CL>::kPrecompute) {
+      if (nwaves > 0) scan_wave<T, U>(cur, w_lo + (nwaves - 1) * 32 * U, prow != nullptr, onehot, lane, last_scan);
+    }
+    if constexpr (kAsync) {
+      mbar_wait_parity(&sm.bar[att], 0, spin);
+    } else {
+      cluster_barrier<CL>();
+    }
+    SPECSAMPLE_MARK_WARP(3);
+    // ---- 3. every warp: the chunk sums (lane c: block c) and this block's segment sums (lane w),
+    // with their prefix sums (two scans, interleaved); the total
+    chunk = 0.0;
+    if (lane < CL) {
+      for (int w = 0; w < nwarps; ++w) chunk += sm.seg_all[att][lane][w];
+    }
+    seg_v = lane < nwarps ? sm.seg_all[att][rank][lane] : 0.0;
+    chunk_incl = chunk;
+    seg_incl = seg_v;
+    warp_inclusive_scan2(chunk_incl, seg_incl, lane);
+    total = __shfl_sync(0xffffffffu, chunk_incl, 31);
+    if (total > 0.0 || (prow == nullptr && onehot < 0) || att == 1) break;
+    // sum(max(0, q - p)) == 0: draw from q itself (the same decision in every warp of the cluster)
+    prow = nullptr;
+    onehot = -1;
+  }
+  if (!(total > 0.0)) {
+    // the target row is all zeros (outside the contract): token 0, as the reference does
+    if (rank == 0 && threadIdx.x == 0) P.out_tokens[last_slot] = 0;
+    return;
+  }
+  const double t = (double)u_final * total;
+  double before_chunk, before_seg, before_group;
+  if (lane_crossing(chunk, chunk_incl, exclusive_of(chunk_incl, lane), 0.0, t, before_chunk) != (int)rank) {
+    SPECSAMPLE_MARK_WARP(5);
+    return;
+  }
+  if (lane_crossing(seg_v, seg_incl, exclusive_of(seg_incl, lane), before_chunk, t, before_seg) != warp) {
+    SPECSAMPLE_MARK_WARP(5);
+    return;
+  }
+  SPECSAMPLE_MARK_WARP(6);
+  // ---- 4. the owning warp: the wave group, then the element --------------------------------------
+  const int j = lane_crossing(group_sum, group_incl, group_excl, before_seg, t, before_group);
+  const bool use_p = prow != nullptr;
+  double run = before_group;
+  int last = -1, token = -1;
+  if (G == 1 && j == nwaves - 1) {
+    if constexpr (!RandomShape<CL>::kPrecompute) scan_wave<T, U>(cur, w_lo + j * 32 * U, use_p, onehot, lane, last_scan);
+    token = pick_in_wave<T, U>(cur, last_scan, w_lo + j * 32 * U, use_p, onehot, t, run, last, lane);
+  } else {
+    const int wv1 = (j + 1) * G < nwaves ? (j + 1) * G : nwaves;
+    for (int i = j * G; i < wv1 && token < 0; ++i) {
+      Wave<U> w;
+      WaveScan<U> sc;
+      load_wave<T, U, ALIGNED>(w, qrow, prow, w_lo + i * 32 * U, w_hi, V, lane);
+      scan_wave<T, U>(w, w_lo + i * 32 * U, use_p, onehot, lane, sc);
+      token = pick_in_wave<T, U>(w, sc, w_lo + i * 32 * U, use_p, onehot, t, run, last, lane);
+    }
+  }
+  if (token < 0) token = last >= 0 ? last : 0;
+  SPECSAMPLE_MARK_WARP(4);
+  if (lane == 0) P.out_tokens[last_slot] = token;
+  SPECSAMPLE_MARK_WARP(5);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,33 +931,11 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, i64 lo, i64 h
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The kernel body
-// ---------------------------------------------------------------------------------------------
-struct Params {
-  const void* ids;        // [B, K] int32 or int64
-  const void* p;          // [B, K, V] or null
-  const void* q;          // [B, K+1, V]
-  const float* uniforms;  // [B, K+1] or null
-  i64* out_tokens;        // [B, K+1]
-  i64* out_num;           // [B]
-  i64 V;
-  int B, K;
-  int ids64;
-  int greedy;
-  int rows_per_step;      // greedy: rows examined per step (1..kMaxStepRows)
-  u64 seed, offset;       // Philox, when not captured
-  const i64* seed_ptr;    // Philox, under CUDA-graph capture: *seed_ptr, *offset_ptr + intragraph
-  const i64* offset_ptr;
-  u64 offset_intragraph;
-  int captured;
-};
-
-template <typename T, int CL, bool GREEDY>
-__device__ __forceinline__ void verify_body(const Params& P) {
+// Greedy mode: the kernel body.
+template <typename T, int CL>
+__device__ __forceinline__ void verify_greedy(const Params& P) {
   constexpr int N = VecTraits<T>::N;
-  __shared__ Smem s;
-  SPECSAMPLE_MARK(0);
+  __shared__ GreedySmem s;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const u32 rank = cluster_rank<CL>();
   const i64 b = (i64)cluster_id<CL>();
@@ -533,260 +961,11 @@ __device__ __forceinline__ void verify_body(const Params& P) {
     s.xhat[k] = (x >= 0 && x < V) ? x : -1;
   }
 
-  u64 seed = P.seed, offset = P.offset;
-  if (P.captured) {
-    seed = (u64)*P.seed_ptr;
-    offset = (u64)*P.offset_ptr + P.offset_intragraph;
-  }
+  if (tid < kMaxStepRows) s.row_key[tid] = 0;
   __syncthreads();
-  SPECSAMPLE_MARK(1);
-
-  if constexpr (!GREEDY) {
-    // ---- 1. accept / reject: warp 0, 32 drafts at a time ---------------------------------------
-    if (warp == 0) {
-      int kstar = K;
-      for (int k0 = 0; k0 < K; k0 += 32) {
-        const int k = k0 + lane;
-        bool reject = false;
-        if (k < K) {
-          const i64 x = s.xhat[k];
-          if (x < 0) {
-            reject = true;
-          } else {
-            const float u = P.uniforms ? __ldg(P.uniforms + b * K1 + k)
-                                       : philox_uniform(seed, offset, (u64)b, (u64)k);
-            const double pd = p ? (double)VecTraits<T>::load1(p + (b * K + k) * V + x) : 1.0;
-            const double qd = (double)VecTraits<T>::load1(q + (b * K1 + k) * V + x);
-            reject = !((double)u * pd < qd);  // exact: a float product fits a double
-          }
-        }
-        const u32 mask = __ballot_sync(0xffffffffu, reject);
-        if (mask) {
-          kstar = k0 + __ffs(mask) - 1;
-          break;
-        }
-      }
-      if (lane == 0) {
-        s.kstar = kstar;
-        s.u_final = P.uniforms ? __ldg(P.uniforms + b * K1 + K)
-                               : philox_uniform(seed, offset, (u64)b, (u64)K);
-      }
-    }
-    __syncthreads();
-    SPECSAMPLE_MARK(2);
-    const int kstar = s.kstar;
-    const double u_final = (double)s.u_final;
-    const T* qrow = q + (b * K1 + kstar) * V;
-    const T* prow = (p != nullptr && kstar < K) ? p + (b * K + kstar) * V : nullptr;
-    int onehot = (p == nullptr && kstar < K) ? (int)s.xhat[kstar] : -1;
-
-    // ---- 2. the row's total and the chunk holding the threshold --------------------------------
-    double total = 0.0, base = 0.0;
-    int owner = 0;
-    uint4 qw[kUnrollRandom], pw[kUnrollRandom];
-    for (int attempt = 0; attempt < 2; ++attempt) {
-      const double part =
-          warp_sum(segment_residual_sum<T>(qrow, prow, onehot, w_lo, w_hi, V, aligned, lane, qw, pw));
-      if (lane == 0) s.seg_sum[warp] = part;
-      __syncthreads();
-      if (attempt == 0) SPECSAMPLE_MARK(3);
-      if (tid == 0) {
-        double acc = 0.0;
-        for (int w = 0; w < nwarps; ++w) acc += s.seg_sum[w];
-        s.chunk_sum = acc;
-      }
-      cluster_barrier<CL>();
-      if (attempt == 0) SPECSAMPLE_MARK(4);
-      // gather the CL chunk sums (one distributed-shared-memory load per thread, in parallel)
-      if (tid < CL) s.peer_sum[tid] = ld_peer_f64<CL>(&s.chunk_sum, (u32)tid);
-      __syncthreads();
-      if (tid == 0) {
-        total = 0.0;
-        for (int c = 0; c < CL; ++c) total += s.peer_sum[c];
-        const double t = u_final * total;
-        // smallest chunk whose cumulative sum exceeds t; rounding fallback: last positive chunk
-        double acc = 0.0, last_base = 0.0;
-        int c_star = -1, last_pos = 0;
-        for (int c = 0; c < CL; ++c) {
-          const double sc = s.peer_sum[c];
-          if (sc > 0.0) {
-            last_pos = c;
-            last_base = acc;
-          }
-          const double next = acc + sc;
-          if (c_star < 0 && sc > 0.0 && next > t) {
-            c_star = c;
-            base = acc;
-          }
-          acc = next;
-        }
-        if (c_star < 0) {
-          c_star = last_pos;
-          base = last_base;
-        }
-        s.threshold = t;
-        s.seg_base = base;
-        s.owner = c_star;
-        s.warp_tmp[0] = total;
-      }
-      cluster_barrier<CL>();  // peers have read our chunk_sum; smem may be reused
-      if (attempt == 0) SPECSAMPLE_MARK(5);
-      total = s.warp_tmp[0];
-      owner = s.owner;
-      if (total > 0.0 || (prow == nullptr && onehot < 0)) break;
-      // sum(max(0, q - p)) == 0: fall back to q (same for every block of the cluster)
-      prow = nullptr;
-      onehot = -1;
-      __syncthreads();
-    }
-    if ((int)rank != owner) return;
-
-    const i64 out_base = b * K1;
-    if (!(total > 0.0)) {
-      // target row all zeros (undefined by the contract): token 0, as the reference does
-      if (tid == 0) s.final_token = 0;
-    } else {
-      // ---- 3. the crossing warp segment of the owner's chunk ----------------------------------
-      const double t = s.threshold;
-      if (tid == 0) {
-        double acc = s.seg_base, last_base = s.seg_base;
-        int seg = -1, last_pos = 0;
-        for (int w = 0; w < nwarps; ++w) {
-          if (s.seg_sum[w] > 0.0) {
-            last_pos = w;
-            last_base = acc;
-          }
-          const double next = acc + s.seg_sum[w];
-          if (seg < 0 && s.seg_sum[w] > 0.0 && next > t) {
-            seg = w;
-            s.seg_base = acc;
-          }
-          acc = next;
-        }
-        if (seg < 0) {
-          seg = last_pos;
-          s.seg_base = last_base;
-        }
-        s.seg = seg;
-        s.found = 0x7fffffffffffffffLL;
-        s.last_pos = 0;
-      }
-      __syncthreads();
-      i64 g_lo, g_hi;
-      split_range(c_lo, c_hi, nwarps, s.seg, g_lo, g_hi);
-      const bool use_p = prow != nullptr;
-#if SPECSAMPLE_REGSCAN
-      if (g_hi - g_lo <= 32 * kUnrollRandom) {
-        // ---- 4a. the crossing segment is one wave: scan it from the registers of its warp ----
-        if (warp == s.seg) {
-          double run = s.seg_base;
-          i64 hit = 0x7fffffffffffffffLL, lastp = -1;
-#pragma unroll
-          for (int u = 0; u < kUnrollRandom; ++u) {
-            const i64 g = g_lo + u * 32 + lane;
-            float qv[N], pv[N];
-            VecTraits<T>::unpack(qw[u], qv);
-            VecTraits<T>::unpack(pw[u], pv);
-            double r[N];
-            double mine = 0.0;
-#pragma unroll
-            for (int e = 0; e < N; ++e) {
-              r[e] = g < g_hi ? residual_value<T>(qv[e], pv[e], use_p, (int)(g * N) + e, onehot) : 0.0;
-              mine += r[e];
-            }
-            double incl = mine;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-              const double y = __shfl_up_sync(0xffffffffu, incl, o);
-              if (lane >= o) incl += y;
-            }
-            double excl = __shfl_up_sync(0xffffffffu, incl, 1);
-            if (lane == 0) excl = 0.0;
-            double a = run + excl;
-#pragma unroll
-            for (int e = 0; e < N; ++e) {
-              a += r[e];
-              if (r[e] > 0.0) {
-                lastp = g * N + e;
-                if (hit == 0x7fffffffffffffffLL && a > t) hit = g * N + e;
-              }
-            }
-            run += __shfl_sync(0xffffffffu, incl, 31);
-          }
-#pragma unroll
-          for (int o = 16; o > 0; o >>= 1) {
-            const i64 h = __shfl_xor_sync(0xffffffffu, hit, o);
-            const i64 l = __shfl_xor_sync(0xffffffffu, lastp, o);
-            hit = h < hit ? h : hit;
-            lastp = l > lastp ? l : lastp;
-          }
-          if (lane == 0) {
-            s.found = hit;
-            s.last_pos = lastp + 1;
-          }
-        }
-        __syncthreads();
-      } else
-#endif
-      {
-      double run = s.seg_base;
-      // ---- 4. rescan the segment (L2-resident) with the whole block, blockDim vectors a pass --
-      for (i64 pass = g_lo; pass < g_hi; pass += blockDim.x) {
-        const i64 g = pass + tid;
-        float qv[N], pv[N];
-        double r[N];
-        double mine = 0.0;
-        if (g < g_hi) {
-          VecTraits<T>::unpack(load_raw(qrow, g, V, aligned), qv);
-          if (use_p) VecTraits<T>::unpack(load_raw(prow, g, V, aligned), pv);
-#pragma unroll
-          for (int e = 0; e < N; ++e) {
-            r[e] = residual_value<T>(qv[e], use_p ? pv[e] : 0.0f, use_p, (int)(g * N) + e, onehot);
-            mine += r[e];
-          }
-        } else {
-#pragma unroll
-          for (int e = 0; e < N; ++e) r[e] = 0.0;
-        }
-        double pass_total;
-        const double excl = block_exclusive_scan(mine, pass_total, s);
-        double a = run + excl;
-        i64 hit = -1, lastp = -1;
-#pragma unroll
-        for (int e = 0; e < N; ++e) {
-          a += r[e];
-          if (r[e] > 0.0) {
-            lastp = g * N + e;
-            if (hit < 0 && a > t) hit = g * N + e;
-          }
-        }
-        if (hit >= 0) atomicMin(reinterpret_cast<unsigned long long*>(&s.found), (unsigned long long)hit);
-        if (lastp >= 0) atomicMax(reinterpret_cast<unsigned long long*>(&s.last_pos), (unsigned long long)(lastp + 1));
-        __syncthreads();
-        if (s.found != 0x7fffffffffffffffLL) break;
-        run += pass_total;
-      }
-      }
-      if (tid == 0) {
-        // last_pos holds (index + 1) of the last positive element (0: none seen)
-        s.final_token = s.found != 0x7fffffffffffffffLL ? s.found : (s.last_pos > 0 ? s.last_pos - 1 : 0);
-      }
-    }
-    __syncthreads();
-    SPECSAMPLE_MARK(6);
-    // ---- 5. outputs ------------------------------------------------------------------------------
-    for (int k = tid; k <= K; k += blockDim.x) {
-      P.out_tokens[out_base + k] = k < kstar ? s.xhat[k] : (k == kstar ? s.final_token : -1);
-    }
-    if (tid == 0) P.out_num[b] = kstar + 1;
-    SPECSAMPLE_MARK(7);
-  } else {
-  // ================================ greedy ========================================================
   const int R = P.rows_per_step < 1 ? 1 : (P.rows_per_step > kMaxStepRows ? kMaxStepRows : P.rows_per_step);
   int kstar = -1;
   i64 final_token = 0;
-  if (tid < kMaxStepRows) s.row_key[tid] = 0;
-  __syncthreads();
   // Steps grow geometrically (1, 2, 4, ... rows, capped at R): a mismatch at row 0 reads one row,
   // a long accepted run needs only ~log2(K) cluster round trips. R = 1: strictly row by row.
   int step = 1;
@@ -847,7 +1026,6 @@ __device__ __forceinline__ void verify_body(const Params& P) {
     P.out_tokens[out_base + k] = k < kstar ? s.xhat[k] : (k == kstar ? final_token : -1);
   }
   if (tid == 0) P.out_num[b] = kstar + 1;
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -882,8 +1060,31 @@ __device__ __forceinline__ void verify_body(const Params& P) {
 
 // One block per request (any architecture). GREEDY selects the mode at compile time (two leaner
 // kernels instead of one that holds both paths' registers).
+template <typename T, int CL, bool GREEDY>
+__device__ __forceinline__ void verify_body(const Params& P) {
+  if constexpr (GREEDY) {
+    verify_greedy<T, CL>(P);
+  } else {
+    // every row on 16 bytes (V a multiple of the vector width): one 16-byte load per vector
+    const bool aligned = ((P.V * (i64)sizeof(T)) % 16 == 0) && (reinterpret_cast<u64>(P.q) % 16 == 0) &&
+                         (P.p == nullptr || reinterpret_cast<u64>(P.p) % 16 == 0);
+    __shared__ RandomSmem<CL> sm;
+    if (aligned) {
+      verify_random<T, CL, true>(P, sm);
+    } else {
+      verify_random<T, CL, false>(P, sm);
+    }
+  }
+}
+
+// Blocks of 512 threads per SM the register budget must allow.
+template <int CL, bool GREEDY>
+struct MinBlocks {
+  static constexpr int value = GREEDY ? 1 : RandomShape<CL>::kMinBlocks;
+};
+
 template <typename T, bool GREEDY>
-__global__ void __launch_bounds__(512, SPECSAMPLE_MIN_BLOCKS) verify_kernel(SPECSAMPLE_KERNEL_PARAMS) {
+__global__ void __launch_bounds__(512, (MinBlocks<1, GREEDY>::value)) verify_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
   verify_body<T, 1, GREEDY>(P);
 }
@@ -892,7 +1093,7 @@ __global__ void __launch_bounds__(512, SPECSAMPLE_MIN_BLOCKS) verify_kernel(SPEC
 // One cluster of CL blocks per request (sm_90+). CL = 16 needs the non-portable cluster size
 // attribute set on the function before launch.
 template <typename T, int CL, bool GREEDY>
-__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, SPECSAMPLE_MIN_BLOCKS)
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, (MinBlocks<CL, GREEDY>::value))
     verify_cluster_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
   verify_body<T, CL, GREEDY>(P);

@@ -43,13 +43,28 @@ struct LaunchConfig {
 LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, bool clusters) {
   LaunchConfig c{1, 512, 1};
   if (clusters) {
-    // spread a request's row over up to 16 SMs while the batch alone does not fill the GPU;
-    // at larger batches pairs of blocks (clusters of 2) measured fastest on H100
-    if (B <= 16) {
+    if (greedy) {
+      // spread a request's row over up to 16 SMs while the batch alone does not fill the GPU;
+      // at larger batches pairs of blocks (clusters of 2) measured fastest on H100
+      if (B <= 16) {
+        c.cluster = 16;
+        if (B > 4) c.threads = 256;
+      } else if (B < 128) {
+        c.cluster = 2;
+      }
+    } else if (B <= 8) {
+      // random mode, from the H100 sweep of (cluster, threads) (docs/perf-notes-cuda.md)
       c.cluster = 16;
-      if (B > 4) c.threads = 256;
+      c.threads = 256;
+    } else if (B <= 16) {
+      c.cluster = 16;
+      c.threads = 128;
+    } else if (B <= 32) {
+      c.cluster = 8;
+      c.threads = 256;
     } else if (B < 128) {
-      c.cluster = 2;
+      c.cluster = 4;
+      c.threads = 256;
     }
   }
   // greedy: at small batch examine 1, 2, 4, ... (up to 16) rows per step (latency: a long

@@ -2,29 +2,42 @@
 """A/B of compile-time variants of the cuda-cpp/cupy kernel on the GPU machine (development tool).
 
 Each variant is the kernel header compiled by NVRTC (CuPy) with its own -D options; the default
-build is variant "default". Exactness of every variant against the float64 reference first, then
-random-mode timings with the project's Timer (CUDA events, L2 flushed, host time hidden by a spin
-kernel), K=8, plus the cuda-cpp op as built by `specsample build`.
+build is variant "default". First the exactness of every variant against the float64 reference
+(explicit uniforms, and the in-kernel Philox stream recomputed in Python), over dtypes, shapes,
+cluster sizes and block sizes; then random-mode timings with the project's Timer (CUDA events, L2
+flushed, host time hidden by a spin kernel), K=8, the standard grid's cells.
 
-    python scripts/kernel_ab.py "old=-DSPECSAMPLE_REGSCAN=1 -DSPECSAMPLE_RESCAN_VECS=1" ...
+    python scripts/kernel_ab.py [--sweep] [--op] [--greedy] "name=-DFLAG=1 -DOTHER=2" ...
+
+--sweep  also times every (cluster, threads) launch configuration of the default variant;
+--op     also times the cuda-cpp op as built by `specsample build`;
+--greedy also times (and sweeps) greedy mode.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import itertools
 
 import specsample
 import torch
-from specsample.backends import cupy_backend
-from specsample.backends.cuda_cpp import verify_op
+from specsample.backends import _cuda_build, cupy_backend
 from specsample.reports.timing import Timer, TimingPolicy
 from specsample.workloads import acceptance_length_for, make_workload
 
+ap = argparse.ArgumentParser()
+ap.add_argument("variants", nargs="*", help="name=-Dflags...")
+ap.add_argument("--sweep", action="store_true")
+ap.add_argument("--op", action="store_true")
+ap.add_argument("--greedy", action="store_true")
+args = ap.parse_args()
+
 variants = {"default": ()}
-for arg in sys.argv[1:]:
+for arg in args.variants:
     name, _, flags = arg.partition("=")
     variants[name] = tuple(flags.split())
 mods = {name: cupy_backend._Module(0, opts) for name, opts in variants.items()}
+CLUSTERS = (1, 2, 4, 8, 16) if mods["default"].clusters else (1,)
 
 
 def cpy(w, mod, **kw):
@@ -33,52 +46,149 @@ def cpy(w, mod, **kw):
     )
 
 
-bad = 0
-for B, K, V, dt in [
-    (1, 8, 128256, torch.float32),
-    (5, 16, 997, torch.float16),
-    (64, 4, 32000, torch.bfloat16),
-    (256, 8, 32000, torch.float32),
-    (3, 2, 262144, torch.float32),
+bad = checks = 0
+for B, K, V, dt, has_p in [
+    (1, 8, 128256, torch.float32, True),
+    (5, 16, 997, torch.float16, True),
+    (64, 4, 32000, torch.bfloat16, True),
+    (256, 8, 32000, torch.float32, True),
+    (3, 2, 262144, torch.float32, True),
+    (4, 40, 5003, torch.float32, True),
+    (7, 3, 1, torch.float32, True),
+    (2, 0, 777, torch.bfloat16, True),
+    (6, 8, 4099, torch.float32, False),
+    (9, 5, 50000, torch.float16, False),
 ]:
     for acc in ("low", "high"):
-        w = make_workload(B, K, V, dtype=dt, device="cuda", acceptance=acc, seed=B + K)
+        w = make_workload(
+            B, K, V, dtype=dt, device="cuda", acceptance=acc, seed=B + K, with_draft_probs=has_p
+        )
+        dp = w.draft_probs
         u = torch.rand((B, K + 1), device="cuda")
         want = specsample.reference_verify(
-            w.draft_token_ids, w.draft_probs, w.target_probs, uniforms=u
+            w.draft_token_ids, dp, w.target_probs, uniforms=u
         ).token_ids
         for name, mod in mods.items():
-            for cl in (0, 1, 2, 16):
-                ok = torch.equal(cpy(w, mod, uniforms=u, cluster=cl)[0], want)
-                if not ok:
-                    print(f"MISMATCH {name} B={B} K={K} V={V} {dt} {acc} cluster={cl}", flush=True)
-                bad += not ok
-        for cl in (0, 1, 2, 16):
-            got = verify_op(
-                w.draft_token_ids, w.draft_probs, w.target_probs, uniforms=u, cluster=cl
-            )
-            bad += not torch.equal(got[0], want)
-print(f"exactness: {bad} mismatching calls", flush=True)
+            configs = [(0, 0)]
+            if name == "default":
+                configs += [(cl, nt) for cl in CLUSTERS for nt in (64, 256, 512)]
+            else:
+                configs += [(cl, 0) for cl in (1, 2, 16) if cl in CLUSTERS]
+            for cl, nt in configs:
+                got = cupy_backend.verify_torch(
+                    w.draft_token_ids,
+                    dp,
+                    w.target_probs,
+                    module=mod,
+                    uniforms=u,
+                    cluster=cl,
+                    threads=nt,
+                )[0]
+                checks += 1
+                if not torch.equal(got, want):
+                    bad += 1
+                    print(
+                        f"MISMATCH {name} B={B} K={K} V={V} {dt} p={has_p} {acc} cl={cl} nt={nt}",
+                        flush=True,
+                    )
+            # the in-kernel Philox stream
+            g = torch.Generator(device="cuda").manual_seed(1234 + B)
+            seed, off = g.initial_seed(), g.get_offset()
+            got = cupy_backend.verify_torch(
+                w.draft_token_ids, dp, w.target_probs, module=mod, generator=g
+            )[0]
+            uu = _cuda_build.philox_uniforms(seed, off, B, K).to("cuda")
+            want_p = specsample.reference_verify(
+                w.draft_token_ids, dp, w.target_probs, uniforms=uu
+            ).token_ids
+            checks += 1
+            if not torch.equal(got, want_p) or g.get_offset() - off != _cuda_build.philox_increment(
+                K
+            ):
+                bad += 1
+                print(f"MISMATCH philox {name} B={B} K={K} V={V} {dt} {acc}", flush=True)
+# edge cases: residual all zero (p == q: the fallback to q), int32 ids
+w = make_workload(5, 6, 3001, device="cuda", acceptance="low", seed=7)
+u = torch.rand((5, 7), device="cuda")
+q = w.target_probs
+edge = [
+    ("p==q", w.draft_token_ids, q[:, :6].contiguous(), q),
+    ("int32-ids", w.draft_token_ids.to(torch.int32), w.draft_probs, q),
+    # q rows = 0.5 * one-hot(draft): rejected half the time, with max(0, q - onehot) == 0
+    (
+        "onehot-zero-residual",
+        w.draft_token_ids,
+        None,
+        torch.cat(
+            [0.5 * torch.nn.functional.one_hot(w.draft_token_ids, 3001).float(), q[:, 6:]], 1
+        ),
+    ),
+]
+for label, ids, dp, tq in edge:
+    want = specsample.reference_verify(ids.long(), dp, tq, uniforms=u).token_ids
+    for name, mod in mods.items():
+        for cl in CLUSTERS:
+            got = cupy_backend.verify_torch(ids, dp, tq, module=mod, uniforms=u, cluster=cl)[0]
+            checks += 1
+            if not torch.equal(got, want):
+                bad += 1
+                print(f"MISMATCH edge {label} {name} cl={cl}", flush=True)
+print(f"exactness: {bad} mismatching of {checks} calls", flush=True)
 
 timer = Timer(
     "cuda",
-    TimingPolicy(warmup_calls=3, target_s=0.15, min_samples=20, max_samples=300, budget_s=20.0),
+    TimingPolicy(warmup_calls=3, target_s=0.1, min_samples=20, max_samples=200, budget_s=10.0),
 )
+
+
+def med(fn):
+    return timer.measure(lambda i: fn()).to_dict()["median"] * 1e6
+
+
+modes = ("random", "greedy") if args.greedy else ("random",)
 names = list(mods)
-print(f"{'V':>6} {'acc':4} {'B':>3} " + " ".join(f"{n:>9}" for n in names) + "  cuda-cpp (us)")
-for V in (32000, 128256):
-    for acc in ("high", "low"):
-        for B in (1, 8, 64, 256):
+for mode in modes:
+    print(
+        f"\n{mode}: {'V':>6} {'acc':4} {'B':>3} "
+        + " ".join(f"{n:>9}" for n in names)
+        + ("  cuda-cpp" if args.op else "")
+        + "  (us)",
+        flush=True,
+    )
+    for V, acc, B in itertools.product((32000, 128256), ("high", "low"), (1, 8, 64, 256)):
+        w = make_workload(
+            B, 8, V, device="cuda", seed=0, acceptance_length=acceptance_length_for(acc, 8)
+        )
+        t = [med(lambda: cpy(w, mods[n], mode=mode)) for n in names]
+        line = f"{mode}: {V:6d} {acc:4} {B:3d} " + " ".join(f"{x:9.2f}" for x in t)
+        if args.op:
+            from specsample.backends.cuda_cpp import verify_op
+
+            line += f" {med(lambda: verify_op(w.draft_token_ids, w.draft_probs, w.target_probs, greedy=mode == 'greedy')):9.2f}"
+        print(line, flush=True)
+
+if args.sweep:
+    mod = mods["default"]
+    cfgs = [(cl, nt) for cl in CLUSTERS for nt in (128, 256, 512)]
+    for mode in modes:
+        print(
+            f"\nsweep {mode} (us): V acc B | "
+            + " ".join(f"{c}x{n}" for c, n in cfgs)
+            + " | best auto",
+            flush=True,
+        )
+        for V, acc, B in itertools.product(
+            (32000, 128256), ("high", "low"), (1, 4, 8, 16, 32, 64, 128, 256)
+        ):
             w = make_workload(
                 B, 8, V, device="cuda", seed=0, acceptance_length=acceptance_length_for(acc, 8)
             )
-            t = [timer.measure(lambda i: cpy(w, mods[n])).to_dict()["median"] for n in names]
-            cpp = timer.measure(
-                lambda i: verify_op(w.draft_token_ids, w.draft_probs, w.target_probs)
-            ).to_dict()["median"]
+            ts = [med(lambda: cpy(w, mod, mode=mode, cluster=c, threads=n)) for c, n in cfgs]
+            auto = med(lambda: cpy(w, mod, mode=mode))
+            best = min(range(len(cfgs)), key=lambda i: ts[i])
             print(
-                f"{V:6d} {acc:4} {B:3d} "
-                + " ".join(f"{x * 1e6:9.2f}" for x in t)
-                + f" {cpp * 1e6:9.2f}",
+                f"sweep {mode} {V} {acc} {B:3d} | "
+                + " ".join(f"{x:6.1f}" for x in ts)
+                + f" | {cfgs[best][0]}x{cfgs[best][1]} {ts[best]:.1f} auto {auto:.1f}",
                 flush=True,
             )
