@@ -204,7 +204,7 @@ def choose_config(
             elif B < 128:
                 cluster = 2
         elif B <= 8:
-            cluster, threads = 16, 256
+            cluster, threads = 16, 512 if B <= 4 else 256
         elif B <= 16:
             cluster, threads = 16, 128
         elif B <= 32:

@@ -349,14 +349,15 @@ struct Params {
 // Philox number), so no block-wide barrier stands between the decisions and the row's first loads.
 // Block 0's warp 0 writes the outputs the decisions fix (accepted ids, -1 padding, the count) at
 // once. Each warp then streams its own contiguous segment of the block's chunk of the row in waves
-// of 32 x U vectors, issuing the next wave's loads before it reduces the current one. A warp records the residual sum of each of up to 32 groups of
-// consecutive waves (lane j keeps group j's sum in a register) and its segment sum, which it
-// pushes into the shared memory of every block of the cluster (distributed shared memory). While
-// the other blocks' sums arrive, it prepares its own prefix sums (wave groups; at small batch also
-// its last wave, still in registers). Then each warp finds, from its own block's shared memory, the
-// chunk and the warp segment holding the threshold; only the warp that owns it goes on: it picks
-// the wave group, scans the crossing wave (from registers when it was the segment's last one, else
-// re-read from L2) and writes the last token.
+// of 32 x U vectors, issuing the next wave's loads before it reduces the current one. A warp
+// records the residual sum of each of up to 32 groups of consecutive waves (lane j keeps group j's
+// sum in a register) and its segment sum; the block's segment sums, added in warp order, make its
+// chunk sum, which warp 0 pushes into the shared memory of every block of the cluster (distributed
+// shared memory, st.async completing an mbarrier). While the chunk sums travel, each warp prepares
+// its own prefix sums (wave groups; at small batch also its last wave, still in registers). Then
+// each warp finds the chunk and the warp segment holding the threshold; only the warp that owns it
+// goes on: it picks the wave group, scans the crossing wave (from registers when it was the
+// segment's last one, else re-read from L2) and writes the last token.
 //
 // Arithmetic: r_j = max(0, q_j - p_j) is summed in float32 over one 16-byte vector (4 or 8
 // elements), and those vector sums are added in double; the element where the threshold is
@@ -415,9 +416,13 @@ struct Wave {
   uint4 q[U], p[U];
 };
 
-// ALIGNED: every row starts on 16 bytes and V is a multiple of N, so each vector is one 16-byte load
-// (decided once per call, outside the loops, so the hot loop has no per-vector branch).
-template <typename T, int U, bool ALIGNED>
+// How a wave's vectors are loaded (decided once per call, outside the loops, so the hot loop has
+// no per-vector branch):
+//   kUnaligned: element by element (rows not on 16 bytes, or V not a multiple of N);
+//   kAligned:   one 16-byte load per vector.
+enum RowSource { kUnaligned = 0, kAligned = 1 };
+
+template <typename T, int U, int SRC>
 __device__ __forceinline__ void load_wave(Wave<U>& w, const T* qrow, const T* prow, int base, int hi,
                                           i64 V, int lane) {
 #pragma unroll
@@ -426,7 +431,7 @@ __device__ __forceinline__ void load_wave(Wave<U>& w, const T* qrow, const T* pr
     w.q[u] = make_uint4(0u, 0u, 0u, 0u);
     w.p[u] = make_uint4(0u, 0u, 0u, 0u);
     if (g < hi) {
-      if constexpr (ALIGNED) {
+      if constexpr (SRC == kAligned) {
         w.q[u] = __ldg(reinterpret_cast<const uint4*>(qrow) + g);
         if (prow != nullptr) w.p[u] = __ldg(reinterpret_cast<const uint4*>(prow) + g);
       } else {
@@ -580,20 +585,20 @@ __device__ __forceinline__ int pick_in_wave(const Wave<U>& w, const WaveScan<U>&
 // Stream one warp segment [lo, hi) (vector indices) of a row, the next wave's loads issued before
 // the current one is reduced. Returns the segment sum (every lane); lane j's `group_sum` is the sum
 // of waves [j*G, (j+1)*G); `cur` is left holding the last wave.
-template <typename T, int U, bool ALIGNED>
+template <typename T, int U, int SRC>
 __device__ __forceinline__ double stream_segment(const T* qrow, const T* prow, int onehot, int lo, int hi,
                                                  i64 V, int lane, int nwaves, int G, Wave<U>& cur,
                                                  double& group_sum) {
   const bool use_p = prow != nullptr;
   double seg = 0.0, acc = 0.0;
   group_sum = 0.0;
-  if (nwaves > 0) load_wave<T, U, ALIGNED>(cur, qrow, prow, lo, hi, V, lane);
+  if (nwaves > 0) load_wave<T, U, SRC>(cur, qrow, prow, lo, hi, V, lane);
   int in_group = 0, group = 0;
   for (int i = 0; i < nwaves; ++i) {
     const int base = lo + i * 32 * U;
     const bool more = i + 1 < nwaves;
     Wave<U> nxt;
-    if (more) load_wave<T, U, ALIGNED>(nxt, qrow, prow, base + 32 * U, hi, V, lane);
+    if (more) load_wave<T, U, SRC>(nxt, qrow, prow, base + 32 * U, hi, V, lane);
 #pragma unroll
     for (int u = 0; u < U; ++u) acc += vector_residual<T>(cur.q[u], cur.p[u], (u32)(base + u * 32 + lane), use_p, onehot);
     if (++in_group == G || !more) {
@@ -684,8 +689,9 @@ __device__ __forceinline__ void st_async_peer_f64(double* local, u64* bar, u32 r
 // Shared memory of the random-mode body.
 template <int CL>
 struct RandomSmem {
-  double seg_all[2][CL][kMaxWarpsRandom];  // [attempt][block rank][warp]: every warp's segment sum
-  u64 bar[2];                              // [attempt]: the exchange's mbarrier (async exchange)
+  double seg_local[2][kMaxWarpsRandom];  // [attempt][warp]: this block's segment sums
+  double chunk_all[2][CL];               // [attempt][block rank]: every block's chunk sum
+  u64 bar[2];                            // [attempt]: the exchange's mbarrier (async exchange)
 };
 
 __device__ __forceinline__ i64 load_id(const Params& P, i64 b, int k) {
@@ -709,7 +715,7 @@ __device__ __forceinline__ void write_decided_outputs(const Params& P, i64 b, in
   if (lane == 0) P.out_num[b] = kstar + 1;
 }
 
-template <typename T, int CL, bool ALIGNED>
+template <typename T, int CL, int SRC>
 __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& sm) {
   constexpr bool kAsync = CL > 1 && SPECSAMPLE_ASYNC_EXCHANGE;
   constexpr int U = RandomShape<CL>::U;
@@ -795,16 +801,23 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
   const bool spin = P.B <= 4;  // tiny batch: poll the exchange's mbarrier
   int att = 0;
   for (;; ++att) {
-    const double seg = stream_segment<T, U, ALIGNED>(
-        qrow, prow, onehot, w_lo, w_hi, V, lane, nwaves, G, cur, group_sum);
+    const double seg =
+        stream_segment<T, U, SRC>(qrow, prow, onehot, w_lo, w_hi, V, lane, nwaves, G, cur, group_sum);
     SPECSAMPLE_MARK(2);
     // every block of the cluster has started (its shared memory and mbarriers exist)
+    // this block's chunk sum = its warps' segment sums in order, pushed by warp 0 to every block
+    if (lane == 0) sm.seg_local[att][warp] = seg;
+    __syncthreads();
     if (att == 0) cluster_wait<CL>();
-    if constexpr (kAsync) {
-      if (threadIdx.x == 0) mbar_arrive_expect_tx(&sm.bar[att], (u32)(CL * nwarps * sizeof(double)));
-      if (lane < CL) st_async_peer_f64(&sm.seg_all[att][rank][warp], &sm.bar[att], (u32)lane, seg);
-    } else {
-      if (lane < CL) st_peer_f64<CL>(&sm.seg_all[att][rank][warp], (u32)lane, seg);
+    if (warp == 0) {
+      double mine = 0.0;
+      for (int w = 0; w < nwarps; ++w) mine += sm.seg_local[att][w];
+      if constexpr (kAsync) {
+        if (lane == 0) mbar_arrive_expect_tx(&sm.bar[att], (u32)(CL * sizeof(double)));
+        if (lane < CL) st_async_peer_f64(&sm.chunk_all[att][rank], &sm.bar[att], (u32)lane, mine);
+      } else {
+        if (lane < CL) st_peer_f64<CL>(&sm.chunk_all[att][rank], (u32)lane, mine);
+      }
     }
     // while the sums travel: this warp's own prefix sums (wave groups; with short segments, also
     // its last wave, kept in registers)
@@ -821,11 +834,8 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
     SPECSAMPLE_MARK_WARP(3);
     // ---- 3. every warp: the chunk sums (lane c: block c) and this block's segment sums (lane w),
     // with their prefix sums (two scans, interleaved); the total
-    chunk = 0.0;
-    if (lane < CL) {
-      for (int w = 0; w < nwarps; ++w) chunk += sm.seg_all[att][lane][w];
-    }
-    seg_v = lane < nwarps ? sm.seg_all[att][rank][lane] : 0.0;
+    chunk = lane < CL ? sm.chunk_all[att][lane] : 0.0;
+    seg_v = lane < nwarps ? sm.seg_local[att][lane] : 0.0;
     chunk_incl = chunk;
     seg_incl = seg_v;
     warp_inclusive_scan2(chunk_incl, seg_incl, lane);
@@ -864,7 +874,7 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
     for (int i = j * G; i < wv1 && token < 0; ++i) {
       Wave<U> w;
       WaveScan<U> sc;
-      load_wave<T, U, ALIGNED>(w, qrow, prow, w_lo + i * 32 * U, w_hi, V, lane);
+      load_wave<T, U, SRC>(w, qrow, prow, w_lo + i * 32 * U, w_hi, V, lane);
       scan_wave<T, U>(w, w_lo + i * 32 * U, use_p, onehot, lane, sc);
       token = pick_in_wave<T, U>(w, sc, w_lo + i * 32 * U, use_p, onehot, t, run, last, lane);
     }
@@ -1070,9 +1080,9 @@ __device__ __forceinline__ void verify_body(const Params& P) {
                          (P.p == nullptr || reinterpret_cast<u64>(P.p) % 16 == 0);
     __shared__ RandomSmem<CL> sm;
     if (aligned) {
-      verify_random<T, CL, true>(P, sm);
+      verify_random<T, CL, kAligned>(P, sm);
     } else {
-      verify_random<T, CL, false>(P, sm);
+      verify_random<T, CL, kUnaligned>(P, sm);
     }
   }
 }

@@ -55,7 +55,7 @@ LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num
     } else if (B <= 8) {
       // random mode, from the H100 sweep of (cluster, threads) (docs/perf-notes-cuda.md)
       c.cluster = 16;
-      c.threads = 256;
+      c.threads = B <= 4 ? 512 : 256;
     } else if (B <= 16) {
       c.cluster = 16;
       c.threads = 128;
