@@ -249,32 +249,6 @@ __device__ __forceinline__ void cluster_barrier() {
   }
 }
 
-template <int CL>
-__device__ __forceinline__ double ld_peer_f64(const double* local, u32 rank) {
-  if constexpr (CL == 1) {
-    return *local;
-  } else {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-    double v;
-    asm volatile("ld.shared::cluster.f64 %0, [%1];" : "=d"(v) : "r"(remote) : "memory");
-    return v;
-  }
-}
-
-template <int CL>
-__device__ __forceinline__ u64 ld_peer_u64(const u64* local, u32 rank) {
-  if constexpr (CL == 1) {
-    return *local;
-  } else {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
-    u64 v;
-    asm volatile("ld.shared::cluster.u64 %0, [%1];" : "=l"(v) : "r"(remote) : "memory");
-    return v;
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Warp / block helpers
 // ---------------------------------------------------------------------------------------------
@@ -300,12 +274,10 @@ __device__ __forceinline__ u64 argmax_key(float v, i64 j) {
 }
 
 struct GreedySmem {
-  u64 row_key[kMaxStepRows];       // this block's argmax key of each row of the step
-  u64 peer_key[kMaxStepRows][16];  // every block's key per row (gathered in parallel)
-  i64 xhat[kMaxK];                 // draft ids (or -1 when out of range)
-  i64 final_token;
-  int kstar;
-  int stop;
+  u64 row_key[kMaxStepRows];          // this block's argmax key of each row of the step
+  u64 peer_key[2][kMaxStepRows][16];  // [step parity][row][block]: every block's key, pushed
+  u64 bar[2];                         // [step parity]: the exchange's mbarrier (clusters)
+  i64 xhat[kMaxK];                    // draft ids (or -1 when out of range)
 };
 
 // Contiguous partition helper: part `i` of `parts` over [lo, hi).
@@ -686,6 +658,15 @@ __device__ __forceinline__ void st_async_peer_f64(double* local, u64* bar, u32 r
                : "memory");
 }
 
+__device__ __forceinline__ void st_async_peer_u64(u64* local, u64* bar, u32 rank, u64 v) {
+  u32 ra, rb;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(smem_addr(local)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rb) : "r"(smem_addr(bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];" ::"r"(ra), "l"(v),
+               "r"(rb)
+               : "memory");
+}
+
 // Shared memory of the random-mode body.
 template <int CL>
 struct RandomSmem {
@@ -947,6 +928,14 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   constexpr int N = VecTraits<T>::N;
   __shared__ GreedySmem s;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  if constexpr (CL > 1) {
+    if (tid == 0) {
+      mbar_init(&s.bar[0], 1);
+      mbar_init(&s.bar[1], 1);
+      mbar_fence_init();
+    }
+  }
+  cluster_arrive_relaxed<CL>();  // paired with the wait before the first remote store
   const u32 rank = cluster_rank<CL>();
   const i64 b = (i64)cluster_id<CL>();
   const int K = P.K;
@@ -958,6 +947,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   const bool aligned = ((V * (i64)sizeof(T)) % 16 == 0) &&
                        (reinterpret_cast<u64>(P.q) % 16 == 0) &&
                        (p == nullptr || reinterpret_cast<u64>(P.p) % 16 == 0);
+  const bool spin = P.B <= 4;  // tiny batch: poll the exchange's mbarrier
 
   // This block's chunk of a row, and this warp's segment of the chunk (vector indices).
   i64 c_lo, c_hi, w_lo, w_hi;
@@ -974,14 +964,16 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   if (tid < kMaxStepRows) s.row_key[tid] = 0;
   __syncthreads();
   const int R = P.rows_per_step < 1 ? 1 : (P.rows_per_step > kMaxStepRows ? kMaxStepRows : P.rows_per_step);
-  int kstar = -1;
+  int kstar = K;
   i64 final_token = 0;
   // Steps grow geometrically (1, 2, 4, ... rows, capped at R): a mismatch at row 0 reads one row,
   // a long accepted run needs only ~log2(K) cluster round trips. R = 1: strictly row by row.
   int step = 1;
-  for (int s0 = 0, s1 = 0; s0 <= K; s0 = s1, step = step < R ? 2 * step : R) {
+  for (int s0 = 0, s1 = 0, si = 0; s0 <= K; s0 = s1, step = step < R ? 2 * step : R, ++si) {
     const int rows_now = step < R ? step : R;
     s1 = (s0 + rows_now < K + 1) ? s0 + rows_now : K + 1;
+    const int nrows = s1 - s0;
+    const int buf = si & 1;
     // stream the rows of the step, up to kGreedyGroup rows at a time (their loads in flight
     // together); a group of NR live rows keeps 8 vectors per lane in flight
     for (int r0 = s0; r0 < s1; r0 += kGreedyGroup) {
@@ -997,36 +989,46 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
         greedy_group<T, 4, 2>(row0, V, w_lo, w_hi, aligned, lane, &s.row_key[r0 - s0]);
       }
     }
-    cluster_barrier<CL>();
-    // gather every block's key of every row of the step (in parallel), then decide
-    for (int i = tid; i < (s1 - s0) * CL; i += blockDim.x) {
-      s.peer_key[i / CL][i % CL] = ld_peer_u64<CL>(&s.row_key[i / CL], (u32)(i % CL));
-    }
-    __syncthreads();
-    if (tid == 0) {
-      int stop = 0;
-      for (int k = s0; k < s1 && !stop; ++k) {
-        u64 m = 0;
-        for (int c = 0; c < CL; ++c) {
-          const u64 y = s.peer_key[k - s0][c];
-          m = y > m ? y : m;
-        }
-        const i64 a = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
-        if (k == K || s.xhat[k] != a) {
-          stop = 1;
-          s.kstar = k;
-          s.final_token = a;
+    __syncthreads();  // this block's keys of the step are complete
+    if (si == 0) cluster_wait<CL>();  // every block of the cluster has started
+    // warp 0 sends the block's keys to every block of the cluster (itself included) and clears
+    // them for the next step
+    if (warp == 0) {
+      if constexpr (CL > 1) {
+        if (lane == 0) mbar_arrive_expect_tx(&s.bar[buf], (u32)(CL * nrows * sizeof(u64)));
+      }
+      for (int i = lane; i < nrows * CL; i += 32) {
+        const int r = i / CL, c = i % CL;
+        const u64 key = s.row_key[r];
+        if constexpr (CL > 1) {
+          st_async_peer_u64(&s.peer_key[buf][r][rank], &s.bar[buf], (u32)c, key);
+        } else {
+          s.peer_key[buf][r][0] = key;
         }
       }
-      s.stop = stop;
+      __syncwarp();
+      if (lane < kMaxStepRows) s.row_key[lane] = 0;
     }
-    cluster_barrier<CL>();  // every peer has read our row keys
-    if (tid < kMaxStepRows) s.row_key[tid] = 0;
-    const int stop = s.stop;
-    __syncthreads();
-    if (stop) {
-      kstar = s.kstar;
-      final_token = s.final_token;
+    if constexpr (CL > 1) mbar_wait_parity(&s.bar[buf], (u32)((si >> 1) & 1), spin);
+    __syncthreads();  // the keys have arrived; the cleared row keys are seen by every warp
+    // every warp decides the step: lane r takes row s0 + r's argmax over the blocks
+    u64 m = 0;
+    bool stop_here = false;
+    if (lane < nrows) {
+      for (int c = 0; c < CL; ++c) {
+        const u64 y = s.peer_key[buf][lane][c];
+        m = y > m ? y : m;
+      }
+      const i64 a = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
+      const int k = s0 + lane;
+      stop_here = k == K || s.xhat[k] != a;
+    }
+    const u32 stops = __ballot_sync(0xffffffffu, stop_here);
+    if (stops) {
+      const int l = __ffs(stops) - 1;
+      const u64 ml = __shfl_sync(0xffffffffu, m, l);
+      kstar = s0 + l;
+      final_token = ml == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(ml & 0xFFFFFFFFu));
       break;
     }
   }

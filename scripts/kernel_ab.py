@@ -133,6 +133,37 @@ for label, ids, dp, tq in edge:
             if not torch.equal(got, want):
                 bad += 1
                 print(f"MISMATCH edge {label} {name} cl={cl}", flush=True)
+# greedy: long accepted runs (argmax drafts) and ordinary drafts, every cluster size and block size
+for B, K, V, dt in [
+    (1, 8, 128256, torch.float32),
+    (3, 12, 4099, torch.bfloat16),
+    (64, 4, 32000, torch.float16),
+]:
+    for drafter in (True, False):
+        w = make_workload(B, K, V, dtype=dt, device="cuda", seed=B + K, greedy_drafter=drafter)
+        want = specsample.reference_verify(
+            w.draft_token_ids, w.draft_probs, w.target_probs, mode="greedy"
+        ).token_ids
+        for name, mod in mods.items():
+            for cl in CLUSTERS:
+                for nt, rows in ((0, 0), (128, 1), (512, 16)):
+                    got = cupy_backend.verify_torch(
+                        w.draft_token_ids,
+                        w.draft_probs,
+                        w.target_probs,
+                        module=mod,
+                        mode="greedy",
+                        cluster=cl,
+                        threads=nt,
+                        rows_per_step=rows,
+                    )[0]
+                    checks += 1
+                    if not torch.equal(got, want):
+                        bad += 1
+                        print(
+                            f"MISMATCH greedy {name} B={B} K={K} V={V} cl={cl} nt={nt} rows={rows}",
+                            flush=True,
+                        )
 print(f"exactness: {bad} mismatching of {checks} calls", flush=True)
 
 timer = Timer(
