@@ -552,11 +552,11 @@ def bench_ab():
     section("A/B of compile-time options (cupy modules, auto config)")
     from triton.testing import do_bench
 
+    # the kernel's compile-time knobs (csrc/verify_kernel.cuh)
     variants = {
         "default": (),
-        "noregscan": ("-DSPECSAMPLE_REGSCAN=0",),
-        "mb2_noregscan": ("-DSPECSAMPLE_MIN_BLOCKS=2", "-DSPECSAMPLE_REGSCAN=0"),
-        "unroll8_noregscan": ("-DSPECSAMPLE_UNROLL=8", "-DSPECSAMPLE_REGSCAN=0"),
+        "cluster_barrier_exchange": ("-DSPECSAMPLE_ASYNC_EXCHANGE=0",),
+        "wave4_128regs": ("-DSPECSAMPLE_WAVE_SMALL=4", "-DSPECSAMPLE_RANDOM_MIN_BLOCKS=1"),
     }
     mods = {}
     for name, opts in variants.items():
