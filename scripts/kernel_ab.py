@@ -47,6 +47,17 @@ def cpy(w, mod, **kw):
 
 
 bad = checks = 0
+
+
+def expect(ok: bool, label: str) -> None:
+    """Count one exactness check; report it when it fails."""
+    global bad, checks
+    checks += 1
+    if not ok:
+        bad += 1
+        print(f"MISMATCH {label}", flush=True)
+
+
 for B, K, V, dt, has_p in [
     (1, 8, 128256, torch.float32, True),
     (5, 16, 997, torch.float16, True),
@@ -75,38 +86,23 @@ for B, K, V, dt, has_p in [
             else:
                 configs += [(cl, 0) for cl in (1, 2, 16) if cl in CLUSTERS]
             for cl, nt in configs:
-                got = cupy_backend.verify_torch(
-                    w.draft_token_ids,
-                    dp,
-                    w.target_probs,
-                    module=mod,
-                    uniforms=u,
-                    cluster=cl,
-                    threads=nt,
-                )[0]
-                checks += 1
-                if not torch.equal(got, want):
-                    bad += 1
-                    print(
-                        f"MISMATCH {name} B={B} K={K} V={V} {dt} p={has_p} {acc} cl={cl} nt={nt}",
-                        flush=True,
-                    )
+                got = cpy(w, mod, uniforms=u, cluster=cl, threads=nt)[0]
+                expect(
+                    torch.equal(got, want),
+                    f"{name} B={B} K={K} V={V} {dt} p={has_p} {acc} cl={cl} nt={nt}",
+                )
             # the in-kernel Philox stream
             g = torch.Generator(device="cuda").manual_seed(1234 + B)
             seed, off = g.initial_seed(), g.get_offset()
-            got = cupy_backend.verify_torch(
-                w.draft_token_ids, dp, w.target_probs, module=mod, generator=g
-            )[0]
+            got = cpy(w, mod, generator=g)[0]
             uu = _cuda_build.philox_uniforms(seed, off, B, K).to("cuda")
             want_p = specsample.reference_verify(
                 w.draft_token_ids, dp, w.target_probs, uniforms=uu
             ).token_ids
-            checks += 1
-            if not torch.equal(got, want_p) or g.get_offset() - off != _cuda_build.philox_increment(
-                K
-            ):
-                bad += 1
-                print(f"MISMATCH philox {name} B={B} K={K} V={V} {dt} {acc}", flush=True)
+            advanced = g.get_offset() - off == _cuda_build.philox_increment(K)
+            expect(
+                torch.equal(got, want_p) and advanced, f"philox {name} B={B} K={K} V={V} {dt} {acc}"
+            )
 # edge cases: residual all zero (p == q: the fallback to q), int32 ids
 w = make_workload(5, 6, 3001, device="cuda", acceptance="low", seed=7)
 u = torch.rand((5, 7), device="cuda")
@@ -129,10 +125,7 @@ for label, ids, dp, tq in edge:
     for name, mod in mods.items():
         for cl in CLUSTERS:
             got = cupy_backend.verify_torch(ids, dp, tq, module=mod, uniforms=u, cluster=cl)[0]
-            checks += 1
-            if not torch.equal(got, want):
-                bad += 1
-                print(f"MISMATCH edge {label} {name} cl={cl}", flush=True)
+            expect(torch.equal(got, want), f"edge {label} {name} cl={cl}")
 # greedy: long accepted runs (argmax drafts) and ordinary drafts, every cluster size and block size
 for B, K, V, dt in [
     (1, 8, 128256, torch.float32),
@@ -147,23 +140,11 @@ for B, K, V, dt in [
         for name, mod in mods.items():
             for cl in CLUSTERS:
                 for nt, rows in ((0, 0), (128, 1), (512, 16)):
-                    got = cupy_backend.verify_torch(
-                        w.draft_token_ids,
-                        w.draft_probs,
-                        w.target_probs,
-                        module=mod,
-                        mode="greedy",
-                        cluster=cl,
-                        threads=nt,
-                        rows_per_step=rows,
-                    )[0]
-                    checks += 1
-                    if not torch.equal(got, want):
-                        bad += 1
-                        print(
-                            f"MISMATCH greedy {name} B={B} K={K} V={V} cl={cl} nt={nt} rows={rows}",
-                            flush=True,
-                        )
+                    got = cpy(w, mod, mode="greedy", cluster=cl, threads=nt, rows_per_step=rows)[0]
+                    expect(
+                        torch.equal(got, want),
+                        f"greedy {name} B={B} K={K} V={V} cl={cl} nt={nt} rows={rows}",
+                    )
 print(f"exactness: {bad} mismatching of {checks} calls", flush=True)
 
 timer = Timer(
