@@ -191,9 +191,12 @@ def build_extension(verbose: bool = False) -> str:
 # Launch configuration (mirror of choose_config in csrc/verify_torch.cu)
 # --------------------------------------------------------------------------------------------
 def choose_config(
-    B: int, K: int, V: int, greedy: bool, num_sms: int, clusters: bool
+    B: int, K: int, V: int, greedy: bool, num_sms: int, clusters: bool, elem_bytes: int = 4
 ) -> tuple[int, int, int]:
-    """``(cluster, threads, rows_per_step)`` for a call; identical to the C++ ``choose_config``."""
+    """``(cluster, threads, rows_per_step)`` for a call; identical to the C++ ``choose_config``.
+
+    ``elem_bytes`` is the probability dtype's size (4 for float32, 2 for float16/bfloat16).
+    """
     cluster, threads, rows = 1, 512, 1
     if clusters:
         if greedy:
@@ -201,8 +204,11 @@ def choose_config(
                 cluster = 16
                 if B > 4:
                     threads = 256
-            elif B < 128:
-                cluster = 2
+            else:
+                # at most 96 KB of a row per block, clusters of up to 8 (see verify_torch.cu)
+                while cluster < 8 and V * elem_bytes > cluster * 98304:
+                    cluster *= 2
+                threads = 256 if cluster >= 4 else 512
         elif B <= 8:
             cluster, threads = 16, 512 if B <= 4 else 256
         elif B <= 16:
@@ -211,8 +217,8 @@ def choose_config(
             cluster, threads = 8, 256
         elif B < 128:
             cluster, threads = 4, 256
-    if greedy and B <= 16:
-        rows = MAX_STEP_ROWS  # steps of 1, 2, 4, ... rows at small batch
+    if greedy and B <= 16 and cluster >= 4:
+        rows = MAX_STEP_ROWS  # steps of n0, 2 n0, 4 n0, ... rows at small batch
     return cluster, threads, rows
 
 

@@ -132,7 +132,8 @@ def _launch(
     import numpy as np
 
     mod = module if module is not None else _module(device_id)
-    auto = _cuda_build.choose_config(B, K, V, greedy, mod.num_sms, mod.clusters)
+    elem_bytes = 4 if dtype == "float32" else 2
+    auto = _cuda_build.choose_config(B, K, V, greedy, mod.num_sms, mod.clusters, elem_bytes)
     cl = cluster or auto[0]
     nt = threads or auto[1]
     rows = rows_per_step or auto[2]

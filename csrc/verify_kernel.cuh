@@ -80,7 +80,21 @@ struct bf16 {
 
 constexpr int kMaxK = 128;          // draft tokens per request
 constexpr int kMaxStepRows = 16;    // greedy: rows examined per step
-constexpr int kGreedyGroup = 4;     // greedy: rows streamed together (loads in flight)
+
+// Greedy at small batch: the first step examines as many rows as fit this many bytes per block
+// (then 2x, 4x, ... that many). Bytes are cheap there and each step costs a round trip through
+// the cluster, so a long accepted run over a short vocabulary takes one step instead of log2(K).
+#ifndef SPECSAMPLE_GREEDY_STEP_BYTES
+#define SPECSAMPLE_GREEDY_STEP_BYTES 16384
+#endif
+#ifndef SPECSAMPLE_GREEDY_STEP_GROWTH
+#define SPECSAMPLE_GREEDY_STEP_GROWTH 2
+#endif
+// Greedy blocks (clusters of 1-2) of 512 threads per SM the register budget must allow (2: 64
+// registers, so a batch of 256 one-block requests is resident at once on 132 SMs, not in two waves).
+#ifndef SPECSAMPLE_GREEDY_MIN_BLOCKS
+#define SPECSAMPLE_GREEDY_MIN_BLOCKS 2
+#endif
 
 
 // ---------------------------------------------------------------------------------------------
@@ -867,12 +881,12 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
 }
 
 // ---------------------------------------------------------------------------------------------
-// Greedy: argmax of NR consecutive rows (row0, row0 + V, ...) over one warp segment [lo, hi);
-// the warp's result for row i is atomically max-ed into keys[i] (shared memory).
+// Greedy: argmax of nr <= NR consecutive rows (row0, row0 + V, ...) over one warp segment
+// [lo, hi); the warp's result for row i is atomically max-ed into keys[i] (shared memory).
 // ---------------------------------------------------------------------------------------------
-template <typename T, int NR, int U>
-__device__ __forceinline__ void greedy_group(const T* row0, i64 V, i64 lo, i64 hi, bool aligned,
-                                             int lane, u64* keys) {
+template <typename T, int NR, int U, bool ALIGNED>
+__device__ __forceinline__ void greedy_group(const T* row0, i64 V, int lo, int hi, int lane, int nr,
+                                             u64* keys) {
   constexpr int N = VecTraits<T>::N;
   float bestv[NR];
   int besti[NR];
@@ -881,24 +895,26 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, i64 lo, i64 h
     bestv[i] = -1.0f;
     besti[i] = 0;
   }
-  for (i64 base = lo; base < hi; base += 32 * U) {
+  // 32-bit vector indices: a row has fewer than 2^31 vectors (token ids fit 32 bits)
+  for (int base = lo + lane; base < hi + lane; base += 32 * U) {
     uint4 raw[NR][U];
 #pragma unroll
     for (int i = 0; i < NR; ++i) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const i64 g = base + u * 32 + lane;
+        const int g = base + u * 32;
         raw[i][u] = make_uint4(0u, 0u, 0u, 0u);
-        if (g < hi) raw[i][u] = load_raw(row0 + i * V, g, V, aligned);
+        if (g < hi && i < nr) raw[i][u] = load_raw(row0 + i * V, (i64)g, V, ALIGNED);
       }
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const i64 g = base + u * 32 + lane;
+      const int g = base + u * 32;
       if (g < hi) {
-        const int j0 = (int)g * N;
+        const int j0 = g * N;
 #pragma unroll
         for (int i = 0; i < NR; ++i) {
+          if (NR > 1 && i >= nr) break;
           float v[N];
           VecTraits<T>::unpack(raw[i][u], v);
           // a lane visits its indices in increasing order: strict '>' keeps the smallest index of
@@ -918,7 +934,37 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, i64 lo, i64 h
   for (int i = 0; i < NR; ++i) {
     const u64 key = bestv[i] >= 0.0f ? argmax_key(bestv[i], besti[i]) : 0ull;
     const u64 m = warp_max_u64(key);
-    if (lane == 0 && m != 0) atomicMax(reinterpret_cast<unsigned long long*>(&keys[i]), (unsigned long long)m);
+    if (lane == 0 && m != 0 && i < nr) {
+      atomicMax(reinterpret_cast<unsigned long long*>(&keys[i]), (unsigned long long)m);
+    }
+  }
+}
+
+// Greedy launch shape. Clusters of 4+ blocks serve small batches (latency: rows of a step are
+// streamed up to 8 at a time, no register cap); clusters of 1-2 serve large batches, where two
+// 512-thread blocks per SM (64 registers) keep 256 requests resident at once and each step is
+// one row: there, rows are streamed one at a time.
+template <int CL>
+struct GreedyShape {
+  static constexpr int kGroup = CL >= 4 ? 8 : 1;  // rows streamed together (loads in flight)
+  static constexpr int kMinBlocks = CL >= 4 ? 1 : SPECSAMPLE_GREEDY_MIN_BLOCKS;
+};
+
+// Greedy: nr <= G consecutive rows, 8 vectors per lane in flight for 1, 2 or up to 4 rows and
+// one per row above that (half as many when rows are not all 16-byte aligned: the element-wise
+// loads need more registers).
+template <typename T, bool ALIGNED, int G>
+__device__ __forceinline__ void greedy_rows(const T* row0, i64 V, int lo, int hi, int lane, int nr,
+                                            u64* keys) {
+  constexpr int A = ALIGNED ? 2 : 1;
+  if (G == 1 || nr == 1) {
+    greedy_group<T, 1, 4 * A, ALIGNED>(row0, V, lo, hi, lane, 1, keys);
+  } else if (nr == 2) {
+    greedy_group<T, 2, 2 * A, ALIGNED>(row0, V, lo, hi, lane, nr, keys);
+  } else if (nr <= 4) {
+    greedy_group<T, 4, A, ALIGNED>(row0, V, lo, hi, lane, nr, keys);
+  } else {
+    greedy_group<T, (G > 4 ? G : 4), 1, ALIGNED>(row0, V, lo, hi, lane, nr, keys);
   }
 }
 
@@ -954,42 +1000,49 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   split_range(0, NG, CL, (int)rank, c_lo, c_hi);
   split_range(c_lo, c_hi, nwarps, warp, w_lo, w_hi);
 
-  // Draft ids, validated (out of range -> -1: a rejection, never dereferenced).
-  for (int k = tid; k < K; k += blockDim.x) {
-    i64 x = P.ids64 ? __ldg(reinterpret_cast<const i64*>(P.ids) + b * K + k)
-                    : (i64)__ldg(reinterpret_cast<const int*>(P.ids) + b * K + k);
-    s.xhat[k] = (x >= 0 && x < V) ? x : -1;
-  }
+  // The draft ids are only compared after the first step's rows, which do not depend on them:
+  // load them now, store them (validated: out of range -> -1, a mismatch) once the rows are in.
+  const auto load_id = [&](int k) -> i64 {
+    const i64 x = P.ids64 ? __ldg(reinterpret_cast<const i64*>(P.ids) + b * K + k)
+                          : (i64)__ldg(reinterpret_cast<const int*>(P.ids) + b * K + k);
+    return (x >= 0 && x < V) ? x : -1;
+  };
+  const i64 my_id = tid < K ? load_id(tid) : -1;
 
   if (tid < kMaxStepRows) s.row_key[tid] = 0;
   __syncthreads();
   const int R = P.rows_per_step < 1 ? 1 : (P.rows_per_step > kMaxStepRows ? kMaxStepRows : P.rows_per_step);
   int kstar = K;
   i64 final_token = 0;
-  // Steps grow geometrically (1, 2, 4, ... rows, capped at R): a mismatch at row 0 reads one row,
-  // a long accepted run needs only ~log2(K) cluster round trips. R = 1: strictly row by row.
-  int step = 1;
-  for (int s0 = 0, s1 = 0, si = 0; s0 <= K; s0 = s1, step = step < R ? 2 * step : R, ++si) {
+  // Steps grow geometrically (n0, 2 n0, 4 n0, ... rows, capped at R): a mismatch at row 0 reads
+  // n0 rows, a long accepted run needs only ~log2(K / n0) cluster round trips. n0 is as many rows
+  // as fit SPECSAMPLE_GREEDY_STEP_BYTES per block (at least 1). R = 1: strictly row by row.
+  const i64 row_bytes_per_block = (V * (i64)sizeof(T) + CL - 1) / CL;
+  const i64 fit = (i64)SPECSAMPLE_GREEDY_STEP_BYTES / (row_bytes_per_block > 0 ? row_bytes_per_block : 1);
+  int step = fit < 1 ? 1 : (fit > R ? R : (int)fit);
+  for (int s0 = 0, s1 = 0, si = 0; s0 <= K;
+       s0 = s1, step = step < R ? SPECSAMPLE_GREEDY_STEP_GROWTH * step : R, ++si) {
     const int rows_now = step < R ? step : R;
     s1 = (s0 + rows_now < K + 1) ? s0 + rows_now : K + 1;
     const int nrows = s1 - s0;
     const int buf = si & 1;
-    // stream the rows of the step, up to kGreedyGroup rows at a time (their loads in flight
-    // together); a group of NR live rows keeps 8 vectors per lane in flight
-    for (int r0 = s0; r0 < s1; r0 += kGreedyGroup) {
-      const int nr = (s1 - r0 < kGreedyGroup) ? s1 - r0 : kGreedyGroup;
+    // stream the rows of the step, G at a time (their loads in flight together)
+    constexpr int G = GreedyShape<CL>::kGroup;
+    for (int r0 = s0; r0 < s1; r0 += G) {
+      const int nr = (s1 - r0 < G) ? s1 - r0 : G;
       const T* row0 = q + (b * K1 + r0) * V;
-      if (nr == 1) {
-        greedy_group<T, 1, 8>(row0, V, w_lo, w_hi, aligned, lane, &s.row_key[r0 - s0]);
-      } else if (nr == 2) {
-        greedy_group<T, 2, 4>(row0, V, w_lo, w_hi, aligned, lane, &s.row_key[r0 - s0]);
-      } else if (nr == 3) {
-        greedy_group<T, 3, 2>(row0, V, w_lo, w_hi, aligned, lane, &s.row_key[r0 - s0]);
+      u64* keys = &s.row_key[r0 - s0];
+      if (aligned) {
+        greedy_rows<T, true, G>(row0, V, (int)w_lo, (int)w_hi, lane, nr, keys);
       } else {
-        greedy_group<T, 4, 2>(row0, V, w_lo, w_hi, aligned, lane, &s.row_key[r0 - s0]);
+        greedy_rows<T, false, G>(row0, V, (int)w_lo, (int)w_hi, lane, nr, keys);
       }
     }
-    __syncthreads();  // this block's keys of the step are complete
+    if (si == 0) {
+      if (tid < K) s.xhat[tid] = my_id;
+      for (int k = tid + blockDim.x; k < K; k += blockDim.x) s.xhat[k] = load_id(k);
+    }
+    __syncthreads();  // this block's keys of the step (and, after the first, the ids) are in
     if (si == 0) cluster_wait<CL>();  // every block of the cluster has started
     // warp 0 sends the block's keys to every block of the cluster (itself included) and clears
     // them for the next step
@@ -1092,7 +1145,7 @@ __device__ __forceinline__ void verify_body(const Params& P) {
 // Blocks of 512 threads per SM the register budget must allow.
 template <int CL, bool GREEDY>
 struct MinBlocks {
-  static constexpr int value = GREEDY ? 1 : RandomShape<CL>::kMinBlocks;
+  static constexpr int value = GREEDY ? GreedyShape<CL>::kMinBlocks : RandomShape<CL>::kMinBlocks;
 };
 
 template <typename T, bool GREEDY>

@@ -40,17 +40,25 @@ struct LaunchConfig {
 
 // Automatic launch configuration. Mirrored in Python (specsample.backends._cuda_build.choose_config)
 // for the CuPy backend: keep the two identical.
-LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, bool clusters) {
+LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, bool clusters,
+                           int elem_bytes) {
   LaunchConfig c{1, 512, 1};
   if (clusters) {
     if (greedy) {
-      // spread a request's row over up to 16 SMs while the batch alone does not fill the GPU;
-      // at larger batches pairs of blocks (clusters of 2) measured fastest on H100
       if (B <= 16) {
+        // spread a request's rows over 16 SMs while the batch alone does not fill the GPU
         c.cluster = 16;
         if (B > 4) c.threads = 256;
-      } else if (B < 128) {
-        c.cluster = 2;
+      } else {
+        // larger batches: at most 96 KB of a row per block, clusters of up to 8 (V = 128256
+        // float32: 8 x 256 threads; V = 32000: pairs of 512-thread blocks). A request whose
+        // accepted run is long then streams its rows on several SMs, while the next clusters take
+        // the SMs that finished requests free (H100 sweep, docs/perf-notes-cuda.md).
+        const int64_t row_bytes = V * (int64_t)elem_bytes;
+        int cl = 1;
+        while (cl < 8 && row_bytes > (int64_t)cl * 98304) cl *= 2;
+        c.cluster = cl;
+        c.threads = cl >= 4 ? 256 : 512;
       }
     } else if (B <= 8) {
       // random mode, from the H100 sweep of (cluster, threads) (docs/perf-notes-cuda.md)
@@ -67,12 +75,11 @@ LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num
       c.threads = 256;
     }
   }
-  // greedy: at small batch examine 1, 2, 4, ... (up to 16) rows per step (latency: a long
-  // accepted run costs ~log2(K) cluster round trips); at larger batch strictly one row per step
-  // (bytes: stop reading at the first mismatch)
-  c.rows_per_step = (greedy && B <= 16) ? kMaxStepRows : 1;
+  // greedy: at small batch examine n0, 2 n0, 4 n0, ... (up to 16) rows per step, n0 rows fitting
+  // the kernel's per-block byte budget (latency: a long accepted run costs a few cluster round
+  // trips); otherwise strictly one row per step (bytes: stop reading at the first mismatch)
+  c.rows_per_step = (greedy && B <= 16 && c.cluster >= 4) ? kMaxStepRows : 1;
   (void)K;
-  (void)V;
   (void)num_sms;
   return c;
 }
@@ -199,7 +206,8 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
 #else
   const bool clusters = false;
 #endif
-  LaunchConfig cfg = choose_config(B, K, V, greedy, prop->multiProcessorCount, clusters);
+  LaunchConfig cfg = choose_config(B, K, V, greedy, prop->multiProcessorCount, clusters,
+                                   (int)target_probs.element_size());
   if (cluster > 0) {
     TORCH_CHECK(cluster_size_ok((int)cluster) && (cluster == 1 || clusters),
                 "specsample::verify: cluster must be 1, 2, 4, 8 or 16 (>1 needs sm_90)");

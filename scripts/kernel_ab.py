@@ -11,13 +11,16 @@ flushed, host time hidden by a spin kernel), K=8, the standard grid's cells.
 
 --sweep  also times every (cluster, threads) launch configuration of the default variant;
 --op     also times the cuda-cpp op as built by `specsample build`;
---greedy also times (and sweeps) greedy mode.
+--greedy also times (and sweeps) greedy mode; --modes greedy times greedy mode only;
+--rounds N times every variant N times, interleaved, and prints the median (noisy small cells);
+--batches / --sweep-batches restrict the grids; --no-exact skips the exactness checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 
 import specsample
 import torch
@@ -30,7 +33,16 @@ ap.add_argument("variants", nargs="*", help="name=-Dflags...")
 ap.add_argument("--sweep", action="store_true")
 ap.add_argument("--op", action="store_true")
 ap.add_argument("--greedy", action="store_true")
+ap.add_argument("--modes", default=None, help="timed modes, e.g. greedy (default: random[,greedy])")
+ap.add_argument("--batches", default="1,8,64,256", help="batch sizes of the timing grid")
+ap.add_argument("--ks", default="8", help="draft lengths K of the timing grid")
+ap.add_argument("--sweep-batches", default="1,4,8,16,32,64,128,256")
+ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds (median of them)")
+ap.add_argument("--no-exact", action="store_true", help="skip the exactness checks")
 args = ap.parse_args()
+BATCHES = [int(b) for b in args.batches.split(",")]
+KS = [int(k) for k in args.ks.split(",")]
+SWEEP_BATCHES = [int(b) for b in args.sweep_batches.split(",")]
 
 variants = {"default": ()}
 for arg in args.variants:
@@ -58,18 +70,22 @@ def expect(ok: bool, label: str) -> None:
         print(f"MISMATCH {label}", flush=True)
 
 
-for B, K, V, dt, has_p in [
-    (1, 8, 128256, torch.float32, True),
-    (5, 16, 997, torch.float16, True),
-    (64, 4, 32000, torch.bfloat16, True),
-    (256, 8, 32000, torch.float32, True),
-    (3, 2, 262144, torch.float32, True),
-    (4, 40, 5003, torch.float32, True),
-    (7, 3, 1, torch.float32, True),
-    (2, 0, 777, torch.bfloat16, True),
-    (6, 8, 4099, torch.float32, False),
-    (9, 5, 50000, torch.float16, False),
-]:
+for B, K, V, dt, has_p in (
+    []
+    if args.no_exact
+    else [
+        (1, 8, 128256, torch.float32, True),
+        (5, 16, 997, torch.float16, True),
+        (64, 4, 32000, torch.bfloat16, True),
+        (256, 8, 32000, torch.float32, True),
+        (3, 2, 262144, torch.float32, True),
+        (4, 40, 5003, torch.float32, True),
+        (7, 3, 1, torch.float32, True),
+        (2, 0, 777, torch.bfloat16, True),
+        (6, 8, 4099, torch.float32, False),
+        (9, 5, 50000, torch.float16, False),
+    ]
+):
     for acc in ("low", "high"):
         w = make_workload(
             B, K, V, dtype=dt, device="cuda", acceptance=acc, seed=B + K, with_draft_probs=has_p
@@ -120,18 +136,22 @@ edge = [
         ),
     ),
 ]
-for label, ids, dp, tq in edge:
+for label, ids, dp, tq in [] if args.no_exact else edge:
     want = specsample.reference_verify(ids.long(), dp, tq, uniforms=u).token_ids
     for name, mod in mods.items():
         for cl in CLUSTERS:
             got = cupy_backend.verify_torch(ids, dp, tq, module=mod, uniforms=u, cluster=cl)[0]
             expect(torch.equal(got, want), f"edge {label} {name} cl={cl}")
 # greedy: long accepted runs (argmax drafts) and ordinary drafts, every cluster size and block size
-for B, K, V, dt in [
-    (1, 8, 128256, torch.float32),
-    (3, 12, 4099, torch.bfloat16),
-    (64, 4, 32000, torch.float16),
-]:
+for B, K, V, dt in (
+    []
+    if args.no_exact
+    else [
+        (1, 8, 128256, torch.float32),
+        (3, 12, 4099, torch.bfloat16),
+        (64, 4, 32000, torch.float16),
+    ]
+):
     for drafter in (True, False):
         w = make_workload(B, K, V, dtype=dt, device="cuda", seed=B + K, greedy_drafter=drafter)
         want = specsample.reference_verify(
@@ -157,7 +177,22 @@ def med(fn):
     return timer.measure(lambda i: fn()).to_dict()["median"] * 1e6
 
 
+def timing_workload(B, V, acc, mode, K=8):
+    """Float32; greedy drafts from an argmax drafter, as the runner makes them."""
+    return make_workload(
+        B,
+        K,
+        V,
+        device="cuda",
+        seed=0,
+        acceptance_length=acceptance_length_for(acc, K),
+        greedy_drafter=mode == "greedy",
+    )
+
+
 modes = ("random", "greedy") if args.greedy else ("random",)
+if args.modes:
+    modes = tuple(args.modes.split(","))
 names = list(mods)
 for mode in modes:
     print(
@@ -167,12 +202,13 @@ for mode in modes:
         + "  (us)",
         flush=True,
     )
-    for V, acc, B in itertools.product((32000, 128256), ("high", "low"), (1, 8, 64, 256)):
-        w = make_workload(
-            B, 8, V, device="cuda", seed=0, acceptance_length=acceptance_length_for(acc, 8)
-        )
-        t = [med(lambda: cpy(w, mods[n], mode=mode)) for n in names]
-        line = f"{mode}: {V:6d} {acc:4} {B:3d} " + " ".join(f"{x:9.2f}" for x in t)
+    for K, V, acc, B in itertools.product(KS, (32000, 128256), ("high", "low"), BATCHES):
+        w = timing_workload(B, V, acc, mode, K)
+        rounds = [
+            [med(lambda: cpy(w, mods[n], mode=mode)) for n in names] for _ in range(args.rounds)
+        ]
+        t = [statistics.median(r[i] for r in rounds) for i in range(len(names))]
+        line = f"{mode}: K={K} {V:6d} {acc:4} {B:3d} " + " ".join(f"{x:9.2f}" for x in t)
         if args.op:
             from specsample.backends.cuda_cpp import verify_op
 
@@ -189,12 +225,8 @@ if args.sweep:
             + " | best auto",
             flush=True,
         )
-        for V, acc, B in itertools.product(
-            (32000, 128256), ("high", "low"), (1, 4, 8, 16, 32, 64, 128, 256)
-        ):
-            w = make_workload(
-                B, 8, V, device="cuda", seed=0, acceptance_length=acceptance_length_for(acc, 8)
-            )
+        for V, acc, B in itertools.product((32000, 128256), ("high", "low"), SWEEP_BATCHES):
+            w = timing_workload(B, V, acc, mode)
             ts = [med(lambda: cpy(w, mod, mode=mode, cluster=c, threads=n)) for c, n in cfgs]
             auto = med(lambda: cpy(w, mod, mode=mode))
             best = min(range(len(cfgs)), key=lambda i: ts[i])

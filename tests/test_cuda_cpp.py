@@ -144,6 +144,9 @@ def test_auto_config_is_sane():
             cl, nt, rows = _cuda_build.choose_config(B, 8, 128256, greedy, 132, True)
             assert cl in _cuda_build.CLUSTER_SIZES and nt % 32 == 0 and 1 <= rows <= 16
             assert _cuda_build.choose_config(B, 8, 128256, greedy, 132, False)[0] == 1
+            # multi-row greedy steps only where the kernel streams rows together (clusters of 4+)
+            assert rows == 1 or (greedy and cl >= 4)
+        assert _cuda_build.choose_config(B, 8, 128256, True, 132, False)[2] == 1
     assert _cuda_build.choose_config(1, 8, 128256, False, 132, True)[0] == 16
 
 
