@@ -205,8 +205,8 @@ def choose_config(
                 if B > 4:
                     threads = 256
             else:
-                # at most 96 KB of a row per block, clusters of up to 8 (see verify_torch.cu)
-                while cluster < 8 and V * elem_bytes > cluster * 98304:
+                # at most 48 KB of a row per block, clusters of up to 8 (see verify_torch.cu)
+                while cluster < 8 and V * elem_bytes > cluster * 49152:
                     cluster *= 2
                 threads = 256 if cluster >= 4 else 512
         elif B <= 8:

@@ -90,8 +90,8 @@ constexpr int kMaxStepRows = 16;    // greedy: rows examined per step
 #ifndef SPECSAMPLE_GREEDY_STEP_GROWTH
 #define SPECSAMPLE_GREEDY_STEP_GROWTH 2
 #endif
-// Greedy blocks (clusters of 1-2) of 512 threads per SM the register budget must allow (2: 64
-// registers, so a batch of 256 one-block requests is resident at once on 132 SMs, not in two waves).
+// Greedy blocks of 512 threads per SM the register budget must allow in the large-batch kernels
+// (clusters of 1-8; 2: 64 registers, twice the requests in flight of an uncapped kernel).
 #ifndef SPECSAMPLE_GREEDY_MIN_BLOCKS
 #define SPECSAMPLE_GREEDY_MIN_BLOCKS 2
 #endif
@@ -940,14 +940,18 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, int lo, int h
   }
 }
 
-// Greedy launch shape. Clusters of 4+ blocks serve small batches (latency: rows of a step are
-// streamed up to 8 at a time, no register cap); clusters of 1-2 serve large batches, where two
-// 512-thread blocks per SM (64 registers) keep 256 requests resident at once and each step is
-// one row: there, rows are streamed one at a time.
+// Greedy launch shape. Clusters of 16 blocks serve small batches (latency: rows of a step are
+// streamed up to 8 at a time, no register cap); smaller clusters serve larger batches, one row per
+// step, where a 64-register cap (two 512-thread or four 256-thread blocks per SM) keeps more
+// requests in flight: there, rows are streamed one at a time.
+#ifndef SPECSAMPLE_GREEDY_GROUP_MIN_CL
+#define SPECSAMPLE_GREEDY_GROUP_MIN_CL 16
+#endif
 template <int CL>
 struct GreedyShape {
-  static constexpr int kGroup = CL >= 4 ? 8 : 1;  // rows streamed together (loads in flight)
-  static constexpr int kMinBlocks = CL >= 4 ? 1 : SPECSAMPLE_GREEDY_MIN_BLOCKS;
+  static constexpr bool kWide = CL >= SPECSAMPLE_GREEDY_GROUP_MIN_CL;
+  static constexpr int kGroup = kWide ? 8 : 1;  // rows streamed together (loads in flight)
+  static constexpr int kMinBlocks = kWide ? 1 : SPECSAMPLE_GREEDY_MIN_BLOCKS;
 };
 
 // Greedy: nr <= G consecutive rows, 8 vectors per lane in flight for 1, 2 or up to 4 rows and

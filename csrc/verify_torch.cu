@@ -50,13 +50,13 @@ LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num
         c.cluster = 16;
         if (B > 4) c.threads = 256;
       } else {
-        // larger batches: at most 96 KB of a row per block, clusters of up to 8 (V = 128256
-        // float32: 8 x 256 threads; V = 32000: pairs of 512-thread blocks). A request whose
-        // accepted run is long then streams its rows on several SMs, while the next clusters take
-        // the SMs that finished requests free (H100 sweep, docs/perf-notes-cuda.md).
+        // larger batches: at most 48 KB of a row per block, clusters of up to 8 (V = 128256
+        // float32: 8 x 256 threads; V = 32000: 4 x 256). A request whose accepted run is long
+        // then streams its rows on several SMs, while the next clusters take the SMs that
+        // finished requests free (H100 sweep, docs/perf-notes-cuda.md).
         const int64_t row_bytes = V * (int64_t)elem_bytes;
         int cl = 1;
-        while (cl < 8 && row_bytes > (int64_t)cl * 98304) cl *= 2;
+        while (cl < 8 && row_bytes > (int64_t)cl * 49152) cl *= 2;
         c.cluster = cl;
         c.threads = cl >= 4 ? 256 : 512;
       }

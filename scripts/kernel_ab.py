@@ -36,6 +36,7 @@ ap.add_argument("--greedy", action="store_true")
 ap.add_argument("--modes", default=None, help="timed modes, e.g. greedy (default: random[,greedy])")
 ap.add_argument("--batches", default="1,8,64,256", help="batch sizes of the timing grid")
 ap.add_argument("--ks", default="8", help="draft lengths K of the timing grid")
+ap.add_argument("--rows", type=int, default=0, help="greedy rows_per_step of the timing grid")
 ap.add_argument("--sweep-batches", default="1,4,8,16,32,64,128,256")
 ap.add_argument("--rounds", type=int, default=1, help="interleaved timing rounds (median of them)")
 ap.add_argument("--no-exact", action="store_true", help="skip the exactness checks")
@@ -205,7 +206,8 @@ for mode in modes:
     for K, V, acc, B in itertools.product(KS, (32000, 128256), ("high", "low"), BATCHES):
         w = timing_workload(B, V, acc, mode, K)
         rounds = [
-            [med(lambda: cpy(w, mods[n], mode=mode)) for n in names] for _ in range(args.rounds)
+            [med(lambda: cpy(w, mods[n], mode=mode, rows_per_step=args.rows)) for n in names]
+            for _ in range(args.rounds)
         ]
         t = [statistics.median(r[i] for r in rounds) for i in range(len(names))]
         line = f"{mode}: K={K} {V:6d} {acc:4} {B:3d} " + " ".join(f"{x:9.2f}" for x in t)
