@@ -27,8 +27,8 @@ TORCH_SOURCE = "verify_torch.cu"
 OP_NAME = "specsample::verify"
 OP_SCHEMA = (
     "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
-    "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0) "
-    "-> (Tensor, Tensor)"
+    "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0, "
+    "int split=-1) -> (Tensor, Tensor)"
 )
 MAX_K = 128  # kMaxK in verify_kernel.cuh
 
@@ -220,6 +220,22 @@ def choose_config(
     if greedy and B <= 16 and cluster >= 4:
         rows = MAX_STEP_ROWS  # steps of n0, 2 n0, 4 n0, ... rows at small batch
     return cluster, threads, rows
+
+
+SPLIT_MAX_BYTES = 3 << 20  # kSplitMaxBytes
+
+
+def choose_split(B: int, K: int, V: int, greedy: bool, num_sms: int, elem_bytes: int = 4) -> int:
+    """Greedy mode: chunks per row of the split kernel, or 0 for the cluster kernel.
+
+    Identical to the C++ ``choose_split``: the split kernel reads every row of every request at
+    once (about one block per SM) and serves only calls whose ``B * (K+1)`` rows together hold at
+    most :data:`SPLIT_MAX_BYTES`.
+    """
+    rows = B * (K + 1)
+    if not greedy or rows * V * elem_bytes > SPLIT_MAX_BYTES:
+        return 0
+    return max(1, num_sms // rows)
 
 
 def philox_increment(K: int) -> int:

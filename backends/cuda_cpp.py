@@ -34,6 +34,7 @@ def _register_fake() -> None:
         cluster=0,
         threads=0,
         rows_per_step=0,
+        split=-1,
     ):
         B, K1 = target_probs.shape[0], target_probs.shape[1]
         tokens = target_probs.new_empty((B, K1), dtype=torch.int64)
@@ -67,11 +68,14 @@ def verify_op(
     cluster: int = 0,
     threads: int = 0,
     rows_per_step: int = 0,
+    split: int = -1,
 ):
     """Call the custom op directly (no validation): ``(token_ids, num_emitted)``.
 
     ``cluster``/``threads``/``rows_per_step`` override the automatic launch configuration (0 =
-    automatic); they exist for tuning and tests.
+    automatic); ``split`` picks greedy mode's kernel (-1: automatic, the split kernel at the
+    smallest batches; 0: always the cluster kernel; N > 0: the split kernel with N chunks per row).
+    They exist for tuning and tests.
     """
     op = load_op()
     return op(
@@ -84,6 +88,7 @@ def verify_op(
         cluster,
         threads,
         rows_per_step,
+        split,
     )
 
 

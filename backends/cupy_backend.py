@@ -61,6 +61,10 @@ class _Module:
                             self.names[(dtype, cl, greedy)] = (
                                 f"specsample::verify_cluster_kernel<{ctype}, {cl}, {flag}>"
                             )
+            for dtype, ctype in _KERNEL_TYPES.items():
+                self.names[(dtype, 0, True)] = (
+                    f"specsample::verify_greedy_split_kernel<{ctype}>"  # cluster 0: the split kernel
+                )
             self.module = cupy.RawModule(
                 code=code, options=tuple(options), name_expressions=list(self.names.values())
             )
@@ -92,6 +96,38 @@ def _module(device_id: int) -> _Module:
 
 
 _streams: dict[tuple[int, int], object] = {}
+_workspaces: dict[tuple[int, int], list] = {}
+
+
+def _split_workspace(device_id: int, stream_ptr: int, n_keys: int, n_counters: int):
+    """The split kernel's workspace on one (device, stream): ``(keys ptr, counters ptr)``.
+
+    Keys are uint64 per (request, row, chunk); counters uint32 per request, zeroed once when
+    allocated (on the stream, before the kernel) and reset by each request's last block, so every
+    call ordered by the stream finds them zero (as in the cuda-cpp binding).
+    """
+    import cupy
+
+    with _lock:
+        ws = _workspaces.setdefault((device_id, stream_ptr), [None, None])
+        with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+            if ws[0] is None or ws[0].size < n_keys:
+                ws[0] = cupy.empty(max(n_keys, 4096), dtype=cupy.uint64)
+            if ws[1] is None or ws[1].size < n_counters:
+                ws[1] = cupy.zeros(max(n_counters, 64), dtype=cupy.uint32)
+        return ws[0].data.ptr, ws[1].data.ptr
+
+
+def _stream_is_capturing(stream_ptr: int) -> bool:
+    """Whether the stream is being captured into a CUDA graph (capture-safe query)."""
+    import cupy
+
+    try:
+        return cupy.cuda.runtime.streamIsCapturing(stream_ptr) != 0
+    except (AttributeError, cupy.cuda.runtime.CUDARuntimeError):
+        # an older CuPy, or the legacy stream while another stream captures: assume capture,
+        # the safe choice (the cluster kernel)
+        return True
 
 
 def _external_stream(ptr: int, device_id: int):
@@ -101,6 +137,34 @@ def _external_stream(ptr: int, device_id: int):
 
         stream = _streams[(ptr, device_id)] = cupy.cuda.ExternalStream(ptr, device_id)
     return stream
+
+
+def _launch_split(
+    mod, device_id, stream_ptr, dtype, ids_ptr, ids64, q_ptr, tokens_ptr, num_ptr, B, K, V, chunks
+) -> None:
+    """Launch the greedy split kernel (``verify_greedy_split_kernel``) with its workspace."""
+    import cupy
+    import numpy as np
+
+    units = B * (K + 1) * chunks
+    keys_ptr, count_ptr = _split_workspace(device_id, stream_ptr, units, B)
+    args = (
+        np.uint64(ids_ptr),
+        np.uint64(q_ptr),
+        np.uint64(tokens_ptr),
+        np.uint64(num_ptr),
+        np.int64(V),
+        np.int32(B),
+        np.int32(K),
+        np.int32(1 if ids64 else 0),
+        np.int32(chunks),
+        np.uint64(keys_ptr),
+        np.uint64(count_ptr),
+    )
+    kern = mod.kernel(dtype, 0, True)
+    # 256 threads: more than K (every draft id has a thread in the combining block)
+    with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+        kern((units,), (256,), args)
 
 
 def _launch(
@@ -126,13 +190,45 @@ def _launch(
     cluster: int = 0,
     threads: int = 0,
     rows_per_step: int = 0,
+    split: int = -1,
     module: _Module | None = None,
 ) -> None:
-    """Launch one verify kernel on ``stream_ptr``; every tensor argument is a device pointer."""
+    """Launch one verify kernel on ``stream_ptr``; every tensor argument is a device pointer.
+
+    ``split`` (greedy): -1 automatic (the split kernel at the smallest batches, unless a cluster
+    configuration is given or the stream is capturing), 0 off, N > 0 the split kernel with N chunks.
+    """
     import numpy as np
 
     mod = module if module is not None else _module(device_id)
     elem_bytes = 4 if dtype == "float32" else 2
+    if split < -1:
+        raise ValueError(f"split must be -1 (automatic), 0 (off) or a chunk count, got {split}")
+    chunks = 0
+    if greedy:
+        if split > 0:
+            chunks = split
+        elif split < 0 and not (cluster or threads or rows_per_step):
+            chunks = _cuda_build.choose_split(B, K, V, True, mod.num_sms, elem_bytes)
+        if chunks and _stream_is_capturing(stream_ptr):
+            chunks = 0
+    if chunks:
+        _launch_split(
+            mod,
+            device_id,
+            stream_ptr,
+            dtype,
+            ids_ptr,
+            ids64,
+            q_ptr,
+            tokens_ptr,
+            num_ptr,
+            B,
+            K,
+            V,
+            chunks,
+        )
+        return
     auto = _cuda_build.choose_config(B, K, V, greedy, mod.num_sms, mod.clusters, elem_bytes)
     cl = cluster or auto[0]
     nt = threads or auto[1]
@@ -281,6 +377,7 @@ def verify_torch(
     cluster: int = 0,
     threads: int = 0,
     rows_per_step: int = 0,
+    split: int = -1,
     module: _Module | None = None,
 ):
     """The backend's launch path on contiguous torch CUDA tensors (no validation).
@@ -337,6 +434,7 @@ def verify_torch(
         cluster=cluster,
         threads=threads,
         rows_per_step=rows_per_step,
+        split=split,
         module=module,
     )
     return tokens, num

@@ -1098,6 +1098,89 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Greedy mode at the smallest batches: every row of every request at once, split over many
+// blocks (no cluster), combined by the last block to finish.
+//
+// Block (b, r, c) computes the argmax key of chunk c (of `chunks`) of request b's row r and stores
+// it in ws_keys; the block that brings the request's counter ws_count[b] to (K+1) * chunks decides
+// the request (first row whose argmax differs from the draft) and resets the counter to 0 for the
+// next call on the stream. Every row is read, matched or not: this trades bytes, which are cheap
+// at B = 1, for latency (one pass over up to 2 blocks per SM instead of a chain of cluster steps).
+// The counters must be zero before the first launch (the host zeroes them once).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void verify_greedy_split(const void* ids, const void* qv, i64* out_tokens,
+                                                    i64* out_num, i64 V, int K, int ids64,
+                                                    int chunks, u64* ws_keys, u32* ws_count) {
+  constexpr int N = VecTraits<T>::N;
+  __shared__ u64 block_key;
+  __shared__ int is_last;
+  __shared__ i64 row_arg[kMaxK + 1];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+  const i64 K1 = (i64)K + 1;
+  const i64 unit = (i64)blockIdx.x;  // (b * K1 + r) * chunks + c
+  const int c = (int)(unit % chunks);
+  const i64 br = unit / chunks;  // b * K1 + r
+  const i64 b = br / K1;
+  const T* q = reinterpret_cast<const T*>(qv);
+  const T* row = q + br * V;
+  const bool aligned = ((V * (i64)sizeof(T)) % 16 == 0) && (reinterpret_cast<u64>(qv) % 16 == 0);
+  // the draft id this thread would compare, loaded now in case this block combines
+  i64 my_id = -1;
+  if (tid < K) {
+    const i64 x = ids64 ? __ldg(reinterpret_cast<const i64*>(ids) + b * K + tid)
+                        : (i64)__ldg(reinterpret_cast<const int*>(ids) + b * K + tid);
+    my_id = (x >= 0 && x < V) ? x : -1;
+  }
+  if (tid == 0) block_key = 0;
+  __syncthreads();
+  const i64 NG = (V + N - 1) / N;
+  i64 c_lo, c_hi, w_lo, w_hi;
+  split_range(0, NG, chunks, c, c_lo, c_hi);
+  split_range(c_lo, c_hi, nwarps, warp, w_lo, w_hi);
+  if (aligned) {
+    greedy_rows<T, true, 1>(row, V, (int)w_lo, (int)w_hi, lane, 1, &block_key);
+  } else {
+    greedy_rows<T, false, 1>(row, V, (int)w_lo, (int)w_hi, lane, 1, &block_key);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    ws_keys[unit] = block_key;
+    __threadfence();  // the key is visible GPU-wide before the count that announces it
+    const u32 total = (u32)(K1 * chunks);
+    is_last = atomicAdd(&ws_count[b], 1u) == total - 1 ? 1 : 0;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();  // acquire: the other blocks' keys, announced by their counts
+  // argmax of every row: warp w takes rows w, w + nwarps, ...; lanes stride over the chunks
+  for (i64 r = warp; r < K1; r += nwarps) {
+    u64 m = 0;
+    for (int cc = lane; cc < chunks; cc += 32) {
+      const u64 y = __ldcg(reinterpret_cast<const unsigned long long*>(ws_keys) +
+                           (b * K1 + r) * chunks + cc);
+      m = y > m ? y : m;
+    }
+    m = warp_max_u64(m);
+    if (lane == 0) row_arg[r] = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
+  }
+  __syncthreads();
+  // the first row whose argmax is not the draft (row K, the bonus row, always ends the run)
+  __shared__ int kstar_s;
+  if (tid == 0) kstar_s = K;
+  __syncthreads();
+  if (tid < K && my_id != row_arg[tid]) atomicMin(&kstar_s, tid);
+  __syncthreads();
+  const int kstar = kstar_s;
+  // (the host launches more than K threads per block)
+  if (tid <= K) out_tokens[b * K1 + tid] = tid < kstar ? my_id : (tid == kstar ? row_arg[kstar] : -1);
+  if (tid == 0) {
+    out_num[b] = kstar + 1;
+    ws_count[b] = 0;  // ready for the next call on this stream
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Entry points. The parameters are passed one by one (not as a struct) so that CuPy, which packs
 // scalars and pointers but not structs, launches the very same kernels as the torch extension.
 // ---------------------------------------------------------------------------------------------
@@ -1156,6 +1239,16 @@ template <typename T, bool GREEDY>
 __global__ void __launch_bounds__(512, (MinBlocks<1, GREEDY>::value)) verify_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
   verify_body<T, 1, GREEDY>(P);
+}
+
+// Greedy mode, every row at once over many blocks (see verify_greedy_split); grid = B * (K+1) *
+// chunks blocks.
+template <typename T>
+__global__ void __launch_bounds__(512, 2) verify_greedy_split_kernel(
+    const void* ids, const void* q, i64* out_tokens, i64* out_num, i64 V, int B, int K, int ids64,
+    int chunks, u64* ws_keys, u32* ws_count) {
+  (void)B;
+  verify_greedy_split<T>(ids, q, out_tokens, out_num, V, K, ids64, chunks, ws_keys, ws_count);
 }
 
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS

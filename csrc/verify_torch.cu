@@ -6,10 +6,13 @@
 //
 //   specsample::verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs,
 //                      Tensor? uniforms, Generator? generator, bool greedy,
-//                      int cluster=0, int threads=0, int rows_per_step=0) -> (Tensor, Tensor)
+//                      int cluster=0, int threads=0, int rows_per_step=0, int split=-1)
+//                      -> (Tensor, Tensor)
 //
 // cluster / threads / rows_per_step = 0 pick the launch configuration automatically (see
-// choose_config); explicit values exist for tuning and for the tests, which check every variant.
+// choose_config); split = -1 lets greedy mode choose the split kernel at the smallest batches (see
+// choose_split), 0 never uses it, N > 0 uses it with N chunks per row. Explicit values exist for
+// tuning and for the tests, which check every variant.
 //
 // Random numbers: the generator's Philox (seed, offset) reaches the kernel through
 // at::PhiloxCudaState, so under CUDA-graph capture each replay reads the offset that torch advances
@@ -23,9 +26,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <map>
 #include <mutex>
 #include <optional>
 #include <tuple>
+#include <utility>
 
 #include "verify_kernel.cuh"
 
@@ -82,6 +87,66 @@ LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num
   (void)K;
   (void)num_sms;
   return c;
+}
+
+// Greedy mode: chunks per row of the split kernel (every row of every request at once over about
+// one block per SM, combined by the last block), or 0 for the cluster kernel. The split kernel
+// reads all K+1 rows whatever the acceptance, so it serves only calls whose rows all together are
+// a few microseconds of DRAM time (H100: B = 1 with K = 4 and V = 128256, or K = 8 and V = 32000).
+// Mirrored in Python (specsample.backends._cuda_build.choose_split).
+constexpr int64_t kSplitMaxBytes = int64_t(3) << 20;
+int choose_split(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, int elem_bytes) {
+  const int64_t rows = B * (K + 1);
+  if (!greedy || rows * V * (int64_t)elem_bytes > kSplitMaxBytes) return 0;
+  return (int)std::max<int64_t>(1, num_sms / rows);
+}
+
+// The split kernel's workspace on one (device, stream): a key per (request, row, chunk) and a
+// counter per request. The counters are zeroed once, when allocated (on the stream, before the
+// kernel), and each request's last block resets its counter, so every call ordered by the stream
+// finds them zero. Other streams get their own workspace; under graph capture the cluster kernel
+// is used instead (a graph may be replayed on any stream). Never freed: the buffers are small, and
+// static tensors must not be destroyed after the CUDA context at exit.
+struct SplitWorkspace {
+  at::Tensor keys, counters;
+};
+
+std::pair<u64*, u32*> split_workspace(int64_t n_keys, int64_t n_counters, const at::Device& dev,
+                                      cudaStream_t stream) {
+  static std::mutex mutex;
+  static auto* workspaces = new std::map<std::pair<int, cudaStream_t>, SplitWorkspace>();
+  std::lock_guard<std::mutex> lock(mutex);
+  SplitWorkspace& ws = (*workspaces)[{(int)dev.index(), stream}];
+  if (!ws.keys.defined() || ws.keys.numel() < n_keys) {
+    ws.keys = at::empty({std::max<int64_t>(n_keys, 4096)}, at::TensorOptions().dtype(at::kLong).device(dev));
+  }
+  if (!ws.counters.defined() || ws.counters.numel() < n_counters) {
+    ws.counters = at::zeros({std::max<int64_t>(n_counters, 64)}, at::TensorOptions().dtype(at::kInt).device(dev));
+  }
+  return {reinterpret_cast<u64*>(ws.keys.data_ptr()), reinterpret_cast<u32*>(ws.counters.data_ptr())};
+}
+
+// Whether `stream` is being captured; an error (the legacy stream while another stream captures)
+// counts as capturing: the cluster kernel is always safe.
+bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
+template <typename T>
+void launch_split(int chunks, int64_t B, cudaStream_t stream, const void* ids, const void* q,
+                  int64_t* tok, int64_t* num, int64_t V, int K, int ids64, const at::Device& dev) {
+  const int64_t units = B * (K + 1) * (int64_t)chunks;
+  auto ws = split_workspace(units, B, dev, stream);
+  // 256 threads: more than K (every draft id has a thread in the combining block)
+  verify_greedy_split_kernel<T><<<dim3((unsigned)units), dim3(256), 0, stream>>>(
+      ids, q, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), (i64)V, (int)B, K, ids64,
+      chunks, ws.first, ws.second);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 bool cluster_size_ok(int cl) { return cl == 1 || cl == 2 || cl == 4 || cl == 8 || cl == 16; }
@@ -154,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
                                                const std::optional<at::Tensor>& uniforms,
                                                std::optional<at::Generator> generator, bool greedy,
                                                int64_t cluster, int64_t threads,
-                                               int64_t rows_per_step) {
+                                               int64_t rows_per_step, int64_t split) {
   TORCH_CHECK(target_probs.is_cuda(), "specsample::verify: target_probs must be a CUDA tensor");
   TORCH_CHECK(target_probs.dim() == 3, "specsample::verify: target_probs must be [B, K+1, V]");
   TORCH_CHECK(draft_token_ids.dim() == 2, "specsample::verify: draft_token_ids must be [B, K]");
@@ -225,6 +290,34 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
   const int ids64 = it == at::kLong ? 1 : 0;
   int64_t* tok = tokens.data_ptr<int64_t>();
   int64_t* nm = num.data_ptr<int64_t>();
+
+  // greedy at the smallest batches: the split kernel (see choose_split), unless the call asks for
+  // a cluster-kernel configuration, or the stream is being captured into a graph
+  TORCH_CHECK(split >= -1, "specsample::verify: split must be -1 (automatic), 0 (off) or a chunk count");
+  int chunks = 0;
+  if (greedy) {
+    if (split > 0) {
+      chunks = (int)std::min<int64_t>(split, 1 << 20);
+    } else if (split < 0 && cluster == 0 && threads == 0 && rows_per_step == 0) {
+      chunks = choose_split(B, K, V, true, prop->multiProcessorCount, (int)target_probs.element_size());
+    }
+    if (chunks > 0 && stream_is_capturing(stream)) chunks = 0;
+  }
+  if (chunks > 0) {
+    const auto dev = target_probs.device();
+    switch (st) {
+      case at::kFloat:
+        launch_split<float>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        break;
+      case at::kHalf:
+        launch_split<f16>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        break;
+      default:
+        launch_split<bf16>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        break;
+    }
+    return {tokens, num};
+  }
   switch (st) {
     case at::kFloat:
       launch_mode<float>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
@@ -248,8 +341,8 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
 TORCH_LIBRARY(specsample, m) {
   m.def(
       "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
-      "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0) "
-      "-> (Tensor, Tensor)");
+      "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0, "
+      "int split=-1) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_cuda); }

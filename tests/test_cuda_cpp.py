@@ -57,6 +57,18 @@ def test_op_schema_matches_the_binding():
     assert len(schema.returns) == 2
 
 
+def test_split_choice():
+    # greedy only, and only while every row of the call together is small (a few us of DRAM)
+    assert _cuda_build.choose_split(1, 4, 128256, True, 132) == 132 // 5
+    assert _cuda_build.choose_split(1, 8, 32000, True, 132) == 132 // 9
+    assert _cuda_build.choose_split(1, 8, 128256, True, 132) == 0
+    assert _cuda_build.choose_split(1, 4, 128256, False, 132) == 0
+    assert _cuda_build.choose_split(64, 8, 32000, True, 132) == 0
+    assert _cuda_build.choose_split(1, 100, 1000, True, 132) == 1  # more rows than SMs
+    text = (_cuda_build.csrc_dir() / _cuda_build.TORCH_SOURCE).read_text()
+    assert f"kSplitMaxBytes = int64_t({_cuda_build.SPLIT_MAX_BYTES >> 20}) << 20" in text
+
+
 def test_limits_agree_with_the_kernel():
     text = (_cuda_build.csrc_dir() / _cuda_build.KERNEL_HEADER).read_text()
     assert f"constexpr int kMaxK = {_cuda_build.MAX_K};" in text
@@ -235,6 +247,44 @@ def test_every_cluster_size(cluster):
                 rows_per_step=rows,
             )
             assert torch.equal(got[0].cpu(), _ref(w, "greedy", None)[0])
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "B,K,V,dtype", [(1, 4, 32000, torch.float32), (3, 12, 4099, torch.bfloat16)]
+)
+def test_greedy_split_kernel(B, K, V, dtype):
+    from specsample.backends.cuda_cpp import verify_op
+
+    for drafter in (True, False):
+        w = make_workload(B, K, V, dtype=dtype, device="cuda", seed=K, greedy_drafter=drafter)
+        want = _ref(w, "greedy", None)
+        assert _cuda_build.choose_split(B, K, V, True, 132, w.target_probs.element_size()) > 0
+        for split in (-1, 0, 1, 5, 300):
+            for _ in range(2):  # back to back: the per-request counters are reset by the kernel
+                tok, num = verify_op(
+                    w.draft_token_ids.to(torch.int32),
+                    None,
+                    w.target_probs,
+                    mode="greedy",
+                    split=split,
+                )
+                assert torch.equal(tok.cpu(), want[0]) and torch.equal(num.cpu(), want[1]), split
+        # on another stream (its own workspace), and captured into a graph (the cluster kernel)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            tok, _ = verify_op(w.draft_token_ids, None, w.target_probs, mode="greedy")
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=s):
+                gtok, gnum = verify_op(w.draft_token_ids, None, w.target_probs, mode="greedy")
+        torch.cuda.current_stream().wait_stream(s)
+        assert torch.equal(tok.cpu(), want[0])
+        for _ in range(2):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(gtok.cpu(), want[0]) and torch.equal(gnum.cpu(), want[1])
 
 
 @gpu

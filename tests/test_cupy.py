@@ -144,6 +144,36 @@ def test_philox_stream_and_cupy_arrays_entry_point():
 
 @gpu_cupy
 @pytest.mark.gpu
+def test_greedy_split_kernel_and_capture_query():
+    B, K, V = 1, 8, 32000
+    w = make_workload(B, K, V, device="cuda", seed=6, greedy_drafter=True)
+    want = _ref(w, "greedy", None)
+    assert _cuda_build.choose_split(B, K, V, True, 132) > 0
+    for split in (-1, 0, 3):
+        for _ in range(2):
+            tok, num = cupy_backend.verify_torch(
+                w.draft_token_ids, None, w.target_probs, mode="greedy", split=split
+            )
+            assert torch.equal(tok.cpu(), want[0]) and torch.equal(num.cpu(), want[1]), split
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        assert not cupy_backend._stream_is_capturing(s.cuda_stream)
+        cupy_backend.verify_torch(w.draft_token_ids, None, w.target_probs, mode="greedy")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=s):
+            assert cupy_backend._stream_is_capturing(s.cuda_stream)
+            gtok, _ = cupy_backend.verify_torch(
+                w.draft_token_ids, None, w.target_probs, mode="greedy"
+            )
+    torch.cuda.current_stream().wait_stream(s)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(gtok.cpu(), want[0])
+
+
+@gpu_cupy
+@pytest.mark.gpu
 def test_cuda_graph_capture():
     B, K, V = 4, 4, 32000
     w = make_workload(B, K, V, device="cuda", acceptance="low", seed=1)
