@@ -28,6 +28,8 @@
 // in flight). The sums travel between the blocks of the cluster through distributed shared
 // memory, so the cluster needs no global workspace, no atomics in global memory and no second
 // launch (random mode: see "Random mode" below; greedy: argmax keys, gathered per step).
+// One exception: greedy mode at the smallest batches reads every row at once over many blocks
+// without a cluster and combines through a small global workspace (see verify_greedy_split).
 //
 // Random numbers (when no explicit uniforms are given): Philox4x32-10, key = (seed_lo, seed_hi),
 // counter = (n_lo, n_hi, b_lo, b_hi) with n = (offset + i) / 4, word (offset + i) % 4, for the
