@@ -98,7 +98,6 @@ constexpr int kMaxStepRows = 16;    // greedy: rows examined per step
 #define SPECSAMPLE_GREEDY_MIN_BLOCKS 2
 #endif
 
-
 // ---------------------------------------------------------------------------------------------
 // Element conversion and 16-byte vector loads
 // ---------------------------------------------------------------------------------------------
@@ -327,7 +326,6 @@ struct Params {
   u64 offset_intragraph;
   int captured;
 };
-
 
 // ---------------------------------------------------------------------------------------------
 // Random mode.
@@ -631,7 +629,6 @@ __device__ __forceinline__ void st_peer_f64(double* local, u32 rank, double v) {
 #define SPECSAMPLE_ASYNC_EXCHANGE 1
 #endif
 
-
 __device__ __forceinline__ void mbar_init(u64* bar, u32 count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
@@ -665,15 +662,6 @@ __device__ __forceinline__ void mbar_wait_parity(u64* bar, u32 parity, bool spin
   }
 }
 // v -> `local`'s twin in block `rank` of the cluster, completing 8 bytes on that block's `bar`.
-__device__ __forceinline__ void st_async_peer_f64(double* local, u64* bar, u32 rank, double v) {
-  u32 ra, rb;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(smem_addr(local)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rb) : "r"(smem_addr(bar)), "r"(rank));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f64 [%0], %1, [%2];" ::"r"(ra), "d"(v),
-               "r"(rb)
-               : "memory");
-}
-
 __device__ __forceinline__ void st_async_peer_u64(u64* local, u64* bar, u32 rank, u64 v) {
   u32 ra, rb;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(smem_addr(local)), "r"(rank));
@@ -681,6 +669,10 @@ __device__ __forceinline__ void st_async_peer_u64(u64* local, u64* bar, u32 rank
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b64 [%0], %1, [%2];" ::"r"(ra), "l"(v),
                "r"(rb)
                : "memory");
+}
+// The same for a double: its 8 bytes travel as they are.
+__device__ __forceinline__ void st_async_peer_f64(double* local, u64* bar, u32 rank, double v) {
+  st_async_peer_u64(reinterpret_cast<u64*>(local), bar, rank, (u64)__double_as_longlong(v));
 }
 
 // Shared memory of the random-mode body.
