@@ -683,9 +683,16 @@ struct RandomSmem {
   u64 bar[2];                            // [attempt]: the exchange's mbarrier (async exchange)
 };
 
-__device__ __forceinline__ i64 load_id(const Params& P, i64 b, int k) {
-  return P.ids64 ? __ldg(reinterpret_cast<const i64*>(P.ids) + b * P.K + k)
-                 : (i64)__ldg(reinterpret_cast<const int*>(P.ids) + b * P.K + k);
+// Draft id k of request b (int32 or int64 ids, [B, K]).
+__device__ __forceinline__ i64 load_id(const void* ids, int ids64, int K, i64 b, int k) {
+  return ids64 ? __ldg(reinterpret_cast<const i64*>(ids) + b * K + k)
+               : (i64)__ldg(reinterpret_cast<const int*>(ids) + b * K + k);
+}
+__device__ __forceinline__ i64 load_id(const Params& P, i64 b, int k) { return load_id(P.ids, P.ids64, P.K, b, k); }
+// The same, validated: an id outside [0, V) becomes -1 (a rejection or mismatch, never dereferenced).
+__device__ __forceinline__ i64 load_valid_id(const void* ids, int ids64, int K, i64 V, i64 b, int k) {
+  const i64 x = load_id(ids, ids64, K, b, k);
+  return (x >= 0 && x < V) ? x : -1;
 }
 
 // Outputs of request b known once the drafts are decided, written by one warp: the accepted ids,
@@ -1000,12 +1007,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
 
   // The draft ids are only compared after the first step's rows, which do not depend on them:
   // load them now, store them (validated: out of range -> -1, a mismatch) once the rows are in.
-  const auto load_id = [&](int k) -> i64 {
-    const i64 x = P.ids64 ? __ldg(reinterpret_cast<const i64*>(P.ids) + b * K + k)
-                          : (i64)__ldg(reinterpret_cast<const int*>(P.ids) + b * K + k);
-    return (x >= 0 && x < V) ? x : -1;
-  };
-  const i64 my_id = tid < K ? load_id(tid) : -1;
+  const i64 my_id = tid < K ? load_valid_id(P.ids, P.ids64, K, V, b, tid) : -1;
 
   if (tid < kMaxStepRows) s.row_key[tid] = 0;
   __syncthreads();
@@ -1038,7 +1040,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
     }
     if (si == 0) {
       if (tid < K) s.xhat[tid] = my_id;
-      for (int k = tid + blockDim.x; k < K; k += blockDim.x) s.xhat[k] = load_id(k);
+      for (int k = tid + blockDim.x; k < K; k += blockDim.x) s.xhat[k] = load_valid_id(P.ids, P.ids64, K, V, b, k);
     }
     __syncthreads();  // this block's keys of the step (and, after the first, the ids) are in
     if (si == 0) cluster_wait<CL>();  // every block of the cluster has started
@@ -1120,12 +1122,7 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
   const T* row = q + br * V;
   const bool aligned = ((V * (i64)sizeof(T)) % 16 == 0) && (reinterpret_cast<u64>(qv) % 16 == 0);
   // the draft id this thread would compare, loaded now in case this block combines
-  i64 my_id = -1;
-  if (tid < K) {
-    const i64 x = ids64 ? __ldg(reinterpret_cast<const i64*>(ids) + b * K + tid)
-                        : (i64)__ldg(reinterpret_cast<const int*>(ids) + b * K + tid);
-    my_id = (x >= 0 && x < V) ? x : -1;
-  }
+  const i64 my_id = tid < K ? load_valid_id(ids, ids64, K, V, b, tid) : -1;
   if (tid == 0) block_key = 0;
   __syncthreads();
   const i64 NG = (V + N - 1) / N;
