@@ -238,6 +238,19 @@ def choose_split(B: int, K: int, V: int, greedy: bool, num_sms: int, elem_bytes:
     return max(1, num_sms // rows)
 
 
+def rows_aligned(V: int, elem_bytes: int, q_ptr: int, p_ptr: int, greedy: bool) -> bool:
+    """Whether a call takes the kernels' 16-byte load path; identical to the C++ launcher.
+
+    Every kernel is built once per load path (the ``ALIGNED`` template argument): one 16-byte load
+    per vector needs ``V * elem_bytes`` to be a multiple of 16 and the base pointer of every
+    tensor the call streams on 16 bytes (``p_ptr`` 0: no draft probabilities; greedy mode never
+    reads them). Any other call takes the element-wise path.
+    """
+    return (
+        (V * elem_bytes) % 16 == 0 and q_ptr % 16 == 0 and (greedy or p_ptr == 0 or p_ptr % 16 == 0)
+    )
+
+
 def philox_increment(K: int) -> int:
     """Generator offset consumed by one call with K drafts: 4 * ceil((K+1)/4)."""
     return ((K + 1 + 3) // 4) * 4

@@ -14,6 +14,7 @@ docs/backends/cupy.md.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import threading
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
@@ -27,6 +28,10 @@ _CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
 _lock = threading.Lock()
 _modules: dict[int, _Module] = {}
+
+
+def _cpp_bool(flag: bool) -> str:
+    return "true" if flag else "false"
 
 
 class _Module:
@@ -51,27 +56,31 @@ class _Module:
             if self.clusters:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
             options.extend(extra_options)
-            self.names: dict[tuple[str, int, bool], str] = {}
+            # (dtype, cluster, greedy, aligned) -> name; one kernel per mode and load path
+            self.names: dict[tuple[str, int, bool, bool], str] = {}
             for dtype, ctype in _KERNEL_TYPES.items():
-                for greedy in (False, True):
-                    flag = "true" if greedy else "false"
-                    self.names[(dtype, 1, greedy)] = f"specsample::verify_kernel<{ctype}, {flag}>"
+                for greedy, aligned in itertools.product((False, True), (False, True)):
+                    flags = f"{_cpp_bool(greedy)}, {_cpp_bool(aligned)}"
+                    self.names[(dtype, 1, greedy, aligned)] = (
+                        f"specsample::verify_kernel<{ctype}, {flags}>"
+                    )
                     if self.clusters:
                         for cl in _cuda_build.CLUSTER_SIZES[1:]:
-                            self.names[(dtype, cl, greedy)] = (
-                                f"specsample::verify_cluster_kernel<{ctype}, {cl}, {flag}>"
+                            self.names[(dtype, cl, greedy, aligned)] = (
+                                f"specsample::verify_cluster_kernel<{ctype}, {cl}, {flags}>"
                             )
-            for dtype, ctype in _KERNEL_TYPES.items():
-                self.names[(dtype, 0, True)] = (
-                    f"specsample::verify_greedy_split_kernel<{ctype}>"  # cluster 0: the split kernel
-                )
+                    if greedy:  # cluster 0: the greedy split kernel
+                        self.names[(dtype, 0, True, aligned)] = (
+                            f"specsample::verify_greedy_split_kernel<{ctype}, {_cpp_bool(aligned)}>"
+                        )
             self.module = cupy.RawModule(
                 code=code, options=tuple(options), name_expressions=list(self.names.values())
             )
             self.kernels: dict[tuple[str, int, bool], object] = {}
 
-    def kernel(self, dtype: str, cluster: int, greedy: bool):
-        key = (dtype, cluster, greedy)
+    def kernel(self, dtype: str, cluster: int, greedy: bool, aligned: bool):
+        """The compiled kernel for one dtype, cluster size (0: greedy split), mode and load path."""
+        key = (dtype, cluster, greedy, aligned)
         kern = self.kernels.get(key)
         if kern is None:
             import cupy
@@ -139,6 +148,10 @@ def _external_stream(ptr: int, device_id: int):
     return stream
 
 
+def _elem_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
 def _launch_split(
     mod, device_id, stream_ptr, dtype, ids_ptr, ids64, q_ptr, tokens_ptr, num_ptr, B, K, V, chunks
 ) -> None:
@@ -161,7 +174,9 @@ def _launch_split(
         np.uint64(keys_ptr),
         np.uint64(count_ptr),
     )
-    kern = mod.kernel(dtype, 0, True)
+    kern = mod.kernel(
+        dtype, 0, True, _cuda_build.rows_aligned(V, _elem_bytes(dtype), q_ptr, 0, True)
+    )
     # 256 threads: more than K (every draft id has a thread in the combining block)
     with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
         kern((units,), (256,), args)
@@ -201,7 +216,7 @@ def _launch(
     import numpy as np
 
     mod = module if module is not None else _module(device_id)
-    elem_bytes = 4 if dtype == "float32" else 2
+    elem_bytes = _elem_bytes(dtype)
     if split < -1:
         raise ValueError(f"split must be -1 (automatic), 0 (off) or a chunk count, got {split}")
     chunks = 0
@@ -237,7 +252,8 @@ def _launch(
         raise ValueError("thread-block clusters need compute capability 9.0 or newer")
     if cl not in _cuda_build.CLUSTER_SIZES:
         raise ValueError(f"cluster must be one of {_cuda_build.CLUSTER_SIZES}, got {cl}")
-    kern = mod.kernel(dtype, cl, greedy)
+    aligned = _cuda_build.rows_aligned(V, elem_bytes, q_ptr, p_ptr, greedy)
+    kern = mod.kernel(dtype, cl, greedy, aligned)
     args = (
         np.uint64(ids_ptr),
         np.uint64(p_ptr),

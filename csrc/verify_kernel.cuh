@@ -973,8 +973,8 @@ __device__ __forceinline__ void greedy_rows(const T* row0, i64 V, int lo, int hi
   }
 }
 
-// Greedy mode: the kernel body.
-template <typename T, int CL>
+// Greedy mode: the kernel body. ALIGNED: every row of q starts on 16 bytes (chosen by the host).
+template <typename T, int CL, bool ALIGNED>
 __device__ __forceinline__ void verify_greedy(const Params& P) {
   constexpr int N = VecTraits<T>::N;
   __shared__ GreedySmem s;
@@ -995,9 +995,6 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   const T* p = reinterpret_cast<const T*>(P.p);
   const i64 K1 = (i64)K + 1;
   const i64 NG = (V + N - 1) / N;  // vectors per row
-  const bool aligned = ((V * (i64)sizeof(T)) % 16 == 0) &&
-                       (reinterpret_cast<u64>(P.q) % 16 == 0) &&
-                       (p == nullptr || reinterpret_cast<u64>(P.p) % 16 == 0);
   const bool spin = P.B <= 4;  // tiny batch: poll the exchange's mbarrier
 
   // This block's chunk of a row, and this warp's segment of the chunk (vector indices).
@@ -1031,12 +1028,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
     for (int r0 = s0; r0 < s1; r0 += G) {
       const int nr = (s1 - r0 < G) ? s1 - r0 : G;
       const T* row0 = q + (b * K1 + r0) * V;
-      u64* keys = &s.row_key[r0 - s0];
-      if (aligned) {
-        greedy_rows<T, true, G>(row0, V, (int)w_lo, (int)w_hi, lane, nr, keys);
-      } else {
-        greedy_rows<T, false, G>(row0, V, (int)w_lo, (int)w_hi, lane, nr, keys);
-      }
+      greedy_rows<T, ALIGNED, G>(row0, V, (int)w_lo, (int)w_hi, lane, nr, &s.row_key[r0 - s0]);
     }
     if (si == 0) {
       if (tid < K) s.xhat[tid] = my_id;
@@ -1104,7 +1096,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
 // at B = 1, for latency (one pass over up to 2 blocks per SM instead of a chain of cluster steps).
 // The counters must be zero before the first launch (the host zeroes them once).
 // ---------------------------------------------------------------------------------------------
-template <typename T>
+template <typename T, bool ALIGNED>
 __device__ __forceinline__ void verify_greedy_split(const void* ids, const void* qv, i64* out_tokens,
                                                     i64* out_num, i64 V, int K, int ids64,
                                                     int chunks, u64* ws_keys, u32* ws_count) {
@@ -1120,7 +1112,6 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
   const i64 b = br / K1;
   const T* q = reinterpret_cast<const T*>(qv);
   const T* row = q + br * V;
-  const bool aligned = ((V * (i64)sizeof(T)) % 16 == 0) && (reinterpret_cast<u64>(qv) % 16 == 0);
   // the draft id this thread would compare, loaded now in case this block combines
   const i64 my_id = tid < K ? load_valid_id(ids, ids64, K, V, b, tid) : -1;
   if (tid == 0) block_key = 0;
@@ -1129,11 +1120,7 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
   i64 c_lo, c_hi, w_lo, w_hi;
   split_range(0, NG, chunks, c, c_lo, c_hi);
   split_range(c_lo, c_hi, nwarps, warp, w_lo, w_hi);
-  if (aligned) {
-    greedy_rows<T, true, 1>(row, V, (int)w_lo, (int)w_hi, lane, 1, &block_key);
-  } else {
-    greedy_rows<T, false, 1>(row, V, (int)w_lo, (int)w_hi, lane, 1, &block_key);
-  }
+  greedy_rows<T, ALIGNED, 1>(row, V, (int)w_lo, (int)w_hi, lane, 1, &block_key);
   __syncthreads();
   if (tid == 0) {
     ws_keys[unit] = block_key;
@@ -1201,22 +1188,19 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
   P.offset_intragraph = offset_intragraph;                                                         \
   P.captured = captured;
 
-// One block per request (any architecture). GREEDY selects the mode at compile time (two leaner
-// kernels instead of one that holds both paths' registers).
-template <typename T, int CL, bool GREEDY>
+// Every kernel is instantiated per mode (GREEDY) and per load path (ALIGNED: every row the call
+// may stream starts on 16 bytes and V * sizeof(T) is a multiple of 16, so one 16-byte load reads
+// one vector). The host decides both (rows_aligned in _cuda_build.py and verify_torch.cu), so
+// each instantiation holds one path: leaner registers, and compact code, which matters at small
+// batch, where the kernel's instructions are fetched from DRAM after the L2 has been flushed
+// (~1 us at B = 1 against one kernel holding both load paths; docs/perf-notes-cuda.md, session 6).
+template <typename T, int CL, bool GREEDY, bool ALIGNED>
 __device__ __forceinline__ void verify_body(const Params& P) {
   if constexpr (GREEDY) {
-    verify_greedy<T, CL>(P);
+    verify_greedy<T, CL, ALIGNED>(P);
   } else {
-    // every row on 16 bytes (V a multiple of the vector width): one 16-byte load per vector
-    const bool aligned = ((P.V * (i64)sizeof(T)) % 16 == 0) && (reinterpret_cast<u64>(P.q) % 16 == 0) &&
-                         (P.p == nullptr || reinterpret_cast<u64>(P.p) % 16 == 0);
     __shared__ RandomSmem<CL> sm;
-    if (aligned) {
-      verify_random<T, CL, kAligned>(P, sm);
-    } else {
-      verify_random<T, CL, kUnaligned>(P, sm);
-    }
+    verify_random<T, CL, ALIGNED ? kAligned : kUnaligned>(P, sm);
   }
 }
 
@@ -1226,30 +1210,31 @@ struct MinBlocks {
   static constexpr int value = GREEDY ? GreedyShape<CL>::kMinBlocks : RandomShape<CL>::kMinBlocks;
 };
 
-template <typename T, bool GREEDY>
+// One block per request (any architecture).
+template <typename T, bool GREEDY, bool ALIGNED>
 __global__ void __launch_bounds__(512, (MinBlocks<1, GREEDY>::value)) verify_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
-  verify_body<T, 1, GREEDY>(P);
+  verify_body<T, 1, GREEDY, ALIGNED>(P);
 }
 
 // Greedy mode, every row at once over many blocks (see verify_greedy_split); grid = B * (K+1) *
 // chunks blocks.
-template <typename T>
+template <typename T, bool ALIGNED>
 __global__ void __launch_bounds__(512, 2) verify_greedy_split_kernel(
     const void* ids, const void* q, i64* out_tokens, i64* out_num, i64 V, int B, int K, int ids64,
     int chunks, u64* ws_keys, u32* ws_count) {
   (void)B;
-  verify_greedy_split<T>(ids, q, out_tokens, out_num, V, K, ids64, chunks, ws_keys, ws_count);
+  verify_greedy_split<T, ALIGNED>(ids, q, out_tokens, out_num, V, K, ids64, chunks, ws_keys, ws_count);
 }
 
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
 // One cluster of CL blocks per request (sm_90+). CL = 16 needs the non-portable cluster size
 // attribute set on the function before launch.
-template <typename T, int CL, bool GREEDY>
+template <typename T, int CL, bool GREEDY, bool ALIGNED>
 __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, (MinBlocks<CL, GREEDY>::value))
     verify_cluster_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
-  verify_body<T, CL, GREEDY>(P);
+  verify_body<T, CL, GREEDY, ALIGNED>(P);
 }
 #endif
 

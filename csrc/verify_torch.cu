@@ -26,6 +26,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdint>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -137,13 +138,13 @@ bool stream_is_capturing(cudaStream_t stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
-template <typename T>
+template <typename T, bool ALIGNED>
 void launch_split(int chunks, int64_t B, cudaStream_t stream, const void* ids, const void* q,
                   int64_t* tok, int64_t* num, int64_t V, int K, int ids64, const at::Device& dev) {
   const int64_t units = B * (K + 1) * (int64_t)chunks;
   auto ws = split_workspace(units, B, dev, stream);
   // 256 threads: more than K (every draft id has a thread in the combining block)
-  verify_greedy_split_kernel<T><<<dim3((unsigned)units), dim3(256), 0, stream>>>(
+  verify_greedy_split_kernel<T, ALIGNED><<<dim3((unsigned)units), dim3(256), 0, stream>>>(
       ids, q, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), (i64)V, (int)B, K, ids64,
       chunks, ws.first, ws.second);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -151,7 +152,7 @@ void launch_split(int chunks, int64_t B, cudaStream_t stream, const void* ids, c
 
 bool cluster_size_ok(int cl) { return cl == 1 || cl == 2 || cl == 4 || cl == 8 || cl == 16; }
 
-template <typename T, bool GREEDY>
+template <typename T, bool GREEDY, bool ALIGNED>
 void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const void* ids,
                   const void* p, const void* q, const float* u, int64_t* tok, int64_t* num, int64_t V,
                   int K, int ids64, const at::PhiloxCudaState& rng) {
@@ -168,27 +169,27 @@ void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const
       reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),            \
       (u64)intragraph, captured
   if (cfg.cluster == 1) {
-    verify_kernel<T, GREEDY><<<dim3((unsigned)B), block, 0, stream>>>(SPECSAMPLE_ARGS);
+    verify_kernel<T, GREEDY, ALIGNED><<<dim3((unsigned)B), block, 0, stream>>>(SPECSAMPLE_ARGS);
   } else {
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
     const dim3 grid((unsigned)(B * cfg.cluster));
     switch (cfg.cluster) {
       case 2:
-        verify_cluster_kernel<T, 2, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        verify_cluster_kernel<T, 2, GREEDY, ALIGNED><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
         break;
       case 4:
-        verify_cluster_kernel<T, 4, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        verify_cluster_kernel<T, 4, GREEDY, ALIGNED><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
         break;
       case 8:
-        verify_cluster_kernel<T, 8, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        verify_cluster_kernel<T, 8, GREEDY, ALIGNED><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
         break;
       case 16: {
         static std::once_flag once;
         std::call_once(once, [] {
-          C10_CUDA_CHECK(cudaFuncSetAttribute(verify_cluster_kernel<T, 16, GREEDY>,
+          C10_CUDA_CHECK(cudaFuncSetAttribute(verify_cluster_kernel<T, 16, GREEDY, ALIGNED>,
                                               cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
         });
-        verify_cluster_kernel<T, 16, GREEDY><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
+        verify_cluster_kernel<T, 16, GREEDY, ALIGNED><<<grid, block, 0, stream>>>(SPECSAMPLE_ARGS);
         break;
       }
       default:
@@ -203,13 +204,28 @@ void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const
 }
 
 template <typename T>
-void launch_mode(bool greedy, const LaunchConfig& cfg, int64_t B, cudaStream_t stream,
+void launch_mode(bool greedy, bool aligned, const LaunchConfig& cfg, int64_t B, cudaStream_t stream,
                  const void* ids, const void* p, const void* q, const float* u, int64_t* tok,
                  int64_t* num, int64_t V, int K, int ids64, const at::PhiloxCudaState& rng) {
-  if (greedy) {
-    launch_typed<T, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  if (greedy && aligned) {
+    launch_typed<T, true, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  } else if (greedy) {
+    launch_typed<T, true, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  } else if (aligned) {
+    launch_typed<T, false, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
   } else {
-    launch_typed<T, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+    launch_typed<T, false, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+  }
+}
+
+template <typename T>
+void launch_split_path(bool aligned, int chunks, int64_t B, cudaStream_t stream, const void* ids,
+                       const void* q, int64_t* tok, int64_t* num, int64_t V, int K, int ids64,
+                       const at::Device& dev) {
+  if (aligned) {
+    launch_split<T, true>(chunks, B, stream, ids, q, tok, num, V, K, ids64, dev);
+  } else {
+    launch_split<T, false>(chunks, B, stream, ids, q, tok, num, V, K, ids64, dev);
   }
 }
 
@@ -290,6 +306,12 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
   const int ids64 = it == at::kLong ? 1 : 0;
   int64_t* tok = tokens.data_ptr<int64_t>();
   int64_t* nm = num.data_ptr<int64_t>();
+  // the kernels' 16-byte load path (one instantiation per path; rows_aligned in _cuda_build.py):
+  // V * element size a multiple of 16 and every base pointer the call reads on 16 bytes (greedy
+  // mode never reads p)
+  const bool aligned = (V * (int64_t)target_probs.element_size()) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0 &&
+                       (greedy || pp == nullptr || reinterpret_cast<uintptr_t>(pp) % 16 == 0);
 
   // greedy at the smallest batches: the split kernel (see choose_split), unless the call asks for
   // a cluster-kernel configuration, or the stream is being captured into a graph
@@ -307,28 +329,28 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
     const auto dev = target_probs.device();
     switch (st) {
       case at::kFloat:
-        launch_split<float>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<float>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
         break;
       case at::kHalf:
-        launch_split<f16>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<f16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
         break;
       default:
-        launch_split<bf16>(chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<bf16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
         break;
     }
     return {tokens, num};
   }
   switch (st) {
     case at::kFloat:
-      launch_mode<float>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<float>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
                          (int)K, ids64, rng);
       break;
     case at::kHalf:
-      launch_mode<f16>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<f16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
                        (int)K, ids64, rng);
       break;
     default:
-      launch_mode<bf16>(greedy, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<bf16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
                         (int)K, ids64, rng);
       break;
   }

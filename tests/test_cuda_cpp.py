@@ -69,6 +69,21 @@ def test_split_choice():
     assert f"kSplitMaxBytes = int64_t({_cuda_build.SPLIT_MAX_BYTES >> 20}) << 20" in text
 
 
+def test_load_path_choice():
+    # the 16-byte load path needs whole vectors per row and every streamed base on 16 bytes
+    assert _cuda_build.rows_aligned(128256, 4, 4096, 8192, False)
+    assert _cuda_build.rows_aligned(32000, 2, 4096, 0, False)  # no draft probabilities
+    assert not _cuda_build.rows_aligned(32003, 4, 4096, 8192, False)  # V * 4 not a multiple of 16
+    assert not _cuda_build.rows_aligned(1004, 2, 4096, 8192, False)  # V * 2 not a multiple of 16
+    assert not _cuda_build.rows_aligned(128256, 4, 4100, 8192, True)  # q off 16 bytes
+    assert not _cuda_build.rows_aligned(128256, 4, 4096, 8196, False)  # p off 16 bytes: random
+    assert _cuda_build.rows_aligned(128256, 4, 4096, 8196, True)  # greedy never reads p
+    # the C++ launcher decides the same way
+    text = (_cuda_build.csrc_dir() / _cuda_build.TORCH_SOURCE).read_text()
+    assert "(V * (int64_t)target_probs.element_size()) % 16 == 0" in text
+    assert "(greedy || pp == nullptr || reinterpret_cast<uintptr_t>(pp) % 16 == 0)" in text
+
+
 def test_limits_agree_with_the_kernel():
     text = (_cuda_build.csrc_dir() / _cuda_build.KERNEL_HEADER).read_text()
     assert f"constexpr int kMaxK = {_cuda_build.MAX_K};" in text
@@ -285,6 +300,47 @@ def test_greedy_split_kernel(B, K, V, dtype):
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(gtok.cpu(), want[0]) and torch.equal(gnum.cpu(), want[1])
+
+
+def _off_16_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t whose first element lies one element past a 16-byte boundary."""
+    buf = torch.empty(t.numel() + 8, dtype=t.dtype, device=t.device)
+    start = next(i for i in range(1, 8) if (buf.data_ptr() + i * t.element_size()) % 16)
+    out = buf[start : start + t.numel()].view(t.shape)
+    out.copy_(t)
+    assert out.is_contiguous() and out.data_ptr() % 16
+    return out
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend_name", ["cuda-cpp", "cupy"])
+@pytest.mark.parametrize("B,K,V", [(1, 8, 128256), (6, 4, 4096), (40, 3, 1000)])
+def test_rows_off_16_bytes_take_the_elementwise_path(backend_name, B, K, V):
+    # V * 4 is a multiple of 16 here, so only the base pointers decide the load path: q or p off
+    # 16 bytes must give the same tokens as aligned copies (random: either; greedy: only q counts)
+    if backend_name == "cupy":
+        pytest.importorskip("cupy")
+    backend = specsample.get_backend(backend_name)
+    w = make_workload(B, K, V, device="cuda", acceptance="low", seed=V + K)
+    u = torch.rand((B, K + 1), device="cuda", generator=torch.Generator("cuda").manual_seed(B))
+    want = {m: _ref(w, m, u if m == "random" else None) for m in ("random", "greedy")}
+    layouts = {
+        "q off": (w.draft_probs, _off_16_bytes(w.target_probs)),
+        "p off": (_off_16_bytes(w.draft_probs), w.target_probs),
+    }
+    for name, (p, q) in layouts.items():
+        for mode in ("random", "greedy"):
+            out = backend.verify(
+                w.draft_token_ids,
+                p,
+                q,
+                mode=mode,
+                uniforms=u if mode == "random" else None,
+                check_finite=False,
+            )
+            assert torch.equal(out.token_ids.cpu(), want[mode][0]), (name, mode)
+            assert torch.equal(out.num_emitted.cpu(), want[mode][1]), (name, mode)
 
 
 @gpu
