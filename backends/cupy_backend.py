@@ -76,7 +76,7 @@ class _Module:
             self.module = cupy.RawModule(
                 code=code, options=tuple(options), name_expressions=list(self.names.values())
             )
-            self.kernels: dict[tuple[str, int, bool], object] = {}
+            self.kernels: dict[tuple[str, int, bool, bool], object] = {}
 
     def kernel(self, dtype: str, cluster: int, greedy: bool, aligned: bool):
         """The compiled kernel for one dtype, cluster size (0: greedy split), mode and load path."""
