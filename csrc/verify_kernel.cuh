@@ -991,8 +991,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   const i64 b = (i64)cluster_id<CL>();
   const int K = P.K;
   const i64 V = P.V;
-  const T* q = reinterpret_cast<const T*>(P.q);
-  const T* p = reinterpret_cast<const T*>(P.p);
+  const T* q = reinterpret_cast<const T*>(P.q);  // greedy mode never reads p
   const i64 K1 = (i64)K + 1;
   const i64 NG = (V + N - 1) / N;  // vectors per row
   const bool spin = P.B <= 4;  // tiny batch: poll the exchange's mbarrier
