@@ -14,7 +14,6 @@ from specsample.backends.cuda_cpp import CudaCppBackend
 from specsample.workloads import make_workload
 
 HAS_CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,7 +196,6 @@ CASES = [
 ]
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,K,V,dtype,acc,with_p", CASES)
 def test_matches_reference_with_uniforms(B, K, V, dtype, acc, with_p):
@@ -215,7 +213,6 @@ def test_matches_reference_with_uniforms(B, K, V, dtype, acc, with_p):
         assert torch.equal(out.num_emitted.cpu(), want[1]), mode
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("B,K,V,dtype,acc,with_p", CASES[:4])
 def test_in_kernel_philox_matches_python_stream(B, K, V, dtype, acc, with_p):
@@ -231,7 +228,6 @@ def test_in_kernel_philox_matches_python_stream(B, K, V, dtype, acc, with_p):
     assert torch.equal(out.token_ids.cpu(), want[0])
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("cluster", [1, 2, 4, 8, 16])
 def test_every_cluster_size(cluster):
@@ -264,7 +260,6 @@ def test_every_cluster_size(cluster):
             assert torch.equal(got[0].cpu(), _ref(w, "greedy", None)[0])
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "B,K,V,dtype", [(1, 4, 32000, torch.float32), (3, 12, 4099, torch.bfloat16)]
@@ -312,7 +307,6 @@ def _off_16_bytes(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend_name", ["cuda-cpp", "cupy"])
 @pytest.mark.parametrize("B,K,V", [(1, 8, 128256), (6, 4, 4096), (40, 3, 1000)])
@@ -343,7 +337,6 @@ def test_rows_off_16_bytes_take_the_elementwise_path(backend_name, B, K, V):
             assert torch.equal(out.num_emitted.cpu(), want[mode][1]), (name, mode)
 
 
-@gpu
 @pytest.mark.gpu
 def test_cuda_graph_replays_draw_fresh_numbers():
     from specsample.backends.cuda_cpp import verify_op
@@ -370,7 +363,6 @@ def test_cuda_graph_replays_draw_fresh_numbers():
     assert len(seen) > 1
 
 
-@gpu
 @pytest.mark.gpu
 def test_one_launch_per_call():
     backend = specsample.get_backend("cuda-cpp")
@@ -384,7 +376,6 @@ def test_one_launch_per_call():
     assert len(kernels) == 1
 
 
-@gpu
 @pytest.mark.gpu
 def test_torch_compile_fullgraph():
     from specsample.backends.cuda_cpp import load_op

@@ -14,7 +14,6 @@ from specsample.workloads import make_workload
 
 HAS_CUPY = importlib.util.find_spec("cupy") is not None
 HAS_CUDA = torch.cuda.is_available()
-gpu_cupy = pytest.mark.skipif(not (HAS_CUDA and HAS_CUPY), reason="needs a CUDA device and CuPy")
 
 
 def test_reason_when_cupy_missing(monkeypatch):
@@ -77,8 +76,7 @@ def _ref(w, mode, u):
     return out.token_ids.cpu(), out.num_emitted.cpu()
 
 
-@gpu_cupy
-@pytest.mark.gpu
+@pytest.mark.gpu(needs=("cupy",))
 @pytest.mark.parametrize(
     "B,K,V,dtype,with_p",
     [
@@ -103,8 +101,7 @@ def test_matches_reference(B, K, V, dtype, with_p):
         assert torch.equal(out.num_emitted.cpu(), want[1]), mode
 
 
-@gpu_cupy
-@pytest.mark.gpu
+@pytest.mark.gpu(needs=("cupy",))
 def test_same_generator_state_same_tokens_as_cuda_cpp():
     ok, reason = specsample.get_backend("cuda-cpp").is_available()
     if not ok:
@@ -122,8 +119,7 @@ def test_same_generator_state_same_tokens_as_cuda_cpp():
     assert torch.equal(outs[0].token_ids, outs[1].token_ids)
 
 
-@gpu_cupy
-@pytest.mark.gpu
+@pytest.mark.gpu(needs=("cupy",))
 def test_philox_stream_and_cupy_arrays_entry_point():
     import cupy
 
@@ -142,8 +138,7 @@ def test_philox_stream_and_cupy_arrays_entry_point():
     assert torch.equal(torch.from_dlpack(num).cpu(), want[1])
 
 
-@gpu_cupy
-@pytest.mark.gpu
+@pytest.mark.gpu(needs=("cupy",))
 def test_greedy_split_kernel_and_capture_query():
     B, K, V = 1, 8, 32000
     w = make_workload(B, K, V, device="cuda", seed=6, greedy_drafter=True)
@@ -172,8 +167,7 @@ def test_greedy_split_kernel_and_capture_query():
     assert torch.equal(gtok.cpu(), want[0])
 
 
-@gpu_cupy
-@pytest.mark.gpu
+@pytest.mark.gpu(needs=("cupy",))
 def test_cuda_graph_capture():
     B, K, V = 4, 4, 32000
     w = make_workload(B, K, V, device="cuda", acceptance="low", seed=1)
