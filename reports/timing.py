@@ -36,9 +36,16 @@ class TimingPolicy:
             ``min_samples`` is marked ``capped``.
         l2: ``"flush"`` (write, then read, a buffer of twice the last-level cache before each
             call), ``"rotate"`` (cycle through input copies whose total exceeds it) or ``"none"``.
-        gpu_delay: on the GPU, enqueue a spin kernel (``torch.cuda._sleep``) before each call's
-            start event, sized 1.25x the host's enqueue time of the call (at most
-            ``max_delay_s``), so the events measure device time rather than host launch overhead.
+        gpu_delay: on the GPU, keep the device ahead of the host while timing, so the events
+            measure device time rather than host launch overhead: a spin kernel
+            (``torch.cuda._sleep``) before each call's start event, sized ``delay_margin`` times
+            the host's enqueue time of a whole timed iteration (flush, spin, events and the call;
+            at most ``max_delay_s``), and one spin of ``lead_s`` before the first timed call.
+        max_delay_s: cap on the spin before each call.
+        delay_margin: the per-call spin over the host's whole-iteration enqueue time (> 1: the
+            device gains that fraction of an iteration on the host at every call).
+        lead_s: the spin before the first timed call (the device starts idle after warm-up); a
+            host stall shorter than the device's lead does not reach the samples.
     """
 
     warmup_calls: int = 3
@@ -50,6 +57,8 @@ class TimingPolicy:
     l2: str = "flush"
     gpu_delay: bool = True
     max_delay_s: float = 1e-3
+    delay_margin: float = 1.5
+    lead_s: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.l2 not in L2_MODES:
@@ -59,6 +68,15 @@ class TimingPolicy:
         if self.min_samples < 1 or self.max_samples < self.min_samples:
             raise ValueError(
                 f"need 1 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}"
+            )
+        if self.delay_margin < 1.0:
+            raise ValueError(
+                f"delay_margin must be >= 1 (the device must outpace the host), got "
+                f"{self.delay_margin}"
+            )
+        if self.max_delay_s < 0 or self.lead_s < 0:
+            raise ValueError(
+                f"max_delay_s and lead_s must be >= 0, got {self.max_delay_s}, {self.lead_s}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +162,58 @@ class CacheFlusher:
 # Cycles per second assumed when sizing the GPU delay: the highest SM clock of current GPUs, so
 # that a slower clock only makes the delay longer (the safe side).
 _DELAY_CLOCK_HZ = 2.0e9
+# Added to every per-call spin: covers the Python loop's own bookkeeping between iterations.
+_DELAY_FLOOR_S = 5e-6
+# The timed loop waits for the device every _THROTTLE_EVERY iterations, on the end event of the
+# call _THROTTLE_BEHIND iterations back: the host never queues far ahead (the driver's launch
+# queue is finite and the budget is checked there), and the device never runs out of queued work.
+_THROTTLE_EVERY = 16
+_THROTTLE_BEHIND = 16
+
+
+@dataclass(frozen=True)
+class SpinPlan:
+    """The spin kernels that keep the device ahead of the host while a cell is timed.
+
+    Attributes:
+        per_call_s: spin enqueued before each call's start event, seconds.
+        lead_s: spin enqueued once before the first timed call, seconds.
+    """
+
+    per_call_s: float
+    lead_s: float
+
+    @property
+    def per_call_cycles(self) -> int:
+        return int(self.per_call_s * _DELAY_CLOCK_HZ)
+
+    @property
+    def lead_cycles(self) -> int:
+        return int(self.lead_s * _DELAY_CLOCK_HZ)
+
+
+def plan_spin(iteration_enqueue_s: float, policy: TimingPolicy) -> SpinPlan:
+    """Size the spins from the host's enqueue time of one whole timed iteration.
+
+    Args:
+        iteration_enqueue_s: host seconds to enqueue one timed iteration (cache flush, spin, start
+            event, the call, end event), measured in the warm-up.
+        policy: supplies ``gpu_delay``, ``delay_margin``, ``max_delay_s`` and ``lead_s``.
+
+    Returns:
+        ``SpinPlan(0, 0)`` when ``policy.gpu_delay`` is off; otherwise a per-call spin of
+        ``delay_margin * iteration_enqueue_s + 5 us`` (at most ``max_delay_s``) and the lead.
+        While the per-call spin is longer than the iteration's enqueue time the device gains on
+        the host at every call, so the lead it starts with is never used up by the loop itself.
+    """
+    if not policy.gpu_delay:
+        return SpinPlan(0.0, 0.0)
+    if not math.isfinite(iteration_enqueue_s) or iteration_enqueue_s < 0:
+        raise ValueError(
+            f"iteration_enqueue_s must be a finite time >= 0, got {iteration_enqueue_s!r}"
+        )
+    per_call = min(policy.max_delay_s, policy.delay_margin * iteration_enqueue_s + _DELAY_FLOOR_S)
+    return SpinPlan(per_call_s=per_call, lead_s=policy.lead_s)
 
 
 def _sync(device: Any) -> None:
@@ -190,20 +260,43 @@ class Timer:
         flush = self.flusher() if policy.l2 == "flush" else None
         budget = policy.budget_s if policy.budget_s is not None else math.inf
         start_wall = time.perf_counter()
+        shaped = self.cuda and policy.gpu_delay
+        if shaped:
+            import torch
+
+            sleep = _spin_kernel()
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
 
         # Warm-up: the first call may compile/tune; later warm-up calls estimate the call time
         # (synchronized wall clock: the eager latency a caller sees) and the host's enqueue time.
+        # On the GPU each warm-up call is wrapped in the rest of a timed iteration (flush, a
+        # one-cycle spin, the two events), each piece timed on the host, so the spin can be sized
+        # from the enqueue time of the whole iteration; the wall time covers the call alone.
         warm_times: list[float] = []
         enqueue_times: list[float] = []
+        iteration_times: list[float] = []
         first = None
         calls = 0
         while True:
             _sync(self.device)
+            overhead = 0.0
+            if shaped:
+                t0 = time.perf_counter()
+                if flush is not None:
+                    flush()
+                sleep(1)
+                events[0].record()
+                overhead = time.perf_counter() - t0
+                _sync(self.device)
             t0 = time.perf_counter()
             out = call(calls % n_inputs)
             t_enq = time.perf_counter() - t0
             _sync(self.device)
             dt = time.perf_counter() - t0
+            if shaped:
+                t1 = time.perf_counter()
+                events[1].record()
+                overhead += time.perf_counter() - t1
             if on_warmup_output is not None:
                 on_warmup_output(out)
             if first is None:
@@ -213,6 +306,7 @@ class Timer:
             else:
                 warm_times.append(dt)
                 enqueue_times.append(t_enq)
+                iteration_times.append(t_enq + overhead)
             calls += 1
             elapsed = time.perf_counter() - start_wall
             if elapsed > budget:
@@ -221,16 +315,16 @@ class Timer:
                 break
             if calls >= max(policy.warmup_calls, 1000):
                 break
-        est = (sorted(warm_times)[len(warm_times) // 2] if warm_times else first) or 1e-6
-        host = sorted(enqueue_times)[len(enqueue_times) // 2] if enqueue_times else est
+        est = (_median(warm_times) if warm_times else first) or 1e-6
+        host = _median(enqueue_times) if enqueue_times else est
+        host_iteration = _median(iteration_times) if iteration_times else host
 
-        # GPU: a spin kernel before the start event keeps the GPU busy while the host enqueues the
-        # call, so the events time the device work, not the host's launch overhead.
-        delay = 0.0
-        if self.cuda and policy.gpu_delay:
-            delay = min(policy.max_delay_s, 1.25 * host + 5e-6)
+        # GPU: spin kernels keep the device ahead of the host for the whole timed loop, so the
+        # events time the device work, not the host's launch overhead or its stalls.
+        spin = plan_spin(host_iteration, policy) if self.cuda else SpinPlan(0.0, 0.0)
+        delay = spin.per_call_s
 
-        remaining = budget - (time.perf_counter() - start_wall)
+        remaining = budget - (time.perf_counter() - start_wall) - spin.lead_s
         n = max(policy.min_samples, math.ceil(policy.target_s / est))
         n = min(n, policy.max_samples)
         capped = False
@@ -239,13 +333,20 @@ class Timer:
             if n_fit < n:
                 capped = n_fit < policy.min_samples
                 n = n_fit
+        extra: dict[str, Any] = {"gpu_delay_s": delay, "host_enqueue_s": host}
         if self.cuda:
-            samples = self._time_cuda(call, n, n_inputs, flush, start_wall, budget, delay)
+            samples, loop = self._time_cuda(call, n, n_inputs, flush, start_wall, budget, spin)
+            extra.update(
+                gpu_lead_s=spin.lead_s,
+                host_iteration_s=host_iteration,
+                host_iteration_max_s=max(loop) if loop else None,
+            )
         else:
             samples = self._time_cpu(call, n, n_inputs, flush, start_wall, budget)
         if len(samples) < min(n, policy.min_samples):
             capped = True
         wall = summarize(warm_times)
+        extra["wall"] = {k: wall[k] for k in ("statistic", "n", "median", "q1", "q3", "iqr")}
         return Measurement(
             samples=samples,
             method=self.method,
@@ -254,11 +355,7 @@ class Timer:
             capped=capped,
             first_call_s=first,
             est_call_s=est,
-            extra={
-                "gpu_delay_s": delay,
-                "host_enqueue_s": host,
-                "wall": {k: wall[k] for k in ("statistic", "n", "median", "q1", "q3", "iqr")},
-            },
+            extra=extra,
         )
 
     def _time_cpu(self, call, n, n_inputs, flush, start_wall, budget) -> list[float]:
@@ -273,30 +370,56 @@ class Timer:
                 break
         return samples
 
-    def _time_cuda(self, call, n, n_inputs, flush, start_wall, budget, delay=0.0) -> list[float]:
+    def _time_cuda(
+        self, call, n, n_inputs, flush, start_wall, budget, spin: SpinPlan
+    ) -> tuple[list[float], list[float]]:
+        """The timed loop on the GPU: ``(samples in s, host enqueue time of each iteration in s)``."""
         import torch
 
-        sleep = getattr(torch.cuda, "_sleep", None) if delay > 0 else None
-        cycles = int(delay * _DELAY_CLOCK_HZ)
+        sleep = _spin_kernel() if spin.per_call_s > 0 or spin.lead_s > 0 else None
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        iteration_s: list[float] = []
         done = 0
+        if sleep is not None and spin.lead_cycles > 0:
+            sleep(spin.lead_cycles)  # the device starts idle: give it a lead before the first call
         for i in range(n):
+            t0 = time.perf_counter()
             if flush is not None:
                 flush()
-            if sleep is not None:
-                sleep(cycles)
+            if sleep is not None and spin.per_call_cycles > 0:
+                sleep(spin.per_call_cycles)
             starts[i].record()
             call(i % n_inputs)
             ends[i].record()
+            iteration_s.append(time.perf_counter() - t0)
             done = i + 1
-            # Keep the host from queueing far ahead, and honour the budget.
-            if done % 32 == 0:
-                ends[i].synchronize()
+            # Keep the host from queueing far ahead, and honour the budget, without draining the
+            # device's queue: wait for a call well behind the one just enqueued.
+            if done % _THROTTLE_EVERY == 0:
+                if done > _THROTTLE_BEHIND:
+                    ends[i - _THROTTLE_BEHIND].synchronize()
                 if time.perf_counter() - start_wall > budget:
                     break
         torch.cuda.synchronize(self.device)
-        return [starts[i].elapsed_time(ends[i]) * 1e-3 for i in range(done)]
+        return [starts[i].elapsed_time(ends[i]) * 1e-3 for i in range(done)], iteration_s
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _spin_kernel() -> Callable[[int], None]:
+    """``torch.cuda._sleep``: one kernel that spins for a number of cycles."""
+    import torch
+
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if sleep is None:
+        raise RuntimeError(
+            "timing with gpu_delay needs torch.cuda._sleep, which this torch "
+            f"({torch.__version__}) lacks; time with gpu_delay=False (--no-gpu-delay)"
+        )
+    return sleep
 
 
 def capture_graph(call: Callable[[int], Any], device: Any) -> Any:
@@ -374,6 +497,8 @@ def launch_floor(device: Any, policy: TimingPolicy) -> dict[str, Any]:
         else (policy.l2 if policy.l2 != "rotate" else "flush"),
         gpu_delay=policy.gpu_delay,
         max_delay_s=policy.max_delay_s,
+        delay_margin=policy.delay_margin,
+        lead_s=policy.lead_s,
     )
     m = Timer(device, p).measure(lambda i: x.add_(1.0))
     out = m.to_dict(keep_samples=False)
