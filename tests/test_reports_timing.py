@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
+from specsample.reports import timing
 from specsample.reports.timing import SpinPlan, Timer, TimingPolicy, plan_spin
 
 
-def _busy(seconds: float) -> None:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+class FakeClock:
+    """The timer's ``time`` module: a clock that moves only when a fake CUDA operation says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1e-9  # the loop's own bookkeeping: next to nothing
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FakeCuda:
@@ -21,6 +28,8 @@ class FakeCuda:
     def __init__(self, monkeypatch, record_s: float = 0.0, elapsed_ms: float = 0.01):
         self.log: list[tuple] = []
         self.record_s = record_s
+        self.clock = FakeClock()
+        monkeypatch.setattr(timing, "time", self.clock)
         fake = self
 
         class Event:
@@ -31,7 +40,7 @@ class FakeCuda:
                 self.id = Event.count
 
             def record(self):
-                _busy(fake.record_s)
+                fake.clock.advance(fake.record_s)
                 fake.log.append(("record", self.id))
 
             def synchronize(self):
@@ -46,7 +55,7 @@ class FakeCuda:
 
     def call(self, seconds: float = 0.0):
         def run(i):
-            _busy(seconds)
+            self.clock.advance(seconds)
             self.log.append(("call", i))
 
         return run
@@ -92,13 +101,14 @@ def test_spin_is_sized_from_the_whole_iteration_not_the_call(monkeypatch):
     cuda = FakeCuda(monkeypatch, record_s=3e-4)
     m = Timer("cuda", _policy(delay_margin=1.5)).measure(cuda.call(3e-4))
     host_call, host_iter = m.extra["host_enqueue_s"], m.extra["host_iteration_s"]
-    assert host_call >= 3e-4 and host_iter >= 9e-4 and host_iter > 2.5 * host_call
+    assert host_call == pytest.approx(3e-4, rel=1e-3)
+    assert host_iter == pytest.approx(9e-4, rel=1e-3)  # spin (free here), two records, the call
     assert m.extra["gpu_delay_s"] == pytest.approx(1.5 * host_iter + 5e-6)
     per_call = int(m.extra["gpu_delay_s"] * 2.0e9)
     spins = [op[1] for op in cuda.log if op[0] == "spin"]
     assert spins.count(per_call) == len(m.samples) == 40
     # Every timed iteration's enqueue time is recorded; the longest is at least one iteration.
-    assert m.extra["host_iteration_max_s"] >= 9e-4
+    assert m.extra["host_iteration_max_s"] == pytest.approx(9e-4, rel=1e-3)
 
 
 def test_timed_loop_keeps_the_device_ahead(monkeypatch):
@@ -109,7 +119,11 @@ def test_timed_loop_keeps_the_device_ahead(monkeypatch):
     assert m.extra["gpu_lead_s"] == 5e-4
     log = cuda.log
     first = log.index(("spin", lead))  # after warm-up, one lead spin before the first timed call
+    # Every timed event is created (recorded once) before the lead, outside the timed iterations.
+    assert all(op[0] == "record" for op in log[first - 128 : first])
+    created = {op[1] for op in log[first - 128 : first]}
     timed = log[first + 1 :]
+    assert {op[1] for op in timed if op[0] == "record"} == created
     per_call = int(m.extra["gpu_delay_s"] * 2.0e9)
     # Each iteration: spin, start event, call, end event.
     iters = [op for op in timed if op[0] in ("spin", "record", "call")]
