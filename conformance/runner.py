@@ -58,6 +58,7 @@ def run(
     pytest_args: Sequence[str] = (),
     quiet: bool = False,
     jobs: int = 1,
+    progress: bool | None = None,
 ) -> ConformanceRun:
     """Like :func:`run_conformance`, also returning pytest's exit code and the requested backends
     that could not run."""
@@ -74,26 +75,35 @@ def run(
     order = list(available) + list(unavailable)
     tested: dict[str, dict[str, Any]] = {}
     code = 0
+    if progress is None:
+        progress = quiet and sys.stderr.isatty()
     if available and jobs > 1 and len(available) > 1:
-        tested, code = _run_parallel(available, level, pytest_args, quiet, jobs)
+        tested, code = _run_parallel(available, level, pytest_args, quiet, jobs, progress)
     elif available:
         # No ini file (-c devnull): the project in the current directory must not change the run
         # (its addopts, python_files...); -rfEs lists failures, errors and "not claimed" reasons.
         args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
-        args += [LEVEL_OPTION, level, "-rfEs"]
+        # --no-header: the run's own header (rootdir, the devnull "configfile") says nothing useful.
+        args += [LEVEL_OPTION, level, "-rfEs", "--no-header"]
         if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
             args += ["-p", "specsample.conformance.plugin"]
         for name in available:
             args += [BACKEND_OPTION, name]
         if quiet:
-            args += ["-q", "--no-header"]
+            args += ["-q"]
         args += list(pytest_args)
         capture = _Capture()
+        plugins: list[Any] = [capture]
+        if quiet:  # without -q, pytest's own output shows the progress
+            from .progress import ConformanceProgress
+
+            # A bar on a terminal; one line per backend otherwise (a log stays readable).
+            plugins.append(ConformanceProgress(bar=progress))
         sink = io.StringIO()
         with contextlib.ExitStack() as stack:
             if quiet:
                 stack.enter_context(contextlib.redirect_stdout(sink))
-            code = int(pytest.main(args, plugins=[capture]))
+            code = int(pytest.main(args, plugins=plugins))
         if code in (2, 3, 4):
             tail = sink.getvalue()[-3000:] if quiet else ""
             raise ConformanceRunError(
@@ -115,15 +125,30 @@ def run(
 
 
 def _run_parallel(
-    names: list[str], level: str, pytest_args: Sequence[str], quiet: bool, jobs: int
+    names: list[str],
+    level: str,
+    pytest_args: Sequence[str],
+    quiet: bool,
+    jobs: int,
+    progress: bool = False,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """One ``specsample conform`` subprocess per backend, ``jobs`` at a time.
 
     Separate processes keep one backend's state (CUDA context, compile caches, a crash) away from
     the others; on a GPU the checks are latency-bound, so several backends share it well. Each
     child's output is printed as one block when it ends (unless ``quiet``), with a line per backend
-    on stderr either way.
+    on stderr either way; with ``progress``, a bar over the backends (the running ones named).
     """
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(names),
+        unit="backend",
+        desc="specsample conform",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not progress,
+    )
     tested: dict[str, dict[str, Any]] = {}
     worst = 0
     pending = list(names)
@@ -139,9 +164,11 @@ def _run_parallel(
                     cmd += ["--level", level, "--json", path, "-q", *_forward(pytest_args)]
                     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
                     running[name] = (proc, path, log, time.perf_counter())
+                    bar.set_postfix_str("running: " + ", ".join(running), refresh=False)
                 finished = [n for n, (p, *_rest) in running.items() if p.poll() is not None]
                 if not finished:
                     time.sleep(0.2)
+                    bar.refresh()
                     continue
                 for name in finished:
                     proc, path, log, t0 = running.pop(name)
@@ -157,16 +184,17 @@ def _run_parallel(
                     tested[name] = checks
                     worst = max(worst, proc.returncode)
                     counts = summarize(checks)
-                    print(
+                    bar.write(
                         f"conformance {name}: {counts['pass']} pass, {counts['fail']} fail, "
                         f"{counts['not-claimed']} not claimed, {counts['error']} error "
                         f"({time.perf_counter() - t0:.0f} s)",
                         file=sys.stderr,
-                        flush=True,
                     )
+                    bar.update(1)
                     if not quiet:
                         print(f"===== {name} =====\n{output}", flush=True)
         finally:
+            bar.close()
             for proc, *_rest in running.values():
                 proc.terminate()
             for proc, *_rest in running.values():
@@ -208,6 +236,7 @@ def run_conformance(
     pytest_args: Sequence[str] = (),
     quiet: bool = False,
     jobs: int = 1,
+    progress: bool | None = None,
 ) -> dict:
     """Run the conformance suite and return the results document (schema
     ``specsample.conformance/1``, see docs/conformance.md).
@@ -222,8 +251,12 @@ def run_conformance(
         jobs: check this many backends at once, each in its own process (``specsample conform``);
             1 (the default) runs every backend in this process. ``pytest_args`` may then hold only
             ``-k EXPR`` and ``-x``.
+        progress: with ``quiet``, a progress bar on stderr (checks done, the one running, elapsed
+            and estimated time left; with ``jobs`` > 1, backends done); False: one line per
+            backend as it starts and ends instead. None (the default): a bar when stderr is a
+            terminal. Without ``quiet`` pytest's own output shows the progress.
 
     Raises:
         ConformanceRunError: pytest could not run the suite.
     """
-    return run(backends, level, json_path, pytest_args, quiet, jobs).results
+    return run(backends, level, json_path, pytest_args, quiet, jobs, progress).results
