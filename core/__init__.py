@@ -15,13 +15,14 @@ if TYPE_CHECKING:
 
     from .contract import Backend, BackendInfo, BackendUnavailable, Capabilities, VerifyOutput
     from .reference import reference_verify
-    from .registry import get_backend, list_backends
+    from .registry import UnknownBackend, get_backend, list_backends
 
 __all__ = [
     "Backend",
     "BackendInfo",
     "BackendUnavailable",
     "Capabilities",
+    "UnknownBackend",
     "VerifyOutput",
     "__version__",
     "get_backend",
@@ -37,6 +38,7 @@ _LAZY = {
     "Capabilities": "contract",
     "VerifyInputs": "contract",
     "VerifyOutput": "contract",
+    "UnknownBackend": "registry",
     "get_backend": "registry",
     "list_backends": "registry",
     "reference_verify": "reference",
