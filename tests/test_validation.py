@@ -1,4 +1,4 @@
-"""Every bad input in DESIGN.md gets a ValueError/TypeError that names the argument."""
+"""Every bad input of the contract (docs/contract.md) raises an error that names the argument."""
 
 from __future__ import annotations
 
