@@ -28,7 +28,7 @@ OP_NAME = "specsample::verify"
 OP_SCHEMA = (
     "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
     "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0, "
-    "int split=-1) -> (Tensor, Tensor)"
+    "int split=-1) -> (Tensor, Tensor, Tensor)"
 )
 MAX_K = 128  # kMaxK in verify_kernel.cuh
 
@@ -44,6 +44,7 @@ KERNEL_CAPABILITIES = Capabilities(
     launches_per_call=1,
     cuda_graphs=True,
     host_sync_free=True,
+    status_flags=True,
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

@@ -41,6 +41,53 @@ import triton.language as tl
 INTERPRET = False  # set below, after the kernel exists
 
 _BIG = tl.constexpr(2147483647)
+_FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
+# status bits (specsample.Status; docs/contract.md, "Status")
+_BAD_ID = tl.constexpr(1)
+_BAD_TARGET = tl.constexpr(2)
+_BAD_DRAFT = tl.constexpr(4)
+_BAD_UNIFORM = tl.constexpr(8)
+_ZERO_ROW = tl.constexpr(16)
+_OVERFLOW = tl.constexpr(32)
+
+
+@triton.jit
+def _bad(x):
+    """Elementwise (float32): NaN, infinite or negative; ``-0.0`` is fine."""
+    return (x != x) | (x < 0.0) | (x > _FMAX)
+
+
+@triton.jit
+def _any(cond):
+    """1 (int32) when any element of the boolean tensor is true, else 0."""
+    return tl.max(tl.where(cond, 1, 0), axis=0)
+
+
+@triton.jit
+def _tile_sum(r):
+    """A tile's residual sum (float32) as float64, an overflow to +inf kept finite but above the
+    float32 range (so the row is flagged ``ROW_SUM_OVERFLOW``, and +inf never meets -inf)."""
+    t = tl.sum(r, axis=0).to(tl.float64)
+    return tl.where(t > _FMAX, 6.805646932770577e38, t)
+
+
+@triton.jit
+def _encode_bad(total, qbad, pbad):
+    """A chunk's residual sum carrying its bad-value flags: NaN for a bad target value, -inf for a
+    bad draft value (valid sums are >= 0; NaN wins when chunks are added, as target wins over draft
+    in the status)."""
+    total = tl.where(pbad > 0, float("-inf"), total)
+    return tl.where(qbad > 0, float("nan"), total)
+
+
+@triton.jit
+def _classify(total):
+    """Status bits of a row from its (encoded) residual sum; 0 for a positive, finite sum."""
+    return tl.where(
+        total != total,
+        _BAD_TARGET,
+        tl.where(total < 0, _BAD_DRAFT, tl.where(total > _FMAX, _OVERFLOW, 0)),
+    )
 
 
 @triton.jit
@@ -99,7 +146,7 @@ def _pick_in_tile(r, ar, m, tile_base, thr, BLOCK: tl.constexpr):
 @triton.jit
 def _sample_full_row(row, V, u, BLOCK: tl.constexpr):
     """Inverse-CDF draw from a whole row in two passes (the rare fallback: a residual that sums to
-    zero). Returns 0 for an all-zero row, like the reference."""
+    zero). Returns ``(token, row sum)``; the token is 0 for an all-zero row."""
     ar = tl.arange(0, BLOCK)
     NT = tl.cdiv(V, BLOCK)
     total = tl.zeros([BLOCK], tl.float64).sum(axis=0)
@@ -124,15 +171,19 @@ def _sample_full_row(row, V, u, BLOCK: tl.constexpr):
             done = 1
         running += s
         t += 1
-    return token
+    return token, total
 
 
 @triton.jit
-def _write_out(tok_ptr, num_ptr, b, b64, K, kr, ids, kstar, token):
+def _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags):
+    """The request's outputs; a flagged request gets all -1, 0 emitted and its status bits."""
+    ok = flags == 0
     row = tl.where(kr < kstar, ids, -1)
     row = tl.where(kr == kstar, token.to(tl.int64), row)
+    row = tl.where(ok, row, -1)
     tl.store(tok_ptr + b64 * (K + 1) + kr, row, mask=kr <= K)
-    tl.store(num_ptr + b, (kstar + 1).to(tl.int64))
+    tl.store(num_ptr + b, tl.where(ok, kstar + 1, 0).to(tl.int64))
+    tl.store(st_ptr + b, flags.to(tl.int32))
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
@@ -144,6 +195,7 @@ def verify_kernel(
     seed_ptr,  # [1] int64 (unused when not SEED_FROM_PTR)
     tok_ptr,  # [B, K+1] int64 out
     num_ptr,  # [B] int64 out
+    st_ptr,  # [B] int32 out: status bits
     wsf_ptr,  # float64 workspace, B*C*FSLOT (used when C > 1)
     wsi_ptr,  # int32 workspace, B*C*ISLOT (greedy, C > 1)
     cnt_ptr,  # int32 [B] counters, zero between calls (C > 1)
@@ -176,7 +228,8 @@ def verify_kernel(
     # All K draft ids and q (p) at them in two dependent loads, not K: the decision loop below is
     # register-only, so its early exit costs no memory latency per draft.
     ids = tl.load(ids_ptr + b64 * K + kr, mask=kmask, other=0).to(tl.int64)
-    valid = kmask & (ids >= 0) & (ids < V)  # an out-of-range id is a rejection, never a read
+    valid = kmask & (ids >= 0) & (ids < V)  # an out-of-range id is flagged, never read
+    flags = tl.where(_any(kmask & ~valid) > 0, _BAD_ID, 0)
     qrow0 = b64 * (K + 1)
     qx = tl.load(q_ptr + (qrow0 + kr) * V + ids, mask=valid, other=0.0).to(tl.float32)
     NT = tl.cdiv(V, BLOCK)
@@ -200,8 +253,11 @@ def verify_kernel(
         ).to(tl.float32)
         m_rows = tl.max(v, axis=1)
         i_rows = tl.min(tl.where(v == m_rows[:, None], offs2, _BIG), axis=1)
+        # a row holding a bad value stops the walk (flagged); -1 marks it in the workspace
+        rbad = tl.max(tl.where((rows <= K) & (offs2 < V) & _bad(v), 1, 0), axis=1)
+        i_rows = tl.where(rbad > 0, -1, i_rows)
         beaten = (m_rows > qx) | ((m_rows == qx) & (i_rows < ids))
-        rej = (kr >= K) | (valid == 0) | beaten
+        rej = (kr >= K) | (valid == 0) | beaten | (rbad > 0)
         kc = tl.min(tl.where(rej, kr, K_P2), axis=0)
         if C > 1:
             tl.store(wsf_ptr + slot + kr, m_rows, mask=kr <= kc)
@@ -226,10 +282,13 @@ def verify_kernel(
                 idxs = tl.load(wi + kstar, mask=cm, other=_BIG, cache_modifier=".cg")
                 vmax = tl.max(vals, axis=0)
                 token = tl.min(tl.where(cm & (vals == vmax), idxs, _BIG), axis=0)
+                row_bad = _any(cm & (idxs == -1))
             else:
                 kstar = kc
                 token = tl.sum(tl.where(kr == kc, i_rows, 0), axis=0)
-            _write_out(tok_ptr, num_ptr, b, b64, K, kr, ids, kstar, token)
+                row_bad = tl.where(token == -1, 1, 0)
+            flags = tl.where((flags == 0) & (row_bad > 0), _BAD_TARGET, flags)
+            _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
     elif GREEDY:
         k = 0
         stop = K
@@ -238,6 +297,7 @@ def verify_kernel(
             q_row = q_ptr + (qrow0 + k) * V
             m_run = float("-inf")
             i_run = 0
+            rbad = 0
             for t in range(t0, t1):
                 offs = t * BLOCK + ar
                 v = tl.load(q_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
@@ -246,6 +306,9 @@ def verify_kernel(
                 upd = tm > m_run  # strict: an earlier tile keeps a tie (smallest index wins)
                 i_run = tl.where(upd, ti, i_run)
                 m_run = tl.where(upd, tm, m_run)
+                rbad = tl.maximum(rbad, _any((offs < V) & _bad(v)))
+            # a row holding a bad value stops the walk (flagged); -1 marks it in the workspace
+            i_run = tl.where(rbad > 0, -1, i_run)
             if C > 1:
                 tl.store(wsf_ptr + slot + k, m_run)
                 tl.store(wsi_ptr + islot + k, i_run)
@@ -255,7 +318,7 @@ def verify_kernel(
             vk = tl.sum(tl.where(sel & valid, 1, 0), axis=0)
             # This chunk proves row k's argmax is not x_k (row K, the bonus row, always stops).
             beaten = (m_run > qxk) | ((m_run == qxk) & (i_run < xk))
-            rej = (k >= K) | (vk == 0) | beaten
+            rej = (k >= K) | (vk == 0) | beaten | (rbad > 0)
             stop = tl.where(rej, k, stop)
             best_i = i_run
             k += 1
@@ -280,17 +343,24 @@ def verify_kernel(
                 idxs = tl.load(wi + kstar, mask=cm, other=_BIG, cache_modifier=".cg")
                 vmax = tl.max(vals, axis=0)
                 token = tl.min(tl.where(cm & (vals == vmax), idxs, _BIG), axis=0)
+                row_bad = _any(cm & (idxs == -1))
             else:
                 kstar = k - 1
                 token = best_i
-            _write_out(tok_ptr, num_ptr, b, b64, K, kr, ids, kstar, token)
+                row_bad = tl.where(token == -1, 1, 0)
+            flags = tl.where((flags == 0) & (row_bad > 0), _BAD_TARGET, flags)
+            _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
     else:
+        flags = flags | tl.where(_any(valid & _bad(qx)) > 0, _BAD_TARGET, 0)
         if HAS_P:
             px = tl.load(p_ptr + (b64 * K + kr) * V + ids, mask=valid, other=1.0).to(tl.float32)
+            flags = flags | tl.where(_any(valid & _bad(px)) > 0, _BAD_DRAFT, 0)
         else:
             px = tl.full([K_P2], 1.0, tl.float32)
         if HAS_U:
             u = tl.load(u_ptr + b64 * (K + 1) + kr, mask=kr <= K, other=0.0)
+            u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
+            flags = flags | tl.where(_any((kr <= K) & u_bad) > 0, _BAD_UNIFORM, 0)
         else:
             if SEED_FROM_PTR:
                 s = tl.load(seed_ptr)
@@ -316,8 +386,11 @@ def verify_kernel(
         # Pass 1: the chunk's residual sums, the running total after each tile kept in registers.
         # Tile sums are float32, the running sums float64: the inverse CDF then errs by about a
         # tile's rounding, not the whole row's.
+        # Masked-off loads read 0.0, which is not a bad value.
         running = tl.zeros([NT_P2], tl.float64).sum(axis=0)
         cum = tl.zeros([NT_P2], tl.float64)
+        qbad = b * 0
+        pbad = b * 0
         if PREFETCH:
             # Register double buffering: the next tile's loads are in flight while this one is
             # reduced.
@@ -326,15 +399,23 @@ def verify_kernel(
             for t in range(t0, t1):
                 qc, pc = qn, pn
                 qn, pn = _load_tile(q_row, p_row, (t + 1) * BLOCK + ar, lim, p_lim, HAS_P)
+                qbad = tl.maximum(qbad, _any(_bad(qc.to(tl.float32))))
+                if HAS_P:
+                    pbad = tl.maximum(pbad, _any(_bad(pc.to(tl.float32))))
                 r = _combine(qc, pc, t * BLOCK + ar, x_hot, HAS_P)
-                running += tl.sum(r, axis=0).to(tl.float64)
+                running += _tile_sum(r)
                 cum = tl.where(tr == t - t0, running, cum)
         else:
             for t in range(t0, t1):
                 offs = t * BLOCK + ar
-                r = _residual(q_row, p_row, offs, V, p_lim, x_hot, HAS_P)
-                running += tl.sum(r, axis=0).to(tl.float64)
+                qc, pc = _load_tile(q_row, p_row, offs, V, p_lim, HAS_P)
+                qbad = tl.maximum(qbad, _any(_bad(qc.to(tl.float32))))
+                if HAS_P:
+                    pbad = tl.maximum(pbad, _any(_bad(pc.to(tl.float32))))
+                r = _combine(qc, pc, offs, x_hot, HAS_P)
+                running += _tile_sum(r)
                 cum = tl.where(tr == t - t0, running, cum)
+        running = _encode_bad(running, qbad, pbad)
 
         if C > 1:
             tl.store(wsf_ptr + slot, running)
@@ -369,7 +450,11 @@ def verify_kernel(
                 base = total * 0.0
                 nt = t1 - t0
                 tc = cum
-            if total > 0:
+            fl2 = _classify(total)
+            token = b * 0
+            if fl2 != 0:
+                token = b * 0  # flagged: no draw
+            elif total > 0:
                 # The tile of chunk cs where the running sum crosses the threshold. ``tc`` grows
                 # tile by tile in sequence, so a crossing tile has a positive sum; a threshold that
                 # rounding put past the chunk's end takes the last tile with a positive sum.
@@ -388,8 +473,10 @@ def verify_kernel(
                 token = t * BLOCK + _pick_in_tile(r, ar, m, tile_base, thr_l, BLOCK)
             else:
                 # The residual is all zero (p >= q everywhere): draw from q itself (rule 2).
-                token = _sample_full_row(q_row, V, u_last, BLOCK)
-            _write_out(tok_ptr, num_ptr, b, b64, K, kr, ids, kstar, token)
+                token, q_total = _sample_full_row(q_row, V, u_last, BLOCK)
+                fl2 = tl.where(q_total > _FMAX, _OVERFLOW, tl.where(q_total > 0, 0, _ZERO_ROW))
+            flags = tl.where(flags == 0, fl2, flags)
+            _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
 
 
 INTERPRET = type(verify_kernel).__name__ == "InterpretedFunction"

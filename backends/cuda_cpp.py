@@ -39,7 +39,8 @@ def _register_fake() -> None:
         B, K1 = target_probs.shape[0], target_probs.shape[1]
         tokens = target_probs.new_empty((B, K1), dtype=torch.int64)
         num = target_probs.new_empty((B,), dtype=torch.int64)
-        return tokens, num
+        status = target_probs.new_empty((B,), dtype=torch.int32)
+        return tokens, num, status
 
 
 def load_op(verbose: bool = False):
@@ -70,7 +71,7 @@ def verify_op(
     rows_per_step: int = 0,
     split: int = -1,
 ):
-    """Call the custom op directly (no validation): ``(token_ids, num_emitted)``.
+    """Call the custom op directly (no validation): ``(token_ids, num_emitted, status)``.
 
     ``cluster``/``threads``/``rows_per_step`` override the automatic launch configuration (0 =
     automatic); ``split`` picks greedy mode's kernel (-1: automatic, the split kernel at the
@@ -117,7 +118,7 @@ class CudaCppBackend(Backend):
         return path
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
-        token_ids, num_emitted = verify_op(
+        token_ids, num_emitted, status = verify_op(
             inputs.draft_token_ids,
             inputs.draft_probs,
             inputs.target_probs,
@@ -125,4 +126,4 @@ class CudaCppBackend(Backend):
             generator=inputs.generator if inputs.uniforms is None else None,
             uniforms=inputs.uniforms,
         )
-        return VerifyOutput(token_ids, num_emitted)
+        return VerifyOutput(token_ids, num_emitted, status)

@@ -153,7 +153,20 @@ def _elem_bytes(dtype: str) -> int:
 
 
 def _launch_split(
-    mod, device_id, stream_ptr, dtype, ids_ptr, ids64, q_ptr, tokens_ptr, num_ptr, B, K, V, chunks
+    mod,
+    device_id,
+    stream_ptr,
+    dtype,
+    ids_ptr,
+    ids64,
+    q_ptr,
+    tokens_ptr,
+    num_ptr,
+    status_ptr,
+    B,
+    K,
+    V,
+    chunks,
 ) -> None:
     """Launch the greedy split kernel (``verify_greedy_split_kernel``) with its workspace."""
     import cupy
@@ -166,6 +179,7 @@ def _launch_split(
         np.uint64(q_ptr),
         np.uint64(tokens_ptr),
         np.uint64(num_ptr),
+        np.uint64(status_ptr),
         np.int64(V),
         np.int32(B),
         np.int32(K),
@@ -193,6 +207,7 @@ def _launch(
     u_ptr: int,
     tokens_ptr: int,
     num_ptr: int,
+    status_ptr: int,
     B: int,
     K: int,
     V: int,
@@ -238,6 +253,7 @@ def _launch(
             q_ptr,
             tokens_ptr,
             num_ptr,
+            status_ptr,
             B,
             K,
             V,
@@ -261,6 +277,7 @@ def _launch(
         np.uint64(u_ptr),
         np.uint64(tokens_ptr),
         np.uint64(num_ptr),
+        np.uint64(status_ptr),
         np.int64(V),
         np.int32(B),
         np.int32(K),
@@ -311,8 +328,8 @@ def verify_cupy(
             randomness (what the torch path does with the generator).
 
     Returns:
-        ``(token_ids [B, K+1] int64, num_emitted [B] int64)`` CuPy arrays on the inputs' device,
-        computed on CuPy's current stream.
+        ``(token_ids [B, K+1] int64, num_emitted [B] int64, status [B] int32)`` CuPy arrays on the
+        inputs' device, computed on CuPy's current stream (``status``: see docs/contract.md).
     """
     import cupy
 
@@ -353,8 +370,9 @@ def verify_cupy(
     out = cupy.empty(B * (K + 2), dtype=cupy.int64)
     tokens = out[: B * (K + 1)].reshape(B, K + 1)
     num = out[B * (K + 1) :]
+    status = cupy.empty(B, dtype=cupy.int32)
     if B == 0:
-        return tokens, num
+        return tokens, num, status
     _launch(
         q.device.id,
         cupy.cuda.get_current_stream().ptr,
@@ -366,6 +384,7 @@ def verify_cupy(
         u_ptr,
         tokens.data.ptr,
         num.data.ptr,
+        status.data.ptr,
         B,
         K,
         V,
@@ -373,7 +392,7 @@ def verify_cupy(
         seed=seed,
         offset=offset,
     )
-    return tokens, num
+    return tokens, num, status
 
 
 philox_increment = _cuda_build.philox_increment
@@ -396,7 +415,8 @@ def verify_torch(
     split: int = -1,
     module: _Module | None = None,
 ):
-    """The backend's launch path on contiguous torch CUDA tensors (no validation).
+    """The backend's launch path on contiguous torch CUDA tensors (no validation):
+    ``(token_ids [B, K+1] int64, num_emitted [B] int64, status [B] int32)``.
 
     ``module`` (tuning only) launches from another compiled module, e.g. one built with extra
     ``-D`` options."""
@@ -408,12 +428,15 @@ def verify_torch(
     B, K1, V = target_probs.shape
     K = K1 - 1
     greedy = mode == "greedy"
-    # one allocation: tokens, num_emitted and (under graph capture) the Philox seed slot
-    buf = torch.empty(B * (K1 + 1) + 2, dtype=torch.int64, device=device)
+    # one allocation: tokens, num_emitted, (under graph capture) the Philox seed slot, and the
+    # int32 status words packed two per int64
+    head = B * (K1 + 1)
+    buf = torch.empty(head + 2 + (B + 1) // 2, dtype=torch.int64, device=device)
     tokens = buf[: B * K1].view(B, K1)
-    num = buf[B * K1 : B * (K1 + 1)]
+    num = buf[B * K1 : head]
+    status = buf[head + 2 :].view(torch.int32)[:B]
     if B == 0:
-        return tokens, num
+        return tokens, num, status
     seed = offset = seed_ptr = offset_ptr = 0
     captured = False
     if not greedy and uniforms is None:
@@ -422,7 +445,7 @@ def verify_torch(
             # baked (seed, offset) would repeat on every replay: draw them on the device instead,
             # with a graph-safe torch op (fresh values each replay); the slot lives in `buf`,
             # which the outputs keep alive.
-            slot = buf[B * (K1 + 1) :]
+            slot = buf[head : head + 2]
             torch.randint(0, 2**62, (2,), generator=gen, device=device, dtype=torch.int64, out=slot)
             seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, True
         else:
@@ -438,6 +461,7 @@ def verify_torch(
         0 if uniforms is None else uniforms.data_ptr(),
         tokens.data_ptr(),
         num.data_ptr(),
+        status.data_ptr(),
         B,
         K,
         V,
@@ -453,7 +477,7 @@ def verify_torch(
         split=split,
         module=module,
     )
-    return tokens, num
+    return tokens, num, status
 
 
 class CupyBackend(Backend):
@@ -473,7 +497,7 @@ class CupyBackend(Backend):
         return True, ""
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
-        token_ids, num_emitted = verify_torch(
+        token_ids, num_emitted, status = verify_torch(
             inputs.draft_token_ids,
             inputs.draft_probs,
             inputs.target_probs,
@@ -481,4 +505,4 @@ class CupyBackend(Backend):
             generator=inputs.generator,
             uniforms=inputs.uniforms,
         )
-        return VerifyOutput(token_ids, num_emitted)
+        return VerifyOutput(token_ids, num_emitted, status)

@@ -11,7 +11,7 @@ from ._vectorized import verify_tensors
 class TorchVectorizedBackend(Backend):
     name = "torch-vectorized"
     description = "Batched PyTorch tensor ops; no loop over B or K, no host sync (CPU and GPU)."
-    capabilities = Capabilities(cuda_graphs=True, host_sync_free=True)
+    capabilities = Capabilities(cuda_graphs=True, host_sync_free=True, status_flags=True)
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         greedy = inputs.mode == "greedy"
@@ -20,7 +20,12 @@ class TorchVectorizedBackend(Backend):
             uniforms = draw_uniforms(
                 inputs.batch_size, inputs.num_draft, inputs.generator, inputs.device
             )
-        token_ids, num_emitted = verify_tensors(
-            inputs.draft_token_ids, inputs.draft_probs, inputs.target_probs, uniforms, greedy
+        token_ids, num_emitted, status = verify_tensors(
+            inputs.draft_token_ids,
+            inputs.draft_probs,
+            inputs.target_probs,
+            uniforms,
+            greedy,
+            check_uniforms=inputs.uniforms is not None,
         )
-        return VerifyOutput(token_ids, num_emitted)
+        return VerifyOutput(token_ids, num_emitted, status)

@@ -34,6 +34,7 @@ _GPU_CAPS = Capabilities(
     launches_per_call=1,
     cuda_graphs=True,
     host_sync_free=True,
+    status_flags=True,
 )
 _INTERPRETER_CAPS = Capabilities(
     devices=("cpu", "cuda"),
@@ -42,6 +43,7 @@ _INTERPRETER_CAPS = Capabilities(
     launches_per_call=1,
     cuda_graphs=False,
     host_sync_free=False,
+    status_flags=True,
 )
 
 
@@ -261,6 +263,7 @@ class TritonBackend(Backend):
 
         tok = torch.empty((B, K + 1), dtype=torch.int64, device=device)
         num = torch.empty((B,), dtype=torch.int64, device=device)
+        status = torch.empty((B,), dtype=torch.int32, device=device)
 
         dummy = self._dummy(torch, device)
         ids = inputs.draft_token_ids if K > 0 else dummy
@@ -299,6 +302,7 @@ class TritonBackend(Backend):
             seed_t,
             tok,
             num,
+            status,
             ws.f,
             ws.i,
             ws.counters,
@@ -306,7 +310,7 @@ class TritonBackend(Backend):
             *_split32(offset),
         )
         self._launch(kern, plan, args, B, V, K, greedy, has_p, has_u, seed_from_ptr, stream)
-        return VerifyOutput(tok, num)
+        return VerifyOutput(tok, num, status)
 
     @staticmethod
     def _launch(
@@ -469,6 +473,7 @@ class TritonBackend(Backend):
         dummy = self._dummy(torch, device)
         tok = torch.empty((B, K + 1), dtype=torch.int64, device=device)
         num = torch.empty((B,), dtype=torch.int64, device=device)
+        status = torch.empty((B,), dtype=torch.int32, device=device)
         best, best_t = None, float("inf")
         for cfg in _candidates(B, V, greedy, n_sm):
             plan = _plan(cfg, B, K, V, greedy)
@@ -482,6 +487,7 @@ class TritonBackend(Backend):
                 dummy,
                 tok,
                 num,
+                status,
                 ws.f,
                 ws.i,
                 ws.counters,

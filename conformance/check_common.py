@@ -70,6 +70,20 @@ def check_output(
         raise CheckFailed(
             f"output device {where(label)}: outputs on {tok.device}/{n.device}, inputs on {device}"
         )
+    status = getattr(out, "status", None)
+    if status is not None:  # valid inputs: every request must be verified normally
+        if tuple(status.shape) != (B,) or status.dtype != torch.int32:
+            raise CheckFailed(
+                f"status {where(label)}: VerifyOutput.status must be [B]={B} int32, got "
+                f"{tuple(status.shape)} {status.dtype}"
+            )
+        flagged = torch.nonzero(status.cpu()).flatten()
+        if flagged.numel():
+            b = int(flagged[0])
+            raise CheckFailed(
+                f"status {where(label, b)}: status={int(status[b])} on valid input "
+                f"({flagged.numel()} of {B} requests flagged)"
+            )
     if B == 0:
         return
     tok, n, ids = tok.cpu(), n.cpu(), draft_token_ids.cpu().to(torch.int64)
@@ -223,6 +237,16 @@ def snapshot(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     return [None if t is None else t.clone() for t in tensors]
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal element for element, NaN equal to NaN (inputs may hold planted NaNs)."""
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(
+        a.nan_to_num(0.0, posinf=float("inf"), neginf=float("-inf")),
+        b.nan_to_num(0.0, posinf=float("inf"), neginf=float("-inf")),
+    )
+
+
 def assert_unmodified(
     before: list[torch.Tensor | None],
     after: list[torch.Tensor | None],
@@ -232,7 +256,7 @@ def assert_unmodified(
     for name, b, a in zip(names, before, after, strict=True):
         if b is None:
             continue
-        if a.dtype != b.dtype or a.shape != b.shape or not torch.equal(a, b):
+        if a.dtype != b.dtype or a.shape != b.shape or not _same_values(a, b):
             raise CheckFailed(f"input modified {where(label)}: verify() changed {name} in place")
 
 

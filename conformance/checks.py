@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 LEVELS = ("fast", "full")
 OUTCOMES = ("pass", "fail", "not-claimed", "error")
 # Modules holding the checks, in the order a report lists them.
-CHECK_MODULES = ("contract", "exact", "greedy", "stats", "repro", "edge", "badinput", "claims")
+CHECK_MODULES = (
+    "contract",
+    "exact",
+    "greedy",
+    "stats",
+    "repro",
+    "edge",
+    "badinput",
+    "status",
+    "claims",
+)
 
 
 class CheckFailed(AssertionError):

@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from .contract import Backend, BackendInfo, BackendUnavailable, Capabilities, VerifyOutput
     from .reference import reference_verify
     from .registry import UnknownBackend, get_backend, list_backends
+    from .status import Status
 
 __all__ = [
     "Backend",
     "BackendInfo",
     "BackendUnavailable",
     "Capabilities",
+    "Status",
     "UnknownBackend",
     "VerifyOutput",
     "__version__",
@@ -38,6 +40,7 @@ _LAZY = {
     "Capabilities": "contract",
     "VerifyInputs": "contract",
     "VerifyOutput": "contract",
+    "Status": "status",
     "UnknownBackend": "registry",
     "get_backend": "registry",
     "list_backends": "registry",
@@ -65,7 +68,8 @@ def verify(
     mode: str = "random",
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
-    check_finite: bool = True,
+    validate: str = "status",
+    check_finite: bool | None = None,
 ) -> VerifyOutput:
     """Convenience for ``specsample.get_backend(backend).verify(...)``; see :meth:`Backend.verify`.
 
@@ -74,12 +78,16 @@ def verify(
         draft_probs: ``[B, K, V]`` float32/float16/bfloat16, or None (deterministic drafter).
         target_probs: ``[B, K+1, V]``, same dtype.
         backend: a name from :func:`specsample.list_backends`.
-        mode, generator, uniforms, check_finite: as in :meth:`Backend.verify`.
+        mode, generator, uniforms, validate, check_finite: as in :meth:`Backend.verify`.
 
     Returns:
-        VerifyOutput: ``token_ids`` [B, K+1] int64 (-1 padded), ``num_emitted`` [B] int64.
+        VerifyOutput: ``token_ids`` [B, K+1] int64 (-1 padded), ``num_emitted`` [B] int64,
+        ``status`` [B] int32 (0 = ok; see :class:`specsample.Status`).
     """
     from .registry import get_backend
+    from .validation import resolve_validate
+
+    validate = resolve_validate(validate, check_finite, stacklevel=2)
 
     return get_backend(backend).verify(
         draft_token_ids,
@@ -88,5 +96,5 @@ def verify(
         mode=mode,
         generator=generator,
         uniforms=uniforms,
-        check_finite=check_finite,
+        validate=validate,
     )

@@ -43,7 +43,11 @@ class Capabilities:
         fused: True when one call is one kernel launch.
         launches_per_call: kernel launches per call when known (1 for fused backends).
         cuda_graphs: True when a call can be captured in a CUDA graph and replayed.
-        host_sync_free: True when a call (with ``check_finite=False``) never synchronizes the host.
+        host_sync_free: True when the default call never synchronizes the host.
+        status_flags: True when the backend guards the values it reads and reports bad ones per
+            request in ``VerifyOutput.status`` (docs/contract.md, "Status"). When False (the
+            default, safe for a new plugin), the default call checks every value eagerly first, as
+            ``validate="full"`` does, and ``status`` is all zeros.
     """
 
     modes: tuple[str, ...] = MODES
@@ -56,6 +60,7 @@ class Capabilities:
     launches_per_call: int | None = None
     cuda_graphs: bool = False
     host_sync_free: bool = False
+    status_flags: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +74,7 @@ class Capabilities:
             "launches_per_call": self.launches_per_call,
             "cuda_graphs": self.cuda_graphs,
             "host_sync_free": self.host_sync_free,
+            "status_flags": self.status_flags,
         }
 
 
@@ -100,19 +106,43 @@ class VerifyOutput:
 
     Attributes:
         token_ids: ``[B, K+1]`` int64; row ``b`` holds ``num_emitted[b]`` tokens, then ``-1``.
-        num_emitted: ``[B]`` int64 in ``1..K+1`` (accepted draft tokens + one resampled/bonus token).
+        num_emitted: ``[B]`` int64 in ``1..K+1`` (accepted draft tokens + one resampled/bonus
+            token), or ``0`` for a request whose ``status`` is not zero.
+        status: ``[B]`` int32 bit flags of :class:`specsample.Status`, 0 for a request that was
+            verified normally. A flagged request has ``token_ids`` all ``-1`` and
+            ``num_emitted`` 0. None only for an output a backend's ``_verify`` built without it;
+            :meth:`Backend.verify` always fills it.
     """
 
     token_ids: torch.Tensor
     num_emitted: torch.Tensor
+    status: torch.Tensor | None = None
+
+    def raise_for_status(self) -> VerifyOutput:
+        """Raise ``ValueError`` if any request is flagged; return ``self`` otherwise.
+
+        Reads ``status`` on the host (one synchronization). The message names the first flagged
+        request, the argument and the problem, e.g. ``request 3: target_probs holds a NaN,
+        infinite or negative value (status=2)``.
+        """
+        if self.status is None:
+            return self
+        from .status import status_error
+
+        error = status_error(self.status)
+        if error is not None:
+            raise error
+        return self
 
 
 @dataclass
 class VerifyInputs:
     """Validated, normalized inputs handed to :meth:`Backend._verify`.
 
-    Tensors are contiguous and on one device. Shapes: ``draft_token_ids`` [B, K] (int32 or int64,
-    every id in ``[0, V)`` unless the caller turned checks off), ``draft_probs`` [B, K, V] or None,
+    Tensors are contiguous and on one device. Shapes: ``draft_token_ids`` [B, K] (int32 or int64;
+    with the default ``validate="status"`` the values are not checked yet: an id may lie outside
+    ``[0, V)``, a probability may be NaN, and the backend must guard what it reads and flag the
+    request in ``status``, docs/contract.md), ``draft_probs`` [B, K, V] or None,
     ``target_probs`` [B, K+1, V] (one of the claimed float dtypes, same dtype as draft_probs),
     ``uniforms`` [B, K+1] float32 in [0, 1) or None. ``generator`` is a torch.Generator on the
     inputs' device when ``uniforms`` is None (the device's default generator if the caller gave none).
@@ -159,7 +189,8 @@ class Backend(abc.ABC):
         mode: str = "random",
         generator: torch.Generator | None = None,
         uniforms: torch.Tensor | None = None,
-        check_finite: bool = True,
+        validate: str = "status",
+        check_finite: bool | None = None,
     ) -> VerifyOutput:
         """Verify K draft tokens per request and emit the accepted prefix plus one token.
 
@@ -172,19 +203,27 @@ class Backend(abc.ABC):
             generator: torch.Generator on the inputs' device; same state -> same output.
             uniforms: ``[B, K+1]`` float32 in [0, 1): explicit randomness (makes the call a
                 deterministic function of its inputs).
-            check_finite: check values (ids in range, probabilities finite and >= 0, uniforms in
-                [0, 1)) at the cost of one pass and one host sync. Shapes, dtypes and devices are
-                always checked.
+            validate: ``"status"`` (default): shapes, dtypes and devices are checked on the host
+                (no GPU work); values are checked where the backend reads them and a bad request
+                is reported in ``status`` (no host sync, graph-capturable). ``"full"``: also one
+                eager pass over every value before the backend runs, raising ``ValueError`` on the
+                first problem (one host sync; for debugging).
+            check_finite: deprecated alias: ``True`` means ``validate="full"``, ``False`` means
+                ``validate="status"``.
 
         Returns:
-            :class:`VerifyOutput` with ``token_ids`` ``[B, K+1]`` int64 (-1 padded) and
-            ``num_emitted`` ``[B]`` int64, on the inputs' device.
+            :class:`VerifyOutput` with ``token_ids`` ``[B, K+1]`` int64 (-1 padded),
+            ``num_emitted`` ``[B]`` int64 and ``status`` ``[B]`` int32, on the inputs' device.
 
         Raises:
-            ValueError, TypeError: bad input; the message names the argument.
+            ValueError, TypeError: bad input found on the host (or by ``validate="full"``); the
+                message names the argument.
         """
-        from .validation import empty_output, validate_inputs
+        from .validation import empty_output, resolve_validate, validate_inputs
 
+        level = resolve_validate(validate, check_finite, stacklevel=3)
+        if level == "status" and not self.capabilities.status_flags:
+            level = "full"  # the backend does not guard its reads: check eagerly instead
         inputs = validate_inputs(
             draft_token_ids,
             draft_probs,
@@ -192,13 +231,20 @@ class Backend(abc.ABC):
             mode=mode,
             generator=generator,
             uniforms=uniforms,
-            check_finite=check_finite,
+            validate=level,
             capabilities=self.capabilities,
             backend_name=self.name,
         )
         if inputs.batch_size == 0:
             return empty_output(inputs)
-        return self._verify(inputs)
+        out = self._verify(inputs)
+        if out.status is None:
+            import torch
+
+            out.status = torch.zeros(
+                inputs.batch_size, dtype=torch.int32, device=out.num_emitted.device
+            )
+        return out
 
     @abc.abstractmethod
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:

@@ -1,7 +1,8 @@
 """The float64 reference: the contract's definition, written for clarity rather than speed.
 
 Conformance uses it as ground truth. Every probability is read in its dtype and converted to float64;
-the three rules of DESIGN.md ("Semantics with uniforms") are applied one request at a time.
+the rules of docs/contract.md (decisions, residual, inverse CDF, and which values are checked for
+``status``) are applied one request at a time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import torch
 
 from .contract import VerifyOutput
 from .rng import draw_uniforms
-from .validation import empty_output, validate_inputs
+from .status import FLOAT32_MAX, Status
+from .validation import empty_output, resolve_validate, validate_inputs
 
 
 def accept_draft(u: float, p: float, q: float) -> bool:
@@ -49,8 +51,8 @@ def inverse_cdf(r: torch.Tensor, u: float) -> int:
         r: ``[V]`` float64, unnormalized, non-negative.
         u: uniform in [0, 1).
 
-    A token of probability zero is never chosen; when ``sum(r) == 0`` token 0 is returned (only
-    reachable when the target row itself is all zeros, which the contract leaves undefined).
+    A token of probability zero is never chosen; when ``sum(r) == 0`` token 0 is returned (the
+    contract flags such a request ``ZERO_ROW`` before drawing).
     """
     cdf = torch.cumsum(r, dim=0)
     total = cdf[-1].item()
@@ -66,6 +68,83 @@ def inverse_cdf(r: torch.Tensor, u: float) -> int:
     return idx
 
 
+def bad_values(x: torch.Tensor) -> bool:
+    """True when any entry of ``x`` is NaN, infinite or negative (``-0.0`` is fine)."""
+    x = x.to(torch.float64)
+    return not bool(((x >= 0) & (x < float("inf"))).all())
+
+
+def _verify_request(
+    ids: list[int],
+    p_b: torch.Tensor | None,
+    q_b: torch.Tensor,
+    u_b: list[float] | None,
+    explicit_uniforms: bool,
+    greedy: bool,
+) -> tuple[int, list[int]]:
+    """One request: ``(status flags, emitted tokens)``; the tokens are empty when flagged.
+
+    ``ids`` [K], ``p_b`` [K, V] or None, ``q_b`` [K+1, V] in their dtype, ``u_b`` [K+1] (random
+    mode). The checks follow docs/contract.md ("Status"): first every draft id (and in random mode
+    the drafted entries and explicit uniforms), then the rows the decision reads.
+    """
+    K, V = len(ids), q_b.shape[1]
+    flags = Status.OK
+    if any(not 0 <= x < V for x in ids):
+        flags |= Status.BAD_DRAFT_ID
+    if greedy:
+        if flags:
+            return int(flags), []
+        out: list[int] = []
+        for k in range(K + 1):
+            row = q_b[k].to(torch.float64)
+            if bad_values(row):
+                return int(Status.BAD_TARGET_VALUE), []
+            best = int(torch.argmax(row))  # ties -> smallest index
+            if k == K or ids[k] != best:
+                return 0, out + [best]
+            out.append(ids[k])
+        raise AssertionError("unreachable")
+
+    assert u_b is not None
+    for k, x in enumerate(ids):
+        if not 0 <= x < V:
+            continue  # never read
+        if bad_values(q_b[k, x]):
+            flags |= Status.BAD_TARGET_VALUE
+        if p_b is not None and bad_values(p_b[k, x]):
+            flags |= Status.BAD_DRAFT_VALUE
+    if explicit_uniforms and any(not (0.0 <= u < 1.0) for u in u_b):
+        flags |= Status.BAD_UNIFORM
+    if flags:
+        return int(flags), []
+
+    out = []
+    stop = K  # the bonus row unless a draft is rejected
+    for k, x in enumerate(ids):
+        p = 1.0 if p_b is None else float(p_b[k, x].to(torch.float64))
+        if not accept_draft(u_b[k], p, float(q_b[k, x].to(torch.float64))):
+            stop = k
+            break
+        out.append(x)
+    q_row = q_b[stop]
+    if bad_values(q_row):
+        return int(Status.BAD_TARGET_VALUE), []
+    if stop < K:
+        p_row = None if p_b is None else p_b[stop]
+        if p_row is not None and bad_values(p_row):
+            return int(Status.BAD_DRAFT_VALUE), []
+        r = residual(p_row, q_row, ids[stop])
+    else:
+        r = q_row.to(torch.float64)
+    total = float(r.sum())
+    if total > FLOAT32_MAX:
+        return int(Status.ROW_SUM_OVERFLOW), []
+    if total == 0.0:
+        return int(Status.ZERO_ROW), []
+    return 0, out + [inverse_cdf(r, u_b[K])]
+
+
 def reference_verify(
     draft_token_ids: torch.Tensor,
     draft_probs: torch.Tensor | None,
@@ -74,14 +153,17 @@ def reference_verify(
     mode: str = "random",
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
-    check_finite: bool = True,
+    validate: str = "status",
+    check_finite: bool | None = None,
 ) -> VerifyOutput:
     """The contract in float64. Same arguments and output as :meth:`specsample.Backend.verify`.
 
     Without ``uniforms`` it draws them with :func:`specsample.rng.draw_uniforms` (as the PyTorch
     backends do), so it consumes the generator exactly like them. Runs on the CPU; the output is
-    returned on the inputs' device.
+    returned on the inputs' device. ``status`` flags exactly the requests and bits every backend
+    must flag (docs/contract.md, "Status").
     """
+    level = resolve_validate(validate, check_finite, stacklevel=2)
     inputs = validate_inputs(
         draft_token_ids,
         draft_probs,
@@ -89,15 +171,17 @@ def reference_verify(
         mode=mode,
         generator=generator,
         uniforms=uniforms,
-        check_finite=check_finite,
+        validate=level,
     )
     if inputs.batch_size == 0:
         return empty_output(inputs)
     B, K = inputs.batch_size, inputs.num_draft
+    greedy = mode == "greedy"
     ids = inputs.draft_token_ids.cpu().to(torch.int64)
     q_all = inputs.target_probs.cpu()
     p_all = None if inputs.draft_probs is None else inputs.draft_probs.cpu()
-    if mode == "random":
+    u_all = None
+    if not greedy:
         u_all = inputs.uniforms
         if u_all is None:
             u_all = draw_uniforms(B, K, inputs.generator, inputs.device)
@@ -105,29 +189,19 @@ def reference_verify(
 
     token_ids = torch.full((B, K + 1), -1, dtype=torch.int64)
     num_emitted = torch.zeros(B, dtype=torch.int64)
+    status = torch.zeros(B, dtype=torch.int32)
     for b in range(B):
-        last_row = K  # the bonus row unless a draft is rejected
-        rejected = False
-        for k in range(K):
-            x = int(ids[b, k])
-            q_row = q_all[b, k].to(torch.float64)
-            if mode == "greedy":
-                ok = x == int(torch.argmax(q_row))
-            else:
-                p = 1.0 if p_all is None else float(p_all[b, k, x].to(torch.float64))
-                ok = accept_draft(float(u_all[b, k]), p, float(q_row[x]))
-            if not ok:
-                last_row, rejected = k, True
-                break
-            token_ids[b, k] = x
-        if mode == "greedy":
-            last = int(torch.argmax(q_all[b, last_row].to(torch.float64)))
-        elif rejected:
-            p_row = None if p_all is None else p_all[b, last_row]
-            r = residual(p_row, q_all[b, last_row], int(ids[b, last_row]))
-            last = inverse_cdf(r, float(u_all[b, K]))
-        else:
-            last = inverse_cdf(q_all[b, K].to(torch.float64), float(u_all[b, K]))
-        token_ids[b, last_row] = last
-        num_emitted[b] = last_row + 1
-    return VerifyOutput(token_ids.to(inputs.device), num_emitted.to(inputs.device))
+        flags, tokens = _verify_request(
+            ids[b].tolist(),
+            None if p_all is None else p_all[b],
+            q_all[b],
+            None if u_all is None else u_all[b].tolist(),
+            inputs.uniforms is not None,
+            greedy,
+        )
+        status[b] = flags
+        num_emitted[b] = len(tokens)
+        if tokens:
+            token_ids[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    device = inputs.device
+    return VerifyOutput(token_ids.to(device), num_emitted.to(device), status.to(device))

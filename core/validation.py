@@ -1,20 +1,21 @@
 """Input validation, written once and shared by every backend.
 
-Structural checks (types, shapes, dtypes, devices, mode, capabilities) cost nothing on the device.
-Value checks (ids in range, probabilities finite and non-negative, uniforms in [0, 1)) need one pass
-over the data and one host sync; they run when ``check_finite=True`` (the default).
+Structural checks (types, shapes, dtypes, devices, mode, capabilities) run on the host and cost
+nothing on the device: they always run. Value checks (ids in range, probabilities finite and
+non-negative, uniforms in [0, 1)) are the backends' job by default (``validate="status"``: each
+backend guards what it reads and flags bad requests in ``VerifyOutput.status``);
+``validate="full"`` runs them here, eagerly, in one reduction pass per tensor and one host sync.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
 
 import torch
 
 from .contract import MODES, Capabilities, VerifyInputs, VerifyOutput
 
-if TYPE_CHECKING:
-    pass
+VALIDATE_LEVELS = ("status", "full")
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -27,7 +28,30 @@ def _shape(t: torch.Tensor) -> tuple[int, ...]:
 def _require_tensor(name: str, value: object) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data); pass a tensor on the CPU or a GPU")
     return value
+
+
+def resolve_validate(validate: str, check_finite: bool | None, *, stacklevel: int = 2) -> str:
+    """The validation level from ``validate=`` and the deprecated ``check_finite=``.
+
+    ``check_finite=True`` means ``"full"`` and ``False`` means ``"status"``; passing it warns.
+    """
+    if check_finite is not None:
+        warnings.warn(
+            "check_finite= is deprecated and will be removed in the next minor version: use "
+            'validate="full" (eager value checks that raise) or the default validate="status" '
+            "(per-request VerifyOutput.status)",
+            DeprecationWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return "full" if check_finite else "status"
+    if not isinstance(validate, str) or validate not in VALIDATE_LEVELS:
+        raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
+    return validate
 
 
 def default_generator(device: torch.device) -> torch.Generator:
@@ -48,7 +72,7 @@ def validate_inputs(
     mode: str = "random",
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
-    check_finite: bool = True,
+    validate: str = "status",
     capabilities: Capabilities | None = None,
     backend_name: str = "backend",
 ) -> VerifyInputs:
@@ -57,10 +81,15 @@ def validate_inputs(
     Shapes: ``draft_token_ids`` [B, K] int32/int64; ``draft_probs`` [B, K, V] or None;
     ``target_probs`` [B, K+1, V] float32/float16/bfloat16; ``uniforms`` [B, K+1] float32 or None.
 
+    ``validate="full"`` also checks every value (one reduction pass per tensor, one host sync)
+    and raises on the first problem; ``"status"`` leaves values to the backend.
+
     Raises:
         TypeError: an argument of the wrong type or dtype.
         ValueError: a wrong shape, device, mode, value, or a capability the backend does not claim.
     """
+    if validate not in VALIDATE_LEVELS:
+        raise ValueError(f"validate must be one of {VALIDATE_LEVELS}, got {validate!r}")
     draft_token_ids = _require_tensor("draft_token_ids", draft_token_ids)
     target_probs = _require_tensor("target_probs", target_probs)
     if not isinstance(mode, str) or mode not in MODES:
@@ -147,8 +176,8 @@ def validate_inputs(
             capabilities, backend_name, mode, target_probs.dtype, device, vocab_size, num_draft
         )
 
-    if check_finite and batch_size > 0:
-        _check_values(draft_token_ids, draft_probs, target_probs, uniforms, vocab_size)
+    if validate == "full" and batch_size > 0:
+        check_values(draft_token_ids, draft_probs, target_probs, uniforms, vocab_size)
 
     return VerifyInputs(
         draft_token_ids=draft_token_ids.contiguous(),
@@ -198,48 +227,59 @@ def _check_capabilities(
         )
 
 
-def _check_values(
+def check_values(
     draft_token_ids: torch.Tensor,
     draft_probs: torch.Tensor | None,
     target_probs: torch.Tensor,
     uniforms: torch.Tensor | None,
     vocab_size: int,
 ) -> None:
-    # Every flag is computed on the device and read back in one transfer: one host sync in all.
-    flags = [
-        (draft_token_ids < 0).any() | (draft_token_ids >= vocab_size).any(),
-        ~torch.isfinite(target_probs).all(),
-        (target_probs < 0).any(),
-    ]
-    if draft_probs is not None:
-        flags += [~torch.isfinite(draft_probs).all(), (draft_probs < 0).any()]
-    if uniforms is not None:
-        flags.append(~(torch.isfinite(uniforms) & (uniforms >= 0) & (uniforms < 1)).all())
-    ids_bad, target_nonfinite, target_negative, *rest = torch.stack(flags).tolist()
-    if ids_bad:
-        lo, hi = int(draft_token_ids.min()), int(draft_token_ids.max())
-        raise ValueError(
-            f"draft_token_ids must lie in [0, V={vocab_size}); got values in [{lo}, {hi}]"
+    """The eager value check of ``validate="full"``: raise ``ValueError`` on the first problem.
+
+    One min/max reduction per tensor and request (``torch.aminmax``: a single read of the data, no
+    boolean tensor of the input's size), then one host transfer of the ``[B]`` results. A value is
+    bad when it is NaN (min/max propagate it), infinite, or negative.
+
+    Shapes: ``draft_token_ids`` [B, K], ``draft_probs`` [B, K, V] or None, ``target_probs``
+    [B, K+1, V], ``uniforms`` [B, K+1] float32 or None.
+    """
+    B = target_probs.shape[0]
+    checks: list[tuple[str, str, torch.Tensor]] = []
+    if draft_token_ids.shape[1] > 0:
+        lo, hi = torch.aminmax(draft_token_ids.reshape(B, -1), dim=1)
+        checks.append(
+            (
+                "draft_token_ids",
+                f"holds an id outside [0, V={vocab_size})",
+                (lo < 0) | (hi >= vocab_size),
+            )
         )
-    if target_nonfinite:
-        raise ValueError("target_probs contains NaN or infinite values")
-    if target_negative:
-        raise ValueError("target_probs contains negative probabilities")
-    if draft_probs is not None:
-        draft_nonfinite, draft_negative = rest[0], rest[1]
-        rest = rest[2:]
-        if draft_nonfinite:
-            raise ValueError("draft_probs contains NaN or infinite values")
-        if draft_negative:
-            raise ValueError("draft_probs contains negative probabilities")
-    if uniforms is not None and rest[0]:
-        raise ValueError("uniforms must be finite and lie in [0, 1)")
+    for name, tensor in (("target_probs", target_probs), ("draft_probs", draft_probs)):
+        if tensor is None or tensor.numel() == 0:
+            continue
+        lo, hi = torch.aminmax(tensor.reshape(B, -1), dim=1)
+        # NaN propagates through min and max, so it fails `lo >= 0`; inf fails `hi < inf`.
+        checks.append(
+            (name, "holds a NaN, infinite or negative value", ~((lo >= 0) & (hi < float("inf"))))
+        )
+    if uniforms is not None:
+        lo, hi = torch.aminmax(uniforms, dim=1)
+        checks.append(("uniforms", "holds a value outside [0, 1)", ~((lo >= 0) & (hi < 1))))
+    if not checks:
+        return
+    bad = torch.stack([c[2] for c in checks]).cpu()  # [checks, B]: the one host sync
+    for (name, problem, _), row in zip(checks, bad, strict=True):
+        flagged = torch.nonzero(row).flatten().tolist()
+        if flagged:
+            more = f" ({len(flagged) - 1} more requests too)" if len(flagged) > 1 else ""
+            raise ValueError(f"{name} {problem} in request {flagged[0]}{more}")
 
 
 def empty_output(inputs: VerifyInputs) -> VerifyOutput:
-    """The output for B = 0: ``token_ids`` [0, K+1] and ``num_emitted`` [0], int64."""
+    """The output for B = 0: ``token_ids`` [0, K+1] and ``num_emitted`` [0] int64, ``status`` [0]."""
     device = inputs.target_probs.device
     return VerifyOutput(
         token_ids=torch.empty((0, inputs.num_draft + 1), dtype=torch.int64, device=device),
         num_emitted=torch.empty((0,), dtype=torch.int64, device=device),
+        status=torch.empty((0,), dtype=torch.int32, device=device),
     )

@@ -83,6 +83,23 @@ struct bf16 {
 constexpr int kMaxK = 128;          // draft tokens per request
 constexpr int kMaxStepRows = 16;    // greedy: rows examined per step
 
+// Per-request status bits (specsample.Status; docs/contract.md, "Status"). A flagged request's
+// outputs are all -1, 0 emitted. Every kernel checks exactly the values the contract says are read.
+constexpr u32 kBadDraftId = 1;     // a draft id outside [0, V)
+constexpr u32 kBadTarget = 2;      // a target probability read is NaN, infinite or negative
+constexpr u32 kBadDraft = 4;       // a draft probability read is NaN, infinite or negative
+constexpr u32 kBadUniform = 8;     // an explicit uniform outside [0, 1)
+constexpr u32 kZeroRow = 16;       // the last token's distribution sums to zero
+constexpr u32 kRowOverflow = 32;   // ... sums past the largest float32
+constexpr float kFloatMax = 3.402823466e38f;
+constexpr double kFloatMaxD = 3.4028234663852886e38;
+// A vector sum that overflowed float32, kept finite but above the float32 range: the row is then
+// flagged kRowOverflow, and +inf never meets the -inf that marks a bad draft value below.
+constexpr double kOverflowedSum = 6.805646932770577e38;
+
+// NaN, infinite or negative (-0.0 is a valid probability).
+__device__ __forceinline__ bool bad_prob(float v) { return !(v >= 0.0f && v <= kFloatMax); }
+
 // Greedy at small batch: the first step examines as many rows as fit this many bytes per block
 // (then 2x, 4x, ... that many). Bytes are cheap there and each step costs a round trip through
 // the cluster, so a long accepted run over a short vocabulary takes one step instead of log2(K).
@@ -273,6 +290,12 @@ __device__ __forceinline__ double warp_sum(double x) {
   return x;
 }
 
+__device__ __forceinline__ u32 warp_or(u32 x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
 __device__ __forceinline__ u64 warp_max_u64(u64 x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -283,10 +306,12 @@ __device__ __forceinline__ u64 warp_max_u64(u64 x) {
 }
 
 // Greedy key: larger probability wins, then the smaller index. Probabilities are >= 0, so their
-// float bits order like their values (+0.0 is canonicalized from -0.0). Padding gets key 0.
+// float bits order like their values (+0.0 is canonicalized from -0.0). Padding gets key 0. A row
+// holding a bad value gets kBadRowKey, above every real key, so it survives every max-reduction.
 __device__ __forceinline__ u64 argmax_key(float v, i64 j) {
   return ((u64)__float_as_uint(v + 0.0f) << 32) | (u64)(0xFFFFFFFFu - (u32)j);
 }
+constexpr u64 kBadRowKey = ~0ull;
 
 struct GreedySmem {
   u64 row_key[kMaxStepRows];          // this block's argmax key of each row of the step
@@ -315,6 +340,7 @@ struct Params {
   const float* uniforms;  // [B, K+1] or null
   i64* out_tokens;        // [B, K+1]
   i64* out_num;           // [B]
+  int* out_status;        // [B]
   i64 V;
   int B, K;
   int ids64;
@@ -379,10 +405,11 @@ __device__ __forceinline__ double residual_value(float qv, float pv, bool use_p,
 }
 
 // Residual sum of one 16-byte vector (index g of the row), in float32, returned as a double.
-// Padding past V holds +0.0 and adds 0.
-template <typename T>
+// Padding past V holds +0.0 and adds 0. With CHECK, `bad` collects 1 for a bad q value and 2 for a
+// bad p value (see bad_prob).
+template <typename T, bool CHECK = false>
 __device__ __forceinline__ double vector_residual(const uint4& qw, const uint4& pw, u32 g, bool use_p,
-                                                  int onehot) {
+                                                  int onehot, u32& bad) {
   constexpr int N = VecTraits<T>::N;
   float qv[N], pv[N];
   VecTraits<T>::unpack(qw, qv);
@@ -390,10 +417,14 @@ __device__ __forceinline__ double vector_residual(const uint4& qw, const uint4& 
   float acc = 0.0f;
 #pragma unroll
   for (int e = 0; e < N; ++e) {
+    if constexpr (CHECK) {
+      if (bad_prob(qv[e])) bad |= 1u;
+      if (use_p && bad_prob(pv[e])) bad |= 2u;
+    }
     const float d = use_p ? qv[e] - pv[e] : (g * N + e == (u32)onehot ? qv[e] - 1.0f : qv[e]);
     acc += fmaxf(d, 0.0f);
   }
-  return (double)acc;
+  return acc <= kFloatMax ? (double)acc : kOverflowedSum;
 }
 
 // One wave of a warp: this lane's vectors base + u*32 + lane, u < U (zeros past `hi`).
@@ -479,9 +510,10 @@ struct WaveScan {
 template <typename T, int U>
 __device__ __forceinline__ void scan_wave(const Wave<U>& w, int base, bool use_p, int onehot, int lane,
                                           WaveScan<U>& s) {
+  u32 unchecked = 0;  // scanned rows were checked while streamed
 #pragma unroll
   for (int u = 0; u < U; ++u) {
-    s.r[u] = vector_residual<T>(w.q[u], w.p[u], (u32)(base + u * 32 + lane), use_p, onehot);
+    s.r[u] = vector_residual<T>(w.q[u], w.p[u], (u32)(base + u * 32 + lane), use_p, onehot, unchecked);
     s.incl[u] = s.r[u];
   }
 #pragma unroll
@@ -570,13 +602,16 @@ __device__ __forceinline__ int pick_in_wave(const Wave<U>& w, const WaveScan<U>&
 
 // Stream one warp segment [lo, hi) (vector indices) of a row, the next wave's loads issued before
 // the current one is reduced. Returns the segment sum (every lane); lane j's `group_sum` is the sum
-// of waves [j*G, (j+1)*G); `cur` is left holding the last wave.
+// of waves [j*G, (j+1)*G); `cur` is left holding the last wave. A segment holding a bad q value
+// returns NaN, one holding a bad p value (and no bad q value) -inf: added up across the cluster,
+// NaN wins over -inf and both over any sum, so the total tells the status (target before draft).
 template <typename T, int U, int SRC>
 __device__ __forceinline__ double stream_segment(const T* qrow, const T* prow, int onehot, int lo, int hi,
                                                  i64 V, int lane, int nwaves, int G, Wave<U>& cur,
                                                  double& group_sum) {
   const bool use_p = prow != nullptr;
   double seg = 0.0, acc = 0.0;
+  u32 bad = 0;
   group_sum = 0.0;
   if (nwaves > 0) load_wave<T, U, SRC>(cur, qrow, prow, lo, hi, V, lane);
   int in_group = 0, group = 0;
@@ -586,7 +621,8 @@ __device__ __forceinline__ double stream_segment(const T* qrow, const T* prow, i
     Wave<U> nxt;
     if (more) load_wave<T, U, SRC>(nxt, qrow, prow, base + 32 * U, hi, V, lane);
 #pragma unroll
-    for (int u = 0; u < U; ++u) acc += vector_residual<T>(cur.q[u], cur.p[u], (u32)(base + u * 32 + lane), use_p, onehot);
+    for (int u = 0; u < U; ++u)
+      acc += vector_residual<T, true>(cur.q[u], cur.p[u], (u32)(base + u * 32 + lane), use_p, onehot, bad);
     if (++in_group == G || !more) {
       const double gs = warp_sum(acc);
       if (lane == group) group_sum = gs;
@@ -597,6 +633,9 @@ __device__ __forceinline__ double stream_segment(const T* qrow, const T* prow, i
     }
     if (more) cur = nxt;
   }
+  bad = warp_or(bad);
+  if (bad & 1u) return __longlong_as_double(0x7ff8000000000000LL);  // NaN
+  if (bad & 2u) return __longlong_as_double((long long)0xfff0000000000000ULL);  // -inf
   return seg;
 }
 
@@ -708,7 +747,22 @@ __device__ __forceinline__ void write_decided_outputs(const Params& P, i64 b, in
     // accepted ids are in range
     P.out_tokens[base + k] = k > kstar ? -1 : (k0 == 0 ? id_lane : load_id(P, b, k));
   }
-  if (lane == 0) P.out_num[b] = kstar + 1;
+  if (lane == 0) {
+    P.out_num[b] = kstar + 1;
+    P.out_status[b] = 0;
+  }
+}
+
+// Outputs of a flagged request, written by one warp: all -1, 0 emitted, the status bits. In random
+// mode the same warp may have written write_decided_outputs before: each slot is written by the
+// same lane both times, so program order makes these writes the final ones.
+__device__ __forceinline__ void write_flagged_outputs(const Params& P, i64 b, u32 flags, int lane) {
+  const i64 base = b * ((i64)P.K + 1);
+  for (int k = lane; k <= P.K; k += 32) P.out_tokens[base + k] = -1;
+  if (lane == 0) {
+    P.out_num[b] = 0;
+    P.out_status[b] = (int)flags;
+  }
 }
 
 template <typename T, int CL, int SRC>
@@ -741,40 +795,51 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
   }
 
   // ---- 1. decisions, 32 drafts per step, in every warp -----------------------------------------
+  // Every id, drafted entry and explicit uniform is checked (not only those before the first
+  // rejection): the status must not depend on where the walk stops.
   int kstar = K;
   i64 x_star = -1, id_lane = -1;  // rejected id (-1: out of range); lane k's id for k < 32
   float u_final = 0.0f;
-  bool have_final = false;
+  u32 flags = 0;
   for (int k0 = 0; k0 <= K; k0 += 32) {
     const int k = k0 + lane;
+    u32 f = 0;
     i64 x = -1;
     if (k < K) {
       x = load_id(P, b, k);
-      if (x < 0 || x >= V) x = -1;  // out of range: a rejection, never dereferenced
+      if (x < 0 || x >= V) {  // out of range: flagged, never dereferenced
+        x = -1;
+        f |= kBadDraftId;
+      }
     }
     float qx = 0.0f, px = 1.0f;  // p = 1 without draft probabilities
     if (x >= 0) {
       qx = VecTraits<T>::load1(q + (b * K1 + k) * V + x);
-      if (p != nullptr) px = VecTraits<T>::load1(p + (b * (i64)K + k) * V + x);
+      if (bad_prob(qx)) f |= kBadTarget;
+      if (p != nullptr) {
+        px = VecTraits<T>::load1(p + (b * (i64)K + k) * V + x);
+        if (bad_prob(px)) f |= kBadDraft;
+      }
     }
     float u = 0.0f;
-    if (k <= K) u = P.uniforms ? __ldg(P.uniforms + b * K1 + k) : philox_uniform(seed, offset, (u64)b, (u64)k);
+    if (k <= K) {
+      if (P.uniforms) {
+        u = __ldg(P.uniforms + b * K1 + k);
+        if (!(u >= 0.0f && u < 1.0f)) f |= kBadUniform;
+      } else {
+        u = philox_uniform(seed, offset, (u64)b, (u64)k);
+      }
+    }
     const bool reject = k < K && !(x >= 0 && (double)u * (double)px < (double)qx);  // exact in double
     if (k0 == 0) id_lane = x;
-    if (K - k0 < 32) {
-      u_final = __shfl_sync(0xffffffffu, u, K - k0);
-      have_final = true;
-    }
+    if (K - k0 < 32) u_final = __shfl_sync(0xffffffffu, u, K - k0);  // the last pass of the loop
+    flags |= warp_or(f);
     const u32 mask = __ballot_sync(0xffffffffu, reject);
-    if (mask) {
+    if (mask && kstar == K) {
       const int l = __ffs(mask) - 1;
       kstar = k0 + l;
       x_star = __shfl_sync(0xffffffffu, x, l);
-      break;
     }
-  }
-  if (!have_final) {
-    u_final = P.uniforms ? __ldg(P.uniforms + b * K1 + K) : philox_uniform(seed, offset, (u64)b, (u64)K);
   }
   SPECSAMPLE_MARK(1);
   if (rank == 0 && warp == 0) write_decided_outputs(P, b, kstar, id_lane, lane);
@@ -787,7 +852,10 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
   i64 c_lo, c_hi, w_lo64, w_hi64;
   split_range(0, NG, CL, (int)rank, c_lo, c_hi);
   split_range(c_lo, c_hi, nwarps, warp, w_lo64, w_hi64);
-  const int w_lo = (int)w_lo64, w_hi = (int)w_hi64;
+  // A request flagged already reads no row: its segments are empty, its total 0 (every warp of the
+  // cluster sees the same flags, so the exchange below still completes). Branching out here
+  // instead costs the streaming loop registers (spills under the 64-register cap).
+  const int w_lo = (int)w_lo64, w_hi = flags ? w_lo : (int)w_hi64;
   const int nwaves = (w_hi - w_lo + 32 * U - 1) / (32 * U);
   const int G = (nwaves + 31) / 32;  // waves per recorded group (at most 32 groups)
   Wave<U> cur;
@@ -836,15 +904,23 @@ __device__ __forceinline__ void verify_random(const Params& P, RandomSmem<CL>& s
     seg_incl = seg_v;
     warp_inclusive_scan2(chunk_incl, seg_incl, lane);
     total = __shfl_sync(0xffffffffu, chunk_incl, 31);
-    if (total > 0.0 || (prow == nullptr && onehot < 0) || att == 1) break;
+    // a positive, NaN (bad q) or -inf (bad p) total ends the search; only a zero one falls back
+    if (!(total == 0.0) || (prow == nullptr && onehot < 0) || att == 1) break;
     // sum(max(0, q - p)) == 0: draw from q itself (the same decision in every warp of the cluster)
     prow = nullptr;
     onehot = -1;
   }
-  if (!(total > 0.0)) {
-    // the target row is all zeros (outside the contract): token 0, as the reference does
-    if (rank == 0 && threadIdx.x == 0) P.out_tokens[last_slot] = 0;
-    return;
+  {
+    const u32 row_flags = flags         ? flags
+                          : total != total ? kBadTarget
+                          : total < 0.0   ? kBadDraft
+                          : total > kFloatMaxD ? kRowOverflow
+                          : total == 0.0 ? kZeroRow
+                                         : 0u;
+    if (row_flags) {  // the same in every warp of the cluster
+      if (rank == 0 && warp == 0) write_flagged_outputs(P, b, row_flags, lane);
+      return;
+    }
   }
   const double t = (double)u_final * total;
   double before_chunk, before_seg, before_group;
@@ -891,10 +967,12 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, int lo, int h
   constexpr int N = VecTraits<T>::N;
   float bestv[NR];
   int besti[NR];
+  bool bad[NR];
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
     bestv[i] = -1.0f;
     besti[i] = 0;
+    bad[i] = false;
   }
   // 32-bit vector indices: a row has fewer than 2^31 vectors (token ids fit 32 bits)
   for (int base = lo + lane; base < hi + lane; base += 32 * U) {
@@ -922,6 +1000,7 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, int lo, int h
           // a tie. Padding past V reads +0.0 at larger indices and never beats a real element.
 #pragma unroll
           for (int e = 0; e < N; ++e) {
+            bad[i] |= bad_prob(v[e]);
             if (v[e] > bestv[i]) {
               bestv[i] = v[e];
               besti[i] = j0 + e;
@@ -933,7 +1012,7 @@ __device__ __forceinline__ void greedy_group(const T* row0, i64 V, int lo, int h
   }
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
-    const u64 key = bestv[i] >= 0.0f ? argmax_key(bestv[i], besti[i]) : 0ull;
+    const u64 key = bad[i] ? kBadRowKey : (bestv[i] >= 0.0f ? argmax_key(bestv[i], besti[i]) : 0ull);
     const u64 m = warp_max_u64(key);
     if (lane == 0 && m != 0 && i < nr) {
       atomicMax(reinterpret_cast<unsigned long long*>(&keys[i]), (unsigned long long)m);
@@ -1010,6 +1089,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
   const int R = P.rows_per_step < 1 ? 1 : (P.rows_per_step > kMaxStepRows ? kMaxStepRows : P.rows_per_step);
   int kstar = K;
   i64 final_token = 0;
+  u32 flags = 0;
   // Steps grow geometrically (n0, 2 n0, 4 n0, ... rows, capped at R): a mismatch at row 0 reads
   // n0 rows, a long accepted run needs only ~log2(K / n0) cluster round trips. n0 is as many rows
   // as fit SPECSAMPLE_GREEDY_STEP_BYTES per block (at least 1). R = 1: strictly row by row.
@@ -1055,7 +1135,17 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
     }
     if constexpr (CL > 1) mbar_wait_parity(&s.bar[buf], (u32)((si >> 1) & 1), spin);
     __syncthreads();  // the keys have arrived; the cleared row keys are seen by every warp
-    // every warp decides the step: lane r takes row s0 + r's argmax over the blocks
+    // an id out of range flags the request before any row counts (every warp sees the same ids)
+    if (si == 0) {
+      bool id_bad = false;
+      for (int k = lane; k < K; k += 32) id_bad |= s.xhat[k] < 0;
+      if (__any_sync(0xffffffffu, id_bad)) {
+        flags = kBadDraftId;
+        break;
+      }
+    }
+    // every warp decides the step: lane r takes row s0 + r's argmax over the blocks; a row with a
+    // bad value ends the walk (flagged)
     u64 m = 0;
     bool stop_here = false;
     if (lane < nrows) {
@@ -1065,7 +1155,7 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
       }
       const i64 a = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
       const int k = s0 + lane;
-      stop_here = k == K || s.xhat[k] != a;
+      stop_here = k == K || m == kBadRowKey || s.xhat[k] != a;
     }
     const u32 stops = __ballot_sync(0xffffffffu, stop_here);
     if (stops) {
@@ -1073,15 +1163,19 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
       const u64 ml = __shfl_sync(0xffffffffu, m, l);
       kstar = s0 + l;
       final_token = ml == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(ml & 0xFFFFFFFFu));
+      if (ml == kBadRowKey) flags = kBadTarget;
       break;
     }
   }
   if (rank != 0) return;
   const i64 out_base = b * K1;
   for (int k = tid; k <= K; k += blockDim.x) {
-    P.out_tokens[out_base + k] = k < kstar ? s.xhat[k] : (k == kstar ? final_token : -1);
+    P.out_tokens[out_base + k] = flags ? -1 : (k < kstar ? s.xhat[k] : (k == kstar ? final_token : -1));
   }
-  if (tid == 0) P.out_num[b] = kstar + 1;
+  if (tid == 0) {
+    P.out_num[b] = flags ? 0 : kstar + 1;
+    P.out_status[b] = (int)flags;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1097,12 +1191,14 @@ __device__ __forceinline__ void verify_greedy(const Params& P) {
 // ---------------------------------------------------------------------------------------------
 template <typename T, bool ALIGNED>
 __device__ __forceinline__ void verify_greedy_split(const void* ids, const void* qv, i64* out_tokens,
-                                                    i64* out_num, i64 V, int K, int ids64,
-                                                    int chunks, u64* ws_keys, u32* ws_count) {
+                                                    i64* out_num, int* out_status, i64 V, int K,
+                                                    int ids64, int chunks, u64* ws_keys,
+                                                    u32* ws_count) {
   constexpr int N = VecTraits<T>::N;
   __shared__ u64 block_key;
   __shared__ int is_last;
   __shared__ i64 row_arg[kMaxK + 1];
+  __shared__ bool row_bad[kMaxK + 1];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
   const i64 K1 = (i64)K + 1;
   const i64 unit = (i64)blockIdx.x;  // (b * K1 + r) * chunks + c
@@ -1139,20 +1235,28 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
       m = y > m ? y : m;
     }
     m = warp_max_u64(m);
-    if (lane == 0) row_arg[r] = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
+    if (lane == 0) {
+      row_arg[r] = m == 0 ? 0 : (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
+      row_bad[r] = m == kBadRowKey;
+    }
   }
-  __syncthreads();
-  // the first row whose argmax is not the draft (row K, the bonus row, always ends the run)
+  // an id out of range flags the request; otherwise the walk stops at the first row whose argmax
+  // is not the draft or that holds a bad value (row K, the bonus row, always ends the run)
+  const bool ids_bad = __syncthreads_or(tid < K && my_id < 0) != 0;
   __shared__ int kstar_s;
   if (tid == 0) kstar_s = K;
   __syncthreads();
-  if (tid < K && my_id != row_arg[tid]) atomicMin(&kstar_s, tid);
+  if (tid < K && (row_bad[tid] || my_id != row_arg[tid])) atomicMin(&kstar_s, tid);
   __syncthreads();
   const int kstar = kstar_s;
+  const u32 flags = ids_bad ? kBadDraftId : (row_bad[kstar] ? kBadTarget : 0u);
   // (the host launches more than K threads per block)
-  if (tid <= K) out_tokens[b * K1 + tid] = tid < kstar ? my_id : (tid == kstar ? row_arg[kstar] : -1);
+  if (tid <= K) {
+    out_tokens[b * K1 + tid] = flags ? -1 : (tid < kstar ? my_id : (tid == kstar ? row_arg[kstar] : -1));
+  }
   if (tid == 0) {
-    out_num[b] = kstar + 1;
+    out_num[b] = flags ? 0 : kstar + 1;
+    out_status[b] = (int)flags;
     ws_count[b] = 0;  // ready for the next call on this stream
   }
 }
@@ -1163,8 +1267,9 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
 // ---------------------------------------------------------------------------------------------
 #define SPECSAMPLE_KERNEL_PARAMS                                                                   \
   const void *ids, const void *p, const void *q, const float *uniforms, i64 *out_tokens,           \
-      i64 *out_num, i64 V, int B, int K, int ids64, int greedy, int rows_per_step, u64 seed,       \
-      u64 offset, const i64 *seed_ptr, const i64 *offset_ptr, u64 offset_intragraph, int captured
+      i64 *out_num, int *out_status, i64 V, int B, int K, int ids64, int greedy,                   \
+      int rows_per_step, u64 seed, u64 offset, const i64 *seed_ptr, const i64 *offset_ptr,         \
+      u64 offset_intragraph, int captured
 
 #define SPECSAMPLE_MAKE_PARAMS                                                                     \
   Params P;                                                                                        \
@@ -1174,6 +1279,7 @@ __device__ __forceinline__ void verify_greedy_split(const void* ids, const void*
   P.uniforms = uniforms;                                                                           \
   P.out_tokens = out_tokens;                                                                       \
   P.out_num = out_num;                                                                             \
+  P.out_status = out_status;                                                                       \
   P.V = V;                                                                                         \
   P.B = B;                                                                                         \
   P.K = K;                                                                                         \
@@ -1220,10 +1326,11 @@ __global__ void __launch_bounds__(512, (MinBlocks<1, GREEDY>::value)) verify_ker
 // chunks blocks.
 template <typename T, bool ALIGNED>
 __global__ void __launch_bounds__(512, 2) verify_greedy_split_kernel(
-    const void* ids, const void* q, i64* out_tokens, i64* out_num, i64 V, int B, int K, int ids64,
-    int chunks, u64* ws_keys, u32* ws_count) {
+    const void* ids, const void* q, i64* out_tokens, i64* out_num, int* out_status, i64 V, int B,
+    int K, int ids64, int chunks, u64* ws_keys, u32* ws_count) {
   (void)B;
-  verify_greedy_split<T, ALIGNED>(ids, q, out_tokens, out_num, V, K, ids64, chunks, ws_keys, ws_count);
+  verify_greedy_split<T, ALIGNED>(ids, q, out_tokens, out_num, out_status, V, K, ids64, chunks, ws_keys,
+                                  ws_count);
 }
 
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS

@@ -7,7 +7,10 @@
 //   specsample::verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs,
 //                      Tensor? uniforms, Generator? generator, bool greedy,
 //                      int cluster=0, int threads=0, int rows_per_step=0, int split=-1)
-//                      -> (Tensor, Tensor)
+//                      -> (Tensor token_ids, Tensor num_emitted, Tensor status)
+//
+// status ([B] int32) holds the per-request flags of docs/contract.md ("Status"): the kernels check
+// the values they read and never dereference a draft id outside [0, V).
 //
 // cluster / threads / rows_per_step = 0 pick the launch configuration automatically (see
 // choose_config); split = -1 lets greedy mode choose the split kernel at the smallest batches (see
@@ -140,12 +143,13 @@ bool stream_is_capturing(cudaStream_t stream) {
 
 template <typename T, bool ALIGNED>
 void launch_split(int chunks, int64_t B, cudaStream_t stream, const void* ids, const void* q,
-                  int64_t* tok, int64_t* num, int64_t V, int K, int ids64, const at::Device& dev) {
+                  int64_t* tok, int64_t* num, int* st, int64_t V, int K, int ids64,
+                  const at::Device& dev) {
   const int64_t units = B * (K + 1) * (int64_t)chunks;
   auto ws = split_workspace(units, B, dev, stream);
   // 256 threads: more than K (every draft id has a thread in the combining block)
   verify_greedy_split_kernel<T, ALIGNED><<<dim3((unsigned)units), dim3(256), 0, stream>>>(
-      ids, q, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), (i64)V, (int)B, K, ids64,
+      ids, q, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), st, (i64)V, (int)B, K, ids64,
       chunks, ws.first, ws.second);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -154,8 +158,8 @@ bool cluster_size_ok(int cl) { return cl == 1 || cl == 2 || cl == 4 || cl == 8 |
 
 template <typename T, bool GREEDY, bool ALIGNED>
 void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const void* ids,
-                  const void* p, const void* q, const float* u, int64_t* tok, int64_t* num, int64_t V,
-                  int K, int ids64, const at::PhiloxCudaState& rng) {
+                  const void* p, const void* q, const float* u, int64_t* tok, int64_t* num, int* st,
+                  int64_t V, int K, int ids64, const at::PhiloxCudaState& rng) {
   const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
   const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
   const int64_t* seed_ptr = rng.captured_ ? rng.seed_.ptr : nullptr;
@@ -164,7 +168,8 @@ void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const
   const int captured = rng.captured_ ? 1 : 0;
   const dim3 block(cfg.threads);
 #define SPECSAMPLE_ARGS                                                                             \
-  ids, p, q, u, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), (i64)V, (int)B, K, ids64, \
+  ids, p, q, u, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), st, (i64)V, (int)B, K,     \
+      ids64,                                                                                        \
       GREEDY ? 1 : 0, cfg.rows_per_step, (u64)seed, (u64)offset,                                   \
       reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),            \
       (u64)intragraph, captured
@@ -206,30 +211,30 @@ void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const
 template <typename T>
 void launch_mode(bool greedy, bool aligned, const LaunchConfig& cfg, int64_t B, cudaStream_t stream,
                  const void* ids, const void* p, const void* q, const float* u, int64_t* tok,
-                 int64_t* num, int64_t V, int K, int ids64, const at::PhiloxCudaState& rng) {
+                 int64_t* num, int* st, int64_t V, int K, int ids64, const at::PhiloxCudaState& rng) {
   if (greedy && aligned) {
-    launch_typed<T, true, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+    launch_typed<T, true, true>(cfg, B, stream, ids, p, q, u, tok, num, st, V, K, ids64, rng);
   } else if (greedy) {
-    launch_typed<T, true, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+    launch_typed<T, true, false>(cfg, B, stream, ids, p, q, u, tok, num, st, V, K, ids64, rng);
   } else if (aligned) {
-    launch_typed<T, false, true>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+    launch_typed<T, false, true>(cfg, B, stream, ids, p, q, u, tok, num, st, V, K, ids64, rng);
   } else {
-    launch_typed<T, false, false>(cfg, B, stream, ids, p, q, u, tok, num, V, K, ids64, rng);
+    launch_typed<T, false, false>(cfg, B, stream, ids, p, q, u, tok, num, st, V, K, ids64, rng);
   }
 }
 
 template <typename T>
 void launch_split_path(bool aligned, int chunks, int64_t B, cudaStream_t stream, const void* ids,
-                       const void* q, int64_t* tok, int64_t* num, int64_t V, int K, int ids64,
-                       const at::Device& dev) {
+                       const void* q, int64_t* tok, int64_t* num, int* st, int64_t V, int K,
+                       int ids64, const at::Device& dev) {
   if (aligned) {
-    launch_split<T, true>(chunks, B, stream, ids, q, tok, num, V, K, ids64, dev);
+    launch_split<T, true>(chunks, B, stream, ids, q, tok, num, st, V, K, ids64, dev);
   } else {
-    launch_split<T, false>(chunks, B, stream, ids, q, tok, num, V, K, ids64, dev);
+    launch_split<T, false>(chunks, B, stream, ids, q, tok, num, st, V, K, ids64, dev);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids,
                                                const std::optional<at::Tensor>& draft_probs,
                                                const at::Tensor& target_probs,
                                                const std::optional<at::Tensor>& uniforms,
@@ -271,7 +276,8 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
   auto opts = q.options().dtype(at::kLong);
   at::Tensor tokens = at::empty({B, K + 1}, opts);
   at::Tensor num = at::empty({B}, opts);
-  if (B == 0) return {tokens, num};
+  at::Tensor status = at::empty({B}, q.options().dtype(at::kInt));
+  if (B == 0) return {tokens, num, status};
 
   at::PhiloxCudaState rng;
   if (!greedy && !u.defined()) {
@@ -306,6 +312,7 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
   const int ids64 = it == at::kLong ? 1 : 0;
   int64_t* tok = tokens.data_ptr<int64_t>();
   int64_t* nm = num.data_ptr<int64_t>();
+  int* stp = status.data_ptr<int>();
   // the kernels' 16-byte load path (one instantiation per path; rows_aligned in _cuda_build.py):
   // V * element size a multiple of 16 and every base pointer the call reads on 16 bytes (greedy
   // mode never reads p)
@@ -329,32 +336,32 @@ std::tuple<at::Tensor, at::Tensor> verify_cuda(const at::Tensor& draft_token_ids
     const auto dev = target_probs.device();
     switch (st) {
       case at::kFloat:
-        launch_split_path<float>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<float>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, stp, V, (int)K, ids64, dev);
         break;
       case at::kHalf:
-        launch_split_path<f16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<f16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, stp, V, (int)K, ids64, dev);
         break;
       default:
-        launch_split_path<bf16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, V, (int)K, ids64, dev);
+        launch_split_path<bf16>(aligned, chunks, B, stream, ids.data_ptr(), q.data_ptr(), tok, nm, stp, V, (int)K, ids64, dev);
         break;
     }
-    return {tokens, num};
+    return {tokens, num, status};
   }
   switch (st) {
     case at::kFloat:
-      launch_mode<float>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<float>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, stp, V,
                          (int)K, ids64, rng);
       break;
     case at::kHalf:
-      launch_mode<f16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<f16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, stp, V,
                        (int)K, ids64, rng);
       break;
     default:
-      launch_mode<bf16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, V,
+      launch_mode<bf16>(greedy, aligned, cfg, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, stp, V,
                         (int)K, ids64, rng);
       break;
   }
-  return {tokens, num};
+  return {tokens, num, status};
 }
 
 }  // namespace
@@ -364,7 +371,7 @@ TORCH_LIBRARY(specsample, m) {
   m.def(
       "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
       "Generator? generator, bool greedy, int cluster=0, int threads=0, int rows_per_step=0, "
-      "int split=-1) -> (Tensor, Tensor)");
+      "int split=-1) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_cuda); }

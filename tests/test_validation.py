@@ -32,21 +32,7 @@ def call(ids, p, q, **kw):
         (lambda i, p, q: (i, p, q[:2]), ValueError, "B=4 rows"),
         (lambda i, p, q: (i, p[:, :2], q), ValueError, "draft_probs has shape (4, 2, 11)"),
         (lambda i, p, q: (i, p.half(), q), TypeError, "draft_probs has dtype torch.float16"),
-        (lambda i, p, q: (i, p[..., :5], q[..., :5]), ValueError, "must lie in [0, V=5)"),
-        (lambda i, p, q: (i - 20, p, q), ValueError, "draft_token_ids must lie in [0, V=11)"),
         (lambda i, p, q: (i, p, q[..., :0]), ValueError, "V >= 1"),
-        (
-            lambda i, p, q: (i, p, torch.where(q > 0.2, float("nan"), q)),
-            ValueError,
-            "target_probs contains NaN",
-        ),
-        (lambda i, p, q: (i, p, -q), ValueError, "target_probs contains negative"),
-        (
-            lambda i, p, q: (i, p * float("inf"), q),
-            ValueError,
-            "draft_probs contains NaN or infinite",
-        ),
-        (lambda i, p, q: (i, -p, q), ValueError, "draft_probs contains negative"),
     ],
 )
 def test_bad_input_is_named(mutate, exc, message):
@@ -54,6 +40,40 @@ def test_bad_input_is_named(mutate, exc, message):
     with pytest.raises(exc) as info:
         call(ids, p, q)
     assert message in str(info.value)
+
+
+BAD_VALUES = [
+    (lambda i, p, q: (i, p[..., :5], q[..., :5]), "draft_token_ids holds an id outside [0, V=5)"),
+    (lambda i, p, q: (i - 20, p, q), "draft_token_ids holds an id outside [0, V=11) in request 0"),
+    (
+        lambda i, p, q: (i, p, torch.where(q > 0.2, float("nan"), q)),
+        "target_probs holds a NaN, infinite or negative value",
+    ),
+    (lambda i, p, q: (i, p, -q), "target_probs holds a NaN, infinite or negative value"),
+    (lambda i, p, q: (i, p * float("inf"), q), "draft_probs holds a NaN, infinite or negative"),
+    (lambda i, p, q: (i, -p, q), "draft_probs holds a NaN, infinite or negative value"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", BAD_VALUES)
+def test_bad_values_raise_with_validate_full(mutate, message):
+    ids, p, q = mutate(*good())
+    with pytest.raises(ValueError) as info:
+        call(ids, p, q, validate="full")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("mutate, message", BAD_VALUES)
+def test_bad_values_are_flagged_by_default(mutate, message):
+    """The default call never raises on values: it flags the requests the reference flags."""
+    ids, p, q = mutate(*good())
+    u = torch.rand(ids.shape[0], ids.shape[1] + 1, generator=torch.Generator().manual_seed(1))
+    out = call(ids, p, q, uniforms=u)
+    ref = specsample.reference_verify(ids, p, q, uniforms=u)
+    assert torch.equal(out.status, ref.status)
+    assert bool((ref.status != 0).any())
+    with pytest.raises(ValueError, match=r"request \d+: "):
+        out.raise_for_status()
 
 
 @pytest.mark.parametrize(
@@ -67,9 +87,9 @@ def test_bad_input_is_named(mutate, exc, message):
             "uniforms has shape (4, 3); expected [B, K+1]=(4, 4)",
         ),
         (
-            {"uniforms": torch.rand(4, 4) + 1},
+            {"uniforms": torch.rand(4, 4) + 1, "validate": "full"},
             ValueError,
-            "uniforms must be finite and lie in [0, 1)",
+            "uniforms holds a value outside [0, 1) in request 0",
         ),
         ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ],
@@ -119,10 +139,33 @@ def test_capabilities_are_enforced():
         validate_inputs(ids, p, q, mode="greedy", capabilities=caps)
 
 
-def test_check_finite_off_skips_value_checks():
+def test_check_finite_is_a_deprecated_alias():
     ids, p, q = good()
-    out = call(ids, p, torch.where(q > 0.2, float("nan"), q), check_finite=False, mode="greedy")
-    assert out.token_ids.shape == (4, 4)
+    bad_q = torch.where(q > 0.2, float("nan"), q)
+    with pytest.warns(DeprecationWarning, match="check_finite= is deprecated"):
+        with pytest.raises(ValueError, match="target_probs holds a NaN"):
+            call(ids, p, bad_q, check_finite=True)
+    with pytest.warns(DeprecationWarning):
+        out = call(ids, p, bad_q, check_finite=False, mode="greedy")
+    assert out.status.shape == (4,) and bool((out.status != 0).any())
+    with pytest.warns(DeprecationWarning):
+        specsample.verify(ids, p, q, check_finite=False)
+
+
+def test_validate_level_is_checked():
+    ids, p, q = good()
+    with pytest.raises(ValueError, match="validate must be one of"):
+        call(ids, p, q, validate="none")
+
+
+def test_sparse_meta_and_grad_inputs():
+    ids, p, q = good()
+    with pytest.raises(TypeError, match="target_probs must be a dense"):
+        call(ids, p, q.to_sparse())
+    with pytest.raises(ValueError, match="draft_probs is a meta tensor"):
+        call(ids, p.to("meta"), q)
+    out = call(ids, p.requires_grad_(), q.requires_grad_())
+    assert out.status.tolist() == [0, 0, 0, 0]
 
 
 def test_empty_batch_and_zero_drafts():

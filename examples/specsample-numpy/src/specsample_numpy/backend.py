@@ -1,7 +1,9 @@
 """A NumPy implementation of specsample's verification contract (CPU, float32/float16).
 
-Inputs arrive validated and contiguous (``specsample.Backend.verify`` checks them); this class only
-implements ``_verify``. Randomness is drawn from the torch generator it is given, so the same
+Inputs arrive validated and contiguous (``specsample.Backend.verify`` checks them: this backend
+does not claim ``status_flags``, so every value is checked eagerly before ``_verify`` runs); this
+class only implements ``_verify``. Tensors may require grad: they are detached before NumPy sees
+them. Randomness is drawn from the torch generator it is given, so the same
 generator state gives the same output, as the contract requires.
 """
 
@@ -25,10 +27,14 @@ class NumpyBackend(Backend):
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         B, K = inputs.batch_size, inputs.num_draft
-        ids = inputs.draft_token_ids.numpy().astype(np.int64)
+        ids = inputs.draft_token_ids.detach().numpy().astype(np.int64)
         # float64 makes u * p < q exact for float32/float16 inputs, as the reference decides it.
-        q = inputs.target_probs.numpy().astype(np.float64)
-        p = None if inputs.draft_probs is None else inputs.draft_probs.numpy().astype(np.float64)
+        q = inputs.target_probs.detach().numpy().astype(np.float64)
+        p = (
+            None
+            if inputs.draft_probs is None
+            else inputs.draft_probs.detach().numpy().astype(np.float64)
+        )
         rows = np.arange(B)
         if inputs.mode == "greedy":
             accept = ids == q[:, :K].argmax(axis=-1)
@@ -36,7 +42,7 @@ class NumpyBackend(Backend):
             u = inputs.uniforms
             if u is None:  # column k < K decides draft k, column K drives the last token
                 u = torch.rand((B, K + 1), generator=inputs.generator, dtype=torch.float32)
-            u = u.numpy().astype(np.float64)
+            u = u.detach().numpy().astype(np.float64)
             q_at = np.take_along_axis(q[:, :K], ids[..., None], axis=-1)[..., 0]
             p_at = 1.0 if p is None else np.take_along_axis(p, ids[..., None], axis=-1)[..., 0]
             accept = u[:, :K] * p_at < q_at
