@@ -9,24 +9,21 @@ from .options import LEVELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backend",
-        action="append",
-        metavar="NAME",
-        dest="backends",
-        help="backend to check (repeatable; default: every available backend)",
-    )
+    from specsample.cli_options import add_backend_options, positive_int
+
+    add_backend_options(parser, "every available backend")
     parser.add_argument(
         "--level", choices=LEVELS, default="fast", help="fast (default; CPU-friendly) or full (GPU)"
     )
     parser.add_argument("--json", metavar="PATH", help="write per-backend, per-check results here")
+    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("-k", metavar="EXPRESSION", help="only checks matching (pytest -k)")
     parser.add_argument("-x", action="store_true", help="stop at the first failure")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
     parser.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="check N backends at once, one process each (default 1: all in this process)",
@@ -34,8 +31,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from specsample.cli_options import check_output_file, selected_backends
+
     from .results import summary_lines
     from .runner import ConformanceRunError, run
+
+    if args.json is not None:  # refused now, not after the whole suite has run
+        check_output_file(args.json, "--json", args.force)
 
     pytest_args: list[str] = []
     if args.k:
@@ -44,7 +46,12 @@ def main(args: argparse.Namespace) -> int:
         pytest_args.append("-x")
     try:
         outcome = run(
-            args.backends, args.level, args.json, pytest_args, quiet=args.quiet, jobs=args.jobs
+            selected_backends(args),
+            args.level,
+            args.json,
+            pytest_args,
+            quiet=args.quiet,
+            jobs=args.jobs,
         )
     except (ConformanceRunError, ValueError) as exc:
         print(f"specsample conform: {exc}", file=sys.stderr)

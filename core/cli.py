@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from ._version import __version__
+from .cli_options import UsageError
 
 # command -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -26,12 +29,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error printed as one line (then exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="specsample",
         description="Verify, compare and benchmark rejection samplers for speculative decoding.",
     )
     parser.add_argument("--version", action="version", version=f"specsample {__version__}")
+    parser.add_argument(
+        "--plugins",
+        metavar="NAME[,NAME...]",
+        default=None,
+        help="load only these installed backend plugins (entry-point names; '' for none); "
+        "default: the environment variable SPECSAMPLE_PLUGINS, else all",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -48,17 +65,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _plugins(value: str | None) -> Iterator[None]:
+    """``--plugins``: set SPECSAMPLE_PLUGINS for this command (and the processes it starts), and
+    restore it afterwards (``main`` may run in-process, from tests)."""
+    if value is None:
+        yield
+        return
+    from .registry import PLUGINS_ENV, reset
+
+    previous = os.environ.get(PLUGINS_ENV)
+    os.environ[PLUGINS_ENV] = value
+    reset()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PLUGINS_ENV, None)
+        else:
+            os.environ[PLUGINS_ENV] = previous
+        reset()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status.
+
+    Exit statuses: 0 success; 1 the command ran and found a problem (a failed check, a
+    regression); 2 a usage error (bad flag value, unusable input file or output path), reported as
+    one line on stderr; 130 interrupted.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     if getattr(args, "_main", None) is None:
         parser.print_help()
         return 0
+    prog = f"specsample {args.command}"
+
     try:
-        return int(args._main(args) or 0)
+        with _plugins(args.plugins):
+            return int(args._main(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:  # reports.schema.SchemaError is one too
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused a read or write the checks could not foresee
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{prog}:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,18 +7,6 @@ import sys
 from typing import Any
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
-
-
 def _strs(text: str) -> list[str]:
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values:
@@ -41,8 +29,18 @@ def _choices(allowed: tuple[str, ...]):
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     """The grid and timing flags shared by ``bench`` and ``run``."""
+    from specsample.cli_options import (
+        add_backend_options,
+        device_name,
+        int_list,
+        nonnegative_int,
+        positive_float,
+        positive_int,
+    )
+
     from .presets import PRESETS
 
+    add_backend_options(parser, "every registered backend that is available")
     g = parser.add_argument_group(
         "grid (each flag takes a comma-separated list; overrides the preset)"
     )
@@ -53,16 +51,10 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         help="named grid: tiny (tests), quick (CPU, minutes), standard (GPU grid); "
         "default: standard with a GPU, quick without",
     )
+    g.add_argument("--batch", type=int_list(1), default=None, help="batch sizes B, e.g. 1,8,64,256")
+    g.add_argument("--k", type=int_list(0), default=None, help="draft lengths K, e.g. 4,8")
     g.add_argument(
-        "--backends",
-        type=_strs,
-        default=None,
-        help="backend names (default: every registered backend that is available)",
-    )
-    g.add_argument("--batch", type=_ints, default=None, help="batch sizes B, e.g. 1,8,64,256")
-    g.add_argument("--k", type=_ints, default=None, help="draft lengths K, e.g. 4,8")
-    g.add_argument(
-        "--vocab", type=_ints, default=None, help="vocabulary sizes V, e.g. 32000,128256"
+        "--vocab", type=int_list(1), default=None, help="vocabulary sizes V, e.g. 32000,128256"
     )
     g.add_argument(
         "--dtype",
@@ -84,7 +76,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         "rate=ALPHA, or a mean acceptance length in [1, K+1]",
     )
     t = parser.add_argument_group("timing")
-    t.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    t.add_argument(
+        "--device", type=device_name, default="auto", help="cuda, cuda:N, cpu or auto (default)"
+    )
     t.add_argument(
         "--cuda-graph",
         action="store_true",
@@ -92,19 +86,19 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--budget",
-        type=float,
+        type=positive_float,
         default=None,
         help="seconds per cell for slow baselines (torch-loop); cells that run out "
         "are marked 'capped'",
     )
     t.add_argument(
         "--target-time",
-        type=float,
+        type=positive_float,
         default=None,
         help="seconds of timed calls per cell (default from the preset)",
     )
-    t.add_argument("--min-samples", type=int, default=None)
-    t.add_argument("--max-samples", type=int, default=None)
+    t.add_argument("--min-samples", type=positive_int, default=None)
+    t.add_argument("--max-samples", type=positive_int, default=None)
     t.add_argument(
         "--l2",
         choices=("flush", "rotate", "none"),
@@ -125,13 +119,13 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--no-samples", action="store_true", help="do not store raw samples")
     t.add_argument(
         "--threads",
-        type=int,
+        type=positive_int,
         default=None,
         help="torch CPU threads during the sweep (default: torch's own choice)",
     )
     t.add_argument(
         "--max-errors",
-        type=int,
+        type=nonnegative_int,
         default=3,
         help="stop running a backend after this many consecutive errors (0: never)",
     )
@@ -140,8 +134,15 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, preset_name: str | None = None) -> Any:
-    """A :class:`BenchConfig` from the preset, overridden by explicit flags."""
+    """A :class:`BenchConfig` from the preset, overridden by explicit flags.
+
+    Raises:
+        UsageError: a flag value that cannot work with the grid (an ``--accept`` outside
+            ``[1, K+1]`` for one of the K values, an unknown regime).
+    """
     from dataclasses import replace
+
+    from specsample.cli_options import selected_backends
 
     from .presets import get_preset, preset_for_machine
     from .runner import BenchConfig
@@ -161,14 +162,17 @@ def config_from_args(args: argparse.Namespace, preset_name: str | None = None) -
         policy = replace(policy, gpu_delay=False)
     if policy.max_samples < policy.min_samples:
         policy = replace(policy, max_samples=policy.min_samples)
+    k = args.k or preset.k
+    accept = args.accept or preset.accept
+    _check_accept(accept, k)
     return BenchConfig(
-        backends=args.backends,
+        backends=selected_backends(args),
         batch=args.batch or preset.batch,
-        k=args.k or preset.k,
+        k=k,
         vocab=args.vocab or preset.vocab,
         dtype=args.dtype or preset.dtype,
         mode=args.mode or preset.mode,
-        accept=args.accept or preset.accept,
+        accept=accept,
         device=args.device,
         policy=policy,
         cuda_graph=args.cuda_graph,
@@ -181,9 +185,30 @@ def config_from_args(args: argparse.Namespace, preset_name: str | None = None) -
     )
 
 
+def _check_accept(accept: list[str] | tuple[str, ...], ks: list[int] | tuple[int, ...]) -> None:
+    """Every ``--accept`` value must mean something at every K of the grid."""
+    from specsample.cli_options import UsageError
+    from specsample.workloads import acceptance_length_for
+
+    for value in accept:
+        if value.startswith("rate="):
+            try:
+                float(value[5:])
+            except ValueError:
+                raise UsageError(
+                    f"--accept {value}: rate=ALPHA needs a number ALPHA in [0, 1]"
+                ) from None
+        for k in ks:
+            try:
+                acceptance_length_for(value, k)
+            except ValueError as exc:
+                raise UsageError(f"--accept {value}: {exc} (at K={k})") from None
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_grid_arguments(parser)
     parser.add_argument("--out", default="results.json", help="results file (default results.json)")
+    parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
 
 
 def command_line() -> list[str]:
@@ -194,21 +219,30 @@ def command_line() -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from specsample.cli_options import UsageError, check_backend_names, check_output_file
+
+    from .partial import PartialFile
     from .runner import run_bench
     from .tables import terminal_summary
 
+    out = check_output_file(args.out, "--out", args.force)
+    config = config_from_args(args)
+    check_backend_names(config.backends)
     try:
-        config = config_from_args(args)
+        config.resolved_device()
     except ValueError as exc:
-        print(f"specsample bench: {exc}", file=sys.stderr)
-        return 2
-    try:
-        doc = run_bench(
-            config, out_path=args.out, command=command_line(), progress=not args.no_progress
-        )
-    except ValueError as exc:
-        print(f"specsample bench: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--device {args.device}: {exc}") from None
+    with PartialFile(out, force=args.force) as partial:
+        try:
+            doc = run_bench(
+                config,
+                out_path=partial.path,
+                command=command_line(),
+                progress=not args.no_progress,
+            )
+        except ValueError as exc:  # the grid or a backend name, found out by the runner
+            raise UsageError(str(exc)) from None
+        partial.commit()
     print(terminal_summary(doc))
-    print(f"results: {args.out}")
+    print(f"results: {out}")
     return 130 if doc.get("interrupted") else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -15,11 +14,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "results files (a grid split over runs) are merged, and so are conformance files of one "
         "level (e.g. one run per backend)",
     )
-    parser.add_argument("--out", default="specsample-report", help="output folder")
+    parser.add_argument(
+        "--out",
+        default="specsample-report",
+        help="output folder (default ./specsample-report); a folder holding files specsample "
+        "did not write is refused without --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write into --out even if it holds other files"
+    )
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
 
 
 def main(args: argparse.Namespace) -> int:
+    from specsample.cli_options import prepare_output_dir
+
     from .render import render_report
     from .schema import (
         SchemaError,
@@ -33,23 +42,19 @@ def main(args: argparse.Namespace) -> int:
 
     benches = []
     confs = []
-    try:
-        for path in args.files:
-            doc = load_json(path)
-            try:
-                kind = detect_kind(doc)
-                if kind == "bench":
-                    benches.append(validate_results(doc))
-                else:
-                    confs.append(validate_conformance(doc))
-            except SchemaError as exc:
-                raise SchemaError(f"{path}: {exc}") from None
-        bench = merge_results(benches) if benches else None
-        conf = merge_conformance(confs) if confs else None
-    except SchemaError as exc:
-        print(f"specsample report: {exc}", file=sys.stderr)
-        return 2
-    written = render_report(bench, conf, args.out, plots=not args.no_plots)
+    for path in args.files:
+        doc = load_json(path)
+        try:
+            if detect_kind(doc) == "bench":
+                benches.append(validate_results(doc))
+            else:
+                confs.append(validate_conformance(doc))
+        except SchemaError as exc:
+            raise SchemaError(f"{path}: {exc}") from None
+    bench = merge_results(benches) if benches else None
+    conf = merge_conformance(confs) if confs else None
+    out = prepare_output_dir(args.out, "--out", args.force)
+    written = render_report(bench, conf, out, plots=not args.no_plots)
     for key, path in written.items():
         print(f"{key:16s} {path}")
     return 0

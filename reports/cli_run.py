@@ -15,10 +15,18 @@ GPU_CONFORMANCE_JOBS = 6
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from specsample.cli_options import positive_int
+
     from .cli_bench import add_grid_arguments
 
     parser.add_argument(
-        "--out", default="specsample-report", help="report folder (default ./specsample-report)"
+        "--out",
+        default="specsample-report",
+        help="report folder (default ./specsample-report); a folder holding files specsample "
+        "did not write is refused without --force",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write into --out even if it holds other files"
     )
     parser.add_argument("--no-conformance", action="store_true", help="skip the conformance suite")
     parser.add_argument(
@@ -30,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help=f"conformance: check N backends at once, one process each (default: "
@@ -42,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _conformance(args: argparse.Namespace, out: Path, device: str) -> dict | None:
+    from specsample.cli_options import selected_backends
+
     level = args.level or ("full" if device == "cuda" else "fast")
     try:
         from specsample.conformance.runner import run_conformance
@@ -55,7 +65,7 @@ def _conformance(args: argparse.Namespace, out: Path, device: str) -> dict | Non
     t0 = time.perf_counter()
     try:
         conf = run_conformance(
-            backends=args.backends,
+            backends=selected_backends(args),
             level=level,
             json_path=str(out / "conformance.json"),
             quiet=True,
@@ -72,20 +82,21 @@ def _conformance(args: argparse.Namespace, out: Path, device: str) -> dict | Non
 
 def main(args: argparse.Namespace) -> int:
     import torch
+    from specsample.cli_options import UsageError, check_backend_names, prepare_output_dir
 
     from .cli_bench import command_line, config_from_args
+    from .partial import PartialFile
     from .render import render_report
     from .runner import run_bench
     from .tables import terminal_summary
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = config_from_args(args)
     try:
-        config = config_from_args(args)
         device = config.resolved_device()
     except ValueError as exc:
-        print(f"specsample run: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--device {args.device}: {exc}") from None
+    check_backend_names(config.backends)
+    out = prepare_output_dir(args.out, "--out", args.force)
     device_type = torch.device(device).type
 
     conf = None
@@ -102,16 +113,17 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        try:
-            doc = run_bench(
-                config,
-                out_path=out / "results.json",
-                command=command_line(),
-                progress=not args.no_progress,
-            )
-        except ValueError as exc:
-            print(f"specsample run: {exc}", file=sys.stderr)
-            return 2
+        with PartialFile(out / "results.json", force=True) as partial:  # the folder is ours
+            try:
+                doc = run_bench(
+                    config,
+                    out_path=partial.path,
+                    command=command_line(),
+                    progress=not args.no_progress,
+                )
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            partial.commit()
 
     if doc is None and conf is None:
         print(

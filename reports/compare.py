@@ -8,11 +8,10 @@ symmetrically); anything else is "same".
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import cell_key, cell_label
+from .schema import SchemaError, cell_key, cell_label, validate_results
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,17 @@ def compare_results(
     noise_factor: float = 1.0,
     min_change: float = 0.03,
 ) -> dict[str, Any]:
-    """``{"changes": [CellChange...], "only_old": [...], "only_new": [...], "env_diff": [...]}``."""
+    """``{"changes": [CellChange...], "only_old": [...], "only_new": [...], "env_diff": [...]}``.
+
+    Raises:
+        SchemaError: either document does not follow ``specsample.bench/1`` (for example a median
+            that is NaN, zero, negative or not a number), naming ``old``/``new`` and the field.
+    """
+    for which, doc in (("old", old), ("new", new)):
+        try:
+            validate_results(doc)
+        except SchemaError as exc:
+            raise SchemaError(f"{which}: {exc}") from None
     a = {cell_key(c): c for c in old.get("cells", []) if c.get("status") == "ok"}
     b = {cell_key(c): c for c in new.get("cells", []) if c.get("status") == "ok"}
     changes = []
@@ -41,7 +50,7 @@ def compare_results(
         ta, tb = a[key]["timing"], b[key]["timing"]
         m_old, m_new = ta["median"], tb["median"]
         noise = max(ta.get("iqr") or 0.0, tb.get("iqr") or 0.0)
-        ratio = m_new / m_old if m_old > 0 else math.inf
+        ratio = m_new / m_old  # both positive and finite (validated)
         delta = m_new - m_old
         if delta > noise_factor * noise and ratio > 1 + min_change:
             verdict = "regression"

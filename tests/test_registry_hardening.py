@@ -4,8 +4,8 @@ BaseException containment, hook-name validation, the allow-list, error kinds, th
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import textwrap

@@ -29,6 +29,9 @@ def _cell(backend, batch, median, iqr):
             "n": 10,
             "samples": [median] * 10,
         },
+        "acceptance": {"measured_length": 3.0, "expected_length": 3.0},
+        "bandwidth": {"achieved_Bps": 1e9, "fraction_of_copy": 0.5},
+        "floor": {"launch_s": 2e-6, "bytes_s": 1e-6, "floor_s": 2e-6, "ratio": median / 2e-6},
     }
 
 
@@ -110,3 +113,18 @@ def test_cli_exit_codes(tmp_path):
     bad.write_text('{"schema": "x"}')
     out = run(old, bad)
     assert out.returncode == 2 and "schema" in out.stderr
+
+
+def test_compare_results_refuses_garbage_medians():
+    import math
+
+    import pytest
+    from specsample.reports.schema import SchemaError
+
+    for value in (math.nan, -1e-6, 0.0, "1e-6", None, math.inf):
+        bad = copy.deepcopy(NEW)
+        bad["cells"][0]["timing"]["median"] = value
+        with pytest.raises(
+            SchemaError, match=r"new: cells\[0\]\.timing\.median must be a positive"
+        ):
+            compare_results(OLD, bad)

@@ -214,14 +214,19 @@ def test_sigterm_keeps_finished_cells(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    def saved() -> bool:  # the sweep saves under a hidden partial name after each workload
+        return any(p.stat().st_size > 0 for p in tmp_path.glob(".r.json.*.partial"))
+
     deadline = time.time() + 120
-    while not out.exists() and time.time() < deadline:  # written after the first workload
+    while not saved() and time.time() < deadline:
         time.sleep(0.2)
+    assert not out.exists()  # the real name appears only when the run ends
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     doc = load_results(out)
     assert doc["interrupted"] and 1 <= len(doc["cells"]) < 199
+    assert not list(tmp_path.glob(".*.partial"))
 
 
 def test_a_failing_backend_is_dropped_after_repeated_errors(tmp_path, monkeypatch):

@@ -103,7 +103,7 @@ def test_round_trip(tiny_doc):
 def test_validation_errors(tmp_path):
     with pytest.raises(SchemaError, match="schema"):
         validate_results({"schema": "other/1"})
-    with pytest.raises(SchemaError, match="lack"):
+    with pytest.raises(SchemaError, match="created is missing"):
         validate_results({"schema": BENCH_SCHEMA})
     bad = {
         "schema": BENCH_SCHEMA,
