@@ -35,3 +35,22 @@ def test_list_table_and_json():
     rows = json.loads(run("list", "--json").stdout)
     assert {r["name"] for r in rows} >= {"torch-loop", "cupy"}
     assert all({"name", "available", "reason", "capabilities"} <= set(r) for r in rows)
+
+
+def test_one_backend_vocabulary_across_commands():
+    """--backend a --backend b, --backend a,b and --backends a,b mean the same everywhere."""
+    from specsample.cli import build_parser
+    from specsample.cli_options import selected_backends
+
+    parser = build_parser()
+    forms = [
+        ["--backend", "a", "--backend", "b"],
+        ["--backend", "a,b"],
+        ["--backends", "a,b"],
+        ["--backends", "a", "--backend", "b,a"],
+    ]
+    for command in ("conform", "bench", "run"):
+        assert selected_backends(parser.parse_args([command])) is None
+        for form in forms:
+            args = parser.parse_args([command, *form])
+            assert selected_backends(args) == ["a", "b"], (command, form)
