@@ -24,7 +24,11 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .nc { background: #eeeeee; color: #777; } .error { background: #f9e0a8; }
 .unavailable { background: #fafafa; color: #999; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-.meta td { text-align: left; } .note { color: #555; font-size: 0.9em; }
+figure { margin: 0.5em 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.meta td { text-align: left; white-space: normal; overflow-wrap: anywhere; }
+.meta td:first-child { white-space: nowrap; vertical-align: top; }
+.note { color: #444; font-size: 0.9em; max-width: 60em; line-height: 1.4; }
 code { background: #f5f5f5; padding: 1px 4px; }
 """
 
@@ -36,6 +40,12 @@ window.addEventListener('load', function () {
   }
   document.body.setAttribute('data-images', String(imgs.length));
   document.body.setAttribute('data-images-failed', String(bad));
+  // Layout checks read by the tests: the page must not scroll sideways (wide tables scroll in
+  // their own box), and the headline figure must come before everything else but the title.
+  var root = document.documentElement;
+  document.body.setAttribute('data-overflow-x', String(root.scrollWidth > root.clientWidth + 1));
+  var first = document.querySelector('h1 ~ *:not(h2)');
+  document.body.setAttribute('data-first-block', first ? (first.id || first.tagName) : '');
   if (bad > 0) { console.error('specsample report: ' + bad + ' image(s) failed to decode'); }
 });
 """
@@ -70,15 +80,18 @@ def table(headers: list[str], rows: list[list[Any]], cell_class=None) -> str:
     return "".join(out)
 
 
-def image(path: Path, alt: str) -> str:
+def image(path: Path, alt: str, element_id: str | None = None) -> str:
+    """A ``<figure>`` with the PNG at ``path`` embedded as a data: URI."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"></figure>'
+    attr = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<figure{attr}><img alt="{esc(alt)}" src="data:image/png;base64,{data}"></figure>'
 
 
 def render_html(
     title: str,
     meta: list[tuple[str, str]],
     sections: list[tuple[str, list[tuple[str, str]]]],
+    lead: list[tuple[str, str]] | None = None,
 ) -> str:
     """Assemble the page.
 
@@ -86,7 +99,8 @@ def render_html(
         title: page title.
         meta: ``(label, value)`` rows for the header table (escaped here).
         sections: ``(heading, [(kind, payload), ...])`` where kind is ``"html"`` (trusted markup
-            made by this module's helpers), ``"text"`` (escaped paragraph) or ``"h3"``.
+            made by this module's helpers), ``"text"`` (escaped paragraph), ``"h2"`` or ``"h3"``.
+        lead: items shown between the title and the header table (the headline).
     """
     parts = [
         "<!DOCTYPE html>",
@@ -94,19 +108,28 @@ def render_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        table(["", ""], [[k, v] for k, v in meta]).replace("<table>", '<table class="meta">', 1),
     ]
+    _items(parts, lead or [])
+    parts.append(
+        table(["", ""], [[k, v] for k, v in meta]).replace("<table>", '<table class="meta">', 1)
+    )
     for heading, items in sections:
         parts.append(f"<h2>{esc(heading)}</h2>")
-        for kind, payload in items:
-            if kind == "html":
-                parts.append(payload)
-            elif kind == "h3":
-                parts.append(f"<h3>{esc(payload)}</h3>")
-            else:
-                parts.append(f'<p class="note">{esc(payload)}</p>')
+        _items(parts, items)
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _items(parts: list[str], items: list[tuple[str, str]]) -> None:
+    for kind, payload in items:
+        if kind == "html":
+            # Tables scroll sideways in their own box rather than widening the page.
+            wrap = payload.startswith("<table")
+            parts.append(f'<div class="scroll">{payload}</div>' if wrap else payload)
+        elif kind in ("h2", "h3"):
+            parts.append(f"<{kind}>{esc(payload)}</{kind}>")
+        else:
+            parts.append(f'<p class="note">{esc(payload)}</p>')
 
 
 def conformance_html(headers: list[str], rows: list[list[str]]) -> str:

@@ -11,16 +11,9 @@ import io
 from pathlib import Path
 from typing import Any
 
+from . import explain as X
 from . import tables as T
 from .environment import describe
-
-DOC_NOTE = (
-    "Times are medians over many calls (IQR shown as ±half-IQR); GPU: device time from CUDA "
-    "events (a spin kernel hides the host's launch overhead), warm-up excluded, L2 flushed "
-    "between calls; CPU: perf_counter. '*' marks a cell capped by its time "
-    "budget; 'n/c' a cell the backend does not claim. Floor = max(one trivial kernel launch, "
-    "must-read bytes / copy bandwidth measured in the same run). See docs/benchmarks.md."
-)
 
 
 def _meta(doc: dict[str, Any], conf: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -63,6 +56,33 @@ def _meta(doc: dict[str, Any], conf: dict[str, Any] | None) -> list[tuple[str, s
     return rows
 
 
+def _headline(
+    doc: dict[str, Any], plot_list: list[tuple[str, Path]], md: list[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The headline section: markdown lines appended to ``md`` and the HTML items for the top of
+    the page (figure first)."""
+    from .headline import headline, headline_table
+    from .html import image
+
+    h = headline(doc)
+    if h.empty:
+        return md, []
+    note = X.headline(doc, bool(h.third_party))
+    legend = "Each cell: speedup over torch-loop" + (
+        " / over the fastest third-party backend" if h.third_party else ""
+    )
+    md = md + ["## Headline", "", note, ""]
+    items: list[tuple[str, str]] = [("h2", "Headline")]
+    fig = [p for t, p in plot_list if t == "headline"]
+    if fig:
+        md += [f"![headline](plots/{fig[0].name})", ""]
+        items.append(("html", image(fig[0], "headline: speedup per backend", "headline")))
+    items.append(("text", note))
+    md += [legend + ".", "", headline_table(h), ""]
+    items += [("text", legend + "."), ("html", headline_table(h, fmt="html"))]
+    return md, items
+
+
 def _conformance_csv(conf: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -90,10 +110,14 @@ def render_report(
     conf: dict[str, Any] | None,
     out_dir: str | Path,
     plots: bool = True,
+    on_figure: Any = None,
 ) -> dict[str, Path]:
     """Write the report; return ``{"markdown", "html", "csv", "plots_dir", ...}`` paths.
 
-    Either document may be None (a conformance-only or benchmark-only report).
+    Either document may be None (a conformance-only or benchmark-only report). The headline
+    (figure and table) opens both pages; every section starts with how to read it.
+    ``on_figure(figure, file_name)`` is called before each plot is saved (see
+    :func:`specsample.reports.plots.render_plots`).
     """
     from .html import conformance_html, image, render_html
 
@@ -103,27 +127,34 @@ def render_report(
     md: list[str] = ["# specsample report", ""]
     sections: list[tuple[str, list[tuple[str, str]]]] = []
     meta = _meta(doc, conf) if doc is not None else [("conformance", str(conf.get("created")))]
-    md += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in meta] + [""]
+    meta_md = ["| | |", "|---|---|"]
+    meta_md += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in meta] + [""]
 
     plot_list: list[tuple[str, Path]] = []
+    lead: list[tuple[str, str]] = []
     if doc is not None and plots:
         try:
             from .plots import render_plots
 
-            plot_list = render_plots(doc, out / "plots")
+            plot_list = render_plots(doc, out / "plots", on_figure=on_figure)
         except ImportError as exc:  # matplotlib is optional (extra "plots")
             md += [f"_plots skipped: {exc} (pip install 'specsample[plots]')_", ""]
     if doc is not None:
-        md += ["## Summary", "", T.summary_table(doc), "", DOC_NOTE, ""]
-        sections.append(
-            ("Summary", [("html", T.summary_table(doc, fmt="html")), ("text", DOC_NOTE)])
-        )
+        md, lead = _headline(doc, plot_list, md)
+    md += meta_md
+    if doc is not None:
+        md += ["## Summary", "", X.summary(doc), "", T.summary_table(doc), ""]
+        items = [("text", X.summary(doc)), ("html", T.summary_table(doc, fmt="html"))]
+        if (doc.get("device") or {}).get("type") == "cpu":
+            md += [X.CPU_NOTE, ""]
+            items.append(("text", X.CPU_NOTE))
+        sections.append(("Summary", items))
     if conf is not None:
         headers, rows = T.conformance_matrix(conf)
         md += [
             "## Conformance (check x backend)",
             "",
-            f"Level `{conf.get('level')}`. pass / FAIL / n/c (not claimed) / ERROR.",
+            X.conformance(conf.get("level")),
             "",
             T.conformance_table(conf),
             "",
@@ -132,7 +163,7 @@ def render_report(
             (
                 "Conformance (check x backend)",
                 [
-                    ("text", f"Level {conf.get('level')}; pass, FAIL, n/c = not claimed, ERROR."),
+                    ("text", X.conformance(conf.get("level"))),
                     ("html", conformance_html(headers, rows)),
                 ],
             )
@@ -145,30 +176,41 @@ def render_report(
             items: list[tuple[str, str]] = []
             md += [f"## {mode} mode", ""]
             blocks = [
-                ("Median latency", None),
-                ("CUDA-graph replay (median)", "graph"),
-                (
-                    "Eager wall-clock latency: host + device, synchronized (median of the warm-up "
-                    "calls)",
-                    "wall",
-                ),
-                ("Speedup vs torch-loop", "speedup"),
-                ("Time / fastest other backend", "vs_fastest"),
-                ("Ratio to the floor", "floor"),
+                (X.median_heading(doc), None, X.median(doc)),
+                ("CUDA-graph replay (median)", "graph", X.graph()),
+                (X.WALL_HEADING, "wall", X.wall(doc)),
+                ("Speedup vs torch-loop", "speedup", X.speedup()),
+                ("Time / fastest other backend", "vs_fastest", X.vs_fastest()),
+                ("Ratio to the floor", "floor", X.floor()),
                 (
                     "Achieved bandwidth (must-read bytes / median) as % of copy bandwidth",
                     "bandwidth",
+                    X.bandwidth(),
                 ),
-                ("Kernel launches / host syncs per call", "launches"),
-                ("Mean acceptance length: measured (expected for the workload)", "length"),
+                ("Kernel launches / host syncs per call", "launches", X.launches()),
+                (
+                    "Mean acceptance length: measured (expected for the workload)",
+                    "length",
+                    X.length(),
+                ),
             ]
             mode_cells = [c for c in T.ok_cells(doc) if c["mode"] == mode]
             has_launches = any(c.get("launches") for c in mode_cells)
             has_graph = any(c.get("graph") for c in mode_cells)
-            for heading, metric in blocks:
+            alone = T.single_backend(doc)
+            has_loop = any(c["backend"] == T.BASELINE for c in mode_cells)
+            for heading, metric, note in blocks:
                 if (metric == "launches" and not has_launches) or (
                     metric == "graph" and not has_graph
                 ):
+                    continue
+                if metric == "speedup" and not has_loop and not alone:
+                    continue  # no torch-loop cells: nothing to divide by
+                if metric in ("speedup", "vs_fastest") and alone:
+                    if metric == "speedup":  # one note for both comparisons
+                        text = f"{T.ONLY_ONE_BACKEND} in this report: nothing to compare with."
+                        md += ["### Comparisons between backends", "", text, ""]
+                        items += [("h3", "Comparisons between backends"), ("text", text)]
                     continue
                 if metric is None:
                     md_t, html_t = (T.latency_table(doc, mode, fmt=f) for f in ("github", "html"))
@@ -176,18 +218,21 @@ def render_report(
                     md_t, html_t = (
                         T.metric_table(doc, mode, metric, fmt=f) for f in ("github", "html")
                     )
-                md += [f"### {heading}", "", md_t, ""]
-                items += [("h3", heading), ("html", html_t)]
-            for title, path in plot_list:
-                if title.startswith(f"{mode}:"):
-                    md += [f"![{title}](plots/{path.name})", ""]
-                    items.append(("html", image(path, title)))
+                md += [f"### {heading}", "", note, "", md_t, ""]
+                items += [("h3", heading), ("text", note), ("html", html_t)]
+            mode_plots = [(t, p) for t, p in plot_list if t.startswith(f"{mode}:")]
+            if mode_plots:
+                md += [X.plots_note(), ""]
+                items.append(("text", X.plots_note()))
+            for title, path in mode_plots:
+                md += [f"![{title}](plots/{path.name})", ""]
+                items.append(("html", image(path, title)))
             sections.append((f"{mode} mode", items))
         (out / "results.csv").write_text(T.to_csv(T.flat_rows(doc)), encoding="utf-8")
         written["csv"] = out / "results.csv"
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     written["markdown"] = out / "report.md"
-    page = render_html("specsample report", meta, sections)
+    page = render_html("specsample report", meta, sections, lead=lead)
     (out / "report.html").write_text(page, encoding="utf-8")
     written["html"] = out / "report.html"
     if plot_list:

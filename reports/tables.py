@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -14,6 +15,23 @@ from .stats import geometric_mean
 
 BASELINE = "torch-loop"
 CONFORMANCE_MARKS = {"pass": "pass", "fail": "FAIL", "not-claimed": "n/c", "error": "ERROR"}
+# The project's own plugin name (BackendInfo.plugin); any other plugin is a third-party backend.
+OWN_PLUGIN = "specsample"
+# A cell is noisy when its inter-quartile range exceeds its median: the middle half of its samples
+# spans more than the value itself. Noisy cells are marked and left out of every summary.
+NOISY_IQR_OVER_MEDIAN = 1.0
+NOISY_MARK = "~"
+NOTE_WIDTH = 48  # the terminal tables' note column wraps at this width (never cut)
+ONLY_ONE_BACKEND = "only one backend"
+NOISY_NOTE = (
+    f"'{NOISY_MARK}' marks a noisy cell (its IQR exceeds its median: the machine was disturbed "
+    "while it ran); noisy cells, and comparisons with them, are left out of the summaries "
+    "(geomeans, 'fastest in', the headline figure)."
+)
+TERMINAL_LEGEND = (
+    "n/c = not claimed (the backend does not declare that mode, dtype, device or size); "
+    "x floor = median / max(one launch, must-read bytes / copy bandwidth)"
+)
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -38,6 +56,27 @@ def ok_cells(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in doc.get("cells", []) if c.get("status") == "ok"]
 
 
+def is_noisy(cell: dict[str, Any]) -> bool:
+    """True when an ok cell's IQR exceeds :data:`NOISY_IQR_OVER_MEDIAN` times its median."""
+    t = cell.get("timing") or {}
+    median, iqr = t.get("median"), t.get("iqr")
+    if not isinstance(median, (int, float)) or not isinstance(iqr, (int, float)):
+        return False
+    return math.isfinite(iqr) and iqr > NOISY_IQR_OVER_MEDIAN * median
+
+
+def third_party(doc: dict[str, Any]) -> list[str]:
+    """Backends registered by a plugin other than specsample's own (the "peers"), in order."""
+    return [
+        b for b, e in doc.get("backends", {}).items() if e.get("plugin") not in (None, OWN_PLUGIN)
+    ]
+
+
+def single_backend(doc: dict[str, Any]) -> bool:
+    """True when fewer than two backends have ok cells: no comparison between backends."""
+    return len({c["backend"] for c in ok_cells(doc)}) < 2
+
+
 def backends_in(doc: dict[str, Any]) -> list[str]:
     """Backends with at least one cell, in the order of the results' backend table."""
     seen = {c["backend"] for c in doc.get("cells", [])}
@@ -58,22 +97,31 @@ def by_workload(doc: dict[str, Any]) -> dict[tuple, dict[str, dict[str, Any]]]:
 
 
 def speedups(doc: dict[str, Any]) -> dict[tuple, dict[str, dict[str, float]]]:
-    """Per workload and backend: ``{"vs_baseline": t_loop / t, "vs_fastest": t / t_fastest_peer}``.
+    """Per workload and backend: ``{"vs_baseline": t_loop / t, "vs_fastest": t / t_fastest_other,
+    "vs_third_party": t_fastest_third_party / t, "reliable": bool}``.
 
     ``vs_fastest`` divides by the fastest *other* backend in the same workload: below 1 this backend
-    is the fastest of all, by that margin.
+    is the fastest of all, by that margin; nan when it is the only backend. ``vs_third_party`` is
+    the speedup over the fastest third-party backend (:func:`third_party`) other than this one,
+    nan when there is none. ``reliable`` is False when this cell or the baseline's is noisy
+    (:func:`is_noisy`): summaries leave such cells out.
     """
+    peers_3p = set(third_party(doc))
     out: dict[tuple, dict[str, dict[str, float]]] = {}
     for wk, cells in by_workload(doc).items():
         times = {b: c["timing"]["median"] for b, c in cells.items()}
+        noisy = {b for b, c in cells.items() if is_noisy(c)}
         base = times.get(BASELINE)
         row = {}
         for b, t in times.items():
-            peers = [v for k, v in times.items() if k != b]
-            best_peer = min(peers) if peers else math.nan
+            others = [v for k, v in times.items() if k != b]
+            third = [v for k, v in times.items() if k != b and k in peers_3p]
             row[b] = {
                 "vs_baseline": base / t if base and t else math.nan,
-                "vs_fastest": t / best_peer if peers else 1.0,
+                "vs_fastest": t / min(others) if others else math.nan,
+                "vs_third_party": min(third) / t if third and t else math.nan,
+                "reliable": b not in noisy and BASELINE not in noisy,
+                "peers_quiet": not (noisy - {b}),
             }
         out[wk] = row
     return out
@@ -117,6 +165,8 @@ CSV_FIELDS = [
     "ratio_to_floor",
     "speedup_vs_torch_loop",
     "ratio_to_fastest_peer",
+    "speedup_vs_fastest_third_party",
+    "noisy",
 ]
 
 
@@ -171,6 +221,8 @@ def flat_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio_to_floor": fl.get("ratio"),
                 "speedup_vs_torch_loop": s.get("vs_baseline"),
                 "ratio_to_fastest_peer": s.get("vs_fastest"),
+                "speedup_vs_fastest_third_party": s.get("vs_third_party"),
+                "noisy": is_noisy(c) if c.get("status") == "ok" else "",
             }
         )
     return rows
@@ -210,7 +262,8 @@ def latency_table(doc: dict[str, Any], mode: str, fmt: str = "github") -> str:
             elif c["status"] == "ok":
                 t = c["timing"]
                 mark = "*" if c.get("capped") else ""
-                row.append(f"{fmt_time(t['median'])} ±{fmt_time(t['iqr'] / 2)}{mark}")
+                noisy = NOISY_MARK if is_noisy(c) else ""
+                row.append(f"{noisy}{fmt_time(t['median'])} ±{fmt_time(t['iqr'] / 2)}{mark}")
             elif c["status"] == "skipped":
                 row.append("n/c")
             else:
@@ -241,52 +294,66 @@ def metric_table(doc: dict[str, Any], mode: str, metric: str, fmt: str = "github
             if c is None:
                 row.append("")
                 continue
-            if metric == "speedup":
-                row.append(fmt_ratio(sp[wk][b]["vs_baseline"]))
-            elif metric == "vs_fastest":
-                row.append(fmt_ratio(sp[wk][b]["vs_fastest"]))
-            elif metric == "floor":
-                row.append(fmt_ratio(c["floor"]["ratio"]))
-            elif metric == "bandwidth":
-                f = c["bandwidth"]["fraction_of_copy"]
-                row.append(f"{100 * f:.3g}%" if f == f else "-")
-            elif metric == "launches":
-                la = c.get("launches") or {}
-                k_ = la.get("kernels")
-                s_ = la.get("host_syncs")
-                row.append("-" if k_ is None else f"{k_:g} / {s_:g}")
-            elif metric == "wall":
-                w = (c["timing"].get("wall") or {}).get("median")
-                row.append(fmt_time(w))
-            elif metric == "graph":
-                g = c.get("graph") or {}
-                row.append(
-                    fmt_time(g.get("median")) if g.get("status") == "ok" else g.get("status", "-")
-                )
-            elif metric == "length":
-                acc = c["acceptance"]
-                row.append(f"{acc['measured_length']:.3g} ({acc['expected_length']:.3g})")
+            if metric in ("speedup", "vs_fastest", "floor") and is_noisy(c):
+                row.append(NOISY_MARK + _metric_value(metric, sp[wk][b], c))
             else:
-                raise ValueError(f"unknown metric {metric!r}")
+                row.append(_metric_value(metric, sp[wk][b], c))
         rows.append(row)
     headers = ["dtype", "accept", "V", "K", "B", *backends]
     return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
+def _metric_value(metric: str, s: dict[str, Any], c: dict[str, Any]) -> str:
+    """One cell of :func:`metric_table`."""
+    if metric == "speedup":
+        return fmt_ratio(s["vs_baseline"])
+    if metric == "vs_fastest":
+        return fmt_ratio(s["vs_fastest"])
+    if metric == "floor":
+        return fmt_ratio(c["floor"]["ratio"])
+    if metric == "bandwidth":
+        f = c["bandwidth"]["fraction_of_copy"]
+        return f"{100 * f:.3g}%" if f == f else "-"
+    if metric == "launches":
+        la = c.get("launches") or {}
+        k_ = la.get("kernels")
+        s_ = la.get("host_syncs")
+        return "-" if k_ is None else f"{k_:g} / {s_:g}"
+    if metric == "wall":
+        w = (c["timing"].get("wall") or {}).get("median")
+        return fmt_time(w)
+    if metric == "graph":
+        g = c.get("graph") or {}
+        return fmt_time(g.get("median")) if g.get("status") == "ok" else g.get("status", "-")
+    if metric == "length":
+        acc = c["acceptance"]
+        return f"{acc['measured_length']:.3g} ({acc['expected_length']:.3g})"
+    raise ValueError(f"unknown metric {metric!r}")
+
+
 def backend_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per backend: cells run/skipped/errored, geometric-mean speedup vs torch-loop and ratio to
-    the floor, fastest and slowest median, kernel launches and host syncs per call."""
+    """Per backend: cells run/skipped/errored/noisy, geometric-mean speedup vs torch-loop and
+    ratio to the floor, fastest and slowest median, kernel launches and host syncs per call.
+
+    Noisy cells (:func:`is_noisy`) are left out of the geomeans and of ``fastest_in`` (a workload
+    counts there only when none of its cells is noisy); ``fastest_in`` is None when only one
+    backend has results (nothing to be fastest against).
+    """
     sp = speedups(doc)
+    alone = single_backend(doc)
     out = []
     for b in backends_in(doc):
         cells = [c for c in doc["cells"] if c["backend"] == b]
         ok = [c for c in cells if c["status"] == "ok"]
+        quiet = [c for c in ok if sp[_workload_key(c)][b]["reliable"]]
         launches = sorted({(c.get("launches") or {}).get("kernels") for c in ok} - {None})
         syncs = sorted({(c.get("launches") or {}).get("host_syncs") for c in ok} - {None})
         wins = sum(
             1
             for c in ok
-            if sp[_workload_key(c)][b]["vs_fastest"] < 1.0 and len(sp[_workload_key(c)]) > 1
+            if sp[_workload_key(c)][b]["vs_fastest"] < 1.0
+            and not is_noisy(c)
+            and sp[_workload_key(c)][b]["peers_quiet"]
         )
         out.append(
             {
@@ -295,11 +362,14 @@ def backend_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "skipped": sum(1 for c in cells if c["status"] == "skipped"),
                 "errors": sum(1 for c in cells if c["status"] == "error"),
                 "capped": sum(1 for c in ok if c.get("capped")),
-                "fastest_in": wins,
+                "noisy": sum(1 for c in ok if is_noisy(c)),
+                "fastest_in": None if alone else wins,
                 "speedup_vs_torch_loop": geometric_mean(
-                    [sp[_workload_key(c)][b]["vs_baseline"] for c in ok]
+                    [sp[_workload_key(c)][b]["vs_baseline"] for c in quiet]
                 ),
-                "ratio_to_floor": geometric_mean([c["floor"]["ratio"] for c in ok]),
+                "ratio_to_floor": geometric_mean(
+                    [c["floor"]["ratio"] for c in ok if not is_noisy(c)]
+                ),
                 "min_s": min((c["timing"]["median"] for c in ok), default=math.nan),
                 "max_s": max((c["timing"]["median"] for c in ok), default=math.nan),
                 "kernels_per_call": launches,
@@ -316,6 +386,10 @@ def _span(values: list[float]) -> str:
     return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
 
 
+def _fastest_in(s: dict[str, Any]) -> Any:
+    return ONLY_ONE_BACKEND if s["fastest_in"] is None else s["fastest_in"]
+
+
 def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
     from tabulate import tabulate
 
@@ -328,7 +402,8 @@ def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
                 s["skipped"],
                 s["errors"],
                 s["capped"],
-                s["fastest_in"],
+                s["noisy"],
+                _fastest_in(s),
                 fmt_ratio(s["speedup_vs_torch_loop"]),
                 fmt_ratio(s["ratio_to_floor"]),
                 fmt_time(s["min_s"]),
@@ -343,6 +418,7 @@ def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
         "n/c",
         "errors",
         "capped",
+        "noisy",
         "fastest in",
         "speedup vs torch-loop (geomean)",
         "x floor (geomean)",
@@ -417,7 +493,7 @@ def terminal_summary(doc: dict[str, Any], conf: dict[str, Any] | None = None) ->
     if conf is not None:
         rows = []
         for b, cnt in conformance_summary(conf).items():
-            reason = (conf["backends"][b].get("reason") or "")[:50]
+            reason = textwrap.fill(conf["backends"][b].get("reason") or "", NOTE_WIDTH)
             rows.append(
                 [
                     b,
@@ -454,7 +530,7 @@ def terminal_summary(doc: dict[str, Any], conf: dict[str, Any] | None = None) ->
             [
                 s["backend"],
                 f"{s['ok']}/{s['ok'] + s['skipped'] + s['errors']}",
-                s["fastest_in"],
+                _fastest_in(s),
                 fmt_ratio(s["speedup_vs_torch_loop"]),
                 fmt_ratio(s["ratio_to_floor"]),
                 f"{fmt_time(s['min_s'])} .. {fmt_time(s['max_s'])}",
@@ -477,11 +553,14 @@ def terminal_summary(doc: dict[str, Any], conf: dict[str, Any] | None = None) ->
             disable_numparse=True,
         )
     )
+    if any(s["noisy"] for s in backend_summary(doc)):
+        lines.append(textwrap.fill(NOISY_NOTE, 100))
+    lines.append(textwrap.fill(TERMINAL_LEGEND, 100))
     unavailable = {
         b: e["reason"] for b, e in doc.get("backends", {}).items() if not e.get("available")
     }
     if unavailable:
-        lines.append(
-            "not available here: " + "; ".join(f"{b} ({r})" for b, r in unavailable.items())
-        )
+        lines.append("not available here:")
+        for b, r in unavailable.items():
+            lines.append(textwrap.fill(r, 96, initial_indent=f"  {b}: ", subsequent_indent="    "))
     return "\n".join(lines)
