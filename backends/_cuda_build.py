@@ -67,6 +67,12 @@ def source_path(name: str) -> Path:
     return path
 
 
+def kernel_sources() -> tuple[str, ...]:
+    """The kernel's headers: verify_kernel.cuh and the kernel_*.cuh parts it includes."""
+    parts = sorted(p.name for p in csrc_dir().glob("kernel_*.cuh"))
+    return (KERNEL_HEADER, *parts)
+
+
 def sources_hash(*names: str) -> str:
     """SHA-256 (hex) over the named source files, in order."""
     h = hashlib.sha256()
@@ -142,7 +148,7 @@ def arch_flags(major: int, minor: int) -> list[str]:
 
 
 def extension_name(major: int, minor: int) -> str:
-    digest = sources_hash(KERNEL_HEADER, TORCH_SOURCE)[:12]
+    digest = sources_hash(*kernel_sources(), TORCH_SOURCE)[:12]
     return f"specsample_verify_sm{major}{minor}_{digest}"
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import threading
+from collections.abc import Callable
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
@@ -37,7 +38,15 @@ def _cpp_bool(flag: bool) -> str:
 class _Module:
     """The compiled RawModule of one device, its kernels and launch facts."""
 
-    def __init__(self, device_id: int, extra_options: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        device_id: int,
+        extra_options: tuple[str, ...] = (),
+        only: Callable[[tuple[str, int, bool, bool]], bool] | None = None,
+    ) -> None:
+        """Compile the kernels for ``device_id``; ``extra_options`` adds NVRTC options (``-D``
+        knobs), ``only`` keeps the kernels whose key ``(dtype, cluster, greedy, aligned)`` it
+        accepts (tools and tests that A/B a knob need a few kernels, not all of them)."""
         import cupy
 
         with cupy.cuda.Device(device_id):
@@ -45,11 +54,11 @@ class _Module:
             self.major, self.minor = int(props["major"]), int(props["minor"])
             self.num_sms = int(props["multiProcessorCount"])
             self.clusters = self.major >= 9
-            digest = _cuda_build.sources_hash(_cuda_build.KERNEL_HEADER)
+            digest = _cuda_build.sources_hash(*_cuda_build.kernel_sources())
             # The hash is part of the code string so that CuPy's on-disk cache (keyed by code and
-            # options, not by included files) recompiles when the header changes.
+            # options, not by included files) recompiles when a header changes.
             code = (
-                f"// specsample verify kernel, {_cuda_build.KERNEL_HEADER} sha256 {digest}\n"
+                f"// specsample verify kernel, sources sha256 {digest}\n"
                 f'#include "{_cuda_build.KERNEL_HEADER}"\n'
             )
             options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
@@ -73,6 +82,8 @@ class _Module:
                         self.names[(dtype, 0, True, aligned)] = (
                             f"specsample::verify_greedy_split_kernel<{ctype}, {_cpp_bool(aligned)}>"
                         )
+            if only is not None:
+                self.names = {key: name for key, name in self.names.items() if only(key)}
             self.module = cupy.RawModule(
                 code=code, options=tuple(options), name_expressions=list(self.names.values())
             )

@@ -95,7 +95,7 @@ def heuristic_config(
     batch: int, num_draft: int, vocab: int, greedy: bool, n_sm: int
 ) -> LaunchConfig:
     """A configuration without timing anything: what tuning chose on an H100 for the standard grid
-    (docs/perf-notes-triton.md). Used by the interpreter, under graph capture of an untuned shape,
+    (docs/dev/triton-kernel.md). Used by the interpreter, under graph capture of an untuned shape,
     and with ``SPECSAMPLE_TRITON_AUTOTUNE=0``."""
     if greedy and batch <= 8:
         # One-tile chunks: every row of the chunk is loaded at once (ALL_ROWS).

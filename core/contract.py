@@ -1,6 +1,6 @@
 """The one interface every backend implements: inputs, outputs, capabilities, the base class.
 
-The semantics are defined by :mod:`specsample.reference` (float64); see DESIGN.md, "The contract".
+The semantics are defined by :mod:`specsample.reference` (float64); see docs/contract.md.
 """
 
 from __future__ import annotations

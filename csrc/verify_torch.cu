@@ -13,8 +13,8 @@
 // the values they read and never dereference a draft id outside [0, V).
 //
 // cluster / threads / rows_per_step = 0 pick the launch configuration automatically (see
-// choose_config); split = -1 lets greedy mode choose the split kernel at the smallest batches (see
-// choose_split), 0 never uses it, N > 0 uses it with N chunks per row. Explicit values exist for
+// choose_config in launch_config.h); split = -1 lets greedy mode choose the split kernel at the
+// smallest batches (see choose_split), 0 never uses it, N > 0 uses it with N chunks per row. Explicit values exist for
 // tuning and for the tests, which check every variant.
 //
 // Random numbers: the generator's Philox (seed, offset) reaches the kernel through
@@ -36,74 +36,12 @@
 #include <tuple>
 #include <utility>
 
+#include "launch_config.h"
 #include "verify_kernel.cuh"
 
 namespace specsample {
+static_assert(kLaunchMaxStepRows == kMaxStepRows, "launch_config.h and the kernel disagree");
 namespace {
-
-struct LaunchConfig {
-  int cluster;
-  int threads;
-  int rows_per_step;
-};
-
-// Automatic launch configuration. Mirrored in Python (specsample.backends._cuda_build.choose_config)
-// for the CuPy backend: keep the two identical.
-LaunchConfig choose_config(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, bool clusters,
-                           int elem_bytes) {
-  LaunchConfig c{1, 512, 1};
-  if (clusters) {
-    if (greedy) {
-      if (B <= 16) {
-        // spread a request's rows over 16 SMs while the batch alone does not fill the GPU
-        c.cluster = 16;
-        if (B > 4) c.threads = 256;
-      } else {
-        // larger batches: at most 48 KB of a row per block, clusters of up to 8 (V = 128256
-        // float32: 8 x 256 threads; V = 32000: 4 x 256). A request whose accepted run is long
-        // then streams its rows on several SMs, while the next clusters take the SMs that
-        // finished requests free (H100 sweep, docs/perf-notes-cuda.md).
-        const int64_t row_bytes = V * (int64_t)elem_bytes;
-        int cl = 1;
-        while (cl < 8 && row_bytes > (int64_t)cl * 49152) cl *= 2;
-        c.cluster = cl;
-        c.threads = cl >= 4 ? 256 : 512;
-      }
-    } else if (B <= 8) {
-      // random mode, from the H100 sweep of (cluster, threads) (docs/perf-notes-cuda.md)
-      c.cluster = 16;
-      c.threads = B <= 4 ? 512 : 256;
-    } else if (B <= 16) {
-      c.cluster = 16;
-      c.threads = 128;
-    } else if (B <= 32) {
-      c.cluster = 8;
-      c.threads = 256;
-    } else if (B < 128) {
-      c.cluster = 4;
-      c.threads = 256;
-    }
-  }
-  // greedy: at small batch examine n0, 2 n0, 4 n0, ... (up to 16) rows per step, n0 rows fitting
-  // the kernel's per-block byte budget (latency: a long accepted run costs a few cluster round
-  // trips); otherwise strictly one row per step (bytes: stop reading at the first mismatch)
-  c.rows_per_step = (greedy && B <= 16 && c.cluster >= 4) ? kMaxStepRows : 1;
-  (void)K;
-  (void)num_sms;
-  return c;
-}
-
-// Greedy mode: chunks per row of the split kernel (every row of every request at once over about
-// one block per SM, combined by the last block), or 0 for the cluster kernel. The split kernel
-// reads all K+1 rows whatever the acceptance, so it serves only calls whose rows all together are
-// a few microseconds of DRAM time (H100: B = 1 with K = 4 and V = 128256, or K = 8 and V = 32000).
-// Mirrored in Python (specsample.backends._cuda_build.choose_split).
-constexpr int64_t kSplitMaxBytes = int64_t(3) << 20;
-int choose_split(int64_t B, int64_t K, int64_t V, bool greedy, int num_sms, int elem_bytes) {
-  const int64_t rows = B * (K + 1);
-  if (!greedy || rows * V * (int64_t)elem_bytes > kSplitMaxBytes) return 0;
-  return (int)std::max<int64_t>(1, num_sms / rows);
-}
 
 // The split kernel's workspace on one (device, stream): a key per (request, row, chunk) and a
 // counter per request. The counters are zeroed once, when allocated (on the stream, before the
@@ -313,12 +251,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_cuda(const at::Tensor& dra
   int64_t* tok = tokens.data_ptr<int64_t>();
   int64_t* nm = num.data_ptr<int64_t>();
   int* stp = status.data_ptr<int>();
-  // the kernels' 16-byte load path (one instantiation per path; rows_aligned in _cuda_build.py):
+  // the kernels' 16-byte load path (one instantiation per path; rows_aligned in launch_config.h):
   // V * element size a multiple of 16 and every base pointer the call reads on 16 bytes (greedy
   // mode never reads p)
-  const bool aligned = (V * (int64_t)target_probs.element_size()) % 16 == 0 &&
-                       reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0 &&
-                       (greedy || pp == nullptr || reinterpret_cast<uintptr_t>(pp) % 16 == 0);
+  const bool aligned = rows_aligned(V, (int)target_probs.element_size(),
+                                    reinterpret_cast<uintptr_t>(q.data_ptr()),
+                                    reinterpret_cast<uintptr_t>(pp), greedy);
 
   // greedy at the smallest batches: the split kernel (see choose_split), unless the call asks for
   // a cluster-kernel configuration, or the stream is being captured into a graph

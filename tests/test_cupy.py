@@ -71,7 +71,7 @@ def test_capabilities_match_cuda_cpp():
 # ------------------------------------------------------------------------------------------------
 def _ref(w, mode, u):
     out = specsample.reference_verify(
-        w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u, check_finite=False
+        w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, uniforms=u
     )
     return out.token_ids.cpu(), out.num_emitted.cpu()
 
@@ -125,7 +125,7 @@ def test_philox_stream_and_cupy_arrays_entry_point():
 
     B, K, V = 4, 6, 5003
     w = make_workload(B, K, V, device="cuda", acceptance="low", seed=8)
-    tok, num = cupy_backend.verify_cupy(
+    tok, num, status = cupy_backend.verify_cupy(
         cupy.from_dlpack(w.draft_token_ids),
         cupy.from_dlpack(w.draft_probs),
         cupy.from_dlpack(w.target_probs),
@@ -136,6 +136,7 @@ def test_philox_stream_and_cupy_arrays_entry_point():
     want = _ref(w, "random", _cuda_build.philox_uniforms(77, 12, B, K).cuda())
     assert torch.equal(torch.from_dlpack(tok).cpu(), want[0])
     assert torch.equal(torch.from_dlpack(num).cpu(), want[1])
+    assert torch.from_dlpack(status).cpu().tolist() == [0] * B
 
 
 @pytest.mark.gpu(needs=("cupy",))
@@ -146,7 +147,7 @@ def test_greedy_split_kernel_and_capture_query():
     assert _cuda_build.choose_split(B, K, V, True, 132) > 0
     for split in (-1, 0, 3):
         for _ in range(2):
-            tok, num = cupy_backend.verify_torch(
+            tok, num, _ = cupy_backend.verify_torch(
                 w.draft_token_ids, None, w.target_probs, mode="greedy", split=split
             )
             assert torch.equal(tok.cpu(), want[0]) and torch.equal(num.cpu(), want[1]), split
@@ -158,7 +159,7 @@ def test_greedy_split_kernel_and_capture_query():
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=s):
             assert cupy_backend._stream_is_capturing(s.cuda_stream)
-            gtok, _ = cupy_backend.verify_torch(
+            gtok, _, _ = cupy_backend.verify_torch(
                 w.draft_token_ids, None, w.target_probs, mode="greedy"
             )
     torch.cuda.current_stream().wait_stream(s)
@@ -183,7 +184,7 @@ def test_cuda_graph_capture():
         pytest.skip("this torch cannot register a user generator with a graph")
     graph.register_generator_state(g)
     with torch.cuda.graph(graph):
-        tok, num = cupy_backend.verify_torch(
+        tok, num, _ = cupy_backend.verify_torch(
             w.draft_token_ids, w.draft_probs, w.target_probs, generator=g
         )
     seen = set()
