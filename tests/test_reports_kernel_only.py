@@ -1,0 +1,57 @@
+"""The benchmark times the documented default call and, for fused backends, the launch path alone."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from specsample.backends.torch_vectorized import TorchVectorizedBackend
+
+
+def _sweep(monkeypatch, fused: bool):
+    from specsample.reports import runner
+    from specsample.reports.presets import get_preset
+
+    caps = dataclasses.replace(TorchVectorizedBackend.capabilities, fused=fused)
+    monkeypatch.setattr(TorchVectorizedBackend, "capabilities", caps)
+    calls = {"verify": 0, "_verify": 0}
+    original_verify, original_inner = TorchVectorizedBackend.verify, TorchVectorizedBackend._verify
+
+    def verify(self, *args, **kwargs):
+        calls["verify"] += 1
+        assert "check_finite" not in kwargs and "validate" not in kwargs  # the default call
+        return original_verify(self, *args, **kwargs)
+
+    def inner(self, inputs):
+        calls["_verify"] += 1
+        return original_inner(self, inputs)
+
+    monkeypatch.setattr(TorchVectorizedBackend, "verify", verify)
+    monkeypatch.setattr(TorchVectorizedBackend, "_verify", inner)
+    cfg = runner.BenchConfig(
+        backends=["torch-vectorized"],
+        batch=(2,),
+        k=(3,),
+        vocab=(64,),
+        mode=("random", "greedy"),
+        accept=("high",),
+        device="cpu",
+        policy=get_preset("tiny").policy,
+    )
+    return runner.run_bench(cfg, progress=False), calls
+
+
+def test_fused_backends_get_a_kernel_only_column(monkeypatch):
+    doc, calls = _sweep(monkeypatch, fused=True)
+    assert calls["verify"] > 0 and calls["_verify"] > calls["verify"]
+    for cell in doc["cells"]:
+        assert cell["status"] == "ok", cell.get("reason")
+        ko = cell["kernel_only"]
+        assert ko["status"] == "ok" and ko["median"] > 0
+        assert math.isclose(ko["default_over_kernel"], cell["timing"]["median"] / ko["median"])
+
+
+def test_other_backends_time_the_default_call_only(monkeypatch):
+    doc, calls = _sweep(monkeypatch, fused=False)
+    assert calls["_verify"] == calls["verify"]
+    assert all("kernel_only" not in cell for cell in doc["cells"])
