@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -355,7 +356,12 @@ def load_json(path: str | os.PathLike) -> dict[str, Any]:
     except RecursionError:
         raise SchemaError(f"{path}: not usable JSON (nested too deeply)") from None
     except ValueError as exc:  # an integer beyond Python's digit limit
-        raise SchemaError(f"{path}: not usable JSON ({' '.join(str(exc).split())})") from None
+        detail = " ".join(str(exc).split())
+        if "digits" in detail:
+            detail = (
+                f"an integer has more digits than Python reads ({sys.get_int_max_str_digits()})"
+            )
+        raise SchemaError(f"{path}: not usable JSON ({detail})") from None
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
