@@ -3,38 +3,64 @@
 Mode: ``"default"`` with ``dynamic=True``. ``"reduce-overhead"`` would add CUDA graphs, but records a
 graph per input shape and keeps static copies of every input (B*K*V floats), which a sampler called
 with ever-changing batch sizes cannot afford; ``"max-autotune"`` spends minutes per shape for no
-gain on this memory-bound code. ``dynamic=True`` compiles B, K and V as symbols from the first call,
-so a new batch size does not recompile. Two parts stay eager: the uniforms (a ``torch.Generator``
-argument breaks the graph) and the inverse-CDF scan over the vocabulary (torch 2.11's inductor fails
-to generate its split-scan kernel for a cumsum of symbolic length on CUDA: ``InductorError`` in
+gain on this memory-bound code. Two parts stay eager: the uniforms (a ``torch.Generator`` argument
+breaks the graph) and the inverse-CDF scan over the vocabulary (torch 2.11's inductor fails to
+generate its split-scan kernel for a cumsum of symbolic length on CUDA: ``InductorError`` in
 ``SplitScan`` codegen, seen on an H100). See docs/torch-compile.md.
+
+A long-running process must stay usable whatever it is called with, so the number of graphs is
+bounded: the arguments are normalized before the compiled call (ids as int64; greedy calls pass no
+draft_probs and no uniforms; random calls always check the uniforms), and sizes are traced without
+0/1 specialization or duck sizing, so one graph per (device, dtype, mode, draft_probs given) serves
+every B >= 1, K >= 1, V >= 1: at most 9 graphs per device. K = 0 (nothing to decide) runs eagerly.
+Should the compiler still refuse a variant, that variant runs eagerly (the same vectorized code,
+identical tokens) with a one-time warning.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import types
+import warnings
 from collections.abc import Callable
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
 
-from ._vectorized import assemble, inverse_cdf_rows, select_rows
+from ._vectorized import assemble, inverse_cdf_rows, select_rows, verify_tensors
 
+#: dynamo's recompile limit for this backend's calls only (the process-wide setting is untouched);
+#: well above the 9 graphs per device the normalization allows.
 RECOMPILE_LIMIT = 64
 
 
 @functools.cache
-def compiled(fn: Callable) -> Callable:
-    """``fn`` under torch.compile (compiled lazily, on the first call of each variant)."""
+def compiled(fn: Callable, variant: tuple = ()) -> Callable:
+    """``fn`` under torch.compile, one compiled function per ``variant`` (compiled lazily).
+
+    Dynamo keeps its cache, and its recompile limit, per code object: each variant compiles its own
+    copy of ``fn``'s code, so the graphs of one variant never use up another's budget.
+    """
     import torch
 
+    if variant:
+        code = fn.__code__.replace()  # equal, but a distinct object: a cache of its own
+        fn = functools.wraps(fn)(
+            types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        )
     return torch.compile(fn, dynamic=True, mode="default", fullgraph=True)
 
 
 class TorchCompileBackend(Backend):
     name = "torch-compile"
     description = "The vectorized algorithm under torch.compile (inductor, dynamic shapes)."
-    capabilities = Capabilities(host_sync_free=True)
+    capabilities = Capabilities(host_sync_free=True, status_flags=True)
+
+    def __init__(self) -> None:
+        # Variants the compiler gave up on: (device type, dtype, greedy, draft_probs given).
+        self._eager_variants: set[tuple[str, str, bool, bool]] = set()
+        self._lock = threading.Lock()
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
@@ -53,12 +79,77 @@ class TorchCompileBackend(Backend):
             uniforms = draw_uniforms(
                 inputs.batch_size, inputs.num_draft, inputs.generator, inputs.device
             )
-        # Each (mode, draft_probs given, dtype, size-1 dims) variant is its own graph; allow them all
-        # without touching the process-wide limit (sizes 2..N share one dynamic graph).
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            num_accepted, x = compiled(select_rows)(
-                inputs.draft_token_ids, inputs.draft_probs, inputs.target_probs, uniforms, greedy
+        ids = inputs.draft_token_ids.to(torch.int64)  # one graph for int32 and int64 ids
+        # Greedy reads neither draft_probs nor uniforms: passing None keeps their presence out of
+        # the guards. Random mode always checks the uniforms (drawn ones are in [0, 1) anyway).
+        draft_probs = None if greedy else inputs.draft_probs
+        uniforms = None if greedy else uniforms
+        variant = (inputs.device.type, str(inputs.target_probs.dtype), greedy, draft_probs is None)
+        if inputs.num_draft == 0 or variant in self._eager_variants:
+            token_ids, num_emitted, flags = verify_tensors(
+                ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
             )
-            last = x if greedy else inverse_cdf_rows(x, uniforms[:, inputs.num_draft])
-            token_ids, num_emitted = compiled(assemble)(inputs.draft_token_ids, num_accepted, last)
-        return VerifyOutput(token_ids, num_emitted)
+            return VerifyOutput(token_ids, num_emitted, flags)
+        try:
+            token_ids, num_emitted, flags = _compiled_verify(
+                variant, ids, draft_probs, inputs.target_probs, uniforms, greedy
+            )
+        except Exception as exc:
+            if not _is_compiler_error(exc):
+                raise
+            self._fall_back(variant, exc)
+            token_ids, num_emitted, flags = verify_tensors(
+                ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
+            )
+        return VerifyOutput(token_ids, num_emitted, flags)
+
+    def _fall_back(self, variant: tuple[str, str, bool, bool], exc: Exception) -> None:
+        with self._lock:
+            first = not self._eager_variants
+            self._eager_variants.add(variant)
+        if first:
+            device, dtype, greedy, no_draft = variant
+            warnings.warn(
+                "torch-compile: torch.compile failed for the variant "
+                f"(device={device}, dtype={dtype}, mode={'greedy' if greedy else 'random'}, "
+                f"draft_probs={'None' if no_draft else 'given'}) with "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                "it and any other variant the compiler refuses run eagerly (same tokens) "
+                "from now on. This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
+
+def _is_compiler_error(exc: BaseException) -> bool:
+    """True for the errors with which dynamo or inductor refuse a graph (not for input errors)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    refusals: tuple[type[BaseException], ...] = (
+        dynamo_exc.TorchDynamoException,
+        dynamo_exc.FailOnRecompileLimitHit,  # not a TorchDynamoException
+    )
+    try:
+        from torch._inductor.exc import InductorError  # raised unwrapped by some C++ failures
+
+        refusals += (InductorError,)
+    except ImportError:
+        pass
+    return isinstance(exc, refusals)
+
+
+def _compiled_verify(variant, ids, draft_probs, target_probs, uniforms, greedy):
+    """The compiled parts around the eager inverse-CDF scan; shapes as in ``select_rows``."""
+    import torch
+    from torch.fx.experimental import _config as fx_config
+
+    with (
+        torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
+        fx_config.patch(backed_size_oblivious=True, use_duck_shape=False),
+    ):
+        num_accepted, x, flags = compiled(select_rows, variant)(
+            ids, draft_probs, target_probs, uniforms, greedy, not greedy
+        )
+        last = x if greedy else inverse_cdf_rows(x, uniforms[:, ids.shape[1]])
+        token_ids, num_emitted = compiled(assemble)(ids, num_accepted, last, flags)
+    return token_ids, num_emitted, flags
