@@ -19,7 +19,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-botto
 h3 { font-size: 1.05em; }
 table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
 th, td { border: 1px solid #d0d0d0; padding: 3px 7px; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+th { background: #f3f3f3; white-space: normal; max-width: 10em; vertical-align: bottom; } td:first-child, th:first-child { text-align: left; }
 .pass { background: #d9f2d9; } .fail { background: #f7c6c6; font-weight: bold; }
 .nc { background: #eeeeee; color: #777; } .error { background: #f9e0a8; }
 .unavailable { background: #fafafa; color: #999; }

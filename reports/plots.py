@@ -19,6 +19,7 @@ from .tables import (
     NOISY_MARK,
     backends_in,
     by_workload,
+    fmt_ratio,
     is_noisy,
     single_backend,
     speedups,
@@ -373,7 +374,7 @@ def headline_figure(doc: dict[str, Any], out_dir: str | Path, on_figure: FigureH
                 ax.text(
                     v,
                     y,
-                    f" {v:.3g}x " if v >= 1 else f" {v:.2g}x ",
+                    f" {fmt_ratio(v)} " if v >= 1 else f" {fmt_ratio(v, 2)} ",
                     va="center",
                     ha="left" if v >= 1 else "right",
                     fontsize=6.5,

@@ -49,6 +49,8 @@ def fmt_time(seconds: float | None) -> str:
 def fmt_ratio(x: float | None, digits: int = 3) -> str:
     if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
         return "-"
+    if abs(x) >= 10**digits:  # 1550x, not 1.55e+03x
+        return f"{x:.0f}x"
     return f"{x:.{digits}g}x"
 
 
