@@ -111,7 +111,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "number": (b"42", "must be a JSON object"),
 }
 FIELDS: dict[str, tuple[str, object, str]] = {
-    "schema": ("schema", "other/1", "schema must be \"specsample.bench/1\""),
+    "schema": ("schema", "other/1", 'schema must be "specsample.bench/1"'),
     "no-cells": ("cells", _REMOVE, "cells is missing"),
     "cells-object": ("cells", {}, "cells must be a list"),
     "cell-string": ("cells.0", "x", "cells[0] must be an object"),
