@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
                 (
                     "1"
                     if caps.fused
-                    else (str(caps.launches_per_call) if caps.launches_per_call else "many")
+                    else (str(caps.launches_per_call) if caps.launches_per_call else "varies")
                 )
                 if caps
                 else "",

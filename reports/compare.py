@@ -108,7 +108,7 @@ def format_comparison(result: dict[str, Any], show: str = "all") -> str:
         lines.append(
             tabulate(
                 rows,
-                headers=["backend", "cell", "old", "new", "new/old", "noise (IQR)", ""],
+                headers=["backend", "cell", "old", "new", "new/old", "noise (IQR)", "flag"],
                 tablefmt="simple",
                 disable_numparse=True,
             )
