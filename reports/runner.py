@@ -176,6 +176,7 @@ class _Sweep:
         self.device = config.resolved_device()
         self.out_path = Path(out_path) if out_path else None
         self.consecutive_errors: dict[str, list[str]] = {}
+        self.announced: set[str] = set()  # backends whose first-use note was shown
         self.infos = _backend_table(config.backends)
         self.doc: dict[str, Any] = {
             "schema": BENCH_SCHEMA,
@@ -318,6 +319,13 @@ class _Sweep:
         }
         copies = self._copies(wl)
         for name in todo:
+            if name not in self.announced:  # a backend's first cell may build or compile first
+                self.announced.add(name)
+                from specsample.conformance.progress import first_use_note
+
+                note = first_use_note(name)
+                if note and not getattr(bar, "disable", True):
+                    bar.write(f"{name}: {note}")
             bar.set_postfix_str(f"{name} {mode} B={batch} K={k} V={vocab} {accept}", refresh=False)
             cell = {"backend": name, **base, "workload": workload_info}
             errors = self.consecutive_errors.setdefault(name, [])
