@@ -13,8 +13,9 @@ bounded: the arguments are normalized before the compiled call (ids as int64; gr
 draft_probs and no uniforms; random calls always check the uniforms), and sizes are traced without
 0/1 specialization or duck sizing, so one graph per (device, dtype, mode, draft_probs given) serves
 every B >= 1, K >= 1, V >= 1: at most 9 graphs per device. K = 0 (nothing to decide) runs eagerly.
-Should the compiler still refuse a variant, that variant runs eagerly (the same vectorized code,
-identical tokens) with a one-time warning.
+Should the compiler still refuse a graph (torch 2.13's CPU C++ codegen fails on some float16 greedy
+graphs, for one), that variant and pattern of size-1 dimensions runs eagerly from then on (the same
+vectorized code, identical tokens), with a one-time warning.
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class TorchCompileBackend(Backend):
     capabilities = Capabilities(host_sync_free=True, status_flags=True)
 
     def __init__(self) -> None:
-        # Variants the compiler gave up on: (device type, dtype, greedy, draft_probs given).
-        self._eager_variants: set[tuple[str, str, bool, bool]] = set()
+        # Graphs the compiler gave up on: a variant (device type, dtype, greedy, draft_probs None)
+        # and which of B, K, V are 1 (dynamo traces those sizes separately).
+        self._eager_variants: set[tuple] = set()
         self._lock = threading.Lock()
 
     @classmethod
@@ -85,7 +87,8 @@ class TorchCompileBackend(Backend):
         draft_probs = None if greedy else inputs.draft_probs
         uniforms = None if greedy else uniforms
         variant = (inputs.device.type, str(inputs.target_probs.dtype), greedy, draft_probs is None)
-        if inputs.num_draft == 0 or variant in self._eager_variants:
+        sizes = (inputs.batch_size == 1, inputs.num_draft == 1, inputs.vocab_size == 1)
+        if inputs.num_draft == 0 or (variant, sizes) in self._eager_variants:
             token_ids, num_emitted, flags = verify_tensors(
                 ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
             )
@@ -97,22 +100,24 @@ class TorchCompileBackend(Backend):
         except Exception as exc:
             if not _is_compiler_error(exc):
                 raise
-            self._fall_back(variant, exc)
+            self._fall_back((variant, sizes), exc)
             token_ids, num_emitted, flags = verify_tensors(
                 ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
             )
         return VerifyOutput(token_ids, num_emitted, flags)
 
-    def _fall_back(self, variant: tuple[str, str, bool, bool], exc: Exception) -> None:
+    def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:
             first = not self._eager_variants
-            self._eager_variants.add(variant)
+            self._eager_variants.add(key)
         if first:
-            device, dtype, greedy, no_draft = variant
+            (device, dtype, greedy, no_draft), (b1, k1, v1) = key
+            ones = ", ".join(n for n, one in (("B", b1), ("K", k1), ("V", v1)) if one)
             warnings.warn(
                 "torch-compile: torch.compile failed for the variant "
                 f"(device={device}, dtype={dtype}, mode={'greedy' if greedy else 'random'}, "
-                f"draft_probs={'None' if no_draft else 'given'}) with "
+                f"draft_probs={'None' if no_draft else 'given'}"
+                f"{f', {ones} = 1' if ones else ''}) with "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                 "it and any other variant the compiler refuses run eagerly (same tokens) "
                 "from now on. This warning is shown once.",

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("specsample.reports.cli_report", "render benchmark/conformance results"),
     "compare": ("specsample.reports.cli_compare", "compare two benchmark result files"),
     "run": ("specsample.reports.cli_run", "conformance + benchmark + report in one go"),
+    "fuzz": ("specsample.cli_fuzz", "fuzz backends against the float64 reference"),
 }
 
 

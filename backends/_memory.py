@@ -1,0 +1,93 @@
+"""Extra memory of one call of the PyTorch backends, and a check that it fits before allocating.
+
+The vectorized algorithm (``torch-vectorized``, ``torch-compile``) needs a few ``[B, V]`` float32
+temporaries in random mode (the row the last token is drawn from, the draft row, ``q - p``, the
+residual, the CDF and an int64 position index) and only ``[B, K+1]``-sized ones in greedy mode: see
+docs/memory.md for the formula and the measurements behind it. Inputs that are not contiguous are
+copied first (the size of that input again).
+
+:func:`check_fits` raises :class:`NotEnoughMemory` on CUDA when the free device memory (the driver's
+free memory plus what torch's caching allocator holds unused) is smaller than what a call needs. On
+other devices, and while a CUDA graph is being captured, it does nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: bytes per (request, vocabulary entry) of the random-mode ``[B, V]`` temporaries at the peak
+#: (measured 24 for float32 inputs, 26 for half precision; the bound leaves room for either)
+RANDOM_BYTES_PER_ROW_ENTRY = 28
+#: bytes per (request, draft position) of the small ``[B, K+1]`` temporaries (ids, decisions, u, p, q)
+BYTES_PER_DRAFT = 64
+
+
+class NotEnoughMemory(MemoryError):
+    """A call's temporaries would not fit in the device's free memory (raised before allocating)."""
+
+
+def vectorized_extra_bytes(
+    batch_size: int,
+    num_draft: int,
+    vocab_size: int,
+    mode: str,
+    *,
+    element_size: int = 4,
+    copied_input_bytes: int = 0,
+) -> int:
+    """Upper bound of the extra bytes one vectorized call allocates (docs/memory.md).
+
+    Args:
+        batch_size, num_draft, vocab_size: B, K, V.
+        mode: ``"random"`` or ``"greedy"``.
+        element_size: bytes per probability of the inputs (4 float32, 2 half precision); a half
+            precision row is gathered in its dtype before it is widened, which the per-entry bound
+            already covers.
+        copied_input_bytes: bytes of the inputs that are not contiguous (copied first).
+
+    Returns:
+        ``28·B·V + 64·B·(K+1) + copied_input_bytes`` in random mode, ``64·B·(K+1) +
+        copied_input_bytes`` in greedy mode.
+    """
+    if mode not in ("random", "greedy"):
+        raise ValueError(f"mode must be 'random' or 'greedy', got {mode!r}")
+    if element_size not in (2, 4):
+        raise ValueError(f"element_size must be 2 or 4 bytes, got {element_size}")
+    small = BYTES_PER_DRAFT * batch_size * (num_draft + 1)
+    rows = RANDOM_BYTES_PER_ROW_ENTRY * batch_size * vocab_size if mode == "random" else 0
+    return rows + small + copied_input_bytes
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Bytes a new allocation can get on ``device``: the driver's free memory plus what torch's
+    caching allocator reserved but does not use; None where that cannot be told (not CUDA)."""
+    if device.type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free) + max(0, int(cached))
+
+
+def check_fits(device: torch.device, needed: int, what: str) -> None:
+    """Raise :class:`NotEnoughMemory` before allocating when ``needed`` bytes do not fit.
+
+    Args:
+        device: where the call runs; nothing is checked off CUDA or under CUDA graph capture.
+        needed: bytes the call will allocate (e.g. :func:`vectorized_extra_bytes`).
+        what: the call, for the message (e.g. ``"torch-vectorized random B=64, K=4, V=128256"``).
+    """
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        raise NotEnoughMemory(
+            f"{what}: needs about {_size(needed)} of temporary memory on {device}, but only "
+            f"{_size(free)} is free; use a smaller batch, or split the batch over several calls"
+        )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} bytes"
