@@ -52,6 +52,16 @@ _OVERFLOW = tl.constexpr(32)
 
 
 @triton.jit
+def _f32(x):
+    """A loaded probability as float32. bfloat16 is widened from its bits (a 16-bit shift, exact
+    for every value; triton's CPU interpreter garbles bfloat16 subnormals in a plain cast, the GPU
+    does not, and both give this)."""
+    if x.dtype == tl.bfloat16:
+        return (x.to(tl.int16, bitcast=True).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _bad(x):
     """Elementwise (float32): NaN, infinite or negative; ``-0.0`` is fine."""
     return (x != x) | (x < 0.0) | (x > _FMAX)
@@ -117,9 +127,9 @@ def _load_tile(q_row, p_row, offs, lim, p_lim, HAS_P: tl.constexpr):
 def _combine(q, p, offs, x_hot, HAS_P: tl.constexpr):
     """The residual (float32) from a loaded tile; ``x_hot`` is the rejected draft id for a one-hot
     drafter (``draft_probs`` None), else -1."""
-    q = q.to(tl.float32)
+    q = _f32(q)
     if HAS_P:
-        r = tl.maximum(q - p.to(tl.float32), 0.0)
+        r = tl.maximum(q - _f32(p), 0.0)
     else:
         r = tl.where(offs == x_hot, tl.maximum(q - 1.0, 0.0), q)
     return r
@@ -153,7 +163,7 @@ def _sample_full_row(row, V, u, BLOCK: tl.constexpr):
     last_pos = -1
     for t in range(0, NT):
         offs = t * BLOCK + ar
-        q = tl.load(row + offs, mask=offs < V, other=0.0).to(tl.float32)
+        q = _f32(tl.load(row + offs, mask=offs < V, other=0.0))
         total += tl.sum(q, axis=0).to(tl.float64)
         last_pos = tl.maximum(last_pos, tl.max(tl.where(q > 0, offs, -1), axis=0))
     thr = u.to(tl.float64) * total
@@ -164,7 +174,7 @@ def _sample_full_row(row, V, u, BLOCK: tl.constexpr):
     while (t < NT) & (done == 0):
         offs = t * BLOCK + ar
         m = offs < V
-        q = tl.load(row + offs, mask=m, other=0.0).to(tl.float32)
+        q = _f32(tl.load(row + offs, mask=m, other=0.0))
         s = tl.sum(q, axis=0).to(tl.float64)
         if running + s > thr:
             token = t * BLOCK + _pick_in_tile(q, ar, m, running, thr, BLOCK)
@@ -231,7 +241,7 @@ def verify_kernel(
     valid = kmask & (ids >= 0) & (ids < V)  # an out-of-range id is flagged, never read
     flags = tl.where(_any(kmask & ~valid) > 0, _BAD_ID, 0)
     qrow0 = b64 * (K + 1)
-    qx = tl.load(q_ptr + (qrow0 + kr) * V + ids, mask=valid, other=0.0).to(tl.float32)
+    qx = _f32(tl.load(q_ptr + (qrow0 + kr) * V + ids, mask=valid, other=0.0))
     NT = tl.cdiv(V, BLOCK)
     t0 = c * TPC
     t1 = tl.minimum(t0 + TPC, NT)
@@ -248,9 +258,13 @@ def verify_kernel(
         # small).
         rows = kr[:, None]
         offs2 = (t0 * BLOCK + ar)[None, :]
-        v = tl.load(
-            q_ptr + (qrow0 + rows) * V + offs2, mask=(rows <= K) & (offs2 < V), other=float("-inf")
-        ).to(tl.float32)
+        v = _f32(
+            tl.load(
+                q_ptr + (qrow0 + rows) * V + offs2,
+                mask=(rows <= K) & (offs2 < V),
+                other=float("-inf"),
+            )
+        )
         m_rows = tl.max(v, axis=1)
         i_rows = tl.min(tl.where(v == m_rows[:, None], offs2, _BIG), axis=1)
         # a row holding a bad value stops the walk (flagged); -1 marks it in the workspace
@@ -300,7 +314,7 @@ def verify_kernel(
             rbad = 0
             for t in range(t0, t1):
                 offs = t * BLOCK + ar
-                v = tl.load(q_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+                v = _f32(tl.load(q_row + offs, mask=offs < V, other=float("-inf")))
                 tm = tl.max(v, axis=0)
                 ti = tl.min(tl.where(v == tm, offs, _BIG), axis=0)
                 upd = tm > m_run  # strict: an earlier tile keeps a tie (smallest index wins)
@@ -353,7 +367,7 @@ def verify_kernel(
     else:
         flags = flags | tl.where(_any(valid & _bad(qx)) > 0, _BAD_TARGET, 0)
         if HAS_P:
-            px = tl.load(p_ptr + (b64 * K + kr) * V + ids, mask=valid, other=1.0).to(tl.float32)
+            px = _f32(tl.load(p_ptr + (b64 * K + kr) * V + ids, mask=valid, other=1.0))
             flags = flags | tl.where(_any(valid & _bad(px)) > 0, _BAD_DRAFT, 0)
         else:
             px = tl.full([K_P2], 1.0, tl.float32)
@@ -399,9 +413,9 @@ def verify_kernel(
             for t in range(t0, t1):
                 qc, pc = qn, pn
                 qn, pn = _load_tile(q_row, p_row, (t + 1) * BLOCK + ar, lim, p_lim, HAS_P)
-                qbad = tl.maximum(qbad, _any(_bad(qc.to(tl.float32))))
+                qbad = tl.maximum(qbad, _any(_bad(_f32(qc))))
                 if HAS_P:
-                    pbad = tl.maximum(pbad, _any(_bad(pc.to(tl.float32))))
+                    pbad = tl.maximum(pbad, _any(_bad(_f32(pc))))
                 r = _combine(qc, pc, t * BLOCK + ar, x_hot, HAS_P)
                 running += _tile_sum(r)
                 cum = tl.where(tr == t - t0, running, cum)
@@ -409,9 +423,9 @@ def verify_kernel(
             for t in range(t0, t1):
                 offs = t * BLOCK + ar
                 qc, pc = _load_tile(q_row, p_row, offs, V, p_lim, HAS_P)
-                qbad = tl.maximum(qbad, _any(_bad(qc.to(tl.float32))))
+                qbad = tl.maximum(qbad, _any(_bad(_f32(qc))))
                 if HAS_P:
-                    pbad = tl.maximum(pbad, _any(_bad(pc.to(tl.float32))))
+                    pbad = tl.maximum(pbad, _any(_bad(_f32(pc))))
                 r = _combine(qc, pc, offs, x_hot, HAS_P)
                 running += _tile_sum(r)
                 cum = tl.where(tr == t - t0, running, cum)

@@ -340,6 +340,27 @@ def test_interp_out_of_range_ids_are_flagged():
 
 
 @INNER
+def test_interp_bfloat16_subnormals():
+    """bfloat16 subnormal probabilities are widened exactly (the interpreter's own bf16 cast
+    garbles them): tokens equal the reference's in both modes."""
+    g = torch.Generator().manual_seed(11)
+    B, K, V = 3, 2, 64
+    q = torch.rand(B, K + 1, V, generator=g) * 1e-38  # below bfloat16's smallest normal
+    q[:, :, ::3] = (
+        torch.rand(B, K + 1, V // 3 + 1, generator=g)[:, :, : q[:, :, ::3].shape[2]] * 3e-39
+    )
+    p = torch.rand(B, K, V, generator=g) * 1e-39
+    ids = torch.randint(0, V, (B, K), generator=g)
+    u = torch.rand(B, K + 1, generator=g)
+    args = (ids, p.bfloat16(), q.bfloat16())
+    for mode, kw in (("random", {"uniforms": u}), ("greedy", {})):
+        out = _backend().verify(*args, mode=mode, **kw)
+        ref = specsample.reference_verify(*args, mode=mode, **kw)
+        assert torch.equal(out.token_ids, ref.token_ids), mode
+        assert out.status.tolist() == [0, 0, 0]
+
+
+@INNER
 def test_interp_large_vocab():
     """One V = 262144 call of each kind (the fast conformance level's large-vocabulary case)."""
     ids, p, q = random_case(2, 2, 262144, seed=5)
