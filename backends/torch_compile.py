@@ -112,12 +112,12 @@ class TorchCompileBackend(Backend):
             self._eager_variants.add(key)
         if first:
             (device, dtype, greedy, no_draft), (b1, k1, v1) = key
-            ones = ", ".join(n for n, one in (("B", b1), ("K", k1), ("V", v1)) if one)
+            ones = ", ".join(f"{n}=1" for n, one in (("B", b1), ("K", k1), ("V", v1)) if one)
             warnings.warn(
                 "torch-compile: torch.compile failed for the variant "
                 f"(device={device}, dtype={dtype}, mode={'greedy' if greedy else 'random'}, "
                 f"draft_probs={'None' if no_draft else 'given'}"
-                f"{f', {ones} = 1' if ones else ''}) with "
+                f"{f', {ones}' if ones else ''}) with "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                 "it and any other variant the compiler refuses run eagerly (same tokens) "
                 "from now on. This warning is shown once.",

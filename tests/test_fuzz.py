@@ -18,7 +18,13 @@ from specsample.contract import Capabilities
 from specsample.fuzz import run_fuzz
 from specsample.fuzz_cases import U_MAX, make_case
 
-CPU_BACKENDS = ["torch-loop", "torch-vectorized", "torch-compile", "numpy"]
+# torch-compile spends about a minute compiling its graphs on a CPU (the cases themselves are fast).
+CPU_BACKENDS = [
+    "torch-loop",
+    "torch-vectorized",
+    pytest.param("torch-compile", marks=pytest.mark.slow),
+    "numpy",
+]
 CASES = int(os.environ.get("SPECSAMPLE_FUZZ_CASES", "2000"))
 
 
