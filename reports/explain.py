@@ -137,6 +137,16 @@ def launches() -> str:
     )
 
 
+def kernel_only() -> str:
+    return (
+        "The documented default call (every column above) against the backend's launch path "
+        "alone (Backend._verify on inputs validated once, outside the timed loop), same timer: "
+        "default / kernel-only, then the default call's median. Values are checked inside the "
+        "kernel, so the default call costs only its host-side checks, which the timer hides "
+        "behind the GPU; the eager wall-clock shows them. Fused backends only."
+    )
+
+
 def graph() -> str:
     return (
         "Median replay time of the call captured in a CUDA graph (backends that claim graph "

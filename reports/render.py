@@ -188,6 +188,7 @@ def render_report(
                     X.bandwidth(),
                 ),
                 ("Kernel launches / host syncs per call", "launches", X.launches()),
+                ("Default call / kernel-only call", "kernel_only", X.kernel_only()),
                 (
                     "Mean acceptance length: measured (expected for the workload)",
                     "length",
@@ -197,11 +198,14 @@ def render_report(
             mode_cells = [c for c in T.ok_cells(doc) if c["mode"] == mode]
             has_launches = any(c.get("launches") for c in mode_cells)
             has_graph = any(c.get("graph") for c in mode_cells)
+            has_kernel_only = any(c.get("kernel_only") for c in mode_cells)
             alone = T.single_backend(doc)
             has_loop = any(c["backend"] == T.BASELINE for c in mode_cells)
             for heading, metric, note in blocks:
-                if (metric == "launches" and not has_launches) or (
-                    metric == "graph" and not has_graph
+                if (
+                    (metric == "launches" and not has_launches)
+                    or (metric == "graph" and not has_graph)
+                    or (metric == "kernel_only" and not has_kernel_only)
                 ):
                     continue
                 if metric == "speedup" and not has_loop and not alone:

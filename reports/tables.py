@@ -277,8 +277,9 @@ def latency_table(doc: dict[str, Any], mode: str, fmt: str = "github") -> str:
 
 def metric_table(doc: dict[str, Any], mode: str, metric: str, fmt: str = "github") -> str:
     """A per-workload x backend table of ``metric``: ``speedup``, ``vs_fastest``, ``floor``,
-    ``bandwidth``, ``launches``, ``wall`` (eager wall-clock latency), ``graph`` (CUDA-graph replay)
-    or ``length`` (measured mean acceptance length)."""
+    ``bandwidth``, ``launches``, ``wall`` (eager wall-clock latency), ``graph`` (CUDA-graph replay),
+    ``kernel_only`` (the default call over the launch path alone) or ``length`` (measured mean
+    acceptance length)."""
     from tabulate import tabulate
 
     backends = backends_in(doc)
@@ -324,6 +325,11 @@ def _metric_value(metric: str, s: dict[str, Any], c: dict[str, Any]) -> str:
     if metric == "wall":
         w = (c["timing"].get("wall") or {}).get("median")
         return fmt_time(w)
+    if metric == "kernel_only":
+        ko = c.get("kernel_only") or {}
+        if ko.get("status") != "ok":
+            return ko.get("status", "-")
+        return f"{fmt_ratio(ko.get('default_over_kernel'))} ({fmt_time(c['timing']['median'])})"
     if metric == "graph":
         g = c.get("graph") or {}
         return fmt_time(g.get("median")) if g.get("status") == "ok" else g.get("status", "-")

@@ -55,3 +55,15 @@ def test_other_backends_time_the_default_call_only(monkeypatch):
     doc, calls = _sweep(monkeypatch, fused=False)
     assert calls["_verify"] == calls["verify"]
     assert all("kernel_only" not in cell for cell in doc["cells"])
+
+
+def test_the_report_shows_default_against_kernel_only(monkeypatch, tmp_path):
+    from specsample.reports.render import render_report
+
+    doc, _ = _sweep(monkeypatch, fused=True)
+    render_report(doc, None, tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "### Default call / kernel-only call" in md
+    section = md.split("### Default call / kernel-only call", 1)[1].split("###", 1)[0]
+    ratio = doc["cells"][0]["kernel_only"]["default_over_kernel"]
+    assert f"{ratio:.3g}" in section or f"{ratio:.3f}" in section
