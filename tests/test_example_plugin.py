@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pytest (a dependency of specsample) depends on tomli before Python 3.11
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "specsample-numpy"
 DOC = ROOT / "docs" / "writing-a-backend-plugin.md"
@@ -34,7 +39,6 @@ def test_the_page_shows_the_example_package_verbatim():
 
 
 def test_registered_only_through_the_entry_point():
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["specsample.backends"] == {"numpy": "specsample_numpy"}
     for path in (ROOT / "core", ROOT / "backends"):
