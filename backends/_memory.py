@@ -13,6 +13,8 @@ other devices, and while a CUDA graph is being captured, it does nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 #: bytes per (request, vocabulary entry) of the random-mode ``[B, V]`` temporaries at the peak
@@ -84,6 +86,24 @@ def check_fits(device: torch.device, needed: int, what: str) -> None:
             f"{what}: needs about {_size(needed)} of temporary memory on {device}, but only "
             f"{_size(free)} is free; use a smaller batch, or split the batch over several calls"
         )
+
+
+#: below this many bytes of temporaries a call is not checked (the free-memory query costs host time
+#: on every call, and a call this small fails only when the device is already out of memory)
+CHECK_ABOVE_BYTES = 256 * 2**20
+
+
+def check_vectorized_call(inputs: Any, name: str) -> None:
+    """:func:`check_fits` for one call of the vectorized algorithm (torch-vectorized and
+    torch-compile), skipped off CUDA and for calls needing less than :data:`CHECK_ABOVE_BYTES`."""
+    if inputs.device.type != "cuda":
+        return
+    B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+    needed = vectorized_extra_bytes(
+        B, K, V, inputs.mode, element_size=inputs.target_probs.element_size()
+    )
+    if needed >= CHECK_ABOVE_BYTES:
+        check_fits(inputs.device, needed, f"{name} {inputs.mode} B={B}, K={K}, V={V}")
 
 
 def _size(n: int) -> str:

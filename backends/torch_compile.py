@@ -75,6 +75,9 @@ class TorchCompileBackend(Backend):
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         import torch
 
+        from ._memory import check_vectorized_call
+
+        check_vectorized_call(inputs, self.name)  # a clear error before allocating, on CUDA
         greedy = inputs.mode == "greedy"
         uniforms = inputs.uniforms
         if uniforms is None and not greedy:

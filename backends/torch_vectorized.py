@@ -5,6 +5,7 @@ from __future__ import annotations
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
 
+from ._memory import check_vectorized_call
 from ._vectorized import verify_tensors
 
 
@@ -14,6 +15,7 @@ class TorchVectorizedBackend(Backend):
     capabilities = Capabilities(cuda_graphs=True, host_sync_free=True, status_flags=True)
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
+        check_vectorized_call(inputs, self.name)  # a clear error before allocating, on CUDA
         greedy = inputs.mode == "greedy"
         uniforms = inputs.uniforms
         if uniforms is None and not greedy:

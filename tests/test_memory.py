@@ -109,3 +109,27 @@ def test_check_fits_refuses_what_does_not_fit(fake_cuda):
 def test_check_fits_skips_under_graph_capture(fake_cuda, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     _memory.check_fits(fake_cuda, 10**18, "captured")
+
+
+def test_the_vectorized_backends_check_large_cuda_calls(monkeypatch):
+    """torch-vectorized and torch-compile ask check_fits before a large CUDA call, not a small one."""
+    import types
+
+    from specsample.backends import _memory
+
+    seen = []
+    monkeypatch.setattr(_memory, "check_fits", lambda device, needed, what: seen.append(what))
+    big = types.SimpleNamespace(
+        device=torch.device("cuda", 0),
+        batch_size=256,
+        num_draft=8,
+        vocab_size=128256,
+        mode="random",
+        target_probs=torch.empty(0),
+    )
+    _memory.check_vectorized_call(big, "torch-vectorized")
+    small = types.SimpleNamespace(**{**vars(big), "batch_size": 1})
+    _memory.check_vectorized_call(small, "torch-vectorized")
+    cpu = types.SimpleNamespace(**{**vars(big), "device": torch.device("cpu")})
+    _memory.check_vectorized_call(cpu, "torch-vectorized")
+    assert seen == ["torch-vectorized random B=256, K=8, V=128256"]
