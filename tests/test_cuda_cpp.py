@@ -389,5 +389,5 @@ def test_torch_compile_fullgraph():
     w = make_workload(3, 4, 1000, device="cuda", seed=2)
     u = torch.rand((3, 5), device="cuda")
     f = torch.compile(lambda a, b, c, d: op(a, b, c, d, None, False, 0, 0, 0), fullgraph=True)
-    tok, num = f(w.draft_token_ids, w.draft_probs, w.target_probs, u)
+    tok, num, status = f(w.draft_token_ids, w.draft_probs, w.target_probs, u)
     assert torch.equal(tok.cpu(), _ref(w, "random", u)[0])
