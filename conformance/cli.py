@@ -19,7 +19,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("-k", metavar="EXPRESSION", help="only checks matching (pytest -k)")
     parser.add_argument("-x", action="store_true", help="stop at the first failure")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the summary")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary on stdout (pytest's per-check lines are hidden); on a "
+        "terminal a progress bar still shows on stderr unless --no-progress",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar or progress lines on stderr"
+    )
     parser.add_argument(
         "-j",
         "--jobs",
@@ -52,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
             pytest_args,
             quiet=args.quiet,
             jobs=args.jobs,
+            progress=False if args.no_progress else None,
         )
     except (ConformanceRunError, ValueError) as exc:
         print(f"specsample conform: {exc}", file=sys.stderr)
