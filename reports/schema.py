@@ -104,6 +104,9 @@ class _Fields:
         if not self.present(key, required):
             return
         value = self.obj[key]
+        if null and _is_nan(value):
+            # a statistic of no samples: earlier versions wrote NaN where null is written now
+            self.obj[key] = value = None
         if value is None and null:
             return
         ok = (
@@ -394,6 +397,10 @@ def detect_kind(doc: Any) -> str:
     raise SchemaError(
         f'schema must be "{BENCH_SCHEMA}" or "{CONFORMANCE_SCHEMA}", got {_show(schema)}'
     )
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _finite(value: Any) -> Any:

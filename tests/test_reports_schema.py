@@ -195,3 +195,20 @@ def test_skip_reasons_follow_capabilities():
     assert "max_vocab" in _skip_reason(info, "cuda", "random", "float32", 4, 5000)
     assert "max_k" in _skip_reason(info, "cuda", "random", "float32", 16, 100)
     assert _skip_reason(info, "cuda", "random", "float32", 4, 100) is None
+
+
+def test_nan_in_optional_statistics_reads_as_null(tiny_doc):
+    """Results written before NaN became null (e.g. an eager wall-clock of no samples) still load;
+    a NaN median of a cell's timing is still refused."""
+    import copy
+    import math
+
+    from specsample.reports.schema import SchemaError, validate_results
+
+    doc = copy.deepcopy(tiny_doc[0])
+    ok = next(c for c in doc["cells"] if c["status"] == "ok")
+    ok["timing"]["wall"] = {"statistic": "median", "n": 0, "median": math.nan, "q1": math.nan}
+    validate_results(copy.deepcopy(doc))
+    ok["timing"]["median"] = math.nan
+    with pytest.raises(SchemaError, match=r"timing\.median must be a positive number"):
+        validate_results(doc)
