@@ -14,7 +14,7 @@ from specsample.backends import _memory
 # One call in a fresh process; prints the growth of the peak resident set size over the call.
 _MEASURE = textwrap.dedent(
     """
-    import os, resource, sys, torch, specsample
+    import sys, torch, specsample
     name, mode, B, K, V, dtype = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), sys.argv[6]
     dtype = getattr(torch, dtype)
     torch.set_num_threads(1)
@@ -27,11 +27,19 @@ _MEASURE = textwrap.dedent(
     p = torch.rand((B, K, V), dtype=dtype)
     ids = torch.randint(0, V, (B, K))
     u = torch.rand((B, K + 1)) if mode == "random" else None
-    page = os.sysconf("SC_PAGE_SIZE")
-    rss = int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * page
-    before = max(rss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    def status_kb(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    # Reset the peak (VmHWM) to the current RSS, so that earlier peaks (imports, the inputs'
+    # generation) cannot hide the call's own (Linux >= 4.0: "5" > clear_refs).
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
     backend.verify(ids, p, q, mode=mode, uniforms=u)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before)
+    print(status_kb("VmHWM") - before)
     """
 )
 
