@@ -175,3 +175,17 @@ def test_empty_batch_and_zero_drafts():
     ids, p, q = good(B=3, K=0)
     out = call(ids, p, q)
     assert out.token_ids.shape == (3, 1) and out.num_emitted.tolist() == [1, 1, 1]
+
+
+def test_the_numpy_plugin_reads_inputs_that_require_grad():
+    """The example plugin detaches its inputs (NumPy refuses tensors that require grad)."""
+    names = {i.name for i in specsample.list_backends() if i.available}
+    if "numpy" not in names:
+        pytest.skip("the example plugin specsample-numpy is not installed")
+    ids, p, q = good()
+    u = torch.rand(4, 4, generator=torch.Generator().manual_seed(3))
+    out = specsample.get_backend("numpy").verify(
+        ids, p.requires_grad_(), q.requires_grad_(), uniforms=u
+    )
+    ref = specsample.reference_verify(ids, p.detach(), q.detach(), uniforms=u)
+    assert torch.equal(out.token_ids, ref.token_ids)
