@@ -221,7 +221,7 @@ class Backend(abc.ABC):
         """
         from .validation import empty_output, resolve_validate, validate_inputs
 
-        level = resolve_validate(validate, check_finite, stacklevel=3)
+        level = resolve_validate(validate, check_finite, stacklevel=2)
         if level == "status" and not self.capabilities.status_flags:
             level = "full"  # the backend does not guard its reads: check eagerly instead
         inputs = validate_inputs(

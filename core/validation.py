@@ -38,6 +38,8 @@ def _require_tensor(name: str, value: object) -> torch.Tensor:
 def resolve_validate(validate: str, check_finite: bool | None, *, stacklevel: int = 2) -> str:
     """The validation level from ``validate=`` and the deprecated ``check_finite=``.
 
+    ``stacklevel`` 2 points the warning at the caller of the function that calls this one.
+
     ``check_finite=True`` means ``"full"`` and ``False`` means ``"status"``; passing it warns.
     """
     if check_finite is not None:
