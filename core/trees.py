@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -27,6 +28,7 @@ __all__ = [
     "attention_mask",
     "balanced_tree",
     "build_eagle2_tree",
+    "candidates_from_sglang",
     "chain",
     "children",
     "depths",
@@ -577,6 +579,72 @@ def build_eagle2_tree(
         )
     cand_out, par_out = cand_out.to(scores.device), par_out.to(scores.device)
     return (cand_out, par_out) if batched else (cand_out[0], par_out[0])
+
+
+def candidates_from_sglang(
+    score_list: Sequence[torch.Tensor], parents_list: Sequence[torch.Tensor], topk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convert an EAGLE-2 draft in SGLang's per-step lists to :func:`build_eagle2_tree`'s input.
+
+    SGLang's drafter keeps, per step ``s``, ``score_list[s]`` (``[B, 1, topk]`` for step 0, then
+    ``[B, topk, topk]``: ``topk`` children of each of the ``topk`` beams) and ``parents_list[s]``
+    (``[B, topk + 1]`` = ``[-1, 0, ..., topk-1]`` for step 0, then ``[B, topk]``: the index, in the
+    concatenation of all steps' flattened candidates, of each beam whose children the next step
+    scores). Its candidate ``c`` (in that concatenation) is a child of the root when ``c < topk``
+    and otherwise of candidate ``parents_list[...][c // topk]`` (the step lists concatenated).
+
+    Args:
+        score_list: ``depth`` tensors as above, float.
+        parents_list: ``depth`` int64 tensors as above (the last one is not needed and not read).
+        topk: candidates per beam.
+
+    Returns:
+        ``(scores, parents_of_candidates)``, each ``[B, depth, topk * topk]``: SGLang's candidate
+        ``c`` goes to flat index ``c`` for step 0 and ``s * topk**2 + j`` for the ``j``-th candidate
+        of step ``s >= 1``; step 0's unused slots hold ``-inf`` and ``-1``.
+    """
+    _check_count("topk", topk, minimum=1)
+    depth = len(score_list)
+    if depth < 1 or len(parents_list) != depth:
+        raise ValueError(
+            f"score_list has {depth} steps and parents_list {len(parents_list)}; expected the same, at least 1"
+        )
+    B = score_list[0].shape[0]
+    for s, t in enumerate(score_list):
+        want = (B, 1, topk) if s == 0 else (B, topk, topk)
+        if tuple(t.shape) != want:
+            raise ValueError(f"score_list[{s}] has shape {tuple(t.shape)}; expected {want}")
+    for s, t in enumerate(parents_list[:-1]):
+        want = (B, topk + 1) if s == 0 else (B, topk)
+        if tuple(t.shape) != want:
+            raise ValueError(f"parents_list[{s}] has shape {tuple(t.shape)}; expected {want}")
+    W = topk * topk
+    flat = torch.cat([t.reshape(B, -1) for t in score_list], dim=1)  # [B, topk + (depth-1) * W]
+    M = flat.shape[1]
+    c = torch.arange(M)
+    to_mine = torch.where(c < topk, c, (1 + (c - topk) // W) * W + (c - topk) % W)
+    rows = c // topk  # which beam's children; row 0 = the root's
+    if depth > 1:
+        beam_of_row = torch.cat([t.to(torch.int64) for t in parents_list[:-1]], dim=1).cpu()
+        used = beam_of_row[:, 1:]  # entry 0 is step 0's -1 (the root)
+        if bool(((used < 0) | (used >= M)).any()):
+            b, r = (int(v) for v in ((used < 0) | (used >= M)).nonzero()[0])
+            raise ValueError(
+                f"request {b}: parents_list entry {r + 1} (steps concatenated) = {int(used[b, r])}; "
+                f"expected a candidate index in [0, {M})"
+            )
+        parent_sgl = beam_of_row.gather(1, rows.expand(B, M))
+        parent = torch.where(
+            rows == 0, torch.full_like(parent_sgl, -1), to_mine[parent_sgl.clamp(min=0)]
+        )
+    else:
+        parent = torch.full((B, M), -1, dtype=torch.int64)
+    scores = torch.full((B, depth * W), -math.inf, dtype=flat.dtype)
+    parents = torch.full((B, depth * W), -1, dtype=torch.int64)
+    scores[:, to_mine] = flat.detach().cpu()
+    parents[:, to_mine] = parent
+    device = score_list[0].device
+    return scores.reshape(B, depth, W).to(device), parents.reshape(B, depth, W).to(device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -277,6 +277,36 @@ def test_eagle2_builder_by_hand():
     assert T.build_eagle2_tree(SCORES, PARENTS, 0)[0].shape == (0,)
 
 
+def test_candidates_from_sglang_by_hand():
+    # the same draft as SCORES / PARENTS in SGLang's per-step lists (one request). SGLang numbers
+    # candidates over all steps flattened: step 0 -> 0, 1; step 1 -> 2..5; step 2 -> 6..9.
+    score_list = [
+        torch.tensor([[[-0.1, -2.0]]]),  # [B, 1, topk]: the root's children
+        torch.tensor([[[-0.3, -1.6], [-2.1, -5.0]]]),  # children of beams 0 and 1
+        torch.tensor([[[-0.6, -2.8], [-1.8, -5.6]]]),  # children of beams 2 and 3 (ours: 4 and 5)
+    ]
+    parents_list = [
+        torch.tensor([[-1, 0, 1]]),  # step 0: the root, then the step's beams 0 and 1
+        torch.tensor([[2, 3]]),  # the beams expanded by step 2
+        torch.tensor([[6, 8]]),  # the next step's beams: not read
+    ]
+    scores, parents = T.candidates_from_sglang(score_list, parents_list, topk=2)
+    assert torch.equal(scores[0], SCORES) and torch.equal(parents[0], PARENTS)
+    cand, par = T.build_eagle2_tree(scores, parents, 5)
+    assert cand.tolist() == [[0, 4, 5, 8, 10]] and par.tolist() == [[-1, 0, 0, 1, 2]]
+    with pytest.raises(
+        ValueError, match=r"score_list\[1\] has shape \(1, 2, 3\); expected \(1, 2, 2\)"
+    ):
+        T.candidates_from_sglang([score_list[0], torch.zeros(1, 2, 3)], parents_list[:2], topk=2)
+    with pytest.raises(
+        ValueError,
+        match=r"request 0: parents_list entry 4 .* = 10; expected a candidate index in \[0, 10\)",
+    ):
+        T.candidates_from_sglang(
+            score_list, [parents_list[0], torch.tensor([[2, 10]]), parents_list[2]], topk=2
+        )
+
+
 def test_eagle2_builder_batched_ties_and_connectivity():
     # a child scoring above its parent: the global top-2 (2 and 0) is not a tree; the builder
     # only takes candidates whose parent is taken
@@ -340,3 +370,17 @@ def test_import_stays_light():
     code = "import sys, specsample.trees; print(any(m in sys.modules for m in ('triton', 'cupy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_docs_example_runs_and_matches_its_comments():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "trees.md").read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    ns: dict = {}
+    exec(compile(block, "docs/trees.md", "exec"), ns)
+    assert ns["candidates"].tolist() == [0, 4, 5] and ns["tree"].tolist() == [-1, 0, 0]
+    assert "tensor([1, 3, -1, -1]), tensor([-1, 2, -1, -1])" in block
+    assert ns["nxt"].tolist() == [1, 3, -1, -1] and ns["sib"].tolist() == [-1, 2, -1, -1]
+    assert ns["paths"].tolist() == [[0, 2, -1], [0, 1, 3]]
