@@ -157,7 +157,7 @@ def positions(parents: torch.Tensor, start: int = 0) -> torch.Tensor:
         ``[N+1]`` or ``[B, N+1]`` int64.
     """
     d = depths(parents)
-    root = torch.zeros_like(d[..., :1])
+    root = torch.zeros(*d.shape[:-1], 1, dtype=d.dtype, device=d.device)
     return torch.cat([root, d], dim=-1) + int(start)
 
 
@@ -253,7 +253,7 @@ def packed_attention_mask(parents: torch.Tensor, *, include_root: bool = False) 
         include_root: pack over the ``N+1`` positions (bit 0 = the root) instead of the ``N`` nodes.
 
     Returns:
-        ``[..., T, ceil(T / 32)]`` int32 with ``T = N`` (or ``N+1``).
+        ``[..., T, max(1, ceil(T / 32))]`` int32 with ``T = N`` (or ``N+1``).
     """
     dense = attention_mask(parents, include_root=include_root)
     T = dense.shape[-1]

@@ -70,6 +70,8 @@ def test_depths_positions_children_by_hand():
     batch = torch.stack([p, T.chain(4)])
     assert T.depths(batch).tolist() == [[1, 1, 2, 3], [1, 2, 3, 4]]
     assert T.positions(batch).shape == (2, 5)
+    assert T.positions(T.chain(0), start=3).tolist() == [3]  # the root alone
+    assert T.positions(torch.zeros(2, 0, dtype=torch.int64)).tolist() == [[0], [0]]
 
 
 def test_validate_parents_names_request_and_node():
