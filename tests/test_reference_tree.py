@@ -410,3 +410,16 @@ def test_losslessness_check_catches_a_wrong_rule():
     case = _exact_first_token(tuples, weights, coin_cells, [P0, [0.25] * 4])
     law = _law(*case, sampling="with_replacement")
     assert max(abs(a - b) for a, b in zip(law, Q0, strict=True)) > 1e-3
+
+
+def test_boundary_coins_target_only():
+    # the root's first child has probability zero: coin 0 must not accept it, but the next one
+    q = _q([0.5, 0.5, 0.0, 0.0])
+    assert _run(q, [0.0, 0.0, 0.0, 0.0])[:2] == ([1, 0, -1], [1, -1])
+    # the largest float32 coin below one walks past every bucket; the last draw ends on the
+    # last positive token of what is left ([0.5, 0, 0, 0]: token 0), never past it
+    top = 1.0 - 2.0**-24
+    assert _run(q, [top, 0.0, 0.0, top])[:2] == ([0, -1, -1], [-1, -1])
+    # a bucket's upper edge is outside it: node 0's bucket is empty, node 1's is [0, 0.5), so the
+    # coin 0.5 goes to the last draw
+    assert _run(q, [0.5, 0.0, 0.0, 0.0])[:2] == ([0, -1, -1], [-1, -1])
