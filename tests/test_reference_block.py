@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import specsample
@@ -517,3 +519,13 @@ def test_monte_carlo_matches_the_exact_distribution(V, K, seed):
         observed, expected = observed[:-1], expected[:-1]
     result = stats.chisquare(observed, expected)
     assert result.pvalue > 1e-3, result
+
+
+def test_the_rules_page_example_runs_and_matches_its_comments():
+    page = Path(__file__).resolve().parents[1] / "docs" / "rules.md"
+    (block,) = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(block, "docs/rules.md", "exec"), namespace)
+    ids, p, q, u = (namespace[k] for k in ("ids", "p", "q", "u"))
+    assert reference_verify_block(ids, p, q, uniforms=u).token_ids.tolist() == [[0, 0, 1]]
+    assert specsample.reference_verify(ids, p, q, uniforms=u).token_ids.tolist() == [[1, -1, -1]]
