@@ -32,13 +32,22 @@ def _random_chain_case(g: torch.Generator, B: int, K: int, V: int, id_dtype: tor
     return ids.to(id_dtype), p, q, u
 
 
-@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize(
+    ("id_dtype", "prob_dtype"),
+    [
+        (torch.int32, torch.float32),
+        (torch.int64, torch.float32),
+        (torch.int64, torch.float16),
+        (torch.int32, torch.bfloat16),
+    ],
+)
 @pytest.mark.parametrize("K", [0, 1, 2, 5])
-def test_chain_equals_reference_verify(id_dtype, K):
+def test_chain_equals_reference_verify(id_dtype, prob_dtype, K):
     g = torch.Generator().manual_seed(1000 + K)
     parents = torch.arange(-1, K - 1, dtype=torch.int64).expand(40, K)
     for trial in range(3):
         ids, p, q, u = _random_chain_case(g, 40, K, 6, id_dtype)
+        p, q = p.to(prob_dtype), q.to(prob_dtype)
         cases = [("greedy", None, None), ("random", None, None)]
         cases += [("random", p, s) for s in ("with_replacement", "without_replacement")]
         for mode, probs, sampling in cases:
@@ -71,6 +80,63 @@ def test_chain_consumes_the_generator_like_reference_verify():
         generator=torch.Generator().manual_seed(3),
     )
     assert torch.equal(got.token_ids, want.token_ids)
+
+
+def _random_tree(g: torch.Generator, N: int, V: int, distinct: bool):
+    """Random parents in topological order and tokens (distinct among siblings if asked)."""
+    parents: list[int] = []
+    ids: list[int] = []
+    for i in range(N):
+        taken = {a: {ids[j] for j in range(i) if parents[j] == a} for a in range(-1, i)}
+        # with distinct siblings a position holds at most V children; node i-1 has none yet
+        open_ = [a for a in range(-1, i) if not distinct or len(taken[a]) < V]
+        a = open_[int(torch.randint(0, len(open_), (1,), generator=g))]
+        free = [x for x in range(V) if not distinct or x not in taken[a]]
+        parents.append(a)
+        ids.append(free[int(torch.randint(0, len(free), (1,), generator=g))])
+    return parents, ids
+
+
+@pytest.mark.parametrize(
+    "rule", ["greedy", "target-only", "with_replacement", "without_replacement"]
+)
+def test_random_trees_walk_a_real_path(rule):
+    """On random trees: the accepted nodes form a root-to-node path whose tokens are emitted, the
+    last token has positive weight where it was drawn, and greedy follows the argmaxes."""
+    g = torch.Generator().manual_seed(99)
+    V, N, B = 5, 9, 60
+    trees = [_random_tree(g, N, V, distinct=rule != "with_replacement") for _ in range(B)]
+    parents = torch.tensor([t[0] for t in trees])
+    ids = torch.tensor([t[1] for t in trees])
+    q = torch.rand(B, N + 1, V, generator=g) ** 4
+    q = q / q.sum(-1, keepdim=True)
+    p = torch.rand(B, N, V, generator=g)
+    p = p / p.sum(-1, keepdim=True)
+    mode = "greedy" if rule == "greedy" else "random"
+    probs = p if rule.endswith("replacement") else None
+    sampling = rule if probs is not None else None
+    out = reference_verify_tree(
+        ids, parents, probs, q, mode=mode, draft_sampling=sampling, generator=g
+    )
+    assert out.status.eq(0).all()
+    depths_seen = set()
+    for b in range(B):
+        n = int(out.num_emitted[b])
+        path = out.accepted_nodes[b, : n - 1].tolist()
+        assert out.accepted_nodes[b, n - 1 :].eq(-1).all() and out.token_ids[b, n:].eq(-1).all()
+        pos = 0
+        for node in path:
+            assert int(parents[b, node]) + 1 == pos, (b, path)
+            if mode == "greedy":
+                assert int(ids[b, node]) == int(q[b, pos].argmax())
+            pos = node + 1
+        assert out.token_ids[b, : n - 1].tolist() == [int(ids[b, c]) for c in path]
+        last = int(out.token_ids[b, n - 1])
+        assert q[b, pos, last] > 0
+        if mode == "greedy":
+            assert last == int(q[b, pos].argmax())
+        depths_seen.add(len(path))
+    assert len(depths_seen) >= 3, depths_seen  # the walks are not all trivial
 
 
 # -- worked examples ---------------------------------------------------------------------------
