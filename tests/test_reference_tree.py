@@ -489,3 +489,68 @@ def test_boundary_coins_target_only():
     # a bucket's upper edge is outside it: node 0's bucket is empty, node 1's is [0, 0.5), so the
     # coin 0.5 goes to the last draw
     assert _run(q, [0.5, 0.0, 0.0, 0.0])[:2] == ([0, -1, -1], [-1, -1])
+
+
+def _exact_law(ids, parents, q, probs, sampling, cells_per_coin, outcome):
+    """Exact law of ``outcome(token_ids_row)`` over the coins of one request, integrated on the
+    product of ``cells_per_coin`` ([N+1] lists of cells), probing each cell inside its faces."""
+    probes, vols = [], []
+    for cell in itertools.product(*cells_per_coin):
+        mid = [(a + b) / 2 for a, b in cell]
+        group = [mid]
+        for j, (a, b) in enumerate(cell):  # an unused coin's faces too: it must not matter
+            assert b - a > 4 * EPS, "a cell too narrow for float32 coins"
+            group += [mid[:j] + [e] + mid[j + 1 :] for e in (a + EPS, b - EPS)]
+        probes.append(group)
+        vols.append(math.prod(b - a for a, b in cell))
+    u = torch.tensor([c for group in probes for c in group], dtype=torch.float32)
+    B = u.shape[0]
+    expand = lambda t: None if t is None else t.expand(B, *t.shape[1:])  # noqa: E731
+    out = reference_verify_tree(
+        expand(ids), expand(parents), expand(probs), expand(q), draft_sampling=sampling, uniforms=u
+    )
+    assert out.status.eq(0).all()
+    law: dict = {}
+    at = 0
+    for group, vol in zip(probes, vols, strict=True):
+        seen = {outcome(out.token_ids[at + k].tolist()) for k in range(len(group))}
+        assert len(seen) == 1, f"outcome changes inside a cell: {seen}"
+        key = seen.pop()
+        law[key] = law.get(key, 0.0) + vol
+        at += len(group)
+    return law
+
+
+def test_target_only_two_levels_is_exactly_the_target_sequence_law():
+    # node 0 (token 3) and node 1 (token 0) under the root; node 2 (1) and node 3 (3) under node 0;
+    # node 4 (2) under node 1. The law of the first two emitted tokens must be q0(x) * q_x(y) when
+    # x is a child's token (y drawn after it), and q0(x) alone (nothing after it) otherwise.
+    Q1 = [2 / 16, 5 / 16, 1 / 16, 8 / 16]
+    Q2 = [4 / 16, 4 / 16, 7 / 16, 1 / 16]
+    flat = [0.25] * 4
+    ids = torch.tensor([[3, 0, 1, 3, 2]])
+    parents = torch.tensor([[-1, -1, 0, 0, 1]])
+    q = torch.tensor([[Q0, Q1, Q2, flat, flat, flat]])
+
+    def cdf(row, tokens):
+        return list(itertools.accumulate(row[x] for x in tokens))
+
+    def rest(row, tokens):
+        r = [0.0 if i in tokens else row[i] for i in range(4)]
+        return [c / sum(r) for c in itertools.accumulate(r)]
+
+    one = [(0.0, 1.0)]
+    cells = [
+        _cells(cdf(Q0, [3, 0])),  # node 0's coin: the root's walk
+        one,  # node 1's coin: unused
+        _cells(cdf(Q1, [1, 3])),  # node 2's coin: node 0's walk
+        one,  # node 3's coin: unused
+        _cells(cdf(Q2, [2])),  # node 4's coin: node 1's walk
+        _cells(rest(Q0, [3, 0]) + rest(Q1, [1, 3]) + rest(Q2, [2])),  # the last draw
+    ]
+    law = _exact_law(ids, parents, q, None, None, cells, lambda row: (row[0], row[1]))
+    expected = {(x, -1): Q0[x] for x in (1, 2) if Q0[x] > 0}
+    expected |= {(3, y): Q0[3] * Q1[y] for y in range(4) if Q1[y] > 0}
+    expected |= {(0, y): Q0[0] * Q2[y] for y in range(4) if Q2[y] > 0}
+    assert law.keys() == expected.keys()
+    assert max(abs(law[k] - expected[k]) for k in law) < 1e-12, law
