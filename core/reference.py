@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .contract import VerifyOutput
+from .contract import VerifyInputs, VerifyOutput
 from .rng import draw_uniforms
 from .status import FLOAT32_MAX, Status
 from .validation import empty_output, resolve_validate, validate_inputs
@@ -66,6 +66,15 @@ def inverse_cdf(r: torch.Tensor, u: float) -> int:
     while r[idx].item() == 0.0 and idx > 0:
         idx -= 1
     return idx
+
+
+def reference_coins(inputs: VerifyInputs, num_coins: int) -> torch.Tensor:
+    """The ``[B, num_coins + 1]`` coins of a reference call, float64 on the CPU: the caller's
+    ``uniforms``, or drawn from the generator exactly as the PyTorch backends draw them."""
+    u = inputs.uniforms
+    if u is None:
+        u = draw_uniforms(inputs.batch_size, num_coins, inputs.generator, inputs.device)
+    return u.cpu().to(torch.float64)
 
 
 def bad_values(x: torch.Tensor) -> bool:
@@ -180,12 +189,7 @@ def reference_verify(
     ids = inputs.draft_token_ids.cpu().to(torch.int64)
     q_all = inputs.target_probs.cpu()
     p_all = None if inputs.draft_probs is None else inputs.draft_probs.cpu()
-    u_all = None
-    if not greedy:
-        u_all = inputs.uniforms
-        if u_all is None:
-            u_all = draw_uniforms(B, K, inputs.generator, inputs.device)
-        u_all = u_all.cpu().to(torch.float64)
+    u_all = None if greedy else reference_coins(inputs, K)
 
     token_ids = torch.full((B, K + 1), -1, dtype=torch.int64)
     num_emitted = torch.zeros(B, dtype=torch.int64)

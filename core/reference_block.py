@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from .contract import VerifyOutput
-from .reference import inverse_cdf, reference_verify
-from .rng import draw_uniforms
+from .reference import inverse_cdf, reference_coins, reference_verify
 from .validation import empty_output, validate_inputs
 
 Row = Sequence[Any]  # one distribution over the vocabulary: floats or Fractions
@@ -202,10 +201,7 @@ def reference_verify_block(
     p_all = None
     if inputs.draft_probs is not None:
         p_all = inputs.draft_probs.cpu().to(torch.float64).tolist()
-    u_all = inputs.uniforms
-    if u_all is None:
-        u_all = draw_uniforms(B, K, inputs.generator, inputs.device)
-    u_all = u_all.cpu().to(torch.float64).tolist()
+    u_all = reference_coins(inputs, K).tolist()
 
     token_ids = torch.full((B, K + 1), -1, dtype=torch.int64)
     num_emitted = torch.zeros(B, dtype=torch.int64)

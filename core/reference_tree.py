@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .reference import accept_draft, bad_values, inverse_cdf, residual
-from .rng import draw_uniforms
+from .reference import accept_draft, bad_values, inverse_cdf, reference_coins, residual
 from .status import FLOAT32_MAX, Status
 from .validation import validate_inputs
 
@@ -355,12 +354,7 @@ def reference_verify_tree(
     greedy = mode == "greedy"
     q_all = inputs.target_probs.cpu()
     p_all = None if inputs.draft_probs is None else inputs.draft_probs.cpu()
-    u_all = None
-    if not greedy:
-        u_all = inputs.uniforms
-        if u_all is None:
-            u_all = draw_uniforms(B, N, inputs.generator, inputs.device)
-        u_all = u_all.cpu().to(torch.float64)
+    u_all = None if greedy else reference_coins(inputs, N)
 
     token_ids = torch.full((B, D + 1), -1, dtype=torch.int64)
     accepted = torch.full((B, D), -1, dtype=torch.int64)
