@@ -77,11 +77,12 @@ def status_error(status: torch.Tensor) -> ValueError | None:
     """
     import torch
 
-    flagged = torch.nonzero(status.detach().to("cpu", torch.int64)).flatten().tolist()
+    host = status.detach().to("cpu", torch.int64)  # the one sync
+    flagged = torch.nonzero(host).flatten().tolist()
     if not flagged:
         return None
     first = flagged[0]
-    flags = int(status[first])
+    flags = int(host[first])
     more = len(flagged) - 1
     tail = f" ({more} more request{'s' if more != 1 else ''} flagged: {flagged[1:6]}" + (
         ", ...)" if more > 5 else ")"
