@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
 from .cli_options import (
     UsageError,
@@ -40,6 +41,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda when claimed and present)"
     )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run each backend's cases in N worker processes (default 1); the host's cores, which "
+        "run the float64 reference, bound the rate, also with a GPU",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--force", action="store_true", help="replace an existing --json file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -49,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .fuzz import run_fuzz
+    from .fuzz_parallel import run_fuzz_parallel
     from .registry import list_backends
 
     names = selected_backends(args)
@@ -75,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
             dynamic_ncols=True,
             file=sys.stderr,
         ) as bar:
-            result = run_fuzz(
+            run = run_fuzz if args.jobs == 1 else partial(run_fuzz_parallel, jobs=args.jobs)
+            result = run(
                 name,
                 cases=args.cases,
                 seed=args.seed,

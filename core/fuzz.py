@@ -130,6 +130,7 @@ def run_fuzz(
     backend: str | Backend,
     *,
     cases: int = 1000,
+    start: int = 0,
     seed: int = 0,
     time_budget: float | None = None,
     device: str | None = None,
@@ -140,7 +141,8 @@ def run_fuzz(
 
     Args:
         backend: a registered name or a :class:`specsample.Backend` instance.
-        cases: how many cases to run (cases ``0..cases-1`` of ``seed``).
+        cases: how many cases to run (cases ``start..start+cases-1`` of ``seed``).
+        start: the first case index (a worker of a parallel campaign runs one slice).
         seed: the campaign; the same seed and backend claims give the same cases.
         time_budget: stop after this many seconds (``stopped`` says so).
         device: where to run (default: CUDA when claimed and present, else the CPU).
@@ -156,9 +158,9 @@ def run_fuzz(
         backend = get_backend(backend)
     dev = _device_for(backend, device)
     result = FuzzResult(backend.name, seed)
-    start = time.perf_counter()
-    for index in range(cases):
-        if time_budget is not None and time.perf_counter() - start > time_budget:
+    began = time.perf_counter()
+    for index in range(start, start + cases):
+        if time_budget is not None and time.perf_counter() - began > time_budget:
             result.stopped = f"time budget of {time_budget:g} s"
             break
         case = make_case(seed, index, backend.capabilities)
@@ -174,8 +176,8 @@ def run_fuzz(
             )
         if progress is not None:
             progress(1)
-        if len(result.divergences) >= max_divergences and index + 1 < cases:
+        if len(result.divergences) >= max_divergences and index + 1 < start + cases:
             result.stopped = f"{max_divergences} divergence(s)"
             break
-    result.elapsed_s = time.perf_counter() - start
+    result.elapsed_s = time.perf_counter() - began
     return result

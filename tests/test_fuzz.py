@@ -152,3 +152,38 @@ def test_cli_exit_codes_and_json(tmp_path, fresh_registry, capsys):
 
     assert cli.main(["fuzz", "--backend", "torch-loop", "--json", str(out), "-q"]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_parallel_campaign_runs_the_same_cases_as_one_process():
+    from specsample.fuzz_parallel import chunk_size, run_fuzz_parallel
+
+    serial = run_fuzz("torch-loop", cases=230, seed=5, device="cpu")
+    chunks: list[int] = []
+    parallel = run_fuzz_parallel(
+        "torch-loop", jobs=2, cases=230, seed=5, device="cpu", progress=chunks.append
+    )
+    assert not serial.divergences and not parallel.divergences and not parallel.stopped
+    assert (parallel.cases, parallel.requests, parallel.rounding_ties) == (
+        serial.cases,
+        serial.requests,
+        serial.rounding_ties,
+    )
+    assert sum(chunks) == 230 and len(chunks) == -(-230 // chunk_size(230, 2)) >= 2
+
+
+def test_parallel_campaign_keeps_one_deadline():
+    from specsample.fuzz_parallel import run_fuzz_parallel
+
+    result = run_fuzz_parallel("torch-loop", jobs=2, cases=10**7, seed=0, time_budget=3.0)
+    # Workers that start after the deadline run no case; the campaign still ends, soon after it.
+    assert result.stopped == "time budget of 3 s" and result.cases < 10**7
+    assert result.elapsed_s < 60
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        run_fuzz_parallel("torch-loop", jobs=0)
+
+
+def test_cli_jobs(capsys):
+    assert cli.main(["fuzz", "--backend", "torch-loop", "--cases", "120", "-j", "2", "-q"]) == 0
+    assert "torch-loop: 120 cases" in capsys.readouterr().out
+    assert cli.main(["fuzz", "--backend", "torch-loop", "-j", "0", "-q"]) == 2
+    assert "--jobs" in capsys.readouterr().err
