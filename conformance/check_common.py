@@ -143,12 +143,16 @@ def compare_to_reference(
     label: str,
     tolerance: bool = True,
     out: VerifyOutput | None = None,
+    ref: VerifyOutput | None = None,
 ) -> int:
     """Run the backend with uniforms ``u`` (random) or greedily and compare with the reference.
 
     Accept decisions (hence ``num_emitted``) and greedy tokens must match exactly. The last token of
     a random-mode request may differ only where the reference's inverse-CDF threshold lies within
     :func:`cdf_epsilon` of a cumulative boundary, which is recomputed in float64 for that request.
+
+    ``out`` and ``ref``, when given, are the backend's and the reference's outputs for these inputs
+    (the fuzzer computes the reference once for several backends).
 
     Returns:
         The number of such proven near-tie differences.
@@ -157,7 +161,8 @@ def compare_to_reference(
         out = target.verify(ids, draft, tgt, mode=mode, uniforms=u if mode == "random" else None)
     V = tgt.shape[-1]
     check_output(out, ids, V, tgt.device, label)
-    ref = reference_verify(ids, draft, tgt, mode=mode, uniforms=u if mode == "random" else None)
+    if ref is None:
+        ref = reference_verify(ids, draft, tgt, mode=mode, uniforms=u if mode == "random" else None)
     n_b, n_r = out.num_emitted.cpu(), ref.num_emitted.cpu()
     K = ids.shape[1]
     diff = torch.nonzero(n_b != n_r).flatten()

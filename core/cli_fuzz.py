@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 
 from .cli_options import (
     UsageError,
@@ -36,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=None,
         metavar="SECONDS",
-        help="stop each backend after this many seconds (reported as stopped, not complete)",
+        help="stop the campaign after this many seconds (reported as stopped, not complete)",
     )
     parser.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda when claimed and present)"
@@ -58,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .fuzz import run_fuzz
+    from .fuzz import run_fuzz_many
     from .fuzz_parallel import run_fuzz_parallel
     from .registry import list_backends
 
@@ -70,39 +69,42 @@ def main(args: argparse.Namespace) -> int:
     infos = {i.name: i for i in list_backends()}
     if names is None:
         names = [n for n, i in infos.items() if i.available]
-    results = []
-    unavailable = 0
+    available = []
     for name in names:
         info = infos[name]
         if not info.available:
             print(f"{name}: unavailable: {info.reason}", file=sys.stderr)
-            unavailable += 1
-            continue
+        else:
+            available.append(name)
+    results = []
+    if available:
         with tqdm(
             total=args.cases,
             disable=args.quiet,
             unit="case",
-            desc=f"fuzz {name}",
+            desc=f"fuzz {','.join(available)}",
             dynamic_ncols=True,
             file=sys.stderr,
         ) as bar:
-            run = run_fuzz if args.jobs == 1 else partial(run_fuzz_parallel, jobs=args.jobs)
-            result = run(
-                name,
+            options = dict(
                 cases=args.cases,
                 seed=args.seed,
                 time_budget=args.time_budget,
                 device=args.device,
                 progress=bar.update,
             )
+            if args.jobs == 1:
+                results = run_fuzz_many(available, **options)
+            else:
+                results = run_fuzz_parallel(available, jobs=args.jobs, **options)
+    for result in results:
         for d in result.divergences:
-            print(f"\n{name}: divergence at case {d.index}: {d.message}\n")
+            print(f"\n{result.backend}: divergence at case {d.index}: {d.message}\n")
             print(d.reproducer)
             print()
         print(result.summary())
-        results.append(result)
     if out_path is not None:
         out_path.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     if any(r.divergences for r in results):
         return 1
-    return 1 if unavailable and names and len(names) == unavailable else 0
+    return 1 if names and not available else 0

@@ -14,15 +14,16 @@ reproducer (:mod:`specsample.fuzz_shrink`). See docs/fuzz.md.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .contract import Backend
+from .contract import Backend, VerifyOutput
 from .fuzz_cases import FuzzCase, make_case
 from .fuzz_shrink import shrink, snippet
+from .reference import reference_verify
 
 
 @dataclass
@@ -84,8 +85,14 @@ class FuzzResult:
         }
 
 
-def check_case(backend: Backend, case: FuzzCase, device: torch.device) -> tuple[str | None, int]:
-    """Run ``case`` on ``backend`` and compare with the reference.
+def check_case(
+    backend: Backend,
+    case: FuzzCase,
+    device: torch.device,
+    reference: VerifyOutput | None = None,
+) -> tuple[str | None, int]:
+    """Run ``case`` on ``backend`` and compare with the reference (``reference``: its output for
+    ``case``, when already computed).
 
     Returns:
         ``(message, rounding_ties)``: ``message`` is None when the backend agrees (up to rounding
@@ -111,6 +118,7 @@ def check_case(backend: Backend, case: FuzzCase, device: torch.device) -> tuple[
             u=on_device.uniforms,
             label=f"case {case.index}",
             out=out,
+            ref=reference,
         )
     except CheckFailed as exc:
         return str(exc), 0
@@ -124,6 +132,12 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
     if "cuda" in devices and torch.cuda.is_available():
         return torch.device("cuda")
     return torch.device("cpu" if "cpu" in devices else devices[0])
+
+
+def _claims_key(backend: Backend) -> tuple:
+    """What :func:`make_case` reads of the claims: backends with equal keys get equal cases."""
+    c = backend.capabilities
+    return (tuple(c.modes), tuple(c.dtypes), c.max_k, c.max_vocab)
 
 
 def run_fuzz(
@@ -152,32 +166,90 @@ def run_fuzz(
     Returns:
         A :class:`FuzzResult`; ``divergences`` hold shrunk reproducers.
     """
-    if isinstance(backend, str):
-        from .registry import get_backend
+    (result,) = run_fuzz_many(
+        [backend],
+        cases=cases,
+        start=start,
+        seed=seed,
+        time_budget=time_budget,
+        device=device,
+        max_divergences=max_divergences,
+        progress=progress,
+    )
+    return result
 
-        backend = get_backend(backend)
-    dev = _device_for(backend, device)
-    result = FuzzResult(backend.name, seed)
+
+def run_fuzz_many(
+    backends: Sequence[str | Backend],
+    *,
+    cases: int = 1000,
+    start: int = 0,
+    seed: int = 0,
+    time_budget: float | None = None,
+    device: str | None = None,
+    max_divergences: int = 5,
+    progress: Callable[[int], None] | None = None,
+) -> list[FuzzResult]:
+    """Fuzz several backends in one campaign: each case is generated, and the reference run, once
+    for all backends with the same claims (modes, dtypes, ``max_k``, ``max_vocab``), so fuzzing
+    three GPU backends costs little more host time than fuzzing one.
+
+    Arguments are those of :func:`run_fuzz`; ``time_budget`` bounds the whole campaign, and a
+    backend that reaches ``max_divergences`` leaves it while the others go on.
+
+    Returns:
+        One :class:`FuzzResult` per backend, in the order given.
+    """
+    from .registry import get_backend
+
+    resolved = [get_backend(b) if isinstance(b, str) else b for b in backends]
+    devices = [_device_for(b, device) for b in resolved]
+    results = [FuzzResult(b.name, seed) for b in resolved]
+    active = list(range(len(resolved)))
     began = time.perf_counter()
+    stopped = ""
     for index in range(start, start + cases):
         if time_budget is not None and time.perf_counter() - began > time_budget:
-            result.stopped = f"time budget of {time_budget:g} s"
+            stopped = f"time budget of {time_budget:g} s"
             break
-        case = make_case(seed, index, backend.capabilities)
-        message, ties = check_case(backend, case, dev)
-        result.cases += 1
-        result.requests += case.shape[0]
-        result.rounding_ties += ties
-        if message is not None:
-            shrunk = shrink(case, lambda c: check_case(backend, c, dev)[0] is not None)
-            final = check_case(backend, shrunk, dev)[0] or message
-            result.divergences.append(
-                Divergence(index, final, shrunk, snippet(shrunk, backend.name, seed))
-            )
+        shared: dict[tuple, tuple[FuzzCase, VerifyOutput]] = {}
+        for i in active:
+            backend, dev, result = resolved[i], devices[i], results[i]
+            key = _claims_key(backend)
+            if key not in shared:
+                case = make_case(seed, index, backend.capabilities)
+                uniforms = case.uniforms if case.mode == "random" else None
+                reference = reference_verify(
+                    case.draft_token_ids,
+                    case.draft_probs,
+                    case.target_probs,
+                    mode=case.mode,
+                    uniforms=uniforms,
+                )
+                shared[key] = (case, reference)
+            case, reference = shared[key]
+            message, ties = check_case(backend, case, dev, reference)
+            result.cases += 1
+            result.requests += case.shape[0]
+            result.rounding_ties += ties
+            if message is not None:
+                shrunk = shrink(
+                    case,
+                    lambda c, b=backend, d=dev: check_case(b, c, d)[0] is not None,
+                )
+                final = check_case(backend, shrunk, dev)[0] or message
+                result.divergences.append(
+                    Divergence(index, final, shrunk, snippet(shrunk, backend.name, seed))
+                )
+                if len(result.divergences) >= max_divergences and index + 1 < start + cases:
+                    result.stopped = f"{max_divergences} divergence(s)"
+        active = [i for i in active if not results[i].stopped]
         if progress is not None:
             progress(1)
-        if len(result.divergences) >= max_divergences and index + 1 < start + cases:
-            result.stopped = f"{max_divergences} divergence(s)"
+        if not active:
             break
-    result.elapsed_s = time.perf_counter() - began
-    return result
+    elapsed = time.perf_counter() - began
+    for result in results:
+        result.elapsed_s = elapsed
+        result.stopped = result.stopped or stopped
+    return results

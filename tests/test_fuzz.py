@@ -159,8 +159,8 @@ def test_parallel_campaign_runs_the_same_cases_as_one_process():
 
     serial = run_fuzz("torch-loop", cases=230, seed=5, device="cpu")
     chunks: list[int] = []
-    parallel = run_fuzz_parallel(
-        "torch-loop", jobs=2, cases=230, seed=5, device="cpu", progress=chunks.append
+    (parallel,) = run_fuzz_parallel(
+        ["torch-loop"], jobs=2, cases=230, seed=5, device="cpu", progress=chunks.append
     )
     assert not serial.divergences and not parallel.divergences and not parallel.stopped
     assert (parallel.cases, parallel.requests, parallel.rounding_ties) == (
@@ -174,12 +174,12 @@ def test_parallel_campaign_runs_the_same_cases_as_one_process():
 def test_parallel_campaign_keeps_one_deadline():
     from specsample.fuzz_parallel import run_fuzz_parallel
 
-    result = run_fuzz_parallel("torch-loop", jobs=2, cases=10**7, seed=0, time_budget=3.0)
+    (result,) = run_fuzz_parallel(["torch-loop"], jobs=2, cases=10**7, seed=0, time_budget=3.0)
     # Workers that start after the deadline run no case; the campaign still ends, soon after it.
     assert result.stopped == "time budget of 3 s" and result.cases < 10**7
     assert result.elapsed_s < 60
     with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
-        run_fuzz_parallel("torch-loop", jobs=0)
+        run_fuzz_parallel(["torch-loop"], jobs=0)
 
 
 def test_cli_jobs(capsys):
@@ -187,3 +187,24 @@ def test_cli_jobs(capsys):
     assert "torch-loop: 120 cases" in capsys.readouterr().out
     assert cli.main(["fuzz", "--backend", "torch-loop", "-j", "0", "-q"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_one_campaign_over_several_backends_equals_separate_campaigns(fresh_registry):
+    from specsample.fuzz import run_fuzz_many
+
+    register_mutants()
+    names = ["torch-loop", "torch-vectorized", "mutant-cdf-ge"]
+    together = run_fuzz_many(names, cases=300, seed=2, device="cpu", max_divergences=1)
+    for name, result in zip(names, together, strict=True):
+        alone = run_fuzz(name, cases=300, seed=2, device="cpu", max_divergences=1)
+        assert result.backend == name
+        assert (result.cases, result.requests, result.rounding_ties, result.stopped) == (
+            alone.cases,
+            alone.requests,
+            alone.rounding_ties,
+            alone.stopped,
+        )
+        assert [d.index for d in result.divergences] == [d.index for d in alone.divergences]
+    # The mutant leaves the campaign at its first divergence; the others run every case.
+    assert together[2].stopped == "1 divergence(s)" and together[2].cases < 300
+    assert together[0].cases == together[1].cases == 300
