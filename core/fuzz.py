@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .contract import Backend, VerifyOutput
-from .fuzz_cases import FuzzCase, make_case
+from .fuzz_cases import FuzzCase, case_claims, make_case
 from .fuzz_shrink import shrink, snippet
 from .reference import reference_verify
 
@@ -134,12 +134,6 @@ def _device_for(backend: Backend, device: str | None) -> torch.device:
     return torch.device("cpu" if "cpu" in devices else devices[0])
 
 
-def _claims_key(backend: Backend) -> tuple:
-    """What :func:`make_case` reads of the claims: backends with equal keys get equal cases."""
-    c = backend.capabilities
-    return (tuple(c.modes), tuple(c.dtypes), c.max_k, c.max_vocab)
-
-
 def run_fuzz(
     backend: str | Backend,
     *,
@@ -191,8 +185,8 @@ def run_fuzz_many(
     progress: Callable[[int], None] | None = None,
 ) -> list[FuzzResult]:
     """Fuzz several backends in one campaign: each case is generated, and the reference run, once
-    for all backends with the same claims (modes, dtypes, ``max_k``, ``max_vocab``), so fuzzing
-    three GPU backends costs little more host time than fuzzing one.
+    for all backends whose claims give the same cases (:func:`specsample.fuzz_cases.case_claims`),
+    so fuzzing three GPU backends costs little more host time than fuzzing one.
 
     Arguments are those of :func:`run_fuzz`; ``time_budget`` bounds the whole campaign, and a
     backend that reaches ``max_divergences`` leaves it while the others go on.
@@ -215,7 +209,7 @@ def run_fuzz_many(
         shared: dict[tuple, tuple[FuzzCase, VerifyOutput]] = {}
         for i in active:
             backend, dev, result = resolved[i], devices[i], results[i]
-            key = _claims_key(backend)
+            key = case_claims(backend.capabilities)
             if key not in shared:
                 case = make_case(seed, index, backend.capabilities)
                 uniforms = case.uniforms if case.mode == "random" else None

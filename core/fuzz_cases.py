@@ -138,15 +138,21 @@ def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
     return wide[..., ::2]
 
 
+def case_claims(capabilities: Capabilities) -> tuple:
+    """What :func:`make_case` reads of a backend's claims: equal values give equal cases."""
+    max_k = 4 if capabilities.max_k is None else min(4, capabilities.max_k)
+    vocabs = [v for v in VOCABS if capabilities.max_vocab is None or v <= capabilities.max_vocab]
+    return tuple(capabilities.modes), tuple(capabilities.dtypes), max_k, tuple(vocabs)
+
+
 def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
     """Case ``index`` of the campaign ``seed`` for a backend with ``capabilities`` (CPU tensors)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     tags: list[str] = []
-    mode = _pick(gen, capabilities.modes)
-    dtype_name = _pick(gen, capabilities.dtypes)
+    modes, dtypes, max_k, vocabs = case_claims(capabilities)
+    mode = _pick(gen, modes)
+    dtype_name = _pick(gen, dtypes)
     dtype = DTYPES[dtype_name]
-    max_k = 4 if capabilities.max_k is None else min(4, capabilities.max_k)
-    vocabs = [v for v in VOCABS if capabilities.max_vocab is None or v <= capabilities.max_vocab]
     B = _pick(gen, (1, 1, 2, 3, 4, 7))
     K = int(torch.randint(max_k + 1, (), generator=gen))
     V = _pick(gen, vocabs)
