@@ -21,7 +21,7 @@ def test_workload_is_a_realistic_flattened_mix():
     assert greedy == 0.25
     random = args["temperature"][args["temperature"] > 0]
     assert random.min() >= 0.6 and random.max() <= 1.0
-    assert args["top_p"].min() >= 0.9 and args["top_p"].max() <= 0.95
+    assert args["top_p"].min() >= 0.9 and args["top_p"].max() <= 0.95 + 1e-6  # float32 rounding
     assert floor_bytes(args) == (2 * T + 64) * 128 * 2
     tokens = baseline_step(args)
     assert tokens.shape == (64, 9) and (tokens[:, 0] >= 0).all()
