@@ -104,8 +104,8 @@ def floor_bytes(args: dict) -> int:
 
 def baseline_step(args: dict) -> torch.Tensor:
     """What an engine does today: softmax + top-p in PyTorch on every row (float32), then the
-    chain ``verify`` (torch-vectorized) on the padded probabilities with one generator, and the
-    argmax for greedy requests. Returns the padded tokens ``[B, K+1]``."""
+    probabilities-in serving verify of torch-vectorized (temperature 1, no filter; greedy requests
+    by argmax). Returns the padded tokens ``[B, K+1]``."""
     from specsample import get_backend
     from specsample.serving_layout import flat_to_padded
 
@@ -132,9 +132,13 @@ def baseline_step(args: dict) -> torch.Tensor:
     q = flat_to_padded(probs(args["target_logits"], row_req), cu, K, bonus=True)
     p = flat_to_padded(probs(args["draft_logits"], draft_req), cu, K, bonus=False)
     ids = flat_to_padded(args["draft_token_ids"], cu, K, bonus=False)
-    out = get_backend("torch-vectorized").verify(ids, p, q)
-    greedy_rows = flat_to_padded(args["target_logits"], cu, K, bonus=True).argmax(-1)
-    return torch.where((temp == 0).unsqueeze(1), greedy_rows, out.token_ids)
+    # The distributions are final: verify them as they are (temperature 1, no filter), greedy
+    # requests by argmax.
+    out = get_backend("torch-vectorized").verify_serving(
+        ids, num_draft_tokens=cu - starts, target_probs=q, draft_probs=p,
+        temperature=torch.where(temp == 0, 0.0, 1.0), seeds=args["seeds"], offsets=args["offsets"],
+    )  # fmt: skip
+    return out.token_ids
 
 
 def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[dict[str, Any]]:
