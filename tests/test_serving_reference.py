@@ -191,3 +191,16 @@ def test_status_reads_only_what_a_request_owns():
     with pytest.raises(ValueError, match=r"request 0: target_logits holds a NaN"):
         reference_verify_serving(ids[2:], num_draft_tokens=num[2:], target_logits=logits[2:],
                                  temperature=temp[2:], validate="full")  # fmt: skip
+
+
+def test_serving_page_example_runs():
+    import pathlib
+    import re
+
+    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+    code = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)[0]
+    namespace: dict = {}
+    exec(code, namespace)
+    out = namespace["out"]
+    assert out.flat_token_ids.shape == (6,) and out.token_ids.shape == (3, 3)
+    assert out.status.tolist() == [0, 0, 0]
