@@ -56,7 +56,7 @@ def compiled(fn: Callable, variant: tuple = ()) -> Callable:
 class TorchCompileBackend(Backend):
     name = "torch-compile"
     description = "The vectorized algorithm under torch.compile (inductor, dynamic shapes)."
-    capabilities = Capabilities(host_sync_free=True, status_flags=True)
+    capabilities = Capabilities(host_sync_free=True, status_flags=True, serving=True)
 
     def __init__(self) -> None:
         # Graphs the compiler gave up on: a variant (device type, dtype, greedy, draft_probs None)
@@ -109,11 +109,44 @@ class TorchCompileBackend(Backend):
             )
         return VerifyOutput(token_ids, num_emitted, flags)
 
+    def _verify_serving(self, inputs):
+        """The serving call: :func:`serving_select` compiled (one graph per variant of the
+        arguments' kinds), the inverse-CDF draw and assembly eager, as in :meth:`_verify`."""
+        from specsample.serving import ServingOutput
+
+        from ._serving_vectorized import finish, serving_arguments, serving_select
+
+        args = serving_arguments(inputs)
+        variant = (
+            "serving", inputs.device.type, str(inputs.target.dtype), inputs.target_is_logits,
+            None if inputs.draft is None else inputs.draft_is_logits, inputs.uses_top_k,
+            inputs.uses_top_p, inputs.uniforms is not None,
+        )  # fmt: skip
+        sizes = (inputs.batch_size == 1, inputs.num_draft == 1, inputs.vocab_size == 1)
+        if inputs.num_draft == 0 or (variant, sizes) in self._eager_variants:
+            return ServingOutput(*finish(args[0], *serving_select(*args)))
+        try:
+            selected = _compiled_serving_select(variant, args)
+        except Exception as exc:
+            if not _is_compiler_error(exc):
+                raise
+            self._fall_back((variant, sizes), exc)
+            selected = serving_select(*args)
+        return ServingOutput(*finish(args[0], *selected))
+
     def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:
             first = not self._eager_variants
             self._eager_variants.add(key)
-        if first:
+        if first and key[0][0] == "serving":
+            warnings.warn(
+                f"torch-compile: torch.compile failed for the serving variant {key[0][1:]} with "
+                f"{type(exc).__name__}; it and any other variant the compiler refuses run "
+                "eagerly (same tokens) from now on. This warning is shown once.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        elif first:
             (device, dtype, greedy, no_draft), (b1, k1, v1) = key
             ones = ", ".join(f"{n}=1" for n, one in (("B", b1), ("K", k1), ("V", v1)) if one)
             warnings.warn(
@@ -161,3 +194,17 @@ def _compiled_verify(variant, ids, draft_probs, target_probs, uniforms, greedy):
         last = x if greedy else inverse_cdf_rows(x, uniforms[:, ids.shape[1]])
         token_ids, num_emitted = compiled(assemble)(ids, num_accepted, last, flags)
     return token_ids, num_emitted, flags
+
+
+def _compiled_serving_select(variant, args):
+    """:func:`serving_select` under torch.compile with the settings of :func:`_compiled_verify`."""
+    import torch
+    from torch.fx.experimental import _config as fx_config
+
+    from ._serving_vectorized import serving_select
+
+    with (
+        torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
+        fx_config.patch(backed_size_oblivious=True, use_duck_shape=False),
+    ):
+        return compiled(serving_select, variant)(*args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
+from specsample.serving import ServingInputs, ServingOutput
 from specsample.status import FLOAT32_MAX, Status
 
 
@@ -21,7 +22,7 @@ def _bad(x: torch.Tensor) -> bool:
 class TorchLoopBackend(Backend):
     name = "torch-loop"
     description = "Naive baseline: Python loop over B and K with per-element host reads."
-    capabilities = Capabilities(status_flags=True)
+    capabilities = Capabilities(status_flags=True, serving=True)
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
@@ -102,3 +103,27 @@ class TorchLoopBackend(Backend):
         if cdf[last].item() <= threshold:  # rounding put the threshold at the total
             last = int(torch.nonzero(r > 0)[-1].item())
         return 0, tokens + [last]
+
+    def _verify_serving(self, inputs: ServingInputs) -> ServingOutput:
+        """One request at a time: each is cut to its own K_b drafts (a host read) and verified
+        with the shared tensor code on a batch of one."""
+        from ._serving_vectorized import serving_arguments, serving_tensors
+
+        args = serving_arguments(inputs)
+        B, K = inputs.batch_size, inputs.num_draft
+        token_ids = torch.full((B, K + 1), -1, dtype=torch.int64, device=inputs.device)
+        num_emitted = torch.zeros(B, dtype=torch.int64, device=inputs.device)
+        status = torch.zeros(B, dtype=torch.int32, device=inputs.device)
+        for b in range(B):
+            k = int(inputs.num_draft_tokens[b].item())
+            one = [
+                a[b : b + 1] if isinstance(a, torch.Tensor) else a for a in args
+            ]  # every tensor argument has the batch first
+            one[0], one[2], one[9] = one[0][:, :k], one[2][:, : k + 1], one[9][:, : k + 1]
+            if one[4] is not None:
+                one[4] = one[4][:, :k]
+            ids, num, flags = serving_tensors(*one)
+            token_ids[b, : k + 1] = ids[0]
+            num_emitted[b] = num[0]
+            status[b] = flags[0]
+        return ServingOutput(token_ids, num_emitted, status)

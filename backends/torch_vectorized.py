@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
 from specsample.rng import draw_uniforms
+from specsample.serving import ServingInputs, ServingOutput
 
 from ._memory import check_vectorized_call
 from ._vectorized import verify_tensors
@@ -12,7 +13,9 @@ from ._vectorized import verify_tensors
 class TorchVectorizedBackend(Backend):
     name = "torch-vectorized"
     description = "Batched PyTorch tensor ops; no loop over B or K, no host sync (CPU and GPU)."
-    capabilities = Capabilities(cuda_graphs=True, host_sync_free=True, status_flags=True)
+    capabilities = Capabilities(
+        cuda_graphs=True, host_sync_free=True, status_flags=True, serving=True
+    )
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         check_vectorized_call(inputs, self.name)  # a clear error before allocating, on CUDA
@@ -31,3 +34,8 @@ class TorchVectorizedBackend(Backend):
             check_uniforms=inputs.uniforms is not None,
         )
         return VerifyOutput(token_ids, num_emitted, status)
+
+    def _verify_serving(self, inputs: ServingInputs) -> ServingOutput:
+        from ._serving_vectorized import serving_arguments, serving_tensors
+
+        return ServingOutput(*serving_tensors(*serving_arguments(inputs)))

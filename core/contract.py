@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # torch is imported lazily so that `import specsample` stays cheap
     import torch
 
+    from .serving import ServingInputs, ServingOutput
+
 MODES = ("random", "greedy")
 PROB_DTYPES = ("float32", "float16", "bfloat16")
 ID_DTYPES = ("int32", "int64")
@@ -48,6 +50,9 @@ class Capabilities:
             request in ``VerifyOutput.status`` (docs/contract.md, "Status"). When False (the
             default, safe for a new plugin), the default call checks every value eagerly first, as
             ``validate="full"`` does, and ``status`` is all zeros.
+        serving: True when the backend implements :meth:`Backend.verify_serving` (ragged drafts,
+            per-request temperature / top-k / top-p, logits in, per-request seeds;
+            docs/serving.md).
     """
 
     modes: tuple[str, ...] = MODES
@@ -61,6 +66,7 @@ class Capabilities:
     cuda_graphs: bool = False
     host_sync_free: bool = False
     status_flags: bool = False
+    serving: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +81,7 @@ class Capabilities:
             "cuda_graphs": self.cuda_graphs,
             "host_sync_free": self.host_sync_free,
             "status_flags": self.status_flags,
+            "serving": self.serving,
         }
 
 
@@ -249,6 +256,92 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         """Compute the output from validated inputs. Must not modify the inputs."""
+
+    def verify_serving(self, draft_token_ids: torch.Tensor, **kwargs: Any) -> ServingOutput:
+        """Verify a serving-shaped batch in the padded layout (docs/serving.md).
+
+        Args:
+            draft_token_ids: ``[B, K]`` int32/int64.
+            **kwargs: ``num_draft_tokens`` [B]; ``target_probs`` or ``target_logits``
+                [B, K+1, V]; ``draft_probs`` or ``draft_logits`` [B, K, V] or neither;
+                ``temperature``, ``top_k``, ``top_p`` [B] (or one number for all); ``generator``,
+                or ``seeds`` [B] (+ ``offsets`` [B]), or ``uniforms`` [B, K+1]; ``validate``.
+                See :func:`specsample.serving.validate_serving`.
+
+        Returns:
+            :class:`specsample.serving.ServingOutput`: ``token_ids`` [B, K+1] int64 (-1 padded),
+            ``num_emitted`` [B] int64, ``status`` [B] int32, on the inputs' device.
+
+        Raises:
+            ValueError: the backend does not claim ``Capabilities.serving``, or bad input found on
+                the host (the message names the argument).
+        """
+        from .serving import empty_serving_output, validate_serving
+
+        self._require_serving()
+        inputs = validate_serving(draft_token_ids, **kwargs)
+        if inputs.batch_size == 0:
+            return empty_serving_output(inputs)
+        return self._finish_serving(inputs)
+
+    def verify_serving_flat(
+        self,
+        draft_token_ids: torch.Tensor,
+        cu_num_draft_tokens: torch.Tensor,
+        *,
+        max_num_draft_tokens: int | None = None,
+        **kwargs: Any,
+    ) -> ServingOutput:
+        """Verify a serving batch in the flattened engine layout (docs/serving.md, "Layouts").
+
+        Args:
+            draft_token_ids: ``[T]`` int32/int64, every request's drafts one after the other.
+            cu_num_draft_tokens: ``[B]`` int32/int64, inclusive running sum of the draft counts.
+            max_num_draft_tokens: at least every count; None reads the counts on the host (one
+                sync when they are on a GPU). Given, with ``cu_num_draft_tokens`` on a GPU, the
+                call is sync-free and a bad count flags its request ``BAD_PARAMETER``.
+            **kwargs: as :meth:`verify_serving`, with ``target_*`` [T+B, V], ``draft_*`` [T, V]
+                and ``uniforms`` [T+B] in the flattened layout.
+
+        Returns:
+            :class:`specsample.serving.ServingOutput` with both ``token_ids`` [B, K+1] and
+            ``flat_token_ids`` [T+B] (-1 padded) set.
+        """
+        from .serving import empty_serving_output, flat_arguments, flat_output, validate_serving
+
+        self._require_serving()
+        validate = kwargs.get("validate", "status")
+        names = ("target_probs", "target_logits", "draft_probs", "draft_logits", "uniforms")
+        flat = {name: kwargs.pop(name, None) for name in names}
+        ids, counts, _, padded, flags = flat_arguments(
+            draft_token_ids, cu_num_draft_tokens, max_num_draft_tokens, flat, validate
+        )
+        inputs = validate_serving(
+            ids, num_draft_tokens=counts, extra_flags=flags, **padded, **kwargs
+        )
+        out = (
+            empty_serving_output(inputs) if inputs.batch_size == 0 else self._finish_serving(inputs)
+        )
+        flat_output(out, cu_num_draft_tokens, draft_token_ids.shape[0])
+        return out
+
+    def _require_serving(self) -> None:
+        if not self.capabilities.serving:
+            raise ValueError(
+                f"backend {self.name!r} does not implement verify_serving "
+                "(Capabilities.serving is False)"
+            )
+
+    def _finish_serving(self, inputs: ServingInputs) -> ServingOutput:
+        out = self._verify_serving(inputs)
+        out.target_name = "target_logits" if inputs.target_is_logits else "target_probs"
+        out.draft_name = "draft_logits" if inputs.draft_is_logits else "draft_probs"
+        return out
+
+    def _verify_serving(self, inputs: ServingInputs) -> ServingOutput:
+        """Compute a serving call's output from validated inputs (padded layout). Backends that
+        claim ``Capabilities.serving`` override it; must not modify the inputs."""
+        raise NotImplementedError(f"backend {self.name!r} does not implement _verify_serving")
 
     def __repr__(self) -> str:
         return f"<specsample backend {self.name!r}>"

@@ -34,6 +34,9 @@ class Status(enum.IntFlag):
     ZERO_ROW = 16
     #: the distribution the last token is drawn from sums past the largest float32 (random mode)
     ROW_SUM_OVERFLOW = 32
+    #: a per-request parameter of a serving call (``temperature``, ``top_k``, ``top_p``, a draft
+    #: count, ``offsets``) is out of range; only for parameters on a GPU (docs/serving.md)
+    BAD_PARAMETER = 64
 
 
 #: largest finite float32; a row whose sum exceeds it is flagged ``ROW_SUM_OVERFLOW``
@@ -52,6 +55,10 @@ _PROBLEMS = {
         "target_probs",
         "has a row whose sum exceeds the largest float32 (3.4e38) where the last token is drawn "
         "from it",
+    ),
+    Status.BAD_PARAMETER: (
+        "a sampling parameter",
+        "(temperature, top_k, top_p, draft count or offset) is out of range",
     ),
 }
 

@@ -1,0 +1,199 @@
+"""The ``serving`` benchmark: the whole serving step, from bf16 logits to tokens (docs/serving.md).
+
+Each cell is a realistic mix (about 25 % greedy requests, draft counts drawn from ``0..8``,
+temperature 0.6-1.0, top-p 0.9-0.95, bf16 target and draft logits, per-request seeds) at one
+``(B, V)``. Every backend claiming ``Capabilities.serving`` is timed through
+``verify_serving_flat``, next to the ``baseline``: what an engine does today, softmax + top-k/top-p
+filter in PyTorch, then a probabilities-in ``verify`` of the random requests and an argmax of the
+greedy ones (:func:`baseline_step`). The floor is reading each owned logits row once (``T + B``
+target rows and ``T`` draft rows, ``V`` bf16 values each) at the device's copy bandwidth.
+
+Run: ``python -m specsample.reports.serving_bench --preset serving --out serving.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .timing import Timer, TimingPolicy
+
+
+@dataclass(frozen=True)
+class ServingPreset:
+    """A grid of serving cells plus a timing policy."""
+
+    name: str
+    batch: tuple[int, ...]
+    vocab: tuple[int, ...]
+    max_k: int = 8
+    greedy_share: float = 0.25
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+
+
+SERVING_PRESETS = {
+    "serving": ServingPreset(
+        name="serving",
+        batch=(1, 8, 64, 256),
+        vocab=(128256, 151936),
+        policy=TimingPolicy(
+            warmup_calls=3,
+            warmup_s=0.02,
+            target_s=0.1,
+            min_samples=10,
+            max_samples=200,
+            budget_s=2.0,
+            l2="flush",
+        ),  # fmt: skip
+    ),
+    "serving-tiny": ServingPreset(
+        name="serving-tiny",
+        batch=(1, 4),
+        vocab=(256,),
+        max_k=3,
+        policy=TimingPolicy(
+            warmup_calls=1,
+            warmup_s=0.0,
+            target_s=0.005,
+            min_samples=3,
+            max_samples=10,
+            budget_s=1.0,
+            l2="none",
+        ),  # fmt: skip
+    ),
+}
+
+
+def serving_workload(batch: int, vocab: int, max_k: int, greedy_share: float, seed: int, device):
+    """One realistic cell in the flattened layout: a dict of ``verify_serving_flat`` arguments
+    (``draft_token_ids`` [T], ``cu_num_draft_tokens`` [B], bf16 ``target_logits`` [T+B, V] and
+    ``draft_logits`` [T, V], per-request parameters and seeds), on ``device``."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, max_k + 1, (batch,), generator=g)
+    cu = torch.cumsum(counts, 0)
+    T = int(cu[-1])
+    greedy = torch.randperm(batch, generator=g) < round(greedy_share * batch)  # the share, exactly
+    temperature = torch.where(greedy, 0.0, 0.6 + 0.4 * torch.rand(batch, generator=g))
+    top_p = 0.9 + 0.05 * torch.rand(batch, generator=g)
+    target = torch.randn(T + batch, vocab, generator=g, dtype=torch.float32) * 2.0
+    draft = torch.randn(T, vocab, generator=g) * 2.0
+    ids = torch.randint(0, vocab, (T,), generator=g)
+    args = {
+        "draft_token_ids": ids,
+        "cu_num_draft_tokens": cu,
+        "max_num_draft_tokens": max_k,
+        "target_logits": target.to(torch.bfloat16),
+        "draft_logits": draft.to(torch.bfloat16),
+        "temperature": temperature,
+        "top_p": top_p,
+        "seeds": torch.arange(batch, dtype=torch.int64) + seed,
+        "offsets": torch.zeros(batch, dtype=torch.int64),
+    }
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def floor_bytes(args: dict) -> int:
+    """Bytes a serving step must read at least: every owned logits row once (target and draft)."""
+    total = args["target_logits"].numel() * args["target_logits"].element_size()
+    return total + args["draft_logits"].numel() * args["draft_logits"].element_size()
+
+
+def baseline_step(args: dict) -> torch.Tensor:
+    """What an engine does today: softmax + top-p in PyTorch on every row (float32), then the
+    probabilities-in serving verify of torch-vectorized (temperature 1, no filter; greedy requests
+    by argmax). Returns the padded tokens ``[B, K+1]``."""
+    from specsample import get_backend
+    from specsample.serving_layout import flat_to_padded
+
+    cu, K = args["cu_num_draft_tokens"], args["max_num_draft_tokens"]
+    temp = args["temperature"]
+    T = args["draft_token_ids"].shape[0]
+    B = cu.shape[0]
+    starts = cu - (cu - torch.cat([cu.new_zeros(1), cu[:-1]]))
+    row_req = torch.repeat_interleave(
+        torch.arange(B, device=cu.device), (cu - starts) + 1, output_size=T + B
+    )
+    draft_req = torch.repeat_interleave(
+        torch.arange(B, device=cu.device), cu - starts, output_size=T
+    )
+
+    def probs(logits, req):
+        t = torch.where(temp[req] == 0, 1.0, temp[req]).unsqueeze(1)
+        p = torch.softmax(logits.float() / t, dim=-1)
+        s, idx = torch.sort(p, dim=-1, descending=True)
+        keep = (torch.cumsum(s, -1) - s) < args["top_p"][req].unsqueeze(1)
+        s = torch.where(keep, s, 0.0)
+        return torch.zeros_like(p).scatter_(-1, idx, s / s.sum(-1, keepdim=True))
+
+    q = flat_to_padded(probs(args["target_logits"], row_req), cu, K, bonus=True)
+    p = flat_to_padded(probs(args["draft_logits"], draft_req), cu, K, bonus=False)
+    ids = flat_to_padded(args["draft_token_ids"], cu, K, bonus=False)
+    # The distributions are final: verify them as they are (temperature 1, no filter), greedy
+    # requests by argmax.
+    out = get_backend("torch-vectorized").verify_serving(
+        ids, num_draft_tokens=cu - starts, target_probs=q, draft_probs=p,
+        temperature=torch.where(temp == 0, 0.0, 1.0), seeds=args["seeds"], offsets=args["offsets"],
+    )  # fmt: skip
+    return out.token_ids
+
+
+def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[dict[str, Any]]:
+    """Time every cell of ``preset``; one result dict per (cell, backend or ``baseline``)."""
+    from specsample import get_backend, list_backends
+
+    from .timing import copy_bandwidth
+
+    names = backends or [
+        i.name for i in list_backends() if i.available and i.capabilities and i.capabilities.serving
+    ]
+    timer = Timer(device, preset.policy)
+    bandwidth = copy_bandwidth(torch.device(device))["bandwidth_Bps"]
+    rows = []
+    for vocab in preset.vocab:
+        for batch in preset.batch:
+            args = serving_workload(batch, vocab, preset.max_k, preset.greedy_share, 0, device)
+            floor = floor_bytes(args)
+            calls = {"baseline": lambda i, args=args: baseline_step(args)}
+            for name in names:
+                be = get_backend(name)
+                flat = dict(args)
+                ids, cu = flat.pop("draft_token_ids"), flat.pop("cu_num_draft_tokens")
+                calls[name] = lambda i, be=be, ids=ids, cu=cu, flat=flat: be.verify_serving_flat(
+                    ids, cu, **flat
+                )
+            for name, call in calls.items():
+                m = timer.measure(call)
+                median = m.to_dict(keep_samples=False)["median"]
+                floor_s = floor / bandwidth if bandwidth else None
+                rows.append({
+                    "backend": name, "batch": batch, "vocab": vocab, "tokens": int(args["cu_num_draft_tokens"][-1]),
+                    "median_s": median, "floor_bytes": floor, "floor_s": floor_s,
+                    "floor_ratio": median / floor_s if floor_s else None, "device": device,
+                })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="serving", choices=sorted(SERVING_PRESETS))
+    parser.add_argument("--backend", action="append", help="a backend claiming serving (repeat)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    rows = run(SERVING_PRESETS[args.preset], args.backend, args.device)
+    for r in rows:
+        ratio = f"{r['floor_ratio']:.1f}x floor" if r["floor_ratio"] else ""
+        print(f"{r['backend']:<18} B={r['batch']:<4} V={r['vocab']:<7} T={r['tokens']:<5} "
+              f"{r['median_s'] * 1e6:10.1f} us  {ratio}")  # fmt: skip
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"preset": args.preset, "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

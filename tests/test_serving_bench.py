@@ -1,0 +1,34 @@
+"""The serving benchmark on its tiny preset (CPU, seconds)."""
+
+from __future__ import annotations
+
+import torch
+from specsample.reports.serving_bench import (
+    SERVING_PRESETS,
+    baseline_step,
+    floor_bytes,
+    run,
+    serving_workload,
+)
+
+
+def test_workload_is_a_realistic_flattened_mix():
+    args = serving_workload(64, 128, 8, 0.25, 0, "cpu")
+    cu, T = args["cu_num_draft_tokens"], args["draft_token_ids"].shape[0]
+    assert int(cu[-1]) == T and args["target_logits"].shape == (T + 64, 128)
+    assert args["target_logits"].dtype == torch.bfloat16
+    greedy = (args["temperature"] == 0).float().mean().item()
+    assert greedy == 0.25
+    random = args["temperature"][args["temperature"] > 0]
+    assert random.min() >= 0.6 and random.max() <= 1.0
+    assert args["top_p"].min() >= 0.9 and args["top_p"].max() <= 0.95 + 1e-6  # float32 rounding
+    assert floor_bytes(args) == (2 * T + 64) * 128 * 2
+    tokens = baseline_step(args)
+    assert tokens.shape == (64, 9) and (tokens[:, 0] >= 0).all()
+
+
+def test_tiny_preset_times_backends_and_the_baseline():
+    rows = run(SERVING_PRESETS["serving-tiny"], ["torch-vectorized"], "cpu")
+    assert {r["backend"] for r in rows} == {"baseline", "torch-vectorized"}
+    assert len(rows) == 2 * len(SERVING_PRESETS["serving-tiny"].batch)
+    assert all(r["median_s"] > 0 and r["floor_ratio"] > 0 for r in rows)
