@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract_tree import TREE_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from specsample.rng import draw_uniforms
 
 from ._vectorized import assemble, inverse_cdf_rows, select_rows, verify_tensors
@@ -56,7 +57,13 @@ def compiled(fn: Callable, variant: tuple = ()) -> Callable:
 class TorchCompileBackend(Backend):
     name = "torch-compile"
     description = "The vectorized algorithm under torch.compile (inductor, dynamic shapes)."
-    capabilities = Capabilities(host_sync_free=True, status_flags=True)
+    capabilities = Capabilities(
+        host_sync_free=True,
+        status_flags=True,
+        tree_modes=("random", "greedy"),
+        tree_sampling=TREE_SAMPLING,
+        tree_rules=("token",),
+    )
 
     def __init__(self) -> None:
         # Graphs the compiler gave up on: a variant (device type, dtype, greedy, draft_probs None)
@@ -108,6 +115,45 @@ class TorchCompileBackend(Backend):
                 ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
             )
         return VerifyOutput(token_ids, num_emitted, flags)
+
+    def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
+        """Tree verification: the structure, up-front checks and (greedy, target-only) the whole
+        path are one compiled graph (:func:`_tree_vectorized.prepare`); the recursive rejection
+        sampling walk and the inverse-CDF draw run the same tensor code eagerly. Graphs are keyed
+        by (device, dtype, mode, rule) and specialized on N's pointer-jumping rounds and D."""
+        from ._tree_vectorized import prepare
+        from .torch_vectorized import verify_tree_inputs
+
+        variant = (
+            "tree",
+            inputs.device.type,
+            str(inputs.target_probs.dtype),
+            inputs.mode,
+            inputs.sampling,
+        )
+        if inputs.num_nodes_max == 0 or (variant, ()) in self._eager_variants:
+            return verify_tree_inputs(inputs)
+        fn = compiled(prepare, variant)
+
+        def compiled_prepare(*args):
+            import torch
+
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return fn(*args)
+
+        try:
+            return verify_tree_inputs(inputs, compiled_prepare)
+        except Exception as exc:
+            if not _is_compiler_error(exc):
+                raise
+            self._eager_variants.add((variant, ()))
+            warnings.warn(
+                f"torch-compile: torch.compile failed for the tree variant {variant[1:]} with "
+                f"{type(exc).__name__}; it runs eagerly (same tokens) from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return verify_tree_inputs(inputs)
 
     def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:
