@@ -90,7 +90,11 @@ def prepare(
     # siblings: same parent position, both real; lower[b, i, j]: j is an earlier sibling of i
     same = (ppos.unsqueeze(2) == ppos.unsqueeze(1)) & real_ok.unsqueeze(2) & real_ok.unsqueeze(1)
     lower = same & (nodes.unsqueeze(1) > nodes.unsqueeze(0))
-    first_sib = torch.where(same & ~lower.transpose(1, 2), nodes, N).amin(dim=2).clamp(max=N - 1)
+    if N:
+        first_sib = torch.where(same & ~lower.transpose(1, 2), nodes, N).amin(dim=2)
+        first_sib = first_sib.clamp(max=N - 1)
+    else:
+        first_sib = torch.zeros((B, 0), dtype=torch.int64, device=device)
     # (same & j <= i) is same & not (j > i); its smallest j is the first sibling
     flags = torch.where(tree_bad, _BAD_TREE, 0)
     if distinct:

@@ -39,6 +39,7 @@ CHECK_MODULES = (
     "badinput",
     "status",
     "claims",
+    "tree",
 )
 
 
