@@ -205,6 +205,7 @@ def _rrs_model(p: list[float], q: list[float], drafted: list[int], without: bool
     last token when every child is rejected.
     """
     qc, pc, tried, th = list(q), list(p), [], []
+    r_ = list(q)
     for j, x in enumerate(drafted):
         if j > 0:
             tq = sum(r_)
