@@ -115,3 +115,18 @@ def test_fuzz_makes_tree_cases_for_tree_backends():
     assert all(c.tree is None for c in (make_case(0, i, Capabilities()) for i in range(16)))
     result = run_fuzz("torch-loop", cases=40, seed=3)
     assert not result.divergences, result.summary()
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/contract-trees.md"])
+def test_the_tree_example_runs_and_matches_its_comments(page):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / page).read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "from_sglang" in b)
+    ns: dict = {}
+    exec(compile(block, page, "exec"), ns)
+    out, parents = ns["out"], ns["parents"]
+    assert parents.tolist() == [[-1, -1, 0]]
+    assert out.accepted_nodes.tolist() == [[0, 2]] and out.token_ids.tolist() == [[2, 5, 3]]
+    assert specsample.trees.to_retrieve_indices(parents[0]).tolist() == [[0, 2, -1], [0, 1, 3]]
