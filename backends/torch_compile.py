@@ -117,43 +117,15 @@ class TorchCompileBackend(Backend):
         return VerifyOutput(token_ids, num_emitted, flags)
 
     def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
-        """Tree verification: the structure, up-front checks and (greedy, target-only) the whole
-        path are one compiled graph (:func:`_tree_vectorized.prepare`); the recursive rejection
-        sampling walk and the inverse-CDF draw run the same tensor code eagerly. Graphs are keyed
-        by (device, dtype, mode, rule) and specialized on N's pointer-jumping rounds and D."""
-        from ._tree_vectorized import prepare
+        """Tree verification runs torch-vectorized's tensor algorithm eagerly (identical tokens).
+
+        Compiling its structure/path pass works but specializes on N's pointer-jumping rounds, D
+        and the rule: a CPU run of the tree checks spent over ten minutes compiling, so it stays
+        eager until a compiled variant is measured to pay off on a GPU.
+        """
         from .torch_vectorized import verify_tree_inputs
 
-        variant = (
-            "tree",
-            inputs.device.type,
-            str(inputs.target_probs.dtype),
-            inputs.mode,
-            inputs.sampling,
-        )
-        if inputs.num_nodes_max == 0 or (variant, ()) in self._eager_variants:
-            return verify_tree_inputs(inputs)
-        fn = compiled(prepare, variant)
-
-        def compiled_prepare(*args):
-            import torch
-
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return fn(*args)
-
-        try:
-            return verify_tree_inputs(inputs, compiled_prepare)
-        except Exception as exc:
-            if not _is_compiler_error(exc):
-                raise
-            self._eager_variants.add((variant, ()))
-            warnings.warn(
-                f"torch-compile: torch.compile failed for the tree variant {variant[1:]} with "
-                f"{type(exc).__name__}; it runs eagerly (same tokens) from now on",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return verify_tree_inputs(inputs)
+        return verify_tree_inputs(inputs)
 
     def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:
