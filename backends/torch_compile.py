@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract_tree import TREE_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from specsample.rng import draw_uniforms
 
 from ._vectorized import assemble, inverse_cdf_rows, select_rows, verify_tensors
@@ -56,7 +57,14 @@ def compiled(fn: Callable, variant: tuple = ()) -> Callable:
 class TorchCompileBackend(Backend):
     name = "torch-compile"
     description = "The vectorized algorithm under torch.compile (inductor, dynamic shapes)."
-    capabilities = Capabilities(host_sync_free=True, status_flags=True, serving=True)
+    capabilities = Capabilities(
+        host_sync_free=True,
+        status_flags=True,
+        serving=True,
+        tree_modes=("random", "greedy"),
+        tree_sampling=TREE_SAMPLING,
+        tree_rules=("token",),
+    )
 
     def __init__(self) -> None:
         # Graphs the compiler gave up on: a variant (device type, dtype, greedy, draft_probs None)
@@ -133,6 +141,16 @@ class TorchCompileBackend(Backend):
             self._fall_back((variant, sizes), exc)
             selected = serving_select(*args)
         return ServingOutput(*finish(args[0], *selected))
+    def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
+        """Tree verification runs torch-vectorized's tensor algorithm eagerly (identical tokens).
+
+        Compiling its structure/path pass works but specializes on N's pointer-jumping rounds, D
+        and the rule: a CPU run of the tree checks spent over ten minutes compiling, so it stays
+        eager until a compiled variant is measured to pay off on a GPU.
+        """
+        from .torch_vectorized import verify_tree_inputs
+
+        return verify_tree_inputs(inputs)
 
     def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract_tree import TREE_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from specsample.rng import draw_uniforms
 from specsample.serving import ServingInputs, ServingOutput
 from specsample.status import FLOAT32_MAX, Status
@@ -22,7 +23,13 @@ def _bad(x: torch.Tensor) -> bool:
 class TorchLoopBackend(Backend):
     name = "torch-loop"
     description = "Naive baseline: Python loop over B and K with per-element host reads."
-    capabilities = Capabilities(status_flags=True, serving=True)
+    capabilities = Capabilities(
+        status_flags=True,
+        serving=True,
+        tree_modes=("random", "greedy"),
+        tree_sampling=TREE_SAMPLING,
+        tree_rules=("token",),
+    )
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
@@ -42,6 +49,11 @@ class TorchLoopBackend(Backend):
                 token_ids[b, k] = t
             num_emitted[b] = len(tokens)
         return VerifyOutput(token_ids, num_emitted, status)
+
+    def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
+        from ._tree_loop import verify_tree_loop
+
+        return verify_tree_loop(inputs)
 
     @staticmethod
     def _request(b, K, V, ids, p_all, q_all, u, greedy, inputs) -> tuple[int, list[int]]:

@@ -40,6 +40,7 @@ CHECK_MODULES = (
     "status",
     "claims",
     "serving",
+    "tree",
 )
 
 

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     import torch
 
     from .contract import Backend, BackendInfo, BackendUnavailable, Capabilities, VerifyOutput
+    from .contract_tree import TreeVerifyOutput
     from .reference import reference_verify
+    from .reference_tree import reference_verify_tree
     from .registry import UnknownBackend, get_backend, list_backends
     from .status import Status
 
@@ -24,12 +26,14 @@ __all__ = [
     "BackendUnavailable",
     "Capabilities",
     "Status",
+    "TreeVerifyOutput",
     "UnknownBackend",
     "VerifyOutput",
     "__version__",
     "get_backend",
     "list_backends",
     "reference_verify",
+    "reference_verify_tree",
     "verify",
 ]
 
@@ -45,6 +49,9 @@ _LAZY = {
     "get_backend": "registry",
     "list_backends": "registry",
     "reference_verify": "reference",
+    "reference_verify_tree": "reference_tree",
+    "TreeVerifyInputs": "contract_tree",
+    "TreeVerifyOutput": "contract_tree",
 }
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # torch is imported lazily so that `import specsample` stays cheap
     import torch
 
+    from .contract_tree import TreeVerifyInputs, TreeVerifyOutput
     from .serving import ServingInputs, ServingOutput
 
 MODES = ("random", "greedy")
@@ -53,6 +54,12 @@ class Capabilities:
         serving: True when the backend implements :meth:`Backend.verify_serving` (ragged drafts,
             per-request temperature / top-k / top-p, logits in, per-request seeds;
             docs/serving.md).
+        tree_modes: the modes in which :meth:`Backend.verify_tree` is implemented, a subset of
+            ``("random", "greedy")``; empty (the default) when the backend verifies no trees.
+        tree_sampling: the random tree rules implemented, names from ``("target_only",
+            "with_replacement", "without_replacement")`` (``"target_only"`` is
+            ``draft_probs=None``; the others are the ``draft_sampling`` values).
+        tree_rules: the ``rule`` values of :meth:`Backend.verify_tree` implemented (``("token",)``).
     """
 
     modes: tuple[str, ...] = MODES
@@ -67,6 +74,9 @@ class Capabilities:
     host_sync_free: bool = False
     status_flags: bool = False
     serving: bool = False
+    tree_modes: tuple[str, ...] = ()
+    tree_sampling: tuple[str, ...] = ()
+    tree_rules: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +92,9 @@ class Capabilities:
             "host_sync_free": self.host_sync_free,
             "status_flags": self.status_flags,
             "serving": self.serving,
+            "tree_modes": list(self.tree_modes),
+            "tree_sampling": list(self.tree_sampling),
+            "tree_rules": list(self.tree_rules),
         }
 
 
@@ -342,6 +355,94 @@ class Backend(abc.ABC):
         """Compute a serving call's output from validated inputs (padded layout). Backends that
         claim ``Capabilities.serving`` override it; must not modify the inputs."""
         raise NotImplementedError(f"backend {self.name!r} does not implement _verify_serving")
+    def verify_tree(
+        self,
+        draft_token_ids: torch.Tensor,
+        parents: torch.Tensor,
+        draft_probs: torch.Tensor | None,
+        target_probs: torch.Tensor,
+        *,
+        mode: str = "random",
+        draft_sampling: str | None = None,
+        num_nodes: torch.Tensor | None = None,
+        max_depth: int | None = None,
+        generator: torch.Generator | None = None,
+        uniforms: torch.Tensor | None = None,
+        validate: str = "status",
+        rule: str = "token",
+    ) -> TreeVerifyOutput:
+        """Verify a tree of N drafted nodes per request in one walk from the root.
+
+        The rules are defined by :func:`specsample.reference_tree.reference_verify_tree` and
+        docs/contract-trees.md; a chain ``parents = [-1, 0, ..., N-2]`` gives :meth:`verify`'s
+        tokens exactly.
+
+        Args:
+            draft_token_ids: ``[B, N]`` int32/int64, node i's token; nodes in topological order.
+            parents: ``[B, N]`` int64/int32: ``-1`` (a child of the root) or a node index ``< i``.
+            draft_probs: ``[B, N, V]`` float32/float16/bfloat16: the distribution node i was
+                drawn from (siblings share it: the first sibling's row is read), or None for
+                one-hot drafts (the target-only rule).
+            target_probs: ``[B, N+1, V]``, same dtype: row 0 after the root, row ``i+1`` after
+                node i.
+            mode: ``"random"`` or ``"greedy"``.
+            draft_sampling: ``"with_replacement"`` or ``"without_replacement"``: how siblings were
+                drawn from ``draft_probs``; required in random mode with ``draft_probs``.
+            num_nodes: ``[B]`` int32/int64 or None: request b's real nodes are
+                ``0..num_nodes[b]-1``; the others are padding and are not read.
+            max_depth: D, the longest accepted path the output holds; default N.
+            generator: torch.Generator on the inputs' device for the ``[B, N+1]`` uniforms.
+            uniforms: ``[B, N+1]`` float32 in [0, 1): node i's coin, then the last draw's.
+            validate: ``"status"`` (default): a bad tree or value is flagged per request in
+                ``status`` (no host sync); ``"full"``: checked eagerly first, raising
+                ``ValueError`` naming the request (and node), one host sync.
+            rule: ``"token"``: accept one node at a time along the walk.
+
+        Returns:
+            :class:`specsample.TreeVerifyOutput`: ``token_ids`` ``[B, D+1]`` int64,
+            ``num_emitted`` ``[B]`` int64, ``accepted_nodes`` ``[B, D]`` int64 and ``status``
+            ``[B]`` int32, on the inputs' device.
+
+        Raises:
+            ValueError, TypeError: bad input found on the host (or by ``validate="full"``), or a
+                tree verification the backend does not claim (``Capabilities.tree_modes``).
+        """
+        from .validation import resolve_validate
+        from .validation_tree import empty_tree_output, validate_tree_inputs
+
+        level = resolve_validate(validate, None)
+        if level == "status" and not self.capabilities.status_flags:
+            level = "full"  # the backend does not guard its reads: check eagerly instead
+        inputs = validate_tree_inputs(
+            draft_token_ids,
+            parents,
+            draft_probs,
+            target_probs,
+            mode=mode,
+            draft_sampling=draft_sampling,
+            num_nodes=num_nodes,
+            max_depth=max_depth,
+            generator=generator,
+            uniforms=uniforms,
+            validate=level,
+            rule=rule,
+            capabilities=self.capabilities,
+            backend_name=self.name,
+        )
+        if inputs.batch_size == 0:
+            return empty_tree_output(inputs)
+        return self._verify_tree(inputs)
+
+    def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
+        """Compute a tree verification's output from validated inputs (docs/contract-trees.md).
+
+        Implemented by backends that claim ``Capabilities.tree_modes``; must not modify the
+        inputs.
+        """
+        raise NotImplementedError(
+            f"backend {self.name!r} claims tree_modes={self.capabilities.tree_modes} but does "
+            "not implement _verify_tree"
+        )
 
     def __repr__(self) -> str:
         return f"<specsample backend {self.name!r}>"

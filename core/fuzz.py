@@ -101,6 +101,10 @@ def check_case(
     from specsample.conformance.check_common import compare_to_reference
     from specsample.conformance.checks import CheckFailed, Target
 
+    if case.tree is not None:
+        from .fuzz_tree import check_tree_case
+
+        return check_tree_case(backend, case, device)
     on_device = case.to(device)
     args = (on_device.draft_token_ids, on_device.draft_probs, on_device.target_probs)
     try:

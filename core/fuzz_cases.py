@@ -51,6 +51,8 @@ class FuzzCase:
     uniforms: torch.Tensor | None
     mode: str
     tags: tuple[str, ...] = ()
+    #: a tree case (specsample.fuzz_tree): ``parents``, ``num_nodes``, ``sampling``, ``rule``
+    tree: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -67,6 +69,11 @@ class FuzzCase:
             move(self.uniforms),
             self.mode,
             self.tags,
+            None
+            if self.tree is None
+            else {
+                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.tree.items()
+            },
         )
 
 
@@ -147,6 +154,10 @@ def case_claims(capabilities: Capabilities) -> tuple:
 
 def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
     """Case ``index`` of the campaign ``seed`` for a backend with ``capabilities`` (CPU tensors)."""
+    from .fuzz_tree import is_tree_index, make_tree_case
+
+    if is_tree_index(index, capabilities):
+        return make_tree_case(seed, index, capabilities)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     tags: list[str] = []
     modes, dtypes, max_k, vocabs = case_claims(capabilities)

@@ -81,7 +81,10 @@ def _simpler_values(t: torch.Tensor) -> list[torch.Tensor]:
 
 def shrink(case: FuzzCase, fails: Callable[[FuzzCase], bool]) -> FuzzCase:
     """The smallest case found that still ``fails``: fewer requests, then fewer drafts, then fewer
-    vocabulary entries, then simpler values (greedy, each step kept only if it still fails)."""
+    vocabulary entries, then simpler values (greedy, each step kept only if it still fails).
+    A tree case is returned as it is."""
+    if case.tree is not None:
+        return case
     steps = 0
 
     def still(candidate: FuzzCase | None) -> bool:
@@ -137,6 +140,10 @@ def snippet(case: FuzzCase, backend: str, seed: int) -> str:
     Floats are printed as float64 literals (exact for every half and float32 value) and converted
     to the case's dtype, so the program feeds the backend the very same values.
     """
+    if case.tree is not None:
+        from .fuzz_tree import tree_snippet
+
+        return tree_snippet(case, backend, seed)
     p = "None" if case.draft_probs is None else _literal(case.draft_probs)
     u = "None" if case.uniforms is None else _literal(case.uniforms)
     return "\n".join(

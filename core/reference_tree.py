@@ -10,81 +10,21 @@ rather than speed. A chain ``parents = [-1, 0, ..., K-2]`` gives exactly
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from .contract import VerifyInputs
+from .contract_tree import DRAFT_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from .reference import accept_draft, bad_values, inverse_cdf, reference_coins, residual
 from .status import FLOAT32_MAX, Status
-from .validation import validate_inputs
+from .validation import resolve_validate
+from .validation_tree import (
+    distinct_rule,
+    empty_tree_output,
+    request_structure,
+    validate_tree_inputs,
+)
 
-DRAFT_SAMPLING = ("with_replacement", "without_replacement")
-
-
-@dataclass
-class TreeVerifyOutput:
-    """Result of one tree verification call.
-
-    Attributes:
-        token_ids: ``[B, D+1]`` int64: the accepted drafts along the path, then one emitted token,
-            then ``-1``.
-        num_emitted: ``[B]`` int64: accepted nodes + 1, or 0 for a flagged request.
-        accepted_nodes: ``[B, D]`` int64: node indices of the accepted path from the root, then
-            ``-1`` (all ``-1`` for a flagged request).
-        status: ``[B]`` int32 bits of :class:`specsample.Status`, 0 for a request verified
-            normally.
-    """
-
-    token_ids: torch.Tensor
-    num_emitted: torch.Tensor
-    accepted_nodes: torch.Tensor
-    status: torch.Tensor
-
-
-def _children_and_depths(
-    b: int, parents: list[int], n: int, max_depth: int | None
-) -> tuple[list[list[int]], list[int]]:
-    """Validate request ``b``'s first ``n`` parents; return children per position and depths.
-
-    ``children[a]`` lists the nodes whose position-parent is ``a`` (position 0 = root,
-    ``i + 1`` = node i), in index order. ``depth[i]`` is 1 for a child of the root.
-    """
-    children: list[list[int]] = [[] for _ in range(n + 1)]
-    depth = [0] * n
-    for i in range(n):
-        a = parents[i]
-        if n <= a < len(parents):
-            raise ValueError(
-                f"parents: request {b}, node {i} has parent {a}, a padding node "
-                f"(num_nodes[{b}]={n}); a padding node cannot have real children"
-            )
-        if not -1 <= a < i:
-            raise ValueError(
-                f"parents: request {b}, node {i} has parent {a}; expected -1 (the root) or a node "
-                f"index below {i} (nodes in topological order)"
-            )
-        depth[i] = 1 if a == -1 else depth[a] + 1
-        if max_depth is not None and depth[i] > max_depth:
-            raise ValueError(
-                f"parents: request {b}, node {i} is at depth {depth[i]}, beyond "
-                f"max_depth={max_depth}"
-            )
-        children[a + 1].append(i)
-    return children, depth
-
-
-def _check_distinct_siblings(b: int, ids: list[int], children: list[list[int]], rule: str) -> None:
-    for a, kids in enumerate(children):
-        seen: dict[int, int] = {}
-        for c in kids:
-            if ids[c] in seen:
-                where = "the root" if a == 0 else f"node {a - 1}"
-                raise ValueError(
-                    f"draft_token_ids: request {b}, node {c} repeats token {ids[c]} of its "
-                    f"sibling node {seen[ids[c]]} (children of {where}); the {rule} rule needs "
-                    f"distinct sibling tokens"
-                )
-            seen[ids[c]] = c
+__all__ = ["DRAFT_SAMPLING", "TreeVerifyOutput", "reference_verify_tree"]
 
 
 def _finish(r: torch.Tensor, u_final: float, path: list[int], ids: list[int]):
@@ -247,12 +187,21 @@ def _rrs_step(
     return r
 
 
-def _tree_depth(children: list[list[int]]) -> int:
-    depth = [0] * len(children)
-    for a, kids in enumerate(children):
-        for c in kids:
-            depth[c + 1] = depth[a] + 1
-    return max(depth)
+def _coins(inputs: TreeVerifyInputs) -> torch.Tensor:
+    """``[B, N+1]`` float64 coins: the caller's, or drawn as ``verify()`` draws ``[B, K+1]``."""
+    chain = VerifyInputs(
+        draft_token_ids=inputs.draft_token_ids,
+        draft_probs=inputs.draft_probs,
+        target_probs=inputs.target_probs,
+        mode=inputs.mode,
+        generator=inputs.generator,
+        uniforms=inputs.uniforms,
+        batch_size=inputs.batch_size,
+        num_draft=inputs.num_nodes_max,
+        vocab_size=inputs.vocab_size,
+        device=inputs.device,
+    )
+    return reference_coins(chain, inputs.num_nodes_max)
 
 
 def reference_verify_tree(
@@ -267,8 +216,12 @@ def reference_verify_tree(
     max_depth: int | None = None,
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    validate: str = "status",
 ) -> TreeVerifyOutput:
     """Verify a tree of drafts per request in float64 (docs/contract-trees.md).
+
+    Same arguments and output as :meth:`specsample.Backend.verify_tree` (which every backend's
+    tokens and status must equal, up to the last token's proven near-ties).
 
     Args:
         draft_token_ids: ``[B, N]`` int32/int64, node i's token; nodes in topological order.
@@ -283,93 +236,66 @@ def reference_verify_tree(
             drawn from ``draft_probs``. Required in random mode with ``draft_probs``; not read
             otherwise.
         num_nodes: ``[B]`` integer or None: request b's real nodes are ``0..num_nodes[b]-1``.
-        max_depth: D, the longest accepted path the output holds; default the deepest real node of
-            the batch. A deeper node raises.
+        max_depth: D, the longest accepted path the output holds; default N. A deeper real node
+            makes the tree invalid.
         uniforms: ``[B, N+1]`` float32 in [0, 1): ``uniforms[b, i]`` is node i's coin,
             ``uniforms[b, N]`` the last draw's. Drawn from ``generator`` when None.
         generator: ``torch.Generator`` for the uniforms when they are not given.
+        validate: ``"status"``: an invalid tree is flagged ``BAD_TREE``, repeated siblings where
+            the rule needs distinct ones ``REPEATED_SIBLING``, bad values as the walk reads them
+            (docs/contract-trees.md, "Status and validation"). ``"full"``: those raise.
 
     Returns:
         :class:`TreeVerifyOutput` on the inputs' device.
 
     Raises:
-        TypeError / ValueError: bad shapes, dtypes, modes, tree structure, repeated sibling tokens
-            where the rule needs distinct ones, or a node deeper than ``max_depth``; the message
-            names the request and node.
+        TypeError / ValueError: bad shapes, dtypes or modes; with ``validate="full"`` also tree
+            structure (naming the request and node) and values.
     """
-    inputs = validate_inputs(
+    level = resolve_validate(validate, None)
+    inputs = validate_tree_inputs(
         draft_token_ids,
+        parents,
         draft_probs,
         target_probs,
         mode=mode,
+        draft_sampling=draft_sampling,
+        num_nodes=num_nodes,
+        max_depth=max_depth,
         generator=generator,
         uniforms=uniforms,
+        validate=level,
     )
-    B, N = inputs.batch_size, inputs.num_draft
-    if not isinstance(parents, torch.Tensor):
-        raise TypeError(f"parents must be a torch.Tensor, got {type(parents).__name__}")
-    if parents.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"parents must be int64 (or int32), got {parents.dtype}")
-    if tuple(parents.shape) != (B, N):
-        raise ValueError(
-            f"parents has shape {tuple(parents.shape)}; expected [B, N]={(B, N)} like "
-            f"draft_token_ids"
-        )
-    random_with_p = mode == "random" and draft_probs is not None
-    if random_with_p and draft_sampling not in DRAFT_SAMPLING:
-        raise ValueError(
-            f"draft_sampling must be one of {DRAFT_SAMPLING} in random mode with draft_probs "
-            f"(how the siblings were drawn), got {draft_sampling!r}"
-        )
-    if num_nodes is None:
-        counts = [N] * B
-    else:
-        if not isinstance(num_nodes, torch.Tensor) or num_nodes.dtype not in (
-            torch.int32,
-            torch.int64,
-        ):
-            raise TypeError("num_nodes must be an int32 or int64 tensor of shape [B]")
-        if tuple(num_nodes.shape) != (B,):
-            raise ValueError(f"num_nodes has shape {tuple(num_nodes.shape)}; expected [B]={(B,)}")
-        counts = num_nodes.cpu().tolist()
-        for b, n in enumerate(counts):
-            if not 0 <= n <= N:
-                raise ValueError(f"num_nodes: request {b} has {n} nodes; expected 0..N={N}")
-    if max_depth is not None and (not isinstance(max_depth, int) or max_depth < 0):
-        raise ValueError(f"max_depth must be a non-negative int or None, got {max_depth!r}")
-
-    ids_all = inputs.draft_token_ids.cpu().to(torch.int64)
-    par_all = parents.cpu().to(torch.int64)
-    trees = []
-    for b in range(B):
-        ids_b = ids_all[b, : counts[b]].tolist()
-        children, _ = _children_and_depths(b, par_all[b].tolist(), counts[b], max_depth)
-        if mode == "random" and draft_probs is None:
-            _check_distinct_siblings(b, ids_b, children, "target-only")
-        elif random_with_p and draft_sampling == "without_replacement":
-            _check_distinct_siblings(b, ids_b, children, "without-replacement")
-        trees.append((ids_b, children))
-    D = max_depth if max_depth is not None else max([_tree_depth(c) for _, c in trees] or [0])
-
+    if inputs.batch_size == 0:
+        return empty_tree_output(inputs)
+    B, D = inputs.batch_size, inputs.max_depth
     greedy = mode == "greedy"
+    ids_all = inputs.draft_token_ids.cpu().to(torch.int64).tolist()
+    par_all = inputs.parents.cpu().tolist()
+    counts = inputs.num_nodes.cpu().tolist()
+    rule = distinct_rule(inputs)
     q_all = inputs.target_probs.cpu()
     p_all = None if inputs.draft_probs is None else inputs.draft_probs.cpu()
-    u_all = None if greedy else reference_coins(inputs, N)
+    u_all = None if greedy else _coins(inputs)
 
     token_ids = torch.full((B, D + 1), -1, dtype=torch.int64)
     accepted = torch.full((B, D), -1, dtype=torch.int64)
     num_emitted = torch.zeros(B, dtype=torch.int64)
     status = torch.zeros(B, dtype=torch.int32)
-    for b, (ids_b, children) in enumerate(trees):
+    for b in range(B):
+        children, error = request_structure(b, par_all[b], counts[b], D, ids_all[b], rule)
+        if error is not None:  # validate="full" raised already; "status" flags the request
+            status[b] = int(error[0])
+            continue
         flags, tokens, path = _verify_tree_request(
-            ids_b,
+            ids_all[b][: counts[b]],
             children,
             None if p_all is None else p_all[b],
             q_all[b],
             None if u_all is None else u_all[b].tolist(),
             inputs.uniforms is not None,
             greedy,
-            draft_sampling,
+            inputs.draft_sampling,
         )
         status[b] = flags
         num_emitted[b] = len(tokens)

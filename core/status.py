@@ -34,9 +34,16 @@ class Status(enum.IntFlag):
     ZERO_ROW = 16
     #: the distribution the last token is drawn from sums past the largest float32 (random mode)
     ROW_SUM_OVERFLOW = 32
+    #: tree verification: ``parents``/``num_nodes``/``max_depth`` describe no valid tree (a parent
+    #: that is not -1 or an earlier node, a real node under a padding node, ``num_nodes`` outside
+    #: ``0..N``, a node deeper than ``max_depth``); docs/contract-trees.md
+    BAD_TREE = 64
+    #: tree verification: two siblings share a token where the rule needs distinct siblings
+    #: (target-only, without replacement)
+    REPEATED_SIBLING = 128
     #: a per-request parameter of a serving call (``temperature``, ``top_k``, ``top_p``, a draft
     #: count, ``offsets``) is out of range; only for parameters on a GPU (docs/serving.md)
-    BAD_PARAMETER = 64
+    BAD_PARAMETER = 256
 
 
 #: largest finite float32; a row whose sum exceeds it is flagged ``ROW_SUM_OVERFLOW``
@@ -55,6 +62,15 @@ _PROBLEMS = {
         "target_probs",
         "has a row whose sum exceeds the largest float32 (3.4e38) where the last token is drawn "
         "from it",
+    ),
+    Status.BAD_TREE: (
+        "parents",
+        "does not describe a valid tree (a parent that is not -1 or an earlier real node, "
+        "num_nodes outside 0..N, or a node deeper than max_depth)",
+    ),
+    Status.REPEATED_SIBLING: (
+        "draft_token_ids",
+        "repeats a token among siblings where the rule needs distinct siblings",
     ),
     Status.BAD_PARAMETER: (
         "a sampling parameter",

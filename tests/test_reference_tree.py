@@ -155,7 +155,14 @@ def _q(row0):
 
 def _run(q, u, p=None, sampling=None, mode="random"):
     out = reference_verify_tree(
-        IDS, PARENTS, p, q, mode=mode, draft_sampling=sampling, uniforms=torch.tensor([u])
+        IDS,
+        PARENTS,
+        p,
+        q,
+        mode=mode,
+        draft_sampling=sampling,
+        uniforms=torch.tensor([u]),
+        max_depth=2,  # the tree's depth (the default is N = 3)
     )
     return out.token_ids[0].tolist(), out.accepted_nodes[0].tolist(), int(out.status[0])
 
@@ -211,8 +218,8 @@ def test_greedy_takes_the_first_matching_sibling_and_tolerates_repeats():
     parents = torch.tensor([[-1, -1, 1]])
     q = torch.tensor([[[0.2, 0.8], [0.6, 0.4], [0.9, 0.1], [0.5, 0.5]]])
     out = reference_verify_tree(ids, parents, None, q, mode="greedy")
-    assert out.accepted_nodes.tolist() == [[0, -1]]
-    assert out.token_ids.tolist() == [[1, 0, -1]]
+    assert out.accepted_nodes.tolist() == [[0, -1, -1]]  # D defaults to N = 3
+    assert out.token_ids.tolist() == [[1, 0, -1, -1]]
 
 
 def test_padding_nodes_are_ignored_and_max_depth_pads_the_output():
@@ -234,6 +241,7 @@ def test_empty_trees():
     empty = torch.zeros(2, 0, dtype=torch.int64)
     out = reference_verify_tree(empty, empty, None, q, uniforms=torch.tensor([[0.7], [0.1]]))
     assert out.token_ids.tolist() == [[1], [1]]
+    assert out.status.tolist() == [0, 0]
     assert out.accepted_nodes.shape == (2, 0)
     ids = torch.tensor([[0, 1]])
     out = reference_verify_tree(
@@ -243,6 +251,7 @@ def test_empty_trees():
         torch.full((1, 3, 2), 0.5),
         num_nodes=torch.tensor([0]),
         uniforms=torch.tensor([[0.9, 0.9, 0.7]]),
+        max_depth=0,
     )
     assert out.token_ids.tolist() == [[1]] and out.num_emitted.tolist() == [1]
 
@@ -261,7 +270,9 @@ def test_status_reads_where_the_walk_goes():
     assert _run(q, ok)[2] == int(Status.BAD_TARGET_VALUE)
     assert _run(_q([0.1, 0.2, 0.3, 0.4]), [0.35, 1.0, 0.0, 0.6])[2] == int(Status.BAD_UNIFORM)
     ids = torch.tensor([[2, 9, 3]])
-    out = reference_verify_tree(ids, PARENTS, None, _q([0.1, 0.2, 0.3, 0.4]), mode="greedy")
+    out = reference_verify_tree(
+        ids, PARENTS, None, _q([0.1, 0.2, 0.3, 0.4]), mode="greedy", max_depth=2
+    )
     assert out.status.tolist() == [int(Status.BAD_DRAFT_ID)]
     assert out.token_ids.tolist() == [[-1, -1, -1]] and out.num_emitted.tolist() == [0]
     zero = _q([0.0, 0.0, 0.0, 0.0])
@@ -290,14 +301,33 @@ def test_status_reads_where_the_walk_goes():
 def test_structure_errors_name_request_and_node(parents, kwargs, match):
     ids = torch.tensor([[1, 1, 2]])
     q = torch.full((1, 4, 3), 1 / 3)
-    call = lambda: reference_verify_tree(  # noqa: E731
-        ids, torch.tensor(parents), None, q, uniforms=torch.zeros(1, 4), **kwargs
+    call = lambda validate: reference_verify_tree(  # noqa: E731
+        ids, torch.tensor(parents), None, q, uniforms=torch.zeros(1, 4), validate=validate, **kwargs
     )
     if match is None:
-        call()  # node 0 alone is real; padding parents are not read
+        call("full")  # node 0 alone is real; padding parents are not read
+        assert call("status").status.tolist() == [0]
     else:
         with pytest.raises(ValueError, match=match):
-            call()
+            call("full")
+        out = call("status")  # the default: the request is flagged, nothing raises
+        bit = Status.REPEATED_SIBLING if "repeats" in match else Status.BAD_TREE
+        assert out.status.tolist() == [int(bit)]
+        assert out.num_emitted.tolist() == [0] and out.token_ids.eq(-1).all()
+        assert out.accepted_nodes.eq(-1).all()
+
+
+def test_num_nodes_out_of_range():
+    ids = torch.tensor([[1, 2], [1, 2], [0, 1]])
+    q = torch.full((3, 3, 3), 1 / 3)
+    parents = torch.tensor([[-1, 0]] * 3)
+    nodes = torch.tensor([3, -1, 2])
+    out = reference_verify_tree(ids, parents, None, q, num_nodes=nodes, uniforms=torch.zeros(3, 3))
+    assert out.status.tolist() == [int(Status.BAD_TREE)] * 2 + [0]
+    with pytest.raises(ValueError, match=r"num_nodes: request 0 has 3 nodes; expected 0..N=2"):
+        reference_verify_tree(
+            ids, parents, None, q, num_nodes=nodes, uniforms=torch.zeros(3, 3), validate="full"
+        )
 
 
 def test_padding_parent_of_a_real_node_is_named():
@@ -310,6 +340,7 @@ def test_padding_parent_of_a_real_node_is_named():
             torch.full((1, 4, 3), 1 / 3),
             num_nodes=torch.tensor([2]),
             uniforms=torch.zeros(1, 4),
+            validate="full",
         )
 
 
@@ -320,9 +351,13 @@ def test_repeated_siblings_by_rule():
     p = torch.full((1, 2, 3), 1 / 3)
     u = torch.zeros(1, 3)
     with pytest.raises(ValueError, match="without-replacement rule needs distinct sibling"):
-        reference_verify_tree(ids, parents, p, q, draft_sampling="without_replacement", uniforms=u)
+        reference_verify_tree(
+            ids, parents, p, q, draft_sampling="without_replacement", uniforms=u, validate="full"
+        )
     with pytest.raises(ValueError, match="target-only rule needs distinct sibling"):
-        reference_verify_tree(ids, parents, None, q, uniforms=u)
+        reference_verify_tree(ids, parents, None, q, uniforms=u, validate="full")
+    flagged = reference_verify_tree(ids, parents, None, q, uniforms=u)
+    assert flagged.status.tolist() == [int(Status.REPEATED_SIBLING)]
     reference_verify_tree(ids, parents, p, q, draft_sampling="with_replacement", uniforms=u)
     reference_verify_tree(ids, parents, None, q, mode="greedy")
     with pytest.raises(ValueError, match="draft_sampling must be one of"):
