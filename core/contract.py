@@ -13,6 +13,8 @@ if TYPE_CHECKING:  # torch is imported lazily so that `import specsample` stays 
     import torch
 
 MODES = ("random", "greedy")
+#: verification rules for chains (docs/rules.md): token-wise, and block verification
+RULES = ("token", "block")
 PROB_DTYPES = ("float32", "float16", "bfloat16")
 ID_DTYPES = ("int32", "int64")
 
@@ -48,6 +50,9 @@ class Capabilities:
             request in ``VerifyOutput.status`` (docs/contract.md, "Status"). When False (the
             default, safe for a new plugin), the default call checks every value eagerly first, as
             ``validate="full"`` does, and ``status`` is all zeros.
+        rules: verification rules ``verify(..., rule=)`` accepts, names from
+            ``("token", "block")`` (docs/rules.md). Every backend implements ``"token"``; a
+            backend that claims ``"block"`` receives it in ``VerifyInputs.rule``.
     """
 
     modes: tuple[str, ...] = MODES
@@ -61,6 +66,7 @@ class Capabilities:
     cuda_graphs: bool = False
     host_sync_free: bool = False
     status_flags: bool = False
+    rules: tuple[str, ...] = ("token",)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +81,7 @@ class Capabilities:
             "cuda_graphs": self.cuda_graphs,
             "host_sync_free": self.host_sync_free,
             "status_flags": self.status_flags,
+            "rules": list(self.rules),
         }
 
 
@@ -146,6 +153,7 @@ class VerifyInputs:
     ``target_probs`` [B, K+1, V] (one of the claimed float dtypes, same dtype as draft_probs),
     ``uniforms`` [B, K+1] float32 in [0, 1) or None. ``generator`` is a torch.Generator on the
     inputs' device when ``uniforms`` is None (the device's default generator if the caller gave none).
+    ``rule`` is the verification rule, one of the backend's claimed ``Capabilities.rules``.
     """
 
     draft_token_ids: torch.Tensor
@@ -158,6 +166,7 @@ class VerifyInputs:
     num_draft: int
     vocab_size: int
     device: torch.device = field(repr=False, default=None)  # type: ignore[assignment]
+    rule: str = "token"
 
 
 class Backend(abc.ABC):
@@ -191,6 +200,7 @@ class Backend(abc.ABC):
         uniforms: torch.Tensor | None = None,
         validate: str = "status",
         check_finite: bool | None = None,
+        rule: str = "token",
     ) -> VerifyOutput:
         """Verify K draft tokens per request and emit the accepted prefix plus one token.
 
@@ -210,6 +220,10 @@ class Backend(abc.ABC):
                 first problem (one host sync; for debugging).
             check_finite: deprecated alias: ``True`` means ``validate="full"``, ``False`` means
                 ``validate="status"``.
+            rule: ``"token"`` (default): token-wise verification, the first rejection ends the
+                step. ``"block"``: block verification, which decides the accepted prefix jointly
+                (lossless, never fewer accepted drafts on average; docs/rules.md). Only rules in
+                ``capabilities.rules`` are accepted. In greedy mode both give the same output.
 
         Returns:
             :class:`VerifyOutput` with ``token_ids`` ``[B, K+1]`` int64 (-1 padded),
@@ -217,7 +231,7 @@ class Backend(abc.ABC):
 
         Raises:
             ValueError, TypeError: bad input found on the host (or by ``validate="full"``); the
-                message names the argument.
+                message names the argument; an unknown rule, or one the backend does not claim.
         """
         from .validation import empty_output, resolve_validate, validate_inputs
 
@@ -234,6 +248,7 @@ class Backend(abc.ABC):
             validate=level,
             capabilities=self.capabilities,
             backend_name=self.name,
+            rule=rule,
         )
         if inputs.batch_size == 0:
             return empty_output(inputs)
