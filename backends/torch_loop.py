@@ -12,6 +12,8 @@ from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutpu
 from specsample.rng import draw_uniforms
 from specsample.status import FLOAT32_MAX, Status
 
+from ._block_loop import block_request
+
 
 def _bad(x: torch.Tensor) -> bool:
     """NaN, infinite or negative anywhere in ``x`` (one host read)."""
@@ -21,7 +23,7 @@ def _bad(x: torch.Tensor) -> bool:
 class TorchLoopBackend(Backend):
     name = "torch-loop"
     description = "Naive baseline: Python loop over B and K with per-element host reads."
-    capabilities = Capabilities(status_flags=True)
+    capabilities = Capabilities(status_flags=True, rules=("token", "block"))
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
@@ -69,6 +71,8 @@ class TorchLoopBackend(Backend):
             flags |= Status.BAD_UNIFORM
         if flags:
             return int(flags), []
+        if inputs.rule == "block":
+            return block_request(b, xs, p_all, q_all, u)
         row = K
         for k, x in enumerate(xs):
             p = 1.0 if p_all is None else float(p_all[b, k, x].item())
