@@ -94,7 +94,9 @@ class TorchCompileBackend(Backend):
         variant = (inputs.device.type, str(inputs.target_probs.dtype), greedy, draft_probs is None)
         sizes = (inputs.batch_size == 1, inputs.num_draft == 1, inputs.vocab_size == 1)
         if inputs.rule == "block" and not greedy and inputs.num_draft > 0:
-            return self._verify_block(variant + ("block",), sizes, ids, draft_probs, inputs, uniforms)
+            return self._verify_block(
+                variant + ("block",), sizes, ids, draft_probs, inputs, uniforms
+            )
         if inputs.num_draft == 0 or (variant, sizes) in self._eager_variants:
             token_ids, num_emitted, flags = verify_tensors(
                 ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
@@ -118,7 +120,9 @@ class TorchCompileBackend(Backend):
         if (variant, sizes) not in self._eager_variants:
             try:
                 return VerifyOutput(
-                    *_compiled_verify_block(variant, ids, draft_probs, inputs.target_probs, uniforms)
+                    *_compiled_verify_block(
+                        variant, ids, draft_probs, inputs.target_probs, uniforms
+                    )
                 )
             except Exception as exc:
                 if not _is_compiler_error(exc):

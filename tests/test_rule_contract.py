@@ -16,8 +16,12 @@ class _TokenOnly(Backend):
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         return reference_verify(
-            inputs.draft_token_ids, inputs.draft_probs, inputs.target_probs,
-            mode=inputs.mode, uniforms=inputs.uniforms, generator=inputs.generator,
+            inputs.draft_token_ids,
+            inputs.draft_probs,
+            inputs.target_probs,
+            mode=inputs.mode,
+            uniforms=inputs.uniforms,
+            generator=inputs.generator,
             rule=inputs.rule,
         )
 
@@ -54,8 +58,11 @@ def test_unknown_rule_is_rejected_listing_the_rules(bad):
 
 def test_an_unclaimed_rule_names_the_backend_and_its_rules():
     ids, p, q, u = _inputs()
-    with pytest.raises(ValueError, match=r"backend 'token-only' does not support rule='block' "
-                       r"\(claims rules \('token',\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"backend 'token-only' does not support rule='block' "
+        r"\(claims rules \('token',\)\)",
+    ):
         _TokenOnly().verify(ids, p, q, uniforms=u, rule="block")
     assert _TokenOnly().verify(ids, p, q, uniforms=u).status.eq(0).all()
 
