@@ -94,6 +94,10 @@ def check_case(backend: Backend, case: FuzzCase, device: torch.device) -> tuple[
     from specsample.conformance.check_common import compare_to_reference
     from specsample.conformance.checks import CheckFailed, Target
 
+    if case.rule != "token":
+        from .fuzz_cases import check_block_case
+
+        return check_block_case(backend, case, device)
     on_device = case.to(device)
     args = (on_device.draft_token_ids, on_device.draft_probs, on_device.target_probs)
     try:
