@@ -135,15 +135,23 @@ def _paper_example() -> tuple[list[list[float]], list[list[float]]]:
 
 @check("block.dominance")
 def dominance(target: Target) -> str:
-    """Exact expected accepted drafts: block >= token on every instance, equal at K = 1 and for
-    p = q, and the paper's binary example (K = 2) gives token 10/9 and block 11/9."""
+    """Exact expected accepted drafts: block >= token on every instance, equal at K = 1, for
+    p = q and for a fixed draft (draft_probs=None), and the paper's binary example (K = 2) gives
+    token 10/9 and block 11/9."""
     _require(target)
     dtype = DTYPES[target.capabilities.dtypes[0]]
     gains = []
-    for label, p, q, _ in _instances(target):
-        if p is None:
-            continue
+    for label, p, q, xs in _instances(target):
         K = len(q) - 1
+        if p is None:  # a fixed draft: token-wise is already optimal, prod_j q_j(x_j)
+            blk = exact_outcomes(target, "block", p, q, dtype, fixed_ids=xs).expected_accepted
+            tok = exact_outcomes(target, "token", p, q, dtype, fixed_ids=xs).expected_accepted
+            if abs(blk - tok) > ROUNDING:
+                raise CheckFailed(
+                    f"dominance [{label}]: for a fixed draft the rules accept equally many on "
+                    f"average, but block accepts {blk:.12g} and token-wise {tok:.12g}"
+                )
+            continue
         blk = exact_outcomes(target, "block", p, q, dtype).expected_accepted
         tok = exact_outcomes(target, "token", p, q, dtype).expected_accepted
         if blk < tok - ROUNDING:
@@ -170,7 +178,7 @@ def dominance(target: Target) -> str:
             f"(must be 10/9 = {10 / 9:.9f}) and block {blk:.9f} (must be 11/9 = {11 / 9:.9f})"
         )
     return (
-        f"{len(gains)} instances, largest gain {max(gains):.4f} drafts per step; paper's example "
+        f"{len(gains)} instances with draft_probs (and the draft_probs=None ones equal), largest gain {max(gains):.4f} drafts per step; paper's example "
         f"token {tok:.6f}, block {blk:.6f}"
     )
 
