@@ -70,8 +70,10 @@ def thresholds(w, draft_probs, target_probs, ids) -> torch.Tensor:
     if K < 2:
         return w[:, 1:]
     q = target_probs[:, 1:K].to(torch.float64)  # [B, K-1, V]
-    rows = torch.arange(1, K, device=ids.device).expand(B, -1)
-    p = _draft_rows(draft_probs, ids, rows, q)
+    if draft_probs is None:
+        p = torch.zeros_like(q).scatter_(-1, ids[:, 1:K].unsqueeze(-1), 1.0)
+    else:
+        p = draft_probs[:, 1:K].to(torch.float64)
     wk = w[:, 1:K]
     z = torch.clamp(wk.unsqueeze(-1) * q - p, min=0.0).sum(dim=-1)
     denom = z + 1.0 - wk
