@@ -12,7 +12,8 @@ A long-running process must stay usable whatever it is called with, so the numbe
 bounded: the arguments are normalized before the compiled call (ids as int64; greedy calls pass no
 draft_probs and no uniforms; random calls always check the uniforms), and sizes are traced without
 0/1 specialization or duck sizing, so one graph per (device, dtype, mode, draft_probs given) serves
-every B >= 1, K >= 1, V >= 1: at most 9 graphs per device. K = 0 (nothing to decide) runs eagerly.
+every B >= 1, K >= 1, V >= 1: at most 9 graphs per device, and 6 more for ``rule="block"`` (random
+mode only; its decision is its own compiled function). K = 0 (nothing to decide) runs eagerly.
 Should the compiler still refuse a graph (torch 2.13's CPU C++ codegen fails on some float16 greedy
 graphs, for one), that variant and pattern of size-1 dimensions runs eagerly from then on (the same
 vectorized code, identical tokens), with a one-time warning.
@@ -30,10 +31,11 @@ from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutpu
 from specsample.contract_tree import TREE_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from specsample.rng import draw_uniforms
 
+from ._block_vectorized import block_select_rows, verify_block_tensors
 from ._vectorized import assemble, inverse_cdf_rows, select_rows, verify_tensors
 
 #: dynamo's recompile limit for this backend's calls only (the process-wide setting is untouched);
-#: well above the 9 graphs per device the normalization allows.
+#: well above the 15 graphs per device the normalization allows.
 RECOMPILE_LIMIT = 64
 
 
@@ -64,6 +66,7 @@ class TorchCompileBackend(Backend):
         tree_modes=("random", "greedy"),
         tree_sampling=TREE_SAMPLING,
         tree_rules=("token",),
+        rules=("token", "block"),
     )
 
     def __init__(self) -> None:
@@ -99,6 +102,10 @@ class TorchCompileBackend(Backend):
         uniforms = None if greedy else uniforms
         variant = (inputs.device.type, str(inputs.target_probs.dtype), greedy, draft_probs is None)
         sizes = (inputs.batch_size == 1, inputs.num_draft == 1, inputs.vocab_size == 1)
+        if inputs.rule == "block" and not greedy and inputs.num_draft > 0:
+            return self._verify_block(
+                variant + ("block",), sizes, ids, draft_probs, inputs, uniforms
+            )
         if inputs.num_draft == 0 or (variant, sizes) in self._eager_variants:
             token_ids, num_emitted, flags = verify_tensors(
                 ids, draft_probs, inputs.target_probs, uniforms, greedy, not greedy
@@ -141,6 +148,7 @@ class TorchCompileBackend(Backend):
             self._fall_back((variant, sizes), exc)
             selected = serving_select(*args)
         return ServingOutput(*finish(args[0], *selected))
+
     def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
         """Tree verification runs torch-vectorized's tensor algorithm eagerly (identical tokens).
 
@@ -151,6 +159,23 @@ class TorchCompileBackend(Backend):
         from .torch_vectorized import verify_tree_inputs
 
         return verify_tree_inputs(inputs)
+
+    def _verify_block(self, variant, sizes, ids, draft_probs, inputs, uniforms) -> VerifyOutput:
+        """Block verification (random mode, K >= 1): its own graphs, the same eager fallback."""
+        if (variant, sizes) not in self._eager_variants:
+            try:
+                return VerifyOutput(
+                    *_compiled_verify_block(
+                        variant, ids, draft_probs, inputs.target_probs, uniforms
+                    )
+                )
+            except Exception as exc:
+                if not _is_compiler_error(exc):
+                    raise
+                self._fall_back((variant, sizes), exc)
+        return VerifyOutput(
+            *verify_block_tensors(ids, draft_probs, inputs.target_probs, uniforms, True)
+        )
 
     def _fall_back(self, key: tuple, exc: Exception) -> None:
         with self._lock:
@@ -165,12 +190,13 @@ class TorchCompileBackend(Backend):
                 stacklevel=4,
             )
         elif first:
-            (device, dtype, greedy, no_draft), (b1, k1, v1) = key
+            (device, dtype, greedy, no_draft, *rule), (b1, k1, v1) = key
             ones = ", ".join(f"{n}=1" for n, one in (("B", b1), ("K", k1), ("V", v1)) if one)
             warnings.warn(
                 "torch-compile: torch.compile failed for the variant "
                 f"(device={device}, dtype={dtype}, mode={'greedy' if greedy else 'random'}, "
                 f"draft_probs={'None' if no_draft else 'given'}"
+                f"{', rule=block' if rule else ''}"
                 f"{f', {ones}' if ones else ''}) with "
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                 "it and any other variant the compiler refuses run eagerly (same tokens) "
@@ -226,3 +252,20 @@ def _compiled_serving_select(variant, args):
         fx_config.patch(backed_size_oblivious=True, use_duck_shape=False),
     ):
         return compiled(serving_select, variant)(*args)
+
+
+def _compiled_verify_block(variant, ids, draft_probs, target_probs, uniforms):
+    """Block verification: the compiled decision around the eager inverse-CDF scan."""
+    import torch
+    from torch.fx.experimental import _config as fx_config
+
+    with (
+        torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT),
+        fx_config.patch(backed_size_oblivious=True, use_duck_shape=False),
+    ):
+        tau, x, flags = compiled(block_select_rows, variant)(
+            ids, draft_probs, target_probs, uniforms, True
+        )
+        last = inverse_cdf_rows(x, uniforms[:, ids.shape[1]].to(torch.float64))
+        token_ids, num_emitted = compiled(assemble)(ids, tau, last, flags)
+    return token_ids, num_emitted, flags

@@ -14,6 +14,8 @@ from specsample.rng import draw_uniforms
 from specsample.serving import ServingInputs, ServingOutput
 from specsample.status import FLOAT32_MAX, Status
 
+from ._block_loop import block_request
+
 
 def _bad(x: torch.Tensor) -> bool:
     """NaN, infinite or negative anywhere in ``x`` (one host read)."""
@@ -29,6 +31,7 @@ class TorchLoopBackend(Backend):
         tree_modes=("random", "greedy"),
         tree_sampling=TREE_SAMPLING,
         tree_rules=("token",),
+        rules=("token", "block"),
     )
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
@@ -82,6 +85,8 @@ class TorchLoopBackend(Backend):
             flags |= Status.BAD_UNIFORM
         if flags:
             return int(flags), []
+        if inputs.rule == "block":
+            return block_request(b, xs, p_all, q_all, u)
         row = K
         for k, x in enumerate(xs):
             p = 1.0 if p_all is None else float(p_all[b, k, x].item())

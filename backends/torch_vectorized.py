@@ -7,6 +7,7 @@ from specsample.contract_tree import TREE_SAMPLING, TreeVerifyInputs, TreeVerify
 from specsample.rng import draw_uniforms
 from specsample.serving import ServingInputs, ServingOutput
 
+from ._block_vectorized import verify_block_tensors
 from ._memory import check_vectorized_call
 from ._vectorized import verify_tensors
 
@@ -22,6 +23,7 @@ class TorchVectorizedBackend(Backend):
         tree_modes=("random", "greedy"),
         tree_sampling=TREE_SAMPLING,
         tree_rules=("token",),
+        rules=("token", "block"),
     )
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
@@ -32,6 +34,15 @@ class TorchVectorizedBackend(Backend):
             uniforms = draw_uniforms(
                 inputs.batch_size, inputs.num_draft, inputs.generator, inputs.device
             )
+        if inputs.rule == "block" and not greedy and inputs.num_draft > 0:
+            token_ids, num_emitted, status = verify_block_tensors(
+                inputs.draft_token_ids,
+                inputs.draft_probs,
+                inputs.target_probs,
+                uniforms,
+                check_uniforms=inputs.uniforms is not None,
+            )
+            return VerifyOutput(token_ids, num_emitted, status)
         token_ids, num_emitted, status = verify_tensors(
             inputs.draft_token_ids,
             inputs.draft_probs,

@@ -41,6 +41,7 @@ CHECK_MODULES = (
     "claims",
     "serving",
     "tree",
+    "block",
 )
 
 
@@ -142,6 +143,11 @@ class Target:
     def require_dtype(self, dtype: str) -> None:
         if dtype not in self.capabilities.dtypes:
             raise NotClaimed(f"{dtype} not claimed (claims {', '.join(self.capabilities.dtypes)})")
+
+    def require_rule(self, rule: str) -> None:
+        rules = getattr(self.capabilities, "rules", ("token",))
+        if rule not in rules:
+            raise NotClaimed(f"rule {rule!r} not claimed (claims {', '.join(rules)})")
 
     def require_size(self, vocab: int = 0, k: int = 0) -> None:
         caps = self.capabilities

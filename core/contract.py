@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # torch is imported lazily so that `import specsample` stays 
     from .serving import ServingInputs, ServingOutput
 
 MODES = ("random", "greedy")
+#: verification rules for chains (docs/rules.md): token-wise, and block verification
+RULES = ("token", "block")
 PROB_DTYPES = ("float32", "float16", "bfloat16")
 ID_DTYPES = ("int32", "int64")
 
@@ -60,6 +62,9 @@ class Capabilities:
             "with_replacement", "without_replacement")`` (``"target_only"`` is
             ``draft_probs=None``; the others are the ``draft_sampling`` values).
         tree_rules: the ``rule`` values of :meth:`Backend.verify_tree` implemented (``("token",)``).
+        rules: verification rules ``verify(..., rule=)`` accepts, names from
+            ``("token", "block")`` (docs/rules.md). Every backend implements ``"token"``; a
+            backend that claims ``"block"`` receives it in ``VerifyInputs.rule``.
     """
 
     modes: tuple[str, ...] = MODES
@@ -77,6 +82,7 @@ class Capabilities:
     tree_modes: tuple[str, ...] = ()
     tree_sampling: tuple[str, ...] = ()
     tree_rules: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ("token",)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +101,7 @@ class Capabilities:
             "tree_modes": list(self.tree_modes),
             "tree_sampling": list(self.tree_sampling),
             "tree_rules": list(self.tree_rules),
+            "rules": list(self.rules),
         }
 
 
@@ -166,6 +173,7 @@ class VerifyInputs:
     ``target_probs`` [B, K+1, V] (one of the claimed float dtypes, same dtype as draft_probs),
     ``uniforms`` [B, K+1] float32 in [0, 1) or None. ``generator`` is a torch.Generator on the
     inputs' device when ``uniforms`` is None (the device's default generator if the caller gave none).
+    ``rule`` is the verification rule, one of the backend's claimed ``Capabilities.rules``.
     """
 
     draft_token_ids: torch.Tensor
@@ -178,6 +186,7 @@ class VerifyInputs:
     num_draft: int
     vocab_size: int
     device: torch.device = field(repr=False, default=None)  # type: ignore[assignment]
+    rule: str = "token"
 
 
 class Backend(abc.ABC):
@@ -211,6 +220,7 @@ class Backend(abc.ABC):
         uniforms: torch.Tensor | None = None,
         validate: str = "status",
         check_finite: bool | None = None,
+        rule: str = "token",
     ) -> VerifyOutput:
         """Verify K draft tokens per request and emit the accepted prefix plus one token.
 
@@ -230,6 +240,10 @@ class Backend(abc.ABC):
                 first problem (one host sync; for debugging).
             check_finite: deprecated alias: ``True`` means ``validate="full"``, ``False`` means
                 ``validate="status"``.
+            rule: ``"token"`` (default): token-wise verification, the first rejection ends the
+                step. ``"block"``: block verification, which decides the accepted prefix jointly
+                (lossless, never fewer accepted drafts on average; docs/rules.md). Only rules in
+                ``capabilities.rules`` are accepted. In greedy mode both give the same output.
 
         Returns:
             :class:`VerifyOutput` with ``token_ids`` ``[B, K+1]`` int64 (-1 padded),
@@ -237,7 +251,7 @@ class Backend(abc.ABC):
 
         Raises:
             ValueError, TypeError: bad input found on the host (or by ``validate="full"``); the
-                message names the argument.
+                message names the argument; an unknown rule, or one the backend does not claim.
         """
         from .validation import empty_output, resolve_validate, validate_inputs
 
@@ -254,6 +268,7 @@ class Backend(abc.ABC):
             validate=level,
             capabilities=self.capabilities,
             backend_name=self.name,
+            rule=rule,
         )
         if inputs.batch_size == 0:
             return empty_output(inputs)

@@ -41,7 +41,9 @@ class FuzzCase:
 
     Shapes: ``draft_token_ids`` [B, K] int32/int64, ``draft_probs`` [B, K, V] or None,
     ``target_probs`` [B, K+1, V], ``uniforms`` [B, K+1] float32 (None in greedy mode). Tensors may be
-    non-contiguous views. ``tags`` name the adversarial features the case holds.
+    non-contiguous views. ``tags`` name the adversarial features the case holds. ``rule`` is
+    the verification rule of the call (``"block"`` for half of the random-mode cases of a backend
+    that claims it).
     """
 
     index: int
@@ -53,6 +55,7 @@ class FuzzCase:
     tags: tuple[str, ...] = ()
     #: a tree case (specsample.fuzz_tree): ``parents``, ``num_nodes``, ``sampling``, ``rule``
     tree: dict | None = None
+    rule: str = "token"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,6 +77,7 @@ class FuzzCase:
             else {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.tree.items()
             },
+            self.rule,
         )
 
 
@@ -149,7 +153,18 @@ def case_claims(capabilities: Capabilities) -> tuple:
     """What :func:`make_case` reads of a backend's claims: equal values give equal cases."""
     max_k = 4 if capabilities.max_k is None else min(4, capabilities.max_k)
     vocabs = [v for v in VOCABS if capabilities.max_vocab is None or v <= capabilities.max_vocab]
-    return tuple(capabilities.modes), tuple(capabilities.dtypes), max_k, tuple(vocabs)
+    return (
+        tuple(capabilities.modes),
+        tuple(capabilities.dtypes),
+        max_k,
+        tuple(vocabs),
+        # the rule and tree draws read these
+        tuple(capabilities.rules),
+        tuple(capabilities.tree_modes),
+        tuple(capabilities.tree_sampling),
+        tuple(capabilities.tree_rules),
+        capabilities.max_vocab,
+    )
 
 
 def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
@@ -160,7 +175,7 @@ def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
         return make_tree_case(seed, index, capabilities)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     tags: list[str] = []
-    modes, dtypes, max_k, vocabs = case_claims(capabilities)
+    modes, dtypes, max_k, vocabs = case_claims(capabilities)[:4]
     mode = _pick(gen, modes)
     dtype_name = _pick(gen, dtypes)
     dtype = DTYPES[dtype_name]
@@ -209,4 +224,34 @@ def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
         ids = _non_contiguous(ids)
         tags.append("non-contiguous")
     tags += [dtype_name, mode, "draft_probs" if p is not None else "draft_probs=None"]
-    return FuzzCase(index, ids, p, q, u, mode, tuple(tags))
+    rule = "token"
+    # Drawn last, and only for backends claiming "block": every other draw of the case is unchanged.
+    if mode == "random" and "block" in capabilities.rules and torch.rand((), generator=gen) < 0.5:
+        rule = "block"
+        tags.append("rule=block")
+    return FuzzCase(index, ids, p, q, u, mode, tuple(tags), rule)
+
+
+def check_block_case(backend, case: FuzzCase, device: torch.device) -> tuple[str | None, int]:
+    """:func:`specsample.fuzz.check_case` for a ``rule="block"`` case: the backend against
+    ``reference_verify(..., rule="block")`` with the tolerances of the ``block.exact`` check.
+
+    Returns ``(message or None, near-tie differences)``.
+    """
+    from specsample.conformance.block_common import compare_block_to_reference
+    from specsample.conformance.checks import CheckFailed, Target
+
+    on_device = case.to(device)
+    args = (on_device.draft_token_ids, on_device.draft_probs, on_device.target_probs)
+    try:
+        out = backend.verify(*args, uniforms=on_device.uniforms, rule="block")
+    except Exception as exc:  # a valid input must never raise
+        return f"raised {type(exc).__name__}: {exc}", 0
+    target = Target(backend.name, backend, "fast", device)
+    try:
+        ties = compare_block_to_reference(
+            target, *args, on_device.uniforms, label=f"case {case.index}, rule=block", out=out
+        )
+    except CheckFailed as exc:
+        return str(exc), 0
+    return None, ties

@@ -21,6 +21,7 @@ def _replace(case: FuzzCase, **changes) -> FuzzCase:
         uniforms=case.uniforms,
         mode=case.mode,
         tags=case.tags,
+        rule=case.rule,
     )
     fields.update(changes)
     return FuzzCase(**fields)
@@ -157,7 +158,8 @@ def snippet(case: FuzzCase, backend: str, seed: int) -> str:
             f"target_probs = {_literal(case.target_probs)}",
             f"uniforms = {u}",
             "args = (ids, draft_probs, target_probs)",
-            f"kwargs = dict(mode={case.mode!r}, uniforms=uniforms)",
+            f"kwargs = dict(mode={case.mode!r}, uniforms=uniforms"
+            + (f", rule={case.rule!r})" if case.rule != "token" else ")"),
             f"out = specsample.get_backend({backend!r}).verify(*args, **kwargs)",
             "ref = specsample.reference_verify(*args, **kwargs)",
             'print("backend:  ", out.token_ids.tolist(), out.num_emitted.tolist())',

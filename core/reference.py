@@ -83,6 +83,34 @@ def bad_values(x: torch.Tensor) -> bool:
     return not bool(((x >= 0) & (x < float("inf"))).all())
 
 
+def entry_flags(
+    ids: list[int],
+    p_b: torch.Tensor | None,
+    q_b: torch.Tensor,
+    u_b: list[float],
+    explicit_uniforms: bool,
+) -> Status:
+    """Random mode, step 1 of docs/contract.md ("Status"), the same for every rule: the K ids,
+    the drafted entries ``q[k, x_k]`` and ``p[k, x_k]`` of in-range ids, and explicit uniforms.
+
+    ``ids`` [K], ``p_b`` [K, V] or None, ``q_b`` [K+1, V], ``u_b`` [K+1]. Returns the OR of the
+    bits found (several may be set).
+    """
+    V = q_b.shape[1]
+    flags = Status.OK
+    for k, x in enumerate(ids):
+        if not 0 <= x < V:
+            flags |= Status.BAD_DRAFT_ID
+            continue  # never read
+        if bad_values(q_b[k, x]):
+            flags |= Status.BAD_TARGET_VALUE
+        if p_b is not None and bad_values(p_b[k, x]):
+            flags |= Status.BAD_DRAFT_VALUE
+    if explicit_uniforms and any(not (0.0 <= u < 1.0) for u in u_b):
+        flags |= Status.BAD_UNIFORM
+    return flags
+
+
 def _verify_request(
     ids: list[int],
     p_b: torch.Tensor | None,
@@ -116,15 +144,7 @@ def _verify_request(
         raise AssertionError("unreachable")
 
     assert u_b is not None
-    for k, x in enumerate(ids):
-        if not 0 <= x < V:
-            continue  # never read
-        if bad_values(q_b[k, x]):
-            flags |= Status.BAD_TARGET_VALUE
-        if p_b is not None and bad_values(p_b[k, x]):
-            flags |= Status.BAD_DRAFT_VALUE
-    if explicit_uniforms and any(not (0.0 <= u < 1.0) for u in u_b):
-        flags |= Status.BAD_UNIFORM
+    flags = entry_flags(ids, p_b, q_b, u_b, explicit_uniforms)
     if flags:
         return int(flags), []
 
@@ -164,8 +184,11 @@ def reference_verify(
     uniforms: torch.Tensor | None = None,
     validate: str = "status",
     check_finite: bool | None = None,
+    rule: str = "token",
 ) -> VerifyOutput:
     """The contract in float64. Same arguments and output as :meth:`specsample.Backend.verify`.
+
+    ``rule="block"`` is :func:`specsample.reference_block.reference_verify_block`.
 
     Without ``uniforms`` it draws them with :func:`specsample.rng.draw_uniforms` (as the PyTorch
     backends do), so it consumes the generator exactly like them. Runs on the CPU; the output is
@@ -181,7 +204,12 @@ def reference_verify(
         generator=generator,
         uniforms=uniforms,
         validate=level,
+        rule=rule,
     )
+    if rule == "block" and mode == "random":
+        from .reference_block import verify_validated_block
+
+        return verify_validated_block(inputs)
     if inputs.batch_size == 0:
         return empty_output(inputs)
     B, K = inputs.batch_size, inputs.num_draft

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from .contract import VerifyOutput
-from .reference import inverse_cdf, reference_coins, reference_verify
-from .validation import empty_output, validate_inputs
+from .contract import VerifyInputs, VerifyOutput
+from .reference import bad_values, entry_flags, inverse_cdf, reference_coins, reference_verify
+from .status import FLOAT32_MAX, Status
+from .validation import empty_output
 
 Row = Sequence[Any]  # one distribution over the vocabulary: floats or Fractions
 
@@ -149,6 +150,77 @@ def verify_request_block(
     return list(draft_ids[:tau]) + [inverse_cdf(r, float(uniforms[K]))]
 
 
+def _block_request(
+    ids: list[int],
+    p_b: torch.Tensor | None,
+    q_b: torch.Tensor,
+    u_b: list[float],
+    explicit_uniforms: bool,
+) -> tuple[int, list[int]]:
+    """One request under block verification: ``(status flags, emitted tokens)``.
+
+    ``ids`` [K], ``p_b`` [K, V] or None, ``q_b`` [K+1, V] in their dtype, ``u_b`` [K+1]. The
+    checks follow docs/rules.md ("Status"): step 1 as for the token rule; step 2, every row the
+    thresholds and residuals may read, rows ``0..K-1`` of ``q`` and ``p`` in full (both bits may
+    be set); step 3, the row the last token is drawn from.
+    """
+    K = len(ids)
+    flags = entry_flags(ids, p_b, q_b, u_b, explicit_uniforms)
+    if flags:
+        return int(flags), []
+    if K > 0 and bad_values(q_b[:K]):
+        flags |= Status.BAD_TARGET_VALUE
+    if K > 0 and p_b is not None and bad_values(p_b):
+        flags |= Status.BAD_DRAFT_VALUE
+    if flags:
+        return int(flags), []
+    q_rows = q_b.to(torch.float64).tolist()
+    p_rows = None if p_b is None else p_b.to(torch.float64).tolist()
+    tau = accepted_length(u_b[:K], block_thresholds(ids, p_rows, q_rows))
+    if tau == K and bad_values(q_b[K]):
+        return int(Status.BAD_TARGET_VALUE), []
+    r = torch.tensor(final_row(tau, ids, p_rows, q_rows), dtype=torch.float64)
+    total = float(r.sum())
+    if total > FLOAT32_MAX:
+        return int(Status.ROW_SUM_OVERFLOW), []
+    if total == 0.0:
+        return int(Status.ZERO_ROW), []
+    return 0, list(ids[:tau]) + [inverse_cdf(r, u_b[K])]
+
+
+def verify_validated_block(inputs: VerifyInputs) -> VerifyOutput:
+    """Block verification of validated random-mode inputs in float64, one request at a time.
+
+    ``inputs`` as :func:`specsample.validation.validate_inputs` returns them. Returns the
+    :class:`specsample.VerifyOutput` on the inputs' device, ``status`` as docs/rules.md defines.
+    """
+    if inputs.batch_size == 0:
+        return empty_output(inputs)
+    B, K = inputs.batch_size, inputs.num_draft
+    ids = inputs.draft_token_ids.cpu().to(torch.int64)
+    q_all = inputs.target_probs.cpu()
+    p_all = None if inputs.draft_probs is None else inputs.draft_probs.cpu()
+    u_all = reference_coins(inputs, K)
+
+    token_ids = torch.full((B, K + 1), -1, dtype=torch.int64)
+    num_emitted = torch.zeros(B, dtype=torch.int64)
+    status = torch.zeros(B, dtype=torch.int32)
+    for b in range(B):
+        flags, tokens = _block_request(
+            ids[b].tolist(),
+            None if p_all is None else p_all[b],
+            q_all[b],
+            u_all[b].tolist(),
+            inputs.uniforms is not None,
+        )
+        status[b] = flags
+        num_emitted[b] = len(tokens)
+        if tokens:
+            token_ids[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    device = inputs.device
+    return VerifyOutput(token_ids.to(device), num_emitted.to(device), status.to(device))
+
+
 def reference_verify_block(
     draft_token_ids: torch.Tensor,
     draft_probs: torch.Tensor | None,
@@ -157,8 +229,9 @@ def reference_verify_block(
     mode: str = "random",
     generator: torch.Generator | None = None,
     uniforms: torch.Tensor | None = None,
+    validate: str = "status",
 ) -> VerifyOutput:
-    """Block verification in float64, one request at a time.
+    """Block verification in float64, one request at a time: ``reference_verify(..., rule="block")``.
 
     Args:
         draft_token_ids: ``[B, K]`` int32/int64 drafted tokens.
@@ -171,46 +244,24 @@ def reference_verify_block(
             and :func:`reference_verify` do.
         uniforms: ``[B, K+1]`` float32 in ``[0, 1)``: ``uniforms[b, k]`` is draft ``k``'s coin,
             ``uniforms[b, K]`` draws the last token.
+        validate: ``"status"`` (default; bad values flag their request in ``status``) or
+            ``"full"`` (raise ``ValueError`` on any bad value first), as for ``verify()``.
 
     Returns:
         :class:`specsample.VerifyOutput` on the inputs' device: ``token_ids`` ``[B, K+1]`` int64
-        (``num_emitted[b]`` tokens, then -1), ``num_emitted`` ``[B]`` int64 in ``1..K+1``,
-        ``status`` ``[B]`` int32 zeros.
+        (``num_emitted[b]`` tokens, then -1), ``num_emitted`` ``[B]`` int64 in ``1..K+1`` (0 for
+        a flagged request), ``status`` ``[B]`` int32: the bits of :class:`specsample.Status` that
+        every backend claiming ``"block"`` must set (docs/rules.md, "Status").
 
-    Shapes, dtypes, devices and the mode are checked as for ``verify()``; values are not: the
-    inputs are assumed valid (ids in ``[0, V)``, finite non-negative probabilities, uniforms in
-    ``[0, 1)``) and ``status`` is all zeros. The rule is lossless for rows that sum to one; other
-    weights are used as given.
+    The rule is lossless for rows that sum to one; other weights are used as given.
     """
-    if mode == "greedy":
-        return reference_verify(draft_token_ids, draft_probs, target_probs, mode="greedy")
-    inputs = validate_inputs(
+    return reference_verify(
         draft_token_ids,
         draft_probs,
         target_probs,
         mode=mode,
         generator=generator,
         uniforms=uniforms,
-        validate="status",
+        validate=validate,
+        rule="block",
     )
-    if inputs.batch_size == 0:
-        return empty_output(inputs)
-    B, K = inputs.batch_size, inputs.num_draft
-    ids = inputs.draft_token_ids.cpu().to(torch.int64).tolist()
-    q_all = inputs.target_probs.cpu().to(torch.float64).tolist()
-    p_all = None
-    if inputs.draft_probs is not None:
-        p_all = inputs.draft_probs.cpu().to(torch.float64).tolist()
-    u_all = reference_coins(inputs, K).tolist()
-
-    token_ids = torch.full((B, K + 1), -1, dtype=torch.int64)
-    num_emitted = torch.zeros(B, dtype=torch.int64)
-    for b in range(B):
-        tokens = verify_request_block(
-            ids[b], None if p_all is None else p_all[b], q_all[b], u_all[b]
-        )
-        num_emitted[b] = len(tokens)
-        token_ids[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
-    device = inputs.device
-    status = torch.zeros(B, dtype=torch.int32)
-    return VerifyOutput(token_ids.to(device), num_emitted.to(device), status.to(device))

@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from .contract import MODES, Capabilities, VerifyInputs, VerifyOutput
+from .contract import MODES, RULES, Capabilities, VerifyInputs, VerifyOutput
 
 VALIDATE_LEVELS = ("status", "full")
 
@@ -77,6 +77,7 @@ def validate_inputs(
     validate: str = "status",
     capabilities: Capabilities | None = None,
     backend_name: str = "backend",
+    rule: str = "token",
 ) -> VerifyInputs:
     """Check the arguments of ``verify`` and return them normalized (contiguous, generator resolved).
 
@@ -84,7 +85,8 @@ def validate_inputs(
     ``target_probs`` [B, K+1, V] float32/float16/bfloat16; ``uniforms`` [B, K+1] float32 or None.
 
     ``validate="full"`` also checks every value (one reduction pass per tensor, one host sync)
-    and raises on the first problem; ``"status"`` leaves values to the backend.
+    and raises on the first problem; ``"status"`` leaves values to the backend. ``rule`` must be
+    one of ``RULES`` and, with ``capabilities``, one the backend claims.
 
     Raises:
         TypeError: an argument of the wrong type or dtype.
@@ -96,6 +98,8 @@ def validate_inputs(
     target_probs = _require_tensor("target_probs", target_probs)
     if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(rule, str) or rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
     if draft_token_ids.dtype not in _ID_DTYPES:
         raise TypeError(f"draft_token_ids must be int32 or int64, got {draft_token_ids.dtype}")
@@ -177,6 +181,12 @@ def validate_inputs(
         _check_capabilities(
             capabilities, backend_name, mode, target_probs.dtype, device, vocab_size, num_draft
         )
+        if rule not in capabilities.rules:
+            raise ValueError(
+                f"backend {backend_name!r} does not support rule={rule!r} (claims rules "
+                f"{capabilities.rules}); use a backend that claims it (`specsample list`) or "
+                'rule="token"'
+            )
 
     if validate == "full" and batch_size > 0:
         check_values(draft_token_ids, draft_probs, target_probs, uniforms, vocab_size)
@@ -192,6 +202,7 @@ def validate_inputs(
         num_draft=num_draft,
         vocab_size=vocab_size,
         device=device,
+        rule=rule,
     )
 
 

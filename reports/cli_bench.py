@@ -75,6 +75,13 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         help="acceptance regimes: high, medium, low (per-draft acceptance 0.8/0.6/0.3), "
         "rate=ALPHA, or a mean acceptance length in [1, K+1]",
     )
+    g.add_argument(
+        "--rule",
+        type=_choices(("token", "block")),
+        default=None,
+        help="verification rules: token (default), block; with both, each cell of the block "
+        "rule reports its tokens-per-call gain over token (docs/rules.md)",
+    )
     t = parser.add_argument_group("timing")
     t.add_argument(
         "--device", type=device_name, default="auto", help="cuda, cuda:N, cpu or auto (default)"
@@ -173,6 +180,7 @@ def config_from_args(args: argparse.Namespace, preset_name: str | None = None) -
         dtype=args.dtype or preset.dtype,
         mode=args.mode or preset.mode,
         accept=accept,
+        rule=args.rule or ("token",),
         device=args.device,
         policy=policy,
         cuda_graph=args.cuda_graph,

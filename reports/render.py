@@ -224,6 +224,20 @@ def render_report(
                     )
                 md += [f"### {heading}", "", note, "", md_t, ""]
                 items += [("h3", heading), ("text", note), ("html", html_t)]
+            rules_md = T.rule_table(doc, mode)
+            if rules_md is not None:
+                heading = "Verification rules: tokens per call"
+                note = (
+                    "Mean emitted tokens per call (accepted drafts + 1), measured on the warm-up "
+                    "calls, and the median latency, for each rule on the same workload; the gain "
+                    "is the rule's tokens per call minus token-wise verification's (docs/rules.md)."
+                )
+                md += [f"### {heading}", "", note, "", rules_md, ""]
+                items += [
+                    ("h3", heading),
+                    ("text", note),
+                    ("html", T.rule_table(doc, mode, "html")),
+                ]
             mode_plots = [(t, p) for t, p in plot_list if t.startswith(f"{mode}:")]
             if mode_plots:
                 md += [X.plots_note(), ""]

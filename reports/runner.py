@@ -34,6 +34,10 @@ class BenchConfig:
             in the results with their reason and get no cells).
         batch, k, vocab, dtype, mode, accept: the grid; ``accept`` holds regime names
             (``high``/``medium``/``low``), ``rate=ALPHA`` or mean acceptance lengths.
+        rule: verification rules (``"token"``, ``"block"``). Every cell records its rule; cells of
+            a rule other than ``"token"`` go to the results' ``rule_cells`` (so every other view
+            keeps one cell per backend and workload) and report their tokens-per-call gain over
+            the token cell of the same backend and workload (docs/benchmarks.md, "Rules").
         device: ``"cuda"``, ``"cpu"`` or ``"auto"`` (cuda when available).
         policy: the timing policy (warm-up, samples, budget, L2 handling).
         cuda_graph: also time CUDA-graph replay for backends that claim graph support.
@@ -58,6 +62,7 @@ class BenchConfig:
     dtype: Sequence[str] = ("float32",)
     mode: Sequence[str] = ("random", "greedy")
     accept: Sequence[str] = ("high", "low")
+    rule: Sequence[str] = ("token",)
     device: str = "auto"
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     cuda_graph: bool = False
@@ -88,6 +93,7 @@ class BenchConfig:
                 "dtype": list(self.dtype),
                 "mode": list(self.mode),
                 "accept": [str(a) for a in self.accept],
+                "rule": list(self.rule),
             },
             "device": self.device,
             "policy": self.policy.to_dict(),
@@ -109,6 +115,7 @@ def must_read_bytes(
     dtype: str,
     mean_length: float,
     reject_fraction: float,
+    rule: str = "token",
 ) -> float:
     """Bytes a verify call must read at least (docs/benchmarks.md, "The floor").
 
@@ -117,9 +124,13 @@ def must_read_bytes(
     is rejected (``reject_fraction`` of the requests).
     greedy: per request the K draft ids and each target row up to the first mismatch, i.e.
     ``mean_length`` (= accepted + 1) full rows.
+    random, ``rule="block"``: the K ids, the full q and p rows of every drafted position (the
+    residual masses need them), and the bonus row when every draft is accepted.
     """
     es = DTYPE_BYTES[dtype]
-    if mode == "random":
+    if mode == "random" and rule == "block":
+        per = k * ID_BYTES + 2 * k * vocab * es + (1.0 - reject_fraction) * vocab * es
+    elif mode == "random":
         per = k * ID_BYTES + 2 * k * es + vocab * es + reject_fraction * vocab * es
     elif mode == "greedy":
         per = k * ID_BYTES + mean_length * vocab * es
@@ -195,6 +206,7 @@ class _Sweep:
                 for name, info in self.infos.items()
             },
             "cells": [],
+            "rule_cells": [],
             "interrupted": False,
             "complete": False,
             "elapsed_s": None,
@@ -277,9 +289,16 @@ class _Sweep:
                 self.infos[name], torch.device(self.device).type, mode, dtype, k, vocab
             )
             if reason is not None:
-                self.doc["cells"].append(
-                    {"backend": name, **base, "status": "skipped", "reason": reason}
-                )
+                for rule in self.config.rule:
+                    self._cells(rule).append(
+                        {
+                            "backend": name,
+                            **base,
+                            "rule": rule,
+                            "status": "skipped",
+                            "reason": reason,
+                        }
+                    )
                 bar.update(1)
             else:
                 todo.append(name)
@@ -300,14 +319,16 @@ class _Sweep:
             expected = expected_acceptance(wl, mode).to_dict()
         except (ValueError, RuntimeError) as exc:  # bad regime for this K, or out of memory
             for name in todo:
-                self.doc["cells"].append(
-                    {
-                        "backend": name,
-                        **base,
-                        "status": "error",
-                        "reason": f"workload: {type(exc).__name__}: {exc}",
-                    }
-                )
+                for rule in self.config.rule:
+                    self._cells(rule).append(
+                        {
+                            "backend": name,
+                            **base,
+                            "rule": rule,
+                            "status": "error",
+                            "reason": f"workload: {type(exc).__name__}: {exc}",
+                        }
+                    )
                 bar.update(1)
             return
         workload_info = {
@@ -327,34 +348,54 @@ class _Sweep:
                 if note and not getattr(bar, "disable", True):
                     bar.write(f"{name}: {note}")
             bar.set_postfix_str(f"{name} {mode} B={batch} K={k} V={vocab} {accept}", refresh=False)
-            cell = {"backend": name, **base, "workload": workload_info}
-            errors = self.consecutive_errors.setdefault(name, [])
-            limit = self.config.max_errors
-            if limit and len(errors) >= limit:
-                cell.update(
-                    status="error",
-                    reason=f"not run: the backend failed in its last "
-                    f"{len(errors)} cells (last: {errors[-1]})",
-                )
-                self.doc["cells"].append(cell)
-                bar.update(1)
-                continue
-            t_cell = time.perf_counter()
-            try:
-                cell.update(self.run_cell(name, mode, copies, expected))
-                errors.clear()
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                cell.update(status="error", reason=message)
-                errors.append(message.splitlines()[0][:300] if message else "")
-                if self.device.startswith("cuda"):
-                    torch.cuda.empty_cache()
-            cell["wall_s"] = time.perf_counter() - t_cell  # the cell's cost to the sweep
-            self.doc["cells"].append(cell)
+            by_rule: dict[str, dict[str, Any]] = {}
+            for rule in self.config.rule:
+                cell = {"backend": name, **base, "rule": rule, "workload": workload_info}
+                self._run_one(cell, name, mode, rule, copies, expected)
+                by_rule[rule] = cell
+            record_rule_gain(by_rule)
             bar.update(1)
         del copies, wl
+
+    def _cells(self, rule: str) -> list[dict[str, Any]]:
+        """Where a cell of ``rule`` goes: ``cells`` for the grid's main rule (``"token"`` when
+        present), ``rule_cells`` for the others."""
+        rules = list(self.config.rule)
+        main = "token" if "token" in rules else rules[0]
+        return self.doc["cells"] if rule == main else self.doc["rule_cells"]
+
+    def _run_one(self, cell, name, mode, rule, copies, expected) -> None:
+        """Time one (backend, rule) cell of the current workload and store it."""
+        torch = self.torch
+        errors = self.consecutive_errors.setdefault((name, rule), [])
+        limit = self.config.max_errors
+        if limit and len(errors) >= limit:
+            cell.update(
+                status="error",
+                reason=f"not run: the backend failed in its last "
+                f"{len(errors)} cells (last: {errors[-1]})",
+            )
+            self._cells(rule).append(cell)
+            return
+        caps = self.infos[name].capabilities
+        if rule not in getattr(caps, "rules", ("token",)):
+            cell.update(status="skipped", reason=f"rule {rule!r} not claimed")
+            self._cells(rule).append(cell)
+            return
+        t_cell = time.perf_counter()
+        try:
+            cell.update(self.run_cell(name, mode, copies, expected, rule))
+            errors.clear()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            cell.update(status="error", reason=message)
+            errors.append(message.splitlines()[0][:300] if message else "")
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        cell["wall_s"] = time.perf_counter() - t_cell  # the cell's cost to the sweep
+        self._cells(rule).append(cell)
 
     def _copies(self, wl: Any) -> list[Any]:
         """The workload, or enough copies of it to exceed the cache when rotating."""
@@ -379,7 +420,9 @@ class _Sweep:
             )
         return copies
 
-    def run_cell(self, name: str, mode: str, copies: list[Any], expected: dict) -> dict[str, Any]:
+    def run_cell(
+        self, name: str, mode: str, copies: list[Any], expected: dict, rule: str = "token"
+    ) -> dict[str, Any]:
         import specsample
 
         from .launches import count_launches
@@ -392,8 +435,9 @@ class _Sweep:
 
         def call(i: int) -> Any:  # the documented default call: what a user gets
             w = copies[i]
+            kw = {} if rule == "token" else {"rule": rule}
             return backend.verify(
-                w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, generator=gen
+                w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, generator=gen, **kw
             )
 
         emitted: list[Any] = []
@@ -423,7 +467,7 @@ class _Sweep:
         }
 
         dtype = str(copies[0].target_probs.dtype).replace("torch.", "")
-        nbytes = must_read_bytes(mode, B, K, V, dtype, measured_length, measured_reject)
+        nbytes = must_read_bytes(mode, B, K, V, dtype, measured_length, measured_reject, rule)
         dev = self.doc["device"]
         median = timing["median"]
         bw = dev["copy_bandwidth_Bps"]
@@ -546,3 +590,19 @@ def run_bench(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def record_rule_gain(by_rule: dict[str, dict[str, Any]]) -> None:
+    """Add ``acceptance.gain_over_token`` to the ok cells of rules other than ``"token"``: the
+    measured mean emitted tokens per call minus the token cell's (same backend and workload),
+    and ``relative_gain_over_token`` (that difference over the token cell's length)."""
+    token = by_rule.get("token")
+    if token is None or token.get("status") != "ok":
+        return
+    base = token["acceptance"]["measured_length"]
+    for rule, cell in by_rule.items():
+        if rule == "token" or cell.get("status") != "ok":
+            continue
+        length = cell["acceptance"]["measured_length"]
+        cell["acceptance"]["gain_over_token"] = length - base
+        cell["acceptance"]["relative_gain_over_token"] = (length - base) / base if base else None

@@ -572,3 +572,50 @@ def terminal_summary(doc: dict[str, Any], conf: dict[str, Any] | None = None) ->
         for b, r in unavailable.items():
             lines.append(textwrap.fill(r, 96, initial_indent=f"  {b}: ", subsequent_indent="    "))
     return "\n".join(lines)
+
+
+def rule_table(doc: dict[str, Any], mode: str, fmt: str = "github") -> str | None:
+    """Per workload and backend, each rule's median latency and measured tokens per call (mean
+    emitted tokens), and the gain of the other rules over ``token``; None without rule cells."""
+    from tabulate import tabulate
+
+    others = [c for c in doc.get("rule_cells", []) if c.get("status") == "ok" and c["mode"] == mode]
+    if not others:
+        return None
+    token = {(_workload_key(c), c["backend"]): c for c in ok_cells(doc) if c["mode"] == mode}
+    rows = []
+    for c in sorted(
+        others, key=lambda c: (c["dtype"], str(c["accept"]), c["vocab"], c["k"], c["batch"])
+    ):
+        wk = _workload_key(c)
+        t = token.get((wk, c["backend"]))
+        acc = c["acceptance"]
+        gain = acc.get("gain_over_token")
+        rel = acc.get("relative_gain_over_token")
+        rows.append(
+            [
+                *_workload_label_cols(wk),
+                c["backend"],
+                c.get("rule", "?"),
+                fmt_time(t["timing"]["median"]) if t else "-",
+                f"{t['acceptance']['measured_length']:.3f}" if t else "-",
+                fmt_time(c["timing"]["median"]),
+                f"{acc['measured_length']:.3f}",
+                "-" if gain is None else f"{gain:+.3f}" + ("" if rel is None else f" ({rel:+.1%})"),
+            ]
+        )
+    headers = [
+        "dtype",
+        "accept",
+        "V",
+        "K",
+        "B",
+        "backend",
+        "rule",
+        "token latency",
+        "token tokens/call",
+        "rule latency",
+        "rule tokens/call",
+        "gain (tokens/call)",
+    ]
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
