@@ -72,12 +72,12 @@ class FuzzCase:
             move(self.uniforms),
             self.mode,
             self.tags,
-            None
+            tree=None
             if self.tree is None
             else {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.tree.items()
             },
-            self.rule,
+            rule=self.rule,
         )
 
 
@@ -229,7 +229,7 @@ def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
     if mode == "random" and "block" in capabilities.rules and torch.rand((), generator=gen) < 0.5:
         rule = "block"
         tags.append("rule=block")
-    return FuzzCase(index, ids, p, q, u, mode, tuple(tags), rule)
+    return FuzzCase(index, ids, p, q, u, mode, tuple(tags), rule=rule)
 
 
 def check_block_case(backend, case: FuzzCase, device: torch.device) -> tuple[str | None, int]:
