@@ -9,6 +9,7 @@ the numbers). The result is one JSON document, schema ``specsample.e2e/1`` (docs
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +188,17 @@ def run_baseline(pair: ModelPair, prompts: torch.Tensor, settings: E2ESettings) 
     return run(settings.max_new_tokens, True)
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def run_e2e(
     load: Callable[[int], ModelPair],
     *,
@@ -236,4 +248,70 @@ def run_e2e(
         del pair
         if device_type == "cuda":
             torch.cuda.empty_cache()
+    return finite(doc)
+
+
+# -- the document's shape (docs/e2e.md, "JSON") ----------------------------------------------------
+
+_TOP = ("schema", "created", "environment", "settings", "models", "cases")
+_SETTINGS = ("k", "tokens", "prompt_len", "mode", "temperature", "seed", "device", "timer")
+_CASE = ("backend", "batch", "vocab", "status", "reason")
+_CASE_OK = (
+    "baseline",
+    "speculative",
+    "speedup",
+    "verify_share",
+    "projection",
+    "matches_baseline",
+    "verify_launches",
+)
+_RUN = ("new_tokens", "steps", "wall_s", "prefill_s", "tokens_per_s", "phases_s")
+_SPEC_PHASES = ("draft", "target", "verify", "bookkeeping")
+
+
+def check_document(doc: Any) -> dict[str, Any]:
+    """Check that ``doc`` has the shape of a ``specsample.e2e/1`` document; return it.
+
+    Raises:
+        ValueError: naming the first missing or malformed field (``cases[2].speculative.steps``).
+    """
+
+    def need(obj: Any, keys: Sequence[str], where: str) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where or 'document'}: expected an object, got {type(obj).__name__}")
+        for key in keys:
+            if key not in obj:
+                raise ValueError(f"{where + '.' if where else ''}{key}: missing")
+
+    need(doc, _TOP, "")
+    if doc["schema"] != SCHEMA:
+        raise ValueError(f"schema: expected {SCHEMA!r}, got {doc['schema']!r}")
+    need(doc["settings"], _SETTINGS, "settings")
+    if not isinstance(doc["cases"], list):
+        raise ValueError("cases: expected a list")
+    for i, case in enumerate(doc["cases"]):
+        where = f"cases[{i}]"
+        need(case, _CASE, where)
+        if case["status"] not in ("ok", "unavailable", "error"):
+            raise ValueError(
+                f"{where}.status: expected ok, unavailable or error, got {case['status']!r}"
+            )
+        if case["status"] != "ok":
+            continue
+        need(case, _CASE_OK, where)
+        need(case["baseline"], _RUN, f"{where}.baseline")
+        need(
+            case["speculative"],
+            (*_RUN, "accepted_histogram", "mean_accepted"),
+            f"{where}.speculative",
+        )
+        need(case["speculative"]["phases_s"], _SPEC_PHASES, f"{where}.speculative.phases_s")
+        histogram = case["speculative"]["accepted_histogram"]
+        if not isinstance(histogram, list) or len(histogram) != doc["settings"]["k"] + 1:
+            raise ValueError(f"{where}.speculative.accepted_histogram: expected k + 1 counts")
+        share = case["verify_share"]
+        if not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ValueError(f"{where}.verify_share: expected a fraction in [0, 1], got {share!r}")
+        for j, row in enumerate(case["projection"]):
+            need(row, ("factor", "speedup", "tokens_per_s"), f"{where}.projection[{j}]")
     return doc
