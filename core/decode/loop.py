@@ -143,6 +143,12 @@ def _prefill(model: CausalLM, prompts: torch.Tensor, capacity: int) -> None:
         model.forward(prompts[:, :-1], torch.zeros(b, dtype=torch.int64, device=prompts.device))
 
 
+def _round_up(capacity: int) -> int:
+    """KV-cache length, rounded up to a multiple of 16 (aligned rows let fused attention kernels
+    take the attention mask)."""
+    return -(-capacity // 16) * 16
+
+
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
 
@@ -186,7 +192,7 @@ def autoregressive_generate(
     timer = PhaseTimer(device if timed else None)
     _sync(device)
     t0 = time.perf_counter()
-    _prefill(target, prompts, t + max_new_tokens + 1)
+    _prefill(target, prompts, _round_up(t + max_new_tokens + 1))
     _sync(device)
     t1 = time.perf_counter()
     out = torch.empty(b, max_new_tokens, dtype=torch.int64, device=device)
@@ -269,7 +275,7 @@ def speculative_generate(
     k = num_draft
     device = prompts.device
     prompts = prompts.long()
-    capacity = t + max_new_tokens + 2 * k + 2
+    capacity = _round_up(t + max_new_tokens + 2 * k + 2)
     timer = PhaseTimer(device if timed else None)
     rows = torch.arange(b, device=device)
     offsets = torch.arange(k + 1, device=device)
