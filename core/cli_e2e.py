@@ -184,6 +184,13 @@ def main(args: argparse.Namespace) -> int:
 
         pair = load_pair(args.target, args.draft, device=device, dtype=dtype)
         vocabs = [pair.target.vocab_size]
+        needed = args.prompt_len + args.tokens + 2 * args.k + 2
+        context = pair.description.get("max_positions")
+        if context is not None and needed > context:
+            raise UsageError(
+                f"--tokens {args.tokens}: a request needs up to {needed} positions (prompt, "
+                f"tokens and 2K + 2 of draft room) but the models hold {context}"
+            )
 
         def load(vocab: int) -> ModelPair:
             return pair

@@ -35,6 +35,9 @@ class HFCausalLM:
 
     def reset(self, batch_size: int, capacity: int) -> None:
         device = next(self.model.parameters()).device
+        limit = _max_positions(self.model)  # the loop writes below prompt + N + 2K + 2 positions;
+        if limit is not None:  # the rest of its rounded-up capacity need not exist here
+            capacity = min(capacity, limit)
         self._tokens = torch.zeros(batch_size, capacity, dtype=torch.int64, device=device)
 
     @torch.no_grad()
@@ -71,6 +74,29 @@ def _vocab(path: str, transformers: Any) -> dict[str, int] | None:
     return tokenizer.get_vocab()
 
 
+def _max_positions(model: Any) -> int | None:
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _flags(target_path: str, draft_path: str) -> tuple[tuple[str, str], ...]:
+    return (("--target", target_path), ("--draft", draft_path))
+
+
+def _config_vocab(path: str, flag: str, transformers: Any) -> int | None:
+    """The vocabulary size a model folder's config declares (None when it declares none)."""
+    from ..cli_options import UsageError
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    except Exception as exc:
+        raise UsageError(f"{flag} {path}: cannot read the model's config: {exc}") from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
 def load_pair(target_path: str, draft_path: str, *, device: str, dtype: torch.dtype) -> ModelPair:
     """Load a target and a draft from local folders and check they share one vocabulary.
 
@@ -81,11 +107,27 @@ def load_pair(target_path: str, draft_path: str, *, device: str, dtype: torch.dt
     from ..cli_options import UsageError
 
     transformers = _require_transformers()
-    for flag, path in (("--target", target_path), ("--draft", draft_path)):
+    for flag, path in _flags(target_path, draft_path):
         if not Path(path).is_dir():
             raise UsageError(f"{flag} {path}: not a folder (a local transformers model folder)")
+    widths = [
+        _config_vocab(path, flag, transformers) for flag, path in _flags(target_path, draft_path)
+    ]
+    if None not in widths and widths[0] != widths[1]:
+        raise UsageError(
+            f"--draft {draft_path}: its vocabulary has {widths[1]} tokens but the target's has "
+            f"{widths[0]}; speculative decoding needs one vocabulary"
+        )
+    target_vocab, draft_vocab = _vocab(target_path, transformers), _vocab(draft_path, transformers)
+    if target_vocab is not None and draft_vocab is not None and target_vocab != draft_vocab:
+        raise UsageError(
+            f"--draft {draft_path}: its tokenizer differs from the target's "
+            f"({len(draft_vocab)} vs {len(target_vocab)} entries); speculative decoding needs one "
+            "vocabulary"
+        )
+    transformers.utils.logging.disable_progress_bar()  # the command shows its own progress
     models = []
-    for flag, path in (("--target", target_path), ("--draft", draft_path)):
+    for flag, path in _flags(target_path, draft_path):
         try:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=True, dtype=dtype
@@ -95,13 +137,6 @@ def load_pair(target_path: str, draft_path: str, *, device: str, dtype: torch.dt
         models.append(model.to(device).eval())
     target, draft = models
     sizes = [m.get_output_embeddings().weight.shape[0] for m in models]
-    target_vocab, draft_vocab = _vocab(target_path, transformers), _vocab(draft_path, transformers)
-    if target_vocab is not None and draft_vocab is not None and target_vocab != draft_vocab:
-        raise UsageError(
-            f"--draft {draft_path}: its tokenizer differs from the target's "
-            f"({len(draft_vocab)} vs {len(target_vocab)} entries); speculative decoding needs one "
-            "vocabulary"
-        )
     if sizes[0] != sizes[1]:
         raise UsageError(
             f"--draft {draft_path}: it has {sizes[1]} output logits but the target has "
@@ -115,5 +150,8 @@ def load_pair(target_path: str, draft_path: str, *, device: str, dtype: torch.dt
         "draft_params": sum(p.numel() for p in draft.parameters()),
         "dtype": str(dtype).removeprefix("torch."),
         "kv_cache": False,
+        "max_positions": min(
+            (n for n in (_max_positions(m) for m in models) if n is not None), default=None
+        ),
     }
     return ModelPair(HFCausalLM(target, sizes[0]), HFCausalLM(draft, sizes[1]), description)
