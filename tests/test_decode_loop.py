@@ -84,7 +84,7 @@ V_SMALL = 6
 N_SAMPLES = 3000
 
 
-def _small_pair():
+def _small_pair(output_vocab=None):
     cfg = TinyLMConfig(
         V_SMALL,
         d_model=16,
@@ -96,7 +96,7 @@ def _small_pair():
         embed_spread=0.0,
     )
     target = TinyLM(cfg).init_weights(torch.Generator().manual_seed(11)).eval()
-    draft_cfg = TinyLMConfig(**{**cfg.to_dict(), "n_layers": 1})
+    draft_cfg = TinyLMConfig(**{**cfg.to_dict(), "n_layers": 1, "output_vocab": output_vocab})
     draft = TinyLM(draft_cfg, embed=target.embed, blocks=list(target.blocks[:1]), head=target.head)
     return target, draft.eval()
 
@@ -150,6 +150,38 @@ def test_sampled_tokens_follow_the_target(backend):
     counts = _two_token_counts(target, draft, prompt, specsample.get_backend(backend), seed=5)
     test = chisquare_gof(counts, law.flatten())
     assert test.pvalue > ALPHA, test
+
+
+def test_sampled_tokens_follow_the_target_with_a_reduced_draft_vocabulary():
+    """The draft predicts tokens 0..3 of 6 only (probability 0 for 4 and 5): tokens the draft
+    cannot propose must still come out at the target's rate, through the residual distribution.
+    Same test, same false-alarm rate."""
+    target, draft = _small_pair(output_vocab=4)
+    prompt = torch.tensor([[1, 4, 2]])
+    law = _exact_two_token_law(target, prompt)
+    assert law[4:].sum() > 0.05 and law[:, 4:].sum() > 0.05  # the unreachable tokens matter
+    backend = specsample.get_backend("torch-vectorized")
+    counts = _two_token_counts(target, draft, prompt, backend, seed=6)
+    test = chisquare_gof(counts, law.flatten())
+    assert test.pvalue > ALPHA, test
+
+
+def test_greedy_with_a_reduced_draft_vocabulary():
+    pair = demo_pair(1024, "tiny", seed=1)
+    assert pair.draft.cfg.output_vocab == 256
+    prompts = demo_prompts(2, 4, 1024)
+    plain = autoregressive_generate(pair.target, prompts, max_new_tokens=20, mode="greedy")
+    spec = speculative_generate(
+        pair.target,
+        pair.draft,
+        prompts,
+        backend=specsample.get_backend("torch-loop"),
+        num_draft=3,
+        max_new_tokens=20,
+        mode="greedy",
+    )
+    assert torch.equal(spec.tokens, plain.tokens)
+    assert sum(spec.accepted_histogram[1:]) > 0
 
 
 def test_sampling_test_rejects_a_wrong_verify_step():

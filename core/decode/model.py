@@ -58,6 +58,11 @@ class TinyLMConfig:
             typical size; larger means peakier next-token distributions.
         embed_spread: the embedding rows' norms are ``exp(embed_spread * z)`` times typical, ``z``
             standard normal per token: how much the confidence varies from token to token.
+        zipf: every logit gets the fixed bias ``-zipf * log(1 + id)``: low ids are frequent, as
+            in a vocabulary sorted by frequency (0 for none).
+        output_vocab: compute logits for the ids ``0..output_vocab-1`` only and give the others
+            probability 0 (a draft with a reduced vocabulary, which skips most of the vocabulary
+            projection's cost); None for the whole vocabulary.
     """
 
     vocab_size: int
@@ -68,12 +73,19 @@ class TinyLMConfig:
     branch_scale: float = 0.1
     logit_scale: float = 6.0
     embed_spread: float = 0.4
+    zipf: float = 0.0
+    output_vocab: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if self.output_vocab is not None and not 1 <= self.output_vocab <= self.vocab_size:
+            raise ValueError(
+                f"output_vocab: expected None or an integer in [1, {self.vocab_size}], "
+                f"got {self.output_vocab!r}"
+            )
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model: expected a multiple of n_heads={self.n_heads}, got {self.d_model}"
@@ -149,6 +161,9 @@ class TinyLM(nn.Module):
             blocks if blocks is not None else [Block(cfg) for _ in range(cfg.n_layers)]
         )
         self.head = head if head is not None else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._bias: torch.Tensor | None = (
+            None  # [V] float32, built by reset() on the model's device
+        )
         self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._positions: torch.Tensor | None = None
 
@@ -189,6 +204,8 @@ class TinyLM(nn.Module):
             for _ in self.blocks
         ]
         self._positions = torch.arange(capacity, device=p.device)
+        ids = torch.arange(self.vocab_size, dtype=torch.float32, device=p.device)
+        self._bias = -self.cfg.zipf * torch.log1p(ids)
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -201,7 +218,7 @@ class TinyLM(nn.Module):
         Positions must stay below the ``capacity`` given to :meth:`reset` (not checked here: a
         check would synchronize with the device; the loop sizes the cache).
         """
-        if not self._cache or self._positions is None:
+        if not self._cache or self._positions is None or self._bias is None:
             raise RuntimeError("call reset(batch_size, capacity) before forward")
         b, t = tokens.shape
         positions = start[:, None] + torch.arange(t, device=tokens.device)
@@ -210,4 +227,9 @@ class TinyLM(nn.Module):
         x = self.embed(tokens)
         for block, (cache_k, cache_v) in zip(self.blocks, self._cache, strict=True):
             x = block(x, cache_k, cache_v, rows, positions, mask)
-        return self.head(x).float()
+        m = self.cfg.output_vocab
+        if m is None or m == self.vocab_size:
+            return self.head(x).float() + self._bias
+        logits = x.new_full((b, t, self.vocab_size), float("-inf"), dtype=torch.float32)
+        logits[..., :m] = F.linear(x, self.head.weight[:m]).float() + self._bias[:m]
+        return logits
