@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["core", "backends", "csrc", "conformance", "reports"]
 CHECK = (
     "import importlib.resources as r, specsample, specsample.backends, specsample.conformance, "
+    "specsample.decode.loop, "
     "specsample.reports, specsample.csrc\n"
     "names = sorted(p.name for p in r.files('specsample.csrc').iterdir())\n"
     "print(specsample.__file__); print(' '.join(names))\n"
