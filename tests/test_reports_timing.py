@@ -159,3 +159,13 @@ def test_missing_spin_kernel_is_a_clear_error(monkeypatch):
     monkeypatch.delattr(torch.cuda, "_sleep")
     with pytest.raises(RuntimeError, match="--no-gpu-delay"):
         Timer("cuda", _policy()).measure(lambda i: None)
+
+
+def test_default_cap_leaves_eager_backends_their_whole_spin():
+    # Eager multi-kernel calls take milliseconds to enqueue on a GPU host; a spin capped below
+    # delay_margin x that lets the device wait for the host inside the timed region.
+    policy = TimingPolicy()
+    for enqueue in (0.8e-3, 3.2e-3, 20e-3):
+        assert plan_spin(enqueue, policy).per_call_s == pytest.approx(
+            policy.delay_margin * enqueue + 5e-6
+        )
