@@ -213,10 +213,36 @@ def _check_accept(accept: list[str] | tuple[str, ...], ks: list[int] | tuple[int
                 raise UsageError(f"--accept {value}: {exc} (at K={k})") from None
 
 
+def int_list_arg(minimum: int):
+    from specsample.cli_options import int_list
+
+    return int_list(minimum)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_grid_arguments(parser)
     parser.add_argument("--out", default="results.json", help="results file (default results.json)")
     parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
+    from .tree_bench import KINDS, TREE_PRESETS
+
+    tr = parser.add_argument_group("trees (docs/benchmarks.md, Trees)")
+    tr.add_argument(
+        "--tree",
+        nargs="?",
+        const="auto",
+        choices=["auto", *TREE_PRESETS],
+        metavar="PRESET",
+        help="time verify_tree instead of verify, on EAGLE-2-shaped trees: preset "
+        f"{', '.join(TREE_PRESETS)} (default: tree with a GPU, tree-quick without); --batch, "
+        "--vocab, --nodes and --kind override it",
+    )
+    tr.add_argument("--nodes", type=int_list_arg(1), default=None, help="tree sizes N, e.g. 8,32,64")
+    tr.add_argument(
+        "--kind",
+        type=_choices(KINDS),
+        default=None,
+        help=f"tree verification kinds: {', '.join(KINDS)} (default: all)",
+    )
 
 
 def command_line() -> list[str]:
@@ -234,6 +260,10 @@ def main(args: argparse.Namespace) -> int:
     from .tables import terminal_summary
 
     out = check_output_file(args.out, "--out", args.force)
+    if args.tree is not None:
+        return _tree_main(args, out)
+    if args.nodes is not None or args.kind is not None:
+        raise UsageError("--nodes and --kind apply to tree benchmarks: add --tree")
     config = config_from_args(args)
     check_backend_names(config.backends)
     try:
@@ -254,3 +284,53 @@ def main(args: argparse.Namespace) -> int:
     print(terminal_summary(doc))
     print(f"results: {out}")
     return 130 if doc.get("interrupted") else 0
+
+
+# Grid flags of the chain benchmark that have no meaning for trees (flag, argparse dest).
+_CHAIN_ONLY = (("--k", "k"), ("--dtype", "dtype"), ("--mode", "mode"), ("--accept", "accept"),
+               ("--rule", "rule"), ("--preset", "preset"))  # fmt: skip
+
+
+def _tree_main(args: argparse.Namespace, out: Any) -> int:
+    """``specsample bench --tree``: the tree grid (reports/tree_bench.py)."""
+    import dataclasses
+    import json
+
+    import torch
+    from specsample.cli_options import UsageError, check_backend_names, selected_backends
+
+    from .partial import PartialFile
+    from .tree_bench import TREE_PRESETS, run_tree_bench, tree_summary
+
+    given = [flag for flag, dest in _CHAIN_ONLY if getattr(args, dest, None) is not None]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: not used with --tree (its grid is --batch, --nodes, --vocab, "
+            "--kind)"
+        )
+    name = args.tree
+    if name == "auto":
+        name = "tree" if torch.cuda.is_available() else "tree-quick"
+    preset = TREE_PRESETS[name]
+    overrides = {
+        key: tuple(value)
+        for key, value in (("batch", args.batch), ("vocab", args.vocab), ("nodes", args.nodes),
+                           ("kinds", args.kind))  # fmt: skip
+        if value is not None
+    }
+    preset = dataclasses.replace(preset, **overrides)
+    backends = selected_backends(args)
+    check_backend_names(backends)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but torch sees no CUDA device")
+    doc = run_tree_bench(preset, backends, device, progress=not args.no_progress)
+    doc["command"] = command_line()
+    with PartialFile(out, force=args.force) as partial:
+        partial.path.write_text(json.dumps(doc, indent=1) + "\n")
+        partial.commit()
+    print(tree_summary(doc))
+    print(f"results: {out}")
+    return 0
