@@ -225,7 +225,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace the --out file if it exists")
     from .tree_bench import KINDS, TREE_PRESETS
 
-    tr = parser.add_argument_group("trees (docs/benchmarks.md, Trees)")
+    tr = parser.add_argument_group("trees and serving batches (docs/benchmarks.md)")
     tr.add_argument(
         "--tree",
         nargs="?",
@@ -235,6 +235,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="time verify_tree instead of verify, on EAGLE-2-shaped trees: preset "
         f"{', '.join(TREE_PRESETS)} (default: tree with a GPU, tree-quick without); --batch, "
         "--vocab, --nodes and --kind override it",
+    )
+    from .serving_bench import SERVING_PRESETS
+
+    tr.add_argument(
+        "--serving",
+        nargs="?",
+        const="serving",
+        choices=list(SERVING_PRESETS),
+        metavar="PRESET",
+        help="time the serving step from logits to tokens (verify_serving_flat) next to "
+        f"softmax + filter in PyTorch then verify: preset {', '.join(SERVING_PRESETS)} "
+        "(default serving); --batch and --vocab override it (docs/serving.md)",
     )
     tr.add_argument("--nodes", type=int_list_arg(1), default=None, help="tree sizes N, e.g. 8,32,64")
     tr.add_argument(
@@ -260,8 +272,12 @@ def main(args: argparse.Namespace) -> int:
     from .tables import terminal_summary
 
     out = check_output_file(args.out, "--out", args.force)
+    if args.tree is not None and args.serving is not None:
+        raise UsageError("--tree and --serving are two different benchmarks: choose one")
     if args.tree is not None:
         return _tree_main(args, out)
+    if args.serving is not None:
+        return _serving_main(args, out)
     if args.nodes is not None or args.kind is not None:
         raise UsageError("--nodes and --kind apply to tree benchmarks: add --tree")
     config = config_from_args(args)
@@ -332,5 +348,41 @@ def _tree_main(args: argparse.Namespace, out: Any) -> int:
         partial.path.write_text(json.dumps(doc, indent=1) + "\n")
         partial.commit()
     print(tree_summary(doc))
+    print(f"results: {out}")
+    return 0
+
+
+def _serving_main(args: argparse.Namespace, out: Any) -> int:
+    """``specsample bench --serving``: the serving grid (reports/serving_bench.py)."""
+    import dataclasses
+    import json
+
+    import torch
+    from specsample.cli_options import UsageError, check_backend_names, selected_backends
+
+    from .partial import PartialFile
+    from .serving_bench import SERVING_PRESETS, serving_document, serving_summary
+
+    given = [flag for flag, dest in (*_CHAIN_ONLY, ("--nodes", "nodes"), ("--kind", "kind"))
+             if getattr(args, dest, None) is not None]  # fmt: skip
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: not used with --serving (its grid is --batch, --vocab)"
+        )
+    overrides = {k: tuple(v) for k, v in (("batch", args.batch), ("vocab", args.vocab)) if v}
+    preset = dataclasses.replace(SERVING_PRESETS[args.serving], **overrides)
+    backends = selected_backends(args)
+    check_backend_names(backends)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} asked for, but torch sees no CUDA device")
+    doc = serving_document(preset, backends, device)
+    doc["command"] = command_line()
+    with PartialFile(out, force=args.force) as partial:
+        partial.path.write_text(json.dumps(doc, indent=1) + "\n")
+        partial.commit()
+    print(serving_summary(doc))
     print(f"results: {out}")
     return 0

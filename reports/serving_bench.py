@@ -8,13 +8,11 @@ filter in PyTorch, then a probabilities-in ``verify`` of the random requests and
 greedy ones (:func:`baseline_step`). The floor is reading each owned logits row once (``T + B``
 target rows and ``T`` draft rows, ``V`` bf16 values each) at the device's copy bandwidth.
 
-Run: ``python -m specsample.reports.serving_bench --preset serving --out serving.json``.
+Run: ``specsample bench --serving [serving|serving-tiny] --out serving.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,23 +175,30 @@ def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="serving", choices=sorted(SERVING_PRESETS))
-    parser.add_argument("--backend", action="append", help="a backend claiming serving (repeat)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    rows = run(SERVING_PRESETS[args.preset], args.backend, args.device)
-    for r in rows:
-        ratio = f"{r['floor_ratio']:.1f}x floor" if r["floor_ratio"] else ""
-        print(f"{r['backend']:<18} B={r['batch']:<4} V={r['vocab']:<7} T={r['tokens']:<5} "
-              f"{r['median_s'] * 1e6:10.1f} us  {ratio}")  # fmt: skip
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"preset": args.preset, "results": rows}, f, indent=1)
-    return 0
+def serving_document(
+    preset: ServingPreset, backends: list[str] | None, device: str
+) -> dict[str, Any]:
+    """:func:`run` as a results document: ``schema`` ``specsample.serving-bench/1``, ``preset``,
+    ``device``, ``environment`` and ``cells`` (one per cell and backend or ``baseline``)."""
+    from .environment import collect_environment
+
+    return {
+        "schema": "specsample.serving-bench/1",
+        "preset": preset.name,
+        "device": device,
+        "environment": collect_environment(device),
+        "cells": run(preset, backends, device),
+    }
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def serving_summary(doc: dict[str, Any]) -> str:
+    """A terminal table of a serving results document."""
+    from tabulate import tabulate
+
+    rows = [
+        [c["backend"], c["batch"], c["vocab"], c["tokens"], f"{c['median_s'] * 1e6:.1f}",
+         "-" if c["floor_ratio"] is None else f"{c['floor_ratio']:.1f}x"]
+        for c in doc["cells"]
+    ]  # fmt: skip
+    head = ["backend", "B", "V", "T (drafts)", "median us", "x floor"]
+    return f"serving benchmark ({doc['preset']}, {doc['device']})\n" + tabulate(rows, headers=head)

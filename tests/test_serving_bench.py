@@ -32,3 +32,21 @@ def test_tiny_preset_times_backends_and_the_baseline():
     assert {r["backend"] for r in rows} == {"baseline", "torch-vectorized"}
     assert len(rows) == 2 * len(SERVING_PRESETS["serving-tiny"].batch)
     assert all(r["median_s"] > 0 and r["floor_ratio"] > 0 for r in rows)
+
+
+def test_cli_serving_run_and_errors(tmp_path, capsys):
+    import json
+
+    from specsample import cli
+
+    out = tmp_path / "serving.json"
+    argv = ["bench", "--serving", "serving-tiny", "--backend", "torch-vectorized", "--out", str(out)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "specsample.serving-bench/1" and doc["preset"] == "serving-tiny"
+    assert {c["backend"] for c in doc["cells"]} == {"baseline", "torch-vectorized"}
+    assert "serving benchmark (serving-tiny, cpu)" in capsys.readouterr().out
+    assert cli.main([*argv, "--nodes", "8", "--force"]) == 2
+    assert "--nodes: not used with --serving" in capsys.readouterr().err
+    assert cli.main([*argv, "--tree", "--force"]) == 2
+    assert "choose one" in capsys.readouterr().err
