@@ -177,3 +177,21 @@ def test_every_kernel_shape_flags_like_the_reference(cluster):
                     assert torch.equal(st.cpu(), gref.status.cpu()), (trial, dtype, split, rows)
                     assert torch.equal(tok.cpu(), gref.token_ids.cpu()), (trial, dtype, split)
                     assert torch.equal(num.cpu(), gref.num_emitted.cpu()), (trial, dtype, split)
+
+
+def test_plain_int_copies_of_the_status_bits_match_status():
+    # The tensor backends keep the bits as plain ints (constants for torch.compile); a renumbered
+    # Status must not leave them behind.
+    from specsample.backends import _serving_vectorized, _tree_vectorized, _vectorized
+
+    names = {"_BAD_ID": Status.BAD_DRAFT_ID, "_BAD_TARGET": Status.BAD_TARGET_VALUE,
+             "_BAD_DRAFT": Status.BAD_DRAFT_VALUE, "_BAD_UNIFORM": Status.BAD_UNIFORM,
+             "_ZERO_ROW": Status.ZERO_ROW, "_OVERFLOW": Status.ROW_SUM_OVERFLOW,
+             "_BAD_TREE": Status.BAD_TREE, "_REPEATED": Status.REPEATED_SIBLING}  # fmt: skip
+    checked = 0
+    for module in (_vectorized, _tree_vectorized, _serving_vectorized):
+        for name, bit in names.items():
+            if hasattr(module, name):
+                assert getattr(module, name) == int(bit), f"{module.__name__}.{name}"
+                checked += 1
+    assert checked >= 6 + 8 + 5
