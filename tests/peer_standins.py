@@ -1,0 +1,165 @@
+"""CPU stand-ins for the peers the plugins in plugins/ wrap (FlashInfer, vLLM, SGLang).
+
+Each stand-in is a module tree built here and injected through ``sys.modules`` (see
+:func:`installed`), with the peer function's signature and layout, implemented with torch on the
+CPU. They are stricter than the peers about what the adapters must convert (int32 ids, K+1
+target rows, freshly zeroed counters, the flattened layout, SGLang's ``retrive_*`` arrays) and
+record every call in ``CALLS`` so tests can check the layout the adapter produced. They mirror the
+peers' known faults where an adapter must work around them (docs/peers.md), e.g. FlashInfer's
+accepted counter that also counts positions after the first rejection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SRC = {
+    "flashinfer": ROOT / "plugins" / "specsample-flashinfer" / "src",
+    "vllm": ROOT / "plugins" / "specsample-vllm" / "src",
+    "sglang": ROOT / "plugins" / "specsample-sglang" / "src",
+}
+
+#: every stand-in call: {"fn": name, **what the test needs to see}
+CALLS: list[dict[str, Any]] = []
+
+
+class LayoutError(AssertionError):
+    """The adapter handed the stand-in a layout the peer does not take."""
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise LayoutError(message)
+
+
+def _residual_sample(q: torch.Tensor, p: torch.Tensor | None, gen: torch.Generator) -> int:
+    r = q.double() if p is None else (q.double() - p.double()).clamp_min(0.0)
+    if float(r.sum()) <= 0.0:
+        r = q.double()
+    return int(torch.multinomial(r.float(), 1, generator=gen))
+
+
+# -- FlashInfer -------------------------------------------------------------------------------
+
+
+def chain_speculative_sampling(
+    draft_probs: torch.Tensor,
+    draft_token_ids: torch.Tensor,
+    target_probs: torch.Tensor,
+    maybe_output_accepted_token_num: torch.Tensor | None = None,
+    maybe_output_emitted_draft_token_num: torch.Tensor | None = None,
+    deterministic: bool = True,
+    generator: torch.Generator | None = None,
+    seed: int | torch.Tensor | None = None,
+    offset: int | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashInfer 0.7.0's signature; returns ``(output_token_ids [B, K+1] int32 -1 padded,
+    accepted [B], emitted [B])``. Faults mirrored: the counters are converted with ``.int()``
+    (an int64 buffer gets a copy and the caller's stays zero) and *added to* in place; the
+    accepted counter also counts positions after the first rejection, each with a fresh coin."""
+    B, K, V = draft_probs.shape
+    _need(
+        draft_token_ids.dtype == torch.int32, f"draft_token_ids {draft_token_ids.dtype}, not int32"
+    )
+    _need(tuple(draft_token_ids.shape) == (B, K), "draft_token_ids is not [B, K]")
+    _need(tuple(target_probs.shape) == (B, K + 1, V), "target_probs is not [B, K+1, V]")
+    counters = (maybe_output_accepted_token_num, maybe_output_emitted_draft_token_num)
+    CALLS.append(
+        {
+            "fn": "chain_speculative_sampling",
+            "ids_dtype": draft_token_ids.dtype,
+            "target_shape": tuple(target_probs.shape),
+            "draft_shape": tuple(draft_probs.shape),
+            "counter_dtypes": tuple(None if c is None else c.dtype for c in counters),
+            "counters_zero": all(c is None or not bool(c.any()) for c in counters),
+            "generator": generator,
+            "seed": seed,
+            "offset": offset,
+        }
+    )
+    p, q = draft_probs.float(), target_probs.float()  # FlashInfer computes in float32
+    ids = draft_token_ids.long()
+    if seed is not None and offset is not None:
+        s = int(seed.flatten()[0]) if isinstance(seed, torch.Tensor) else int(seed)
+        o = int(offset.flatten()[0]) if isinstance(offset, torch.Tensor) else int(offset)
+        gen = torch.Generator().manual_seed((s * 1_000_003 + o) % (2**63))
+    else:
+        gen = generator if generator is not None else torch.default_generator
+    u = torch.rand((B, K + 1), generator=gen)
+    out = torch.full((B, K + 1), -1, dtype=torch.int32)
+    accepted = torch.zeros(B, dtype=torch.int32)
+    emitted = torch.zeros(B, dtype=torch.int32)
+    for b in range(B):
+        n, rejected = 0, False
+        for j in range(K):
+            x = int(ids[b, j])
+            ok = bool(u[b, j] * p[b, j, x] < q[b, j, x])
+            if rejected:  # the fault: positions after the rejection are tested again
+                accepted[b] += int(bool(torch.rand((), generator=gen) * p[b, j, x] < q[b, j, x]))
+                continue
+            accepted[b] += int(ok)
+            if ok:
+                out[b, j] = x
+                n += 1
+            else:
+                out[b, j] = _residual_sample(q[b, j], p[b, j], gen)
+                rejected = True
+        emitted[b] = n
+        if not rejected:
+            out[b, K] = _residual_sample(q[b, K], None, gen)
+    acc_buf = maybe_output_accepted_token_num
+    emi_buf = maybe_output_emitted_draft_token_num
+    acc_buf = torch.zeros(B, dtype=torch.int32) if acc_buf is None else acc_buf.int()
+    emi_buf = torch.zeros(B, dtype=torch.int32) if emi_buf is None else emi_buf.int()
+    acc_buf += accepted
+    emi_buf += emitted
+    CALLS[-1].update(accepted=accepted.clone(), emitted=emitted.clone())
+    return out, acc_buf, emi_buf
+
+
+def flashinfer_modules() -> dict[str, types.ModuleType]:
+    top = types.ModuleType("flashinfer")
+    sampling = types.ModuleType("flashinfer.sampling")
+    sampling.chain_speculative_sampling = chain_speculative_sampling
+    top.sampling = sampling
+    top.__version__ = "0.7.0+standin"
+    _spec(top, sampling)
+    return {"flashinfer": top, "flashinfer.sampling": sampling}
+
+
+def _spec(*modules: types.ModuleType) -> None:
+    for m in modules:  # importlib.util.find_spec reads it for modules already in sys.modules
+        m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
+
+
+@contextlib.contextmanager
+def installed(peer: str) -> Iterator[None]:
+    """Inject the stand-in ``peer`` into ``sys.modules`` and the plugin's ``src`` into
+    ``sys.path`` for the ``with`` block; both are restored afterwards."""
+    builders = {"flashinfer": flashinfer_modules}
+    mods = builders[peer]()
+    saved = {name: sys.modules.get(name) for name in mods}
+    src = str(PLUGIN_SRC[peer])
+    sys.modules.update(mods)
+    added = src not in sys.path
+    if added:
+        sys.path.insert(0, src)
+    try:
+        yield
+    finally:
+        for name, mod in saved.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+        if added:
+            sys.path.remove(src)
