@@ -136,6 +136,102 @@ def flashinfer_modules() -> dict[str, types.ModuleType]:
     return {"flashinfer": top, "flashinfer.sampling": sampling}
 
 
+# -- vLLM -------------------------------------------------------------------------------------
+
+
+def rejection_sample(
+    draft_token_ids: torch.Tensor,
+    num_draft_tokens: list[int],
+    max_spec_len: int,
+    cu_num_draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    bonus_token_ids: torch.Tensor,
+    sampling_metadata: Any,
+) -> torch.Tensor:
+    """vLLM v1's signature and flattened layout; returns ``[B, max_spec_len+1]`` int32, -1 for
+    placeholders. Acceptance: ``p(x) > 0 and q(x)/p(x) >= u``; a rejected position's token is
+    ``argmax(residual / e)`` with one exponential row ``e`` per request; uniforms and exponentials
+    come from the per-request generators (the global RNG for requests without one). Fault
+    mirrored: on the n-gram path (no draft probs) the draft token's target probability is zeroed
+    in place while the residual is formed, then restored."""
+    B, T = len(num_draft_tokens), draft_token_ids.shape[0]
+    _need(draft_token_ids.dim() == 1 and draft_token_ids.is_contiguous(), "ids not flat [T]")
+    _need(draft_token_ids.dtype == torch.int32, f"draft_token_ids {draft_token_ids.dtype}")
+    _need(target_probs.dim() == 2 and target_probs.is_contiguous(), "target_probs not [T, V]")
+    _need(target_probs.shape[0] == T, f"target_probs has {target_probs.shape[0]} rows, T={T}")
+    _need(draft_probs is None or tuple(draft_probs.shape) == tuple(target_probs.shape), "draft")
+    _need(cu_num_draft_tokens.dtype == torch.int32 and cu_num_draft_tokens.dim() == 1, "cu dtype")
+    expected_cu = torch.tensor(num_draft_tokens, dtype=torch.int64).cumsum(0)
+    _need(torch.equal(cu_num_draft_tokens.long().cpu(), expected_cu), "cu_num_draft_tokens")
+    _need(max(num_draft_tokens, default=0) <= max_spec_len, "max_spec_len too small")
+    _need(tuple(bonus_token_ids.shape) == (B, 1), f"bonus_token_ids {tuple(bonus_token_ids.shape)}")
+    md = sampling_metadata
+    CALLS.append(
+        {
+            "fn": "rejection_sample",
+            "ids_dtype": draft_token_ids.dtype,
+            "target_shape": tuple(target_probs.shape),
+            "cu": cu_num_draft_tokens.clone(),
+            "num_draft_tokens": list(num_draft_tokens),
+            "generators": dict(md.generators),
+            "all_greedy": md.all_greedy,
+        }
+    )
+    out = torch.full((B, max_spec_len + 1), -1, dtype=torch.int32)
+    starts = [0, *expected_cu.tolist()[:-1]]
+    if md.all_greedy:
+        arg = target_probs.argmax(dim=-1)
+        for b, (s0, n) in enumerate(zip(starts, num_draft_tokens, strict=True)):
+            for j in range(n):
+                out[b, j] = int(arg[s0 + j])
+                if int(arg[s0 + j]) != int(draft_token_ids[s0 + j]):
+                    break
+            else:
+                out[b, n] = int(bonus_token_ids[b, 0])
+        return out
+    u = torch.rand(T)
+    e = torch.empty(B, target_probs.shape[1]).exponential_()
+    for b, (s0, n) in enumerate(zip(starts, num_draft_tokens, strict=True)):
+        gen = md.generators.get(b)
+        if n and gen is not None:
+            u[s0 : s0 + n].uniform_(generator=gen)
+            e[b].exponential_(generator=gen)
+    for b, (s0, n) in enumerate(zip(starts, num_draft_tokens, strict=True)):
+        for j in range(n):
+            t, x = s0 + j, int(draft_token_ids[s0 + j])
+            p_x = 1.0 if draft_probs is None else float(draft_probs[t, x])
+            if p_x > 0 and float(target_probs[t, x]) / p_x >= float(u[t]):
+                out[b, j] = x
+                continue
+            if draft_probs is None:
+                kept = float(target_probs[t, x])
+                target_probs[t, x] = 0.0  # the in-place write, restored below
+                residual = target_probs[t].clone()
+                target_probs[t, x] = kept
+            else:
+                residual = (target_probs[t] - draft_probs[t]).clamp_min(0.0)
+            out[b, j] = int((residual / e[b]).argmax())
+            break
+        else:
+            out[b, n] = int(bonus_token_ids[b, 0])
+    return out
+
+
+def vllm_modules() -> dict[str, types.ModuleType]:
+    names = ["vllm", "vllm.v1", "vllm.v1.sample", "vllm.v1.sample.rejection_sampler"]
+    mods = {n: types.ModuleType(n) for n in names}
+    for parent, child in zip(names, names[1:], strict=False):
+        setattr(mods[parent], child.rsplit(".", 1)[1], mods[child])
+    leaf = mods["vllm.v1.sample.rejection_sampler"]
+    leaf.rejection_sample = rejection_sample
+    leaf.PLACEHOLDER_TOKEN_ID = -1
+    leaf.GREEDY_TEMPERATURE = -1
+    leaf.MAX_SPEC_LEN = 32
+    _spec(*mods.values())
+    return mods
+
+
 def _spec(*modules: types.ModuleType) -> None:
     for m in modules:  # importlib.util.find_spec reads it for modules already in sys.modules
         m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
@@ -145,7 +241,7 @@ def _spec(*modules: types.ModuleType) -> None:
 def installed(peer: str) -> Iterator[None]:
     """Inject the stand-in ``peer`` into ``sys.modules`` and the plugin's ``src`` into
     ``sys.path`` for the ``with`` block; both are restored afterwards."""
-    builders = {"flashinfer": flashinfer_modules}
+    builders = {"flashinfer": flashinfer_modules, "vllm": vllm_modules}
     mods = builders[peer]()
     saved = {name: sys.modules.get(name) for name in mods}
     src = str(PLUGIN_SRC[peer])
