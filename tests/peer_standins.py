@@ -232,6 +232,178 @@ def vllm_modules() -> dict[str, types.ModuleType]:
     return mods
 
 
+# -- SGLang (sgl-kernel) ----------------------------------------------------------------------
+
+
+def _tree_layout_checks(fn, predicts, accept_index, accept_token_num, candidates, index, nxt, sib):
+    B, P = candidates.shape
+    for name, t in (("candidates", candidates), ("retrive_index", index)):
+        _need(t.dtype == torch.int32 and tuple(t.shape) == (B, P), f"{name} {t.dtype} {t.shape}")
+    for name, t in (("retrive_next_token", nxt), ("retrive_next_sibling", sib)):
+        _need(t.dtype == torch.int32 and tuple(t.shape) == (B, P), f"{name} {t.dtype} {t.shape}")
+    _need(torch.equal(index.long().flatten(), torch.arange(B * P)), "retrive_index not b*P+pos")
+    _need(predicts.dtype == torch.int32 and tuple(predicts.shape) == (B * P,), "predicts")
+    _need(accept_index.dtype == torch.int32 and accept_index.shape[0] == B, "accept_index")
+    _need(accept_token_num.dtype == torch.int32 and not bool(accept_token_num.any()), "counter")
+    CALLS.append(
+        {
+            "fn": fn,
+            "candidates": candidates.clone(),
+            "next_token": nxt.clone(),
+            "next_sibling": sib.clone(),
+            "steps": accept_index.shape[1],
+        }
+    )
+
+
+def _walk(b, first_step, pick, accept_index, index, nxt, sib, candidates, steps):
+    """The walk both kernels share; ``pick(pos, child, tok) -> bool`` decides a child."""
+    cur, last, n = 0, int(index[b, 0]), 0
+    accept_index[b, 0] = last
+    for _ in range(1, steps):
+        child = int(nxt[b, cur])
+        while child != -1:
+            tok = int(candidates[b, child])
+            if pick(cur, child, tok):
+                break
+            child = int(sib[b, child])
+        if child == -1:
+            break
+        first_step(last, tok)
+        n += 1
+        last = int(index[b, child])
+        accept_index[b, n] = last
+        cur = child
+    return cur, last, n
+
+
+def tree_speculative_sampling_target_only(
+    predicts: torch.Tensor,
+    accept_index: torch.Tensor,
+    accept_token_num: torch.Tensor,
+    candidates: torch.Tensor,
+    retrive_index: torch.Tensor,
+    retrive_next_token: torch.Tensor,
+    retrive_next_sibling: torch.Tensor,
+    uniform_samples: torch.Tensor,
+    uniform_samples_for_final_sampling: torch.Tensor,
+    target_probs: torch.Tensor,
+    draft_probs: torch.Tensor,
+    threshold_single: float = 1.0,
+    threshold_acc: float = 1.0,
+    deterministic: bool = True,
+) -> None:
+    """sgl-kernel's signature and layout (outputs written in place). One coin per position,
+    ``uniform_samples[b, pos]``, walks the children's cumulative target mass; a rejected child's
+    target mass is copied into ``draft_probs`` so the final token comes from ``relu(q - p)`` by
+    the inverse CDF with the final coin. Fault mirrored: a child is accepted when the coin is
+    *equal to* the cumulative mass too (``coin <= mass``), so a coin of 0 accepts a
+    zero-probability first child."""
+    B, P = candidates.shape
+    _tree_layout_checks(
+        "tree_speculative_sampling_target_only",
+        predicts,
+        accept_index,
+        accept_token_num,
+        candidates,
+        retrive_index,
+        retrive_next_token,
+        retrive_next_sibling,
+    )
+    _need(tuple(uniform_samples.shape) == (B, P), f"uniform_samples {uniform_samples.shape}")
+    _need(tuple(uniform_samples_for_final_sampling.shape) == (B,), "final uniforms not [B]")
+    _need(target_probs.dtype == torch.float32 and target_probs.shape[:2] == (B, P), "target")
+    _need(tuple(draft_probs.shape) == tuple(target_probs.shape), "draft_probs shape")
+    _need(not bool(draft_probs.any()), "draft_probs must come in zeroed (a scratch buffer)")
+    CALLS[-1]["coins"] = uniform_samples.clone()
+    steps = accept_index.shape[1]
+    for b in range(B):
+        state = {"coin": float(uniform_samples[b, 0]), "mass": 0.0}
+
+        def pick(pos, child, tok, b=b, state=state):
+            qv = float(target_probs[b, pos, tok])
+            state["mass"] += qv
+            if state["coin"] <= state["mass"] / threshold_acc or qv >= threshold_single:
+                state["coin"], state["mass"] = float(uniform_samples[b, child]), 0.0
+                return True
+            draft_probs[b, pos, tok] = qv
+            return False
+
+        def first_step(slot, tok):
+            predicts[slot] = tok
+
+        cur, last, n = _walk(
+            b,
+            first_step,
+            pick,
+            accept_index,
+            retrive_index,
+            retrive_next_token,
+            retrive_next_sibling,
+            candidates,
+            steps,
+        )
+        accept_token_num[b] = n
+        q = target_probs[b, cur].double()
+        p = draft_probs[b, cur].double() if n != steps - 1 else torch.zeros_like(q)
+        r = (q - p).clamp_min(0.0)
+        cdf = r.cumsum(0)
+        above = torch.nonzero(cdf > float(uniform_samples_for_final_sampling[b]) * float(cdf[-1]))
+        predicts[last] = int(above[0]) if above.numel() else q.numel() - 1
+
+
+def verify_tree_greedy(
+    predicts: torch.Tensor,
+    accept_index: torch.Tensor,
+    accept_token_num: torch.Tensor,
+    candidates: torch.Tensor,
+    retrive_index: torch.Tensor,
+    retrive_next_token: torch.Tensor,
+    retrive_next_sibling: torch.Tensor,
+    target_predict: torch.Tensor,
+) -> None:
+    """sgl-kernel's greedy tree walk: accept the first child equal to the position's
+    ``target_predict``, then emit the target's choice at the last position."""
+    B, P = candidates.shape
+    _tree_layout_checks(
+        "verify_tree_greedy",
+        predicts,
+        accept_index,
+        accept_token_num,
+        candidates,
+        retrive_index,
+        retrive_next_token,
+        retrive_next_sibling,
+    )
+    arg = target_predict.reshape(B, P)
+    for b in range(B):
+
+        def first_step(slot, tok):
+            predicts[slot] = tok
+
+        cur, last, n = _walk(
+            b,
+            first_step,
+            lambda pos, child, tok, b=b: tok == int(arg[b, pos]),
+            accept_index,
+            retrive_index,
+            retrive_next_token,
+            retrive_next_sibling,
+            candidates,
+            accept_index.shape[1],
+        )
+        accept_token_num[b] = n
+        predicts[last] = int(arg[b, cur])
+
+
+def sglang_modules() -> dict[str, types.ModuleType]:
+    mod = types.ModuleType("sgl_kernel")
+    mod.tree_speculative_sampling_target_only = tree_speculative_sampling_target_only
+    mod.verify_tree_greedy = verify_tree_greedy
+    _spec(mod)
+    return {"sgl_kernel": mod}
+
+
 def _spec(*modules: types.ModuleType) -> None:
     for m in modules:  # importlib.util.find_spec reads it for modules already in sys.modules
         m.__spec__ = importlib.machinery.ModuleSpec(m.__name__, None)
@@ -241,7 +413,11 @@ def _spec(*modules: types.ModuleType) -> None:
 def installed(peer: str) -> Iterator[None]:
     """Inject the stand-in ``peer`` into ``sys.modules`` and the plugin's ``src`` into
     ``sys.path`` for the ``with`` block; both are restored afterwards."""
-    builders = {"flashinfer": flashinfer_modules, "vllm": vllm_modules}
+    builders = {
+        "flashinfer": flashinfer_modules,
+        "vllm": vllm_modules,
+        "sglang": sglang_modules,
+    }
     mods = builders[peer]()
     saved = {name: sys.modules.get(name) for name in mods}
     src = str(PLUGIN_SRC[peer])
