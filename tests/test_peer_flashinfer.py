@@ -148,3 +148,18 @@ def test_conformance_catches_an_adapter_that_reads_the_accepted_counter(fresh_re
             fresh_registry, cpu_backend_class(use_accepted_counter=True), ["stats.acceptance"]
         )
     assert res["stats.acceptance"].outcome == "fail", res["stats.acceptance"].details
+
+
+def test_the_conform_command_runs_through_the_adapter(fresh_registry, tmp_path):
+    """`specsample conform --backend flashinfer -k ...` (its runner, in process) on the stand-in:
+    the JSON lists the structural and statistical checks as passed, the exact ones not claimed."""
+    from specsample.conformance.runner import run_conformance
+
+    subset = ["-k", "contract.padding or stats.losslessness or exact.random"]
+    with installed("flashinfer"):
+        register(fresh_registry, cpu_backend_class())
+        doc = run_conformance(["flashinfer"], "fast", str(tmp_path / "c.json"), subset, quiet=True)
+    checks = doc["backends"]["flashinfer"]["checks"]
+    assert checks["contract.padding"]["outcome"] == "pass"
+    assert checks["stats.losslessness"]["outcome"] == "pass"
+    assert checks["exact.random"]["outcome"] == "not-claimed"
