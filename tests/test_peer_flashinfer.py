@@ -45,10 +45,11 @@ def cpu_backend_class(use_accepted_counter: bool = False):
     return CpuFlashInfer
 
 
-def register(registry, cls) -> None:
+def register(registry, cls, monkeypatch) -> None:
     """Reset the registry and add a plugin registering ``cls`` before it loads."""
     plugin = types.ModuleType("flashinfer_standin_plugin")
     plugin.register_backends = hookimpl(lambda register: register(cls))
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # installed plugins (a real adapter) stay out
     registry.reset()
     registry._registry.manager.register(plugin, name="flashinfer-standin")
 
@@ -67,6 +68,8 @@ def test_unavailable_with_the_reason_when_flashinfer_is_missing(fresh_registry, 
     monkeypatch.syspath_prepend(str(PLUGIN_SRC["flashinfer"]))
     import specsample_flashinfer
 
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # only this module, by hand
+    fresh_registry.reset()
     fresh_registry._registry.manager.register(specsample_flashinfer, name="flashinfer")
     info = {i.name: i for i in fresh_registry.list_backends()}["flashinfer"]
     assert not info.available
@@ -121,20 +124,19 @@ def test_capabilities_say_what_flashinfer_cannot_do():
         assert FlashInferBackend.peer == "FlashInfer"
 
 
-def _conform(fresh_registry, cls, names):
+def _conform(fresh_registry, cls, names, monkeypatch):
     from specsample.conformance.checks import run_check
 
-    register(fresh_registry, cls)
+    register(fresh_registry, cls, monkeypatch)
     return {n: run_check("flashinfer", n, "fast") for n in names}
 
 
-def test_conformance_runs_through_the_adapter(fresh_registry):
+def test_conformance_runs_through_the_adapter(fresh_registry, monkeypatch):
     """Chain checks at the fast level on the stand-in: the structural and statistical ones pass,
     the exact ones report "not claimed" (no uniforms), greedy is not claimed."""
     with installed("flashinfer"):
-        res = _conform(
-            fresh_registry, cpu_backend_class(), CHAIN_CHECKS_RUN + ("exact.random", "greedy.exact")
-        )
+        names = (*CHAIN_CHECKS_RUN, "exact.random", "greedy.exact")
+        res = _conform(fresh_registry, cpu_backend_class(), names, monkeypatch)
     for name in CHAIN_CHECKS_RUN:
         assert res[name].outcome == "pass", (name, res[name].details)
     assert res["exact.random"].outcome == "not-claimed"
@@ -142,22 +144,23 @@ def test_conformance_runs_through_the_adapter(fresh_registry):
     assert res["greedy.exact"].outcome == "not-claimed"
 
 
-def test_conformance_catches_an_adapter_that_reads_the_accepted_counter(fresh_registry):
+def test_conformance_catches_an_adapter_that_reads_the_accepted_counter(
+    fresh_registry, monkeypatch
+):
     with installed("flashinfer"):
-        res = _conform(
-            fresh_registry, cpu_backend_class(use_accepted_counter=True), ["stats.acceptance"]
-        )
+        mutant = cpu_backend_class(use_accepted_counter=True)
+        res = _conform(fresh_registry, mutant, ["stats.acceptance"], monkeypatch)
     assert res["stats.acceptance"].outcome == "fail", res["stats.acceptance"].details
 
 
-def test_the_conform_command_runs_through_the_adapter(fresh_registry, tmp_path):
+def test_the_conform_command_runs_through_the_adapter(fresh_registry, tmp_path, monkeypatch):
     """`specsample conform --backend flashinfer -k ...` (its runner, in process) on the stand-in:
     the JSON lists the structural and statistical checks as passed, the exact ones not claimed."""
     from specsample.conformance.runner import run_conformance
 
     subset = ["-k", "contract.padding or stats.losslessness or exact.random"]
     with installed("flashinfer"):
-        register(fresh_registry, cpu_backend_class())
+        register(fresh_registry, cpu_backend_class(), monkeypatch)
         doc = run_conformance(["flashinfer"], "fast", str(tmp_path / "c.json"), subset, quiet=True)
     checks = doc["backends"]["flashinfer"]["checks"]
     assert checks["contract.padding"]["outcome"] == "pass"

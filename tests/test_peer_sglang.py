@@ -26,10 +26,11 @@ def cpu_backend_class():
     return CpuSglang
 
 
-def register(registry, cls) -> None:
+def register(registry, cls, monkeypatch) -> None:
     """Reset the registry and add a plugin registering ``cls`` before it loads."""
     plugin = types.ModuleType("sglang_standin_plugin")
     plugin.register_backends = hookimpl(lambda register: register(cls))
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # installed plugins (a real adapter) stay out
     registry.reset()
     registry._registry.manager.register(plugin, name="sglang-standin")
 
@@ -53,6 +54,8 @@ def test_unavailable_with_the_reason_when_sgl_kernel_is_missing(fresh_registry, 
     monkeypatch.syspath_prepend(str(PLUGIN_SRC["sglang"]))
     import specsample_sglang
 
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # only this module, by hand
+    fresh_registry.reset()
     fresh_registry._registry.manager.register(specsample_sglang, name="sglang")
     info = {i.name: i for i in fresh_registry.list_backends()}["sglang"]
     assert not info.available and "sgl_kernel not installed" in info.reason
@@ -99,14 +102,14 @@ def test_greedy_tree_and_chain():
             backend.verify(ids[:, :3], None, q[:, :4])  # random chains are not claimed
 
 
-def test_tree_conformance_through_the_adapter(fresh_registry):
+def test_tree_conformance_through_the_adapter(fresh_registry, monkeypatch):
     """The exact tree checks run (the coins are coupled); the stand-in mirrors SGLang's
     coin-boundary fault, which tree.boundaries names."""
     from specsample.conformance.checks import run_check
 
     names = ("tree.chain", "tree.exact", "tree.bad-input", "tree.boundaries", "greedy.exact")
     with installed("sglang"):
-        register(fresh_registry, cpu_backend_class())
+        register(fresh_registry, cpu_backend_class(), monkeypatch)
         res = {n: run_check("sglang", n, "fast") for n in names}
     for name in ("tree.chain", "tree.exact", "greedy.exact"):
         assert res[name].outcome == "pass", (name, res[name].details)

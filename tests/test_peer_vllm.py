@@ -36,10 +36,11 @@ def cpu_backend_class():
     return CpuVllm
 
 
-def register(registry, cls) -> None:
+def register(registry, cls, monkeypatch) -> None:
     """Reset the registry and add a plugin registering ``cls`` before it loads."""
     plugin = types.ModuleType("vllm_standin_plugin")
     plugin.register_backends = hookimpl(lambda register: register(cls))
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # installed plugins (a real adapter) stay out
     registry.reset()
     registry._registry.manager.register(plugin, name="vllm-standin")
 
@@ -58,6 +59,8 @@ def test_unavailable_with_the_reason_when_vllm_is_missing(fresh_registry, monkey
     monkeypatch.syspath_prepend(str(PLUGIN_SRC["vllm"]))
     import specsample_vllm
 
+    monkeypatch.setenv("SPECSAMPLE_PLUGINS", "")  # only this module, by hand
+    fresh_registry.reset()
     fresh_registry._registry.manager.register(specsample_vllm, name="vllm")
     info = {i.name: i for i in fresh_registry.list_backends()}["vllm"]
     assert not info.available and "vllm not installed" in info.reason
@@ -107,11 +110,11 @@ def test_a_changed_signature_is_named(monkeypatch):
             cpu_backend_class()().verify(ids, p, q)
 
 
-def test_conformance_runs_through_the_adapter(fresh_registry):
+def test_conformance_runs_through_the_adapter(fresh_registry, monkeypatch):
     from specsample.conformance.checks import run_check
 
     with installed("vllm"):
-        register(fresh_registry, cpu_backend_class())
+        register(fresh_registry, cpu_backend_class(), monkeypatch)
         res = {n: run_check("vllm", n, "fast") for n in (*CHECKS_RUN, "exact.random")}
     for name in CHECKS_RUN:
         assert res[name].outcome == "pass", (name, res[name].details)
