@@ -24,8 +24,9 @@ the adapter maps (docs/peers.md):
   claimed: SGLang's random kernel is target-only (it reads no draft distribution) and the chain
   contract passes draft probabilities; the random tree checks cover the target-only rule.
 
-The layout arrays depend only on the tree: they are built on the host from ``parents`` in every
-call (a host read of ``parents``, inside the timed region; docs/peers.md says so).
+The layout arrays depend only on the tree, and building them reads ``parents`` on the host. For
+chains they are built once per (B, K, device) and cached; for trees they are built in every call
+(a host read of ``parents`` and ``num_nodes`` inside the timed region; docs/peers.md says so).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class SglangBackend(Backend):
         tree_rules=("token",),
     )
 
+    def __init__(self) -> None:
+        self._layouts: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
         if importlib.util.find_spec(MODULE) is None:
@@ -99,7 +103,14 @@ class SglangBackend(Backend):
         parents = torch.arange(-1, K - 1, device=dev).expand(B, K)
         num_nodes = torch.full((B,), K, dtype=torch.int64, device=dev)
         tokens, n, _ = self._run(
-            inputs.draft_token_ids, parents, num_nodes, inputs.target_probs, "greedy", K, None
+            inputs.draft_token_ids,
+            parents,
+            num_nodes,
+            inputs.target_probs,
+            "greedy",
+            K,
+            None,
+            chain_key=(B, K, dev),
         )
         return VerifyOutput(tokens, n)
 
@@ -120,6 +131,19 @@ class SglangBackend(Backend):
         status = torch.zeros(inputs.batch_size, dtype=torch.int32, device=tokens.device)
         return TreeVerifyOutput(tokens, n, nodes, status)
 
+    def _layout(
+        self,
+        parents: torch.Tensor,
+        num_nodes: torch.Tensor,
+        dev: torch.device,
+        chain_key: tuple | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if chain_key is None:
+            return sglang_layout(parents, num_nodes, dev)
+        if chain_key not in self._layouts:
+            self._layouts[chain_key] = sglang_layout(parents, num_nodes, dev)
+        return self._layouts[chain_key]
+
     def _run(
         self,
         ids: torch.Tensor,
@@ -129,11 +153,12 @@ class SglangBackend(Backend):
         mode: str,
         depth: int,
         u: torch.Tensor | None,
+        chain_key: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sgl = _kernels()
         B, N = ids.shape
         dev = q.device
-        index, nxt, sib = sglang_layout(parents, num_nodes, dev)
+        index, nxt, sib = self._layout(parents, num_nodes, dev, chain_key)
         candidates = torch.zeros((B, N + 1), dtype=torch.int32, device=dev)
         candidates[:, 1:] = ids.to(torch.int32)
         predicts = torch.full((B * (N + 1),), -1, dtype=torch.int32, device=dev)
