@@ -115,6 +115,17 @@ def test_no_uniforms_generator_reproducible():
         assert CALLS[-1]["generator"] is not None and CALLS[-1]["seed"] is None
 
 
+def test_a_changed_signature_is_named(monkeypatch):
+    with installed("flashinfer"):
+        import sys
+
+        sampling = sys.modules["flashinfer.sampling"]
+        monkeypatch.setattr(sampling, "chain_speculative_sampling", lambda probs, ids: None)
+        ids, p, q = _workload(B=2)
+        with pytest.raises(TypeError, match="chain_speculative_sampling has parameters"):
+            cpu_backend_class()().verify(ids, p, q)
+
+
 def test_capabilities_say_what_flashinfer_cannot_do():
     with installed("flashinfer"):
         from specsample_flashinfer.backend import FlashInferBackend

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from typing import Any
 
 import torch
@@ -43,9 +44,31 @@ INSTALL_HINT = (
 )
 
 
-def _sampling_module() -> Any:
-    """``flashinfer.sampling``, imported on first use."""
-    return importlib.import_module(MODULE)
+#: the parameters of FlashInfer 0.7.0's function this adapter passes, in order
+PARAMETERS = (
+    "draft_probs",
+    "draft_token_ids",
+    "target_probs",
+    "maybe_output_accepted_token_num",
+    "maybe_output_emitted_draft_token_num",
+    "deterministic",
+    "generator",
+    "seed",
+    "offset",
+)
+
+
+def _chain_function() -> Any:
+    """FlashInfer's function, imported on first use; TypeError naming the parameters if the
+    installed FlashInfer's signature is not the one this adapter maps."""
+    fn = getattr(importlib.import_module(MODULE), FUNCTION)
+    names = tuple(inspect.signature(fn).parameters)
+    if names[: len(PARAMETERS)] != PARAMETERS:
+        raise TypeError(
+            f"{MODULE}.{FUNCTION} has parameters {names}; specsample-flashinfer maps "
+            f"{PARAMETERS} (FlashInfer {MAPPED_VERSION})"
+        )
+    return fn
 
 
 def philox_increment(batch: int, num_draft: int) -> int:
@@ -86,7 +109,7 @@ class FlashInferBackend(Backend):
         return True, ""
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
-        sampling = _sampling_module()
+        chain_speculative_sampling = _chain_function()
         B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
         dev = inputs.target_probs.device
         ids32 = inputs.draft_token_ids.to(torch.int32)
@@ -103,7 +126,7 @@ class FlashInferBackend(Backend):
             seed, offset = self._capture_rng(inputs, dev)
             offset.add_(philox_increment(B, K))  # captured: every replay advances it
             rng = {"seed": seed, "offset": offset}
-        result = getattr(sampling, FUNCTION)(
+        result = chain_speculative_sampling(
             p, ids32, q, accepted, emitted, deterministic=True, **rng
         )
         tokens = result[0] if isinstance(result, tuple) else result
