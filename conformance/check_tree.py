@@ -17,7 +17,7 @@ from specsample.trees import chain
 from . import statistics as st
 from .check_common import first_claimed_dtype, uniforms, workload
 from .check_stats import ALPHA
-from .checks import CheckFailed, Target, check
+from .checks import CheckFailed, NotClaimed, Target, check
 from .tree_common import (
     RULE_REFERENCES,
     TreeCase,
@@ -43,6 +43,8 @@ def tree_chain(target: Target) -> str:
         u = uniforms(B, K, 710 + i, dev)
         parents = chain(K, device=dev).expand(B, K).contiguous()
         for mode, sampling, rule in rules:
+            if mode not in target.capabilities.modes:
+                continue  # trees in this mode but not chains: nothing to compare with
             probs, ds = call_args(sampling, p)
             label = f"chain K={K}, V={V}, {label_of(mode, sampling, rule)}"
             for how in ("uniforms", "generator"):
@@ -169,6 +171,11 @@ def tree_repeated_siblings(target: Target) -> str:
     q = torch.full((3, 4, 5), 0.2, dtype=dtype, device=dev)
     p = torch.full((3, 3, 5), 0.2, dtype=dtype, device=dev)
     u = torch.full((3, 4), 0.5, device=dev)
+    if not target.capabilities.status_flags:
+        raise NotClaimed(
+            "status_flags not claimed: a repeated sibling raises before the backend runs "
+            "(tree.bad-input and validate='full' cover it)"
+        )
     for mode, sampling, rule in rules:
         probs, ds = call_args(sampling, p)
         kw = dict(mode=mode, draft_sampling=ds, rule=rule, uniforms=u if mode == "random" else None)
@@ -435,6 +442,8 @@ def tree_bad_input(target: Target) -> str:
     qq[6, 0, 1] = float("nan")
     qq[7, 3] = float("nan")  # padding node 2's row
     count = 0
+    if not target.capabilities.status_flags:  # the per-request part needs status flags
+        return f"{len(raising)} host errors; status_flags not claimed, no per-request flags"
     for mode, sampling, rule in rules:
         probs, ds = call_args(sampling, p)
         kw = dict(mode=mode, draft_sampling=ds, rule=rule, num_nodes=nodes, max_depth=2,

@@ -132,7 +132,41 @@ class Target:
         return self.level == "full"
 
     def verify(self, *args: Any, **kwargs: Any) -> VerifyOutput:
+        if kwargs.get("uniforms") is not None and not getattr(self.capabilities, "uniforms", True):
+            return self._verify_own_randomness(*args, **kwargs)
         return self.backend.verify(*args, **kwargs)
+
+    def _verify_own_randomness(self, *args: Any, **kwargs: Any) -> VerifyOutput:
+        """For a backend that draws its own random numbers (``Capabilities.uniforms`` False): bad
+        uniforms raise as they would for any backend; valid ones are replaced by a seeded
+        generator, and the output is marked so that comparisons with the reference's tokens
+        report "not claimed" while the structural checks still run."""
+        import dataclasses
+
+        import torch
+        from specsample.validation import validate_inputs
+
+        names = ("draft_token_ids", "draft_probs", "target_probs")
+        given = dict(zip(names, args, strict=False))  # positional ones; the rest by keyword
+        given.update({k: kwargs[k] for k in names if k in kwargs})
+        validate_inputs(
+            given["draft_token_ids"],
+            given.get("draft_probs"),
+            given["target_probs"],
+            mode=kwargs.get("mode", "random"),
+            generator=None,
+            uniforms=kwargs["uniforms"],
+            validate="full",
+            capabilities=dataclasses.replace(self.capabilities, uniforms=True),
+            backend_name=self.name,
+            rule=kwargs.get("rule", "token"),
+        )
+        rest = {k: v for k, v in kwargs.items() if k not in ("uniforms", "generator")}
+        dev = given["target_probs"].device
+        gen = torch.Generator(device=dev).manual_seed(0)
+        out = self.backend.verify(*args, generator=gen, **rest)
+        out.uniforms_ignored = True  # type: ignore[attr-defined]
+        return out
 
     def require_mode(self, mode: str) -> None:
         if mode not in self.capabilities.modes:

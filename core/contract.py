@@ -65,6 +65,11 @@ class Capabilities:
         rules: verification rules ``verify(..., rule=)`` accepts, names from
             ``("token", "block")`` (docs/rules.md). Every backend implements ``"token"``; a
             backend that claims ``"block"`` receives it in ``VerifyInputs.rule``.
+        uniforms: True (the default) when the backend accepts explicit ``uniforms`` and its
+            tokens are then the reference's. False for a backend that draws its own random
+            numbers (a wrapped library's RNG, docs/peers.md): ``verify(uniforms=...)`` raises
+            ``ValueError``, the conformance checks that need explicit uniforms report "not
+            claimed", and the statistical checks decide its correctness.
     """
 
     modes: tuple[str, ...] = MODES
@@ -83,6 +88,7 @@ class Capabilities:
     tree_sampling: tuple[str, ...] = ()
     tree_rules: tuple[str, ...] = ()
     rules: tuple[str, ...] = ("token",)
+    uniforms: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +108,7 @@ class Capabilities:
             "tree_sampling": list(self.tree_sampling),
             "tree_rules": list(self.tree_rules),
             "rules": list(self.rules),
+            "uniforms": self.uniforms,
         }
 
 
@@ -200,6 +207,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: the external library this backend wraps (``"FlashInfer"``, ...), or ``""`` for a backend
+    #: that implements the sampler itself; reports mark such "peer" backends (docs/peers.md)
+    peer: ClassVar[str] = ""
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
@@ -256,6 +266,11 @@ class Backend(abc.ABC):
         from .validation import empty_output, resolve_validate, validate_inputs
 
         level = resolve_validate(validate, check_finite, stacklevel=2)
+        if uniforms is not None and not getattr(self.capabilities, "uniforms", True):
+            raise ValueError(
+                f"uniforms: backend {self.name!r} draws its own random numbers and does not "
+                "accept explicit uniforms (Capabilities.uniforms is False); pass generator= instead"
+            )
         if level == "status" and not self.capabilities.status_flags:
             level = "full"  # the backend does not guard its reads: check eagerly instead
         inputs = validate_inputs(

@@ -10,6 +10,8 @@ The rules themselves are in docs/contract-trees.md.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .contract import Capabilities
@@ -140,7 +142,12 @@ def validate_tree_inputs(
         device=device,
     )
     if capabilities is not None:
-        _check_capabilities(capabilities, backend_name, mode, target_probs.dtype, device, V, N)
+        # The tree's mode is checked against tree_modes below (a backend may verify random trees
+        # but not random chains); dtype, device and sizes as for chains.
+        chain_caps = dataclasses.replace(
+            capabilities, modes=tuple(capabilities.modes) + tuple(capabilities.tree_modes)
+        )
+        _check_capabilities(chain_caps, backend_name, mode, target_probs.dtype, device, V, N)
         _check_tree_claims(capabilities, backend_name, mode, inputs.sampling, rule)
     if validate == "full" and B > 0:
         check_tree_structure(inputs)

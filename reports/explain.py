@@ -43,9 +43,10 @@ def headline(doc: dict[str, Any], has_third_party: bool) -> str:
     )
     if has_third_party:
         text += (
-            " The second panel divides the fastest third-party backend's time (a plugin not "
-            "shipped with specsample) by each backend's: above 1x the backend beats every "
-            "installed third-party backend on that shape."
+            " The second panel divides the fastest peer's time by each backend's: above 1x the "
+            "backend beats every installed peer on that shape. Peers are the backends that wrap "
+            "another library (FlashInfer, vLLM, SGLang: docs/peers.md), marked '(peer)'; with "
+            "none installed, the plugins not shipped with specsample."
         )
     return text + " Noisy cells are left out (a gap, marked)."
 

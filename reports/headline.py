@@ -121,4 +121,6 @@ def headline_table(h: Headline, fmt: str = "github") -> str:
                     text += " / " + T.fmt_ratio(h.vs_third_party.get((s, b)))
             row.append(text)
         rows.append(row)
-    return tabulate(rows, headers=["shape", *h.backends], tablefmt=fmt, disable_numparse=True)
+    # Peers (backends that wrap another library, or third-party plugins) are marked in the header.
+    names = [f"{b} (peer)" if b in h.third_party else b for b in h.backends]
+    return tabulate(rows, headers=["shape", *names], tablefmt=fmt, disable_numparse=True)

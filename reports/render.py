@@ -69,7 +69,7 @@ def _headline(
         return md, []
     note = X.headline(doc, bool(h.third_party))
     legend = "Each cell: speedup over torch-loop" + (
-        " / over the fastest third-party backend" if h.third_party else ""
+        " / over the fastest peer" if h.third_party else ""
     )
     md = md + ["## Headline", "", note, ""]
     items: list[tuple[str, str]] = [("h2", "Headline")]

@@ -202,6 +202,7 @@ class _Sweep:
                     "reason": info.reason,
                     "capabilities": info.capabilities.to_dict() if info.capabilities else None,
                     "plugin": info.plugin,
+                    "peer": _peer_of(name),
                 }
                 for name, info in self.infos.items()
             },
@@ -606,3 +607,13 @@ def record_rule_gain(by_rule: dict[str, dict[str, Any]]) -> None:
         length = cell["acceptance"]["measured_length"]
         cell["acceptance"]["gain_over_token"] = length - base
         cell["acceptance"]["relative_gain_over_token"] = (length - base) / base if base else None
+
+
+def _peer_of(name: str) -> str:
+    """The external library a backend wraps (:attr:`specsample.Backend.peer`), ``""`` if none."""
+    from specsample.registry import backend_class
+
+    try:
+        return str(getattr(backend_class(name), "peer", "") or "")
+    except Exception:  # an unknown or broken backend: it wraps nothing the report can name
+        return ""

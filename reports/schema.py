@@ -9,7 +9,8 @@ Top level::
       "config": the sweep's settings (grid, timing method, budgets),
       "environment": see specsample.reports.environment,
       "device": {"type": "cuda"|"cpu", "name", "l2_bytes", "copy_bandwidth_Bps", "launch_floor_s"},
-      "backends": {NAME: {"available", "reason", "capabilities"}},
+      "backends": {NAME: {"available", "reason", "capabilities", "plugin",
+                          "peer" (the library it wraps, "" for none; docs/peers.md)}},
       "cells": [CELL, ...],
       "interrupted": bool (Ctrl-C: the cells done so far), "complete": bool
     }

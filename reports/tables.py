@@ -68,10 +68,26 @@ def is_noisy(cell: dict[str, Any]) -> bool:
 
 
 def third_party(doc: dict[str, Any]) -> list[str]:
-    """Backends registered by a plugin other than specsample's own (the "peers"), in order."""
-    return [
-        b for b, e in doc.get("backends", {}).items() if e.get("plugin") not in (None, OWN_PLUGIN)
-    ]
+    """The "peers" the project's backends are compared with, in order.
+
+    When any backend of the results wraps an external library (its entry has a non-empty
+    ``"peer"``, from :attr:`specsample.Backend.peer`: FlashInfer, vLLM, SGLang; docs/peers.md),
+    the peers are exactly those backends. Otherwise (no peer plugin installed, or results written
+    before backends recorded it) they are the backends registered by a plugin other than
+    specsample's own.
+    """
+    entries = doc.get("backends", {})
+    wrapped = [b for b, e in entries.items() if e.get("peer")]
+    if wrapped:
+        return wrapped
+    return [b for b, e in entries.items() if e.get("plugin") not in (None, OWN_PLUGIN)]
+
+
+def peer_label(doc: dict[str, Any], backend: str) -> str:
+    """``backend`` as tables show it: ``"flashinfer (peer: FlashInfer)"`` for a backend that
+    wraps an external library, the plain name otherwise."""
+    peer = (doc.get("backends", {}).get(backend) or {}).get("peer")
+    return f"{backend} (peer: {peer})" if peer else backend
 
 
 def single_backend(doc: dict[str, Any]) -> bool:
