@@ -33,7 +33,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._triton_kernels import _any, _bad, _f32, _pick_in_tile, _tile_sum, _uniform
+from ._triton_kernels import _f32, _pick_in_tile, _tile_sum, _uniform
 
 _BIG = tl.constexpr(2147483647)
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
@@ -48,19 +48,13 @@ _REPEATED = tl.constexpr(128)
 
 
 @triton.jit
-def _pick(vec, nodes, k):
-    """Element ``k`` of a register vector (``vec[k]``; 0 when ``k`` is out of range)."""
-    return tl.sum(tl.where(nodes == k, vec, 0), axis=0)
-
-
-@triton.jit
 def _drop_tokens(r, offs, base, tok, drop, nodes, N_P2: tl.constexpr, BLOCK: tl.constexpr):
     """The tile ``r`` (float32, tokens ``base .. base + BLOCK - 1``) with the tokens of the nodes
     in ``drop`` set to zero; one pass per such token that falls in this tile."""
     inr = drop & (tok >= base) & (tok < base + BLOCK)
     k = tl.min(tl.where(inr, nodes, N_P2), axis=0)
     while k < N_P2:
-        x = _pick(tok, nodes, k)
+        x = tl.sum(tl.where(nodes == k, tok, 0), axis=0)
         r = tl.where(offs == x, 0.0, r)
         k = tl.min(tl.where(inr & (nodes > k), nodes, N_P2), axis=0)
     return r
@@ -82,7 +76,10 @@ def _row_argmax(row, V, BLOCK: tl.constexpr):
         upd = tm > m_run  # strict: an earlier tile keeps a tie
         i_run = tl.where(upd, ti, i_run)
         m_run = tl.where(upd, tm, m_run)
-        rbad = tl.maximum(rbad, _any((offs < V) & _bad(v)))
+        rbad = tl.maximum(
+            rbad,
+            tl.max(tl.where((offs < V) & ((v != v) | (v < 0.0) | (v > _FMAX)), 1, 0), axis=0),
+        )
     return i_run, rbad
 
 
@@ -104,7 +101,7 @@ def _draw(
     for t in range(0, NT):
         offs = t * BLOCK + ar
         q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
-        qbad = tl.maximum(qbad, _any(_bad(q)))
+        qbad = tl.maximum(qbad, tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0))
         r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
         run_r += _tile_sum(r)
         run_q += _tile_sum(q)
@@ -174,25 +171,41 @@ def tree_kernel(
     tok = tl.load(ids_ptr + b64 * N + nodes, mask=nodes < N, other=0).to(tl.int64)
 
     # 1. Structure (no probability is read before it is known to be valid).
-    tree_bad = tl.where(n_bad, 1, _any(real & ((par < -1) | (par >= nodes))))
+    tree_bad = tl.where(
+        n_bad, 1, tl.max(tl.where(real & ((par < -1) | (par >= nodes)), 1, 0), axis=0)
+    )
     if (tree_bad == 0) & (D < n):
         depth = tl.zeros([N_P2], tl.int32)
         for i in range(0, n):
-            di = _pick(depth, nodes, _pick(par, nodes, i)) + 1  # the root's children: 0 + 1
+            di = (
+                tl.sum(
+                    tl.where(nodes == tl.sum(tl.where(nodes == i, par, 0), axis=0), depth, 0),
+                    axis=0,
+                )
+                + 1
+            )  # the root's children: 0 + 1
             depth = tl.where(nodes == i, di, depth)
-        tree_bad = _any(real & (depth > D))
+        tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
     flags = tl.where(tree_bad > 0, _BAD_TREE, 0)
     if DISTINCT:
         if tree_bad == 0:
             rep = b * 0
             for i in range(1, n):
-                same = real & (nodes < i) & (par == _pick(par, nodes, i))
-                rep = tl.maximum(rep, _any(same & (tok == _pick(tok, nodes, i))))
+                same = real & (nodes < i) & (par == tl.sum(tl.where(nodes == i, par, 0), axis=0))
+                rep = tl.maximum(
+                    rep,
+                    tl.max(
+                        tl.where(
+                            same & (tok == tl.sum(tl.where(nodes == i, tok, 0), axis=0)), 1, 0
+                        ),
+                        axis=0,
+                    ),
+                )
             flags = tl.where(rep > 0, _REPEATED, flags)
     # a vector compare: the interpreter gives a scalar compare's mask the wrong dtype
     ok = real & ((nodes * 0 + flags) == 0)
     id_ok = (tok >= 0) & (tok < V)
-    vflags = tl.where(_any(ok & ~id_ok) > 0, _BAD_ID, 0)
+    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, _BAD_ID, 0)
     live = ok & id_ok
 
     q_base = b64 * (N + 1)
@@ -219,12 +232,18 @@ def tree_kernel(
     else:
         # 2. The values read up front: drafted entries in the parent's row, the coins.
         qx = _f32(tl.load(q_ptr + (q_base + par + 1) * V + tok, mask=live, other=0.0))
-        vflags = vflags | tl.where(_any(live & _bad(qx)) > 0, _BAD_TARGET, 0)
+        vflags = vflags | tl.where(
+            tl.max(tl.where(live & ((qx != qx) | (qx < 0.0) | (qx > _FMAX)), 1, 0), axis=0) > 0,
+            _BAD_TARGET,
+            0,
+        )
         if HAS_U:
             u = tl.load(u_ptr + b64 * (N + 1) + nodes, mask=nodes <= N, other=0.0)
             u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
             read = ok | (nodes == N)
-            vflags = vflags | tl.where(_any(read & u_bad) > 0, _BAD_UNIFORM, 0)
+            vflags = vflags | tl.where(
+                tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, _BAD_UNIFORM, 0
+            )
         else:
             if SEED_FROM_PTR:
                 sd = tl.load(seed_ptr)
@@ -237,17 +256,17 @@ def tree_kernel(
                 off = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
             u = _uniform(key_lo, key_hi, off + b64 * (N + 1) + nodes)
         flags = tl.where(flags == 0, vflags, flags)
-        u_last = _pick(u, nodes, N)
+        u_last = tl.sum(tl.where(nodes == N, u, 0), axis=0)
         done = tl.where(flags != 0, 1, 0)
         while done == 0:
             kids = live & (par == pos - 1)
             c = tl.min(tl.where(kids, nodes, N_P2), axis=0)
-            u0 = _pick(u, nodes, c).to(tl.float64)
+            u0 = tl.sum(tl.where(nodes == c, u, 0), axis=0).to(tl.float64)
             # 3. One coin walks the raw CDF of the children's entries, one child at a time.
             lo = u0 * 0.0
             hit = c * 0 - 1
             while c < N_P2:
-                qc = _pick(qx, nodes, c).to(tl.float64)
+                qc = tl.sum(tl.where(nodes == c, qx, 0), axis=0).to(tl.float64)
                 hi = lo + qc
                 take = (qc > 0.0) & (lo <= u0) & (u0 < hi)
                 hit = tl.where(take, c, hit)
@@ -255,7 +274,7 @@ def tree_kernel(
                 nxt = tl.min(tl.where(kids & (nodes > c), nodes, N_P2), axis=0)
                 c = tl.where(take, N_P2, nxt)
             if hit >= 0:
-                ptok = tl.where(dr == s, _pick(tok, nodes, hit), ptok)
+                ptok = tl.where(dr == s, tl.sum(tl.where(nodes == hit, tok, 0), axis=0), ptok)
                 pnode = tl.where(dr == s, hit.to(tl.int64), pnode)
                 s += 1
                 pos = hit + 1
