@@ -153,7 +153,7 @@ def tree_kernel(
     N,
     D,
     N_P2: tl.constexpr,  # power of two > N
-    D_P2: tl.constexpr,  # power of two > D
+    D_P2: tl.constexpr,  # power of two > min(D, N): the longest possible path, and the token
     NT_P2: tl.constexpr,  # power of two >= the tiles of a row
     BLOCK: tl.constexpr,
     GREEDY: tl.constexpr,
@@ -164,7 +164,7 @@ def tree_kernel(
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
     nodes = tl.arange(0, N_P2)
-    n = tl.load(cnt_ptr + b)
+    n = tl.load(cnt_ptr + b).to(tl.int32)
     n_bad = (n < 0) | (n > N)
     real = (nodes < n) & (nodes < N)
     par = tl.load(par_ptr + b64 * N + nodes, mask=real, other=-1)
@@ -291,6 +291,9 @@ def tree_kernel(
     row = tl.where(dr == s, token, row)
     tl.store(tok_ptr + b64 * (D + 1) + dr, tl.where(good, row, -1), mask=dr <= D)
     tl.store(acc_ptr + b64 * D + dr, tl.where(good & (dr < s), pnode, -1), mask=dr < D)
+    for j in range(D_P2, D + 1, D_P2):  # max_depth > N: the columns no path reaches
+        tl.store(tok_ptr + b64 * (D + 1) + j + dr, ptok * 0 - 1, mask=j + dr <= D)
+        tl.store(acc_ptr + b64 * D + j + dr, ptok * 0 - 1, mask=j + dr < D)
     tl.store(num_ptr + b, tl.where(good, s + 1, 0).to(tl.int64))
     tl.store(st_ptr + b, flags.to(tl.int32))
 
@@ -348,7 +351,7 @@ def launch_tree(inputs, dummy, split32):
         inputs.uniforms if has_u else dummy,
         seed_t,
         tok,
-        acc,
+        acc if D > 0 else dummy,
         num,
         status,
         *split32(seed),
@@ -357,7 +360,7 @@ def launch_tree(inputs, dummy, split32):
         N,
         D,
         N_P2=_next_pow2(N + 1),
-        D_P2=_next_pow2(D + 1),
+        D_P2=_next_pow2(min(D, N) + 1),
         NT_P2=_next_pow2(-(-V // block)),
         BLOCK=block,
         GREEDY=greedy,

@@ -198,3 +198,17 @@ def test_interp_unclaimed_rule_raises():
         specsample.get_backend("triton").verify_tree(
             ids, torch.tensor([[-1]]), q[:, :1], q, draft_sampling="with_replacement"
         )
+
+
+@INNER
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+def test_interp_max_depth_beyond_and_zero(mode):
+    """max_depth > N (columns no path reaches are -1) and max_depth = 0 (only an empty tree is
+    valid: the others are BAD_TREE)."""
+    ids, parents, counts, q, u = _random_trees(6, 5, 20, 4)
+    counts[0] = 0
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+    for depth in (0, 11):
+        out, ref = _both(ids, parents, q, mode=mode, max_depth=depth, **kw)
+        _assert_same(out, ref, f"{mode}, max_depth={depth}")
+    assert int(ref.num_emitted[0]) == 1
