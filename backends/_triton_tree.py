@@ -164,8 +164,9 @@ def tree_kernel(
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
     nodes = tl.arange(0, N_P2)
-    n = tl.load(cnt_ptr + b).to(tl.int32)
-    n_bad = (n < 0) | (n > N)
+    n64 = tl.load(cnt_ptr + b)
+    n_bad = (n64 < 0) | (n64 > N)
+    n = tl.where(n_bad, 0, n64).to(tl.int32)  # checked before the cast: no wrap-around
     real = (nodes < n) & (nodes < N)
     par = tl.load(par_ptr + b64 * N + nodes, mask=real, other=-1)
     tok = tl.load(ids_ptr + b64 * N + nodes, mask=nodes < N, other=0).to(tl.int64)
@@ -174,33 +175,24 @@ def tree_kernel(
     tree_bad = tl.where(
         n_bad, 1, tl.max(tl.where(real & ((par < -1) | (par >= nodes)), 1, 0), axis=0)
     )
+    # (vec[k] of a register vector is written tl.sum(tl.where(nodes == k, vec, 0)): the helpers
+    # are inlined because the interpreter pays per call of a jitted function)
     if (tree_bad == 0) & (D < n):
         depth = tl.zeros([N_P2], tl.int32)
-        for i in range(0, n):
-            di = (
-                tl.sum(
-                    tl.where(nodes == tl.sum(tl.where(nodes == i, par, 0), axis=0), depth, 0),
-                    axis=0,
-                )
-                + 1
-            )  # the root's children: 0 + 1
+        for i in range(0, n):  # parents come first: one pass in node order
+            pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
+            di = tl.sum(tl.where(nodes == pi, depth, 0), axis=0) + 1  # the root's children: 1
             depth = tl.where(nodes == i, di, depth)
         tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
     flags = tl.where(tree_bad > 0, _BAD_TREE, 0)
     if DISTINCT:
         if tree_bad == 0:
             rep = b * 0
-            for i in range(1, n):
-                same = real & (nodes < i) & (par == tl.sum(tl.where(nodes == i, par, 0), axis=0))
-                rep = tl.maximum(
-                    rep,
-                    tl.max(
-                        tl.where(
-                            same & (tok == tl.sum(tl.where(nodes == i, tok, 0), axis=0)), 1, 0
-                        ),
-                        axis=0,
-                    ),
-                )
+            for i in range(1, n):  # an earlier sibling with node i's token
+                pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
+                ti = tl.sum(tl.where(nodes == i, tok, 0), axis=0)
+                same = real & (nodes < i) & (par == pi) & (tok == ti)
+                rep = tl.maximum(rep, tl.max(tl.where(same, 1, 0), axis=0))
             flags = tl.where(rep > 0, _REPEATED, flags)
     # a vector compare: the interpreter gives a scalar compare's mask the wrong dtype
     ok = real & ((nodes * 0 + flags) == 0)
