@@ -212,3 +212,51 @@ def test_interp_max_depth_beyond_and_zero(mode):
         out, ref = _both(ids, parents, q, mode=mode, max_depth=depth, **kw)
         _assert_same(out, ref, f"{mode}, max_depth={depth}")
     assert int(ref.num_emitted[0]) == 1
+
+
+# ----------------------------------------------------------------------------- compiled (GPU)
+
+GPU = pytest.mark.skipif(
+    not (HAVE_TRITON and torch.cuda.is_available()) or _interp(),
+    reason="needs a CUDA device and the compiled kernel",
+)
+
+
+@GPU
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+@pytest.mark.parametrize(("N", "V"), [(9, 37), (64, 128256)])
+def test_gpu_random_trees(mode, N, V):
+    """The compiled kernel on padded random trees, one and many tiles, against the reference."""
+    ids, parents, counts, q, u = _random_trees(8, N, V, 5)
+    kw = dict(num_nodes=counts.cuda(), uniforms=u.cuda() if mode == "random" else None)
+    be = specsample.get_backend("triton")
+    out = be.verify_tree(ids.cuda(), parents.cuda(), None, q.cuda(), mode=mode, **kw)
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+    ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
+    for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
+        assert torch.equal(getattr(out, name).cpu(), getattr(ref, name)), name
+
+
+@GPU
+def test_gpu_graph_replays_draw_fresh_coins():
+    """Under CUDA graph capture the Philox key is drawn by a replayed op: replays differ."""
+    B, N, V = 64, 8, 16
+    ids, parents, counts, q, _ = _random_trees(B, N, V, 6)
+    ids, parents, q = ids.cuda(), parents.cuda(), q.cuda()
+    counts = counts.cuda()
+    be = specsample.get_backend("triton")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # compile outside the capture
+        be.verify_tree(ids, parents, None, q, num_nodes=counts)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = be.verify_tree(ids, parents, None, q, num_nodes=counts)
+    draws = []
+    for _ in range(3):
+        graph.replay()
+        draws.append(out.token_ids.clone())
+    torch.cuda.synchronize()
+    assert bool((out.status == 0).all())
+    assert len({tuple(d.flatten().tolist()) for d in draws}) == 3
