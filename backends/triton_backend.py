@@ -35,6 +35,9 @@ _GPU_CAPS = Capabilities(
     cuda_graphs=True,
     host_sync_free=True,
     status_flags=True,
+    tree_modes=("random", "greedy"),
+    tree_sampling=("target_only",),
+    tree_rules=("token",),
 )
 _INTERPRETER_CAPS = Capabilities(
     devices=("cpu", "cuda"),
@@ -44,6 +47,9 @@ _INTERPRETER_CAPS = Capabilities(
     cuda_graphs=False,
     host_sync_free=False,
     status_flags=True,
+    tree_modes=("random", "greedy"),
+    tree_sampling=("target_only",),
+    tree_rules=("token",),
 )
 
 
@@ -311,6 +317,19 @@ class TritonBackend(Backend):
         )
         self._launch(kern, plan, args, B, V, K, greedy, has_p, has_u, seed_from_ptr, stream)
         return VerifyOutput(tok, num, status)
+
+    def _verify_tree(self, inputs):
+        """Greedy and target-only tree verification: one launch of the tree kernel
+        (``_triton_tree.py``), one program per request."""
+        import torch
+
+        from . import _triton_tree
+
+        device = inputs.device
+        if device.type == "cuda" and torch.cuda.current_device() != device.index:
+            with torch.cuda.device(device):  # triton launches on the current device
+                return self._verify_tree(inputs)
+        return _triton_tree.launch_tree(inputs, self._dummy(torch, device), _split32)
 
     @staticmethod
     def _launch(

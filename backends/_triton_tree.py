@@ -1,0 +1,368 @@
+"""The ``triton`` backend's tree kernel: one ``@triton.jit`` launch per ``verify_tree`` call.
+
+Imported lazily by :mod:`specsample.backends.triton_backend` (it imports triton). The rules are
+defined by :func:`specsample.reference_tree.reference_verify_tree` (docs/contract-trees.md); this
+kernel implements greedy mode and the random target-only rule (``draft_probs=None``).
+
+Grid: ``(B,)``, one program per request. The program holds the request's tree in registers as
+vectors over the ``N`` nodes (tokens, parents, the drafted entries ``q[parent position, token]``,
+the coins) and walks from the root:
+
+1. Structure, before any probability is read: ``num_nodes`` in ``0..N``, every real node's parent
+   ``-1`` or an earlier node (``BAD_TREE``); when ``max_depth < num_nodes`` the depths, one pass
+   over the nodes in order; under the target-only rule, repeated sibling tokens
+   (``REPEATED_SIBLING``). The children of a position are the real nodes whose parent it is: a
+   vector compare, no layout is built.
+2. Values read up front: the real nodes' ids (``BAD_DRAFT_ID``); in random mode the drafted entries
+   and the coins (``BAD_TARGET_VALUE``, ``BAD_UNIFORM``).
+3. The walk. Greedy: the argmax of the position's row over ``BLOCK`` tiles (smallest id on ties;
+   a bad value flags the request), then the first child holding it. Target-only: the first
+   child's coin walks the raw CDF of the children's entries in node order, in float64 and one
+   child at a time (the reference's order of additions: its decisions are matched bit for bit).
+4. The last token (random mode): by the inverse CDF of the stop position's row with its children's
+   tokens removed (the row itself when that leaves nothing), with the last coin. Pass 1 keeps the
+   running sum after each tile in registers (float32 tile sums, float64 running sums, as the chain
+   kernel does); the pick re-reads the one tile where the threshold is crossed.
+
+Randomness: the chain kernel's Philox stream, counter ``offset + b * (N+1) + i`` for node i's coin
+and ``i = N`` for the last draw, so a chain draws exactly ``verify()``'s coins.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ._triton_kernels import _f32, _pick_in_tile, _tile_sum, _uniform
+
+_BIG = tl.constexpr(2147483647)
+_FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
+# status bits (specsample.Status)
+_BAD_ID = tl.constexpr(1)
+_BAD_TARGET = tl.constexpr(2)
+_BAD_UNIFORM = tl.constexpr(8)
+_ZERO_ROW = tl.constexpr(16)
+_OVERFLOW = tl.constexpr(32)
+_BAD_TREE = tl.constexpr(64)
+_REPEATED = tl.constexpr(128)
+
+
+@triton.jit
+def _drop_tokens(r, offs, base, tok, drop, nodes, N_P2: tl.constexpr, BLOCK: tl.constexpr):
+    """The tile ``r`` (float32, tokens ``base .. base + BLOCK - 1``) with the tokens of the nodes
+    in ``drop`` set to zero; one pass per such token that falls in this tile."""
+    inr = drop & (tok >= base) & (tok < base + BLOCK)
+    k = tl.min(tl.where(inr, nodes, N_P2), axis=0)
+    while k < N_P2:
+        x = tl.sum(tl.where(nodes == k, tok, 0), axis=0)
+        r = tl.where(offs == x, 0.0, r)
+        k = tl.min(tl.where(inr & (nodes > k), nodes, N_P2), axis=0)
+    return r
+
+
+@triton.jit
+def _row_argmax(row, V, BLOCK: tl.constexpr):
+    """``(argmax, bad)`` of a target row over its tiles: smallest id on ties; ``bad`` is 1 when
+    the row holds a NaN, infinite or negative value."""
+    ar = tl.arange(0, BLOCK)
+    m_run = float("-inf")
+    i_run = 0
+    rbad = 0
+    for t in range(0, tl.cdiv(V, BLOCK)):
+        offs = t * BLOCK + ar
+        v = _f32(tl.load(row + offs, mask=offs < V, other=float("-inf")))
+        tm = tl.max(v, axis=0)
+        ti = tl.min(tl.where(v == tm, offs, _BIG), axis=0)
+        upd = tm > m_run  # strict: an earlier tile keeps a tie
+        i_run = tl.where(upd, ti, i_run)
+        m_run = tl.where(upd, tm, m_run)
+        rbad = tl.maximum(
+            rbad,
+            tl.max(tl.where((offs < V) & ((v != v) | (v < 0.0) | (v > _FMAX)), 1, 0), axis=0),
+        )
+    return i_run, rbad
+
+
+@triton.jit
+def _draw(
+    q_row, V, u, tok, drop, nodes, N_P2: tl.constexpr, NT_P2: tl.constexpr, BLOCK: tl.constexpr
+):
+    """The last token from ``q_row`` without the tokens of the nodes in ``drop`` (the row itself
+    when that sums to zero), by the inverse CDF with the coin ``u``. Returns ``(token, flags)``:
+    ``BAD_TARGET_VALUE`` for a bad row, ``ROW_SUM_OVERFLOW`` / ``ZERO_ROW`` for its sum."""
+    ar = tl.arange(0, BLOCK)
+    tr = tl.arange(0, NT_P2)
+    NT = tl.cdiv(V, BLOCK)
+    run_r = tl.zeros([NT_P2], tl.float64).sum(axis=0)
+    run_q = run_r
+    cum_r = tl.zeros([NT_P2], tl.float64)
+    cum_q = cum_r
+    qbad = 0
+    for t in range(0, NT):
+        offs = t * BLOCK + ar
+        q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
+        qbad = tl.maximum(qbad, tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0))
+        r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
+        run_r += _tile_sum(r)
+        run_q += _tile_sum(q)
+        cum_r = tl.where(tr == t, run_r, cum_r)
+        cum_q = tl.where(tr == t, run_q, cum_q)
+    use_q = run_r == 0.0
+    total = tl.where(use_q, run_q, run_r)
+    cum = tl.where(use_q, cum_q, cum_r)
+    flags = tl.where(
+        qbad > 0,
+        _BAD_TARGET,
+        tl.where(total > _FMAX, _OVERFLOW, tl.where(total == 0.0, _ZERO_ROW, 0)),
+    )
+    token = u.to(tl.int32) * 0
+    if flags == 0:
+        thr = u.to(tl.float64) * total
+        # The tile where the running sum crosses the threshold; a threshold rounded past the
+        # row's end takes the last tile with a positive sum.
+        tv = tr < NT
+        tc = tl.min(tl.where(tv & (cum > thr), tr, NT_P2), axis=0)
+        tmax = tl.max(tl.where(tv, cum, 0.0), axis=0)
+        tc = tl.where(tc == NT_P2, tl.min(tl.where(tv & (cum >= tmax), tr, NT_P2), axis=0), tc)
+        tile_base = tl.max(tl.where(tr < tc, cum, 0.0), axis=0)
+        offs = tc * BLOCK + ar
+        m = offs < V
+        q = _f32(tl.load(q_row + offs, mask=m, other=0.0))
+        r = tl.where(use_q, q, _drop_tokens(q, offs, tc * BLOCK, tok, drop, nodes, N_P2, BLOCK))
+        token = tc * BLOCK + _pick_in_tile(r, ar, m, tile_base, thr, BLOCK)
+    return token, flags
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def tree_kernel(
+    ids_ptr,  # [B, N] int32/int64
+    par_ptr,  # [B, N] int64
+    cnt_ptr,  # [B] int64: num_nodes
+    q_ptr,  # [B, N+1, V]
+    u_ptr,  # [B, N+1] float32 (unused when not HAS_U)
+    seed_ptr,  # [1] int64 (unused when not SEED_FROM_PTR)
+    tok_ptr,  # [B, D+1] int64 out
+    acc_ptr,  # [B, D] int64 out
+    num_ptr,  # [B] int64 out
+    st_ptr,  # [B] int32 out: status bits
+    seed_lo,
+    seed_hi,
+    off_lo,
+    off_hi,  # Philox key and base counter, as 32-bit halves (signed int32 bit patterns)
+    V,
+    N,
+    D,
+    N_P2: tl.constexpr,  # power of two > N
+    D_P2: tl.constexpr,  # power of two > min(D, N): the longest possible path, and the token
+    NT_P2: tl.constexpr,  # power of two >= the tiles of a row
+    BLOCK: tl.constexpr,
+    GREEDY: tl.constexpr,
+    HAS_U: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
+    DISTINCT: tl.constexpr,  # the rule needs distinct sibling tokens
+):
+    b = tl.program_id(0)
+    b64 = b.to(tl.int64)
+    nodes = tl.arange(0, N_P2)
+    n64 = tl.load(cnt_ptr + b)
+    n_bad = (n64 < 0) | (n64 > N)
+    n = tl.where(n_bad, 0, n64).to(tl.int32)  # checked before the cast: no wrap-around
+    real = (nodes < n) & (nodes < N)
+    par = tl.load(par_ptr + b64 * N + nodes, mask=real, other=-1)
+    tok = tl.load(ids_ptr + b64 * N + nodes, mask=nodes < N, other=0).to(tl.int64)
+
+    # 1. Structure (no probability is read before it is known to be valid).
+    tree_bad = tl.where(
+        n_bad, 1, tl.max(tl.where(real & ((par < -1) | (par >= nodes)), 1, 0), axis=0)
+    )
+    # (vec[k] of a register vector is written tl.sum(tl.where(nodes == k, vec, 0)): the helpers
+    # are inlined because the interpreter pays per call of a jitted function)
+    if (tree_bad == 0) & (D < n):
+        depth = tl.zeros([N_P2], tl.int32)
+        for i in range(0, n):  # parents come first: one pass in node order
+            pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
+            di = tl.sum(tl.where(nodes == pi, depth, 0), axis=0) + 1  # the root's children: 1
+            depth = tl.where(nodes == i, di, depth)
+        tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
+    flags = tl.where(tree_bad > 0, _BAD_TREE, 0)
+    if DISTINCT:
+        if tree_bad == 0:
+            rep = b * 0
+            for i in range(1, n):  # an earlier sibling with node i's token
+                pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
+                ti = tl.sum(tl.where(nodes == i, tok, 0), axis=0)
+                same = real & (nodes < i) & (par == pi) & (tok == ti)
+                rep = tl.maximum(rep, tl.max(tl.where(same, 1, 0), axis=0))
+            flags = tl.where(rep > 0, _REPEATED, flags)
+    # a vector compare: the interpreter gives a scalar compare's mask the wrong dtype
+    ok = real & ((nodes * 0 + flags) == 0)
+    id_ok = (tok >= 0) & (tok < V)
+    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, _BAD_ID, 0)
+    live = ok & id_ok
+
+    q_base = b64 * (N + 1)
+    ptok = tl.full([D_P2], -1, tl.int64)  # tokens of the accepted path
+    pnode = tl.full([D_P2], -1, tl.int64)  # its nodes
+    dr = tl.arange(0, D_P2)
+    s = b * 0  # accepted so far
+    pos = b * 0  # the walk's position: 0 the root, i + 1 node i
+    token = b64 * 0
+    if GREEDY:
+        flags = tl.where(flags == 0, vflags, flags)
+        done = tl.where(flags != 0, 1, 0)
+        while done == 0:
+            best, rbad = _row_argmax(q_ptr + (q_base + pos) * V, V, BLOCK)
+            c = tl.min(tl.where(live & (par == pos - 1) & (tok == best), nodes, N_P2), axis=0)
+            take = (rbad == 0) & (c < N_P2)
+            flags = tl.where(rbad > 0, _BAD_TARGET, flags)
+            ptok = tl.where(take & (dr == s), best.to(tl.int64), ptok)
+            pnode = tl.where(take & (dr == s), c.to(tl.int64), pnode)
+            s = tl.where(take, s + 1, s)
+            pos = tl.where(take, c + 1, pos)
+            token = tl.where(take, token, best.to(tl.int64))
+            done = tl.where(take, 0, 1)
+    else:
+        # 2. The values read up front: drafted entries in the parent's row, the coins.
+        qx = _f32(tl.load(q_ptr + (q_base + par + 1) * V + tok, mask=live, other=0.0))
+        vflags = vflags | tl.where(
+            tl.max(tl.where(live & ((qx != qx) | (qx < 0.0) | (qx > _FMAX)), 1, 0), axis=0) > 0,
+            _BAD_TARGET,
+            0,
+        )
+        if HAS_U:
+            u = tl.load(u_ptr + b64 * (N + 1) + nodes, mask=nodes <= N, other=0.0)
+            u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
+            read = ok | (nodes == N)
+            vflags = vflags | tl.where(
+                tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, _BAD_UNIFORM, 0
+            )
+        else:
+            if SEED_FROM_PTR:
+                sd = tl.load(seed_ptr)
+                key_lo = sd.to(tl.uint32)
+                key_hi = (sd >> 32).to(tl.uint32)
+                off = b64 * 0
+            else:
+                key_lo = seed_lo.to(tl.uint32, bitcast=True)
+                key_hi = seed_hi.to(tl.uint32, bitcast=True)
+                off = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
+            u = _uniform(key_lo, key_hi, off + b64 * (N + 1) + nodes)
+        flags = tl.where(flags == 0, vflags, flags)
+        u_last = tl.sum(tl.where(nodes == N, u, 0), axis=0)
+        done = tl.where(flags != 0, 1, 0)
+        while done == 0:
+            kids = live & (par == pos - 1)
+            c = tl.min(tl.where(kids, nodes, N_P2), axis=0)
+            u0 = tl.sum(tl.where(nodes == c, u, 0), axis=0).to(tl.float64)
+            # 3. One coin walks the raw CDF of the children's entries, one child at a time.
+            lo = u0 * 0.0
+            hit = c * 0 - 1
+            while c < N_P2:
+                qc = tl.sum(tl.where(nodes == c, qx, 0), axis=0).to(tl.float64)
+                hi = lo + qc
+                take = (qc > 0.0) & (lo <= u0) & (u0 < hi)
+                hit = tl.where(take, c, hit)
+                lo = hi
+                nxt = tl.min(tl.where(kids & (nodes > c), nodes, N_P2), axis=0)
+                c = tl.where(take, N_P2, nxt)
+            if hit >= 0:
+                ptok = tl.where(dr == s, tl.sum(tl.where(nodes == hit, tok, 0), axis=0), ptok)
+                pnode = tl.where(dr == s, hit.to(tl.int64), pnode)
+                s += 1
+                pos = hit + 1
+            else:
+                # 4. No child accepted (or a leaf): the last token.
+                row = q_ptr + (q_base + pos) * V
+                t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
+                token = t.to(tl.int64)
+                flags = f
+                done = 1
+
+    good = flags == 0
+    row = tl.where(dr < s, ptok, -1)
+    row = tl.where(dr == s, token, row)
+    tl.store(tok_ptr + b64 * (D + 1) + dr, tl.where(good, row, -1), mask=dr <= D)
+    tl.store(acc_ptr + b64 * D + dr, tl.where(good & (dr < s), pnode, -1), mask=dr < D)
+    for j in range(D_P2, D + 1, D_P2):  # max_depth > N: the columns no path reaches
+        tl.store(tok_ptr + b64 * (D + 1) + j + dr, ptok * 0 - 1, mask=j + dr <= D)
+        tl.store(acc_ptr + b64 * D + j + dr, ptok * 0 - 1, mask=j + dr < D)
+    tl.store(num_ptr + b, tl.where(good, s + 1, 0).to(tl.int64))
+    tl.store(st_ptr + b, flags.to(tl.int32))
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def tree_block(vocab: int, interpret: bool) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of the tree kernel for a vocabulary of ``vocab`` tokens."""
+    cap = 1024 if interpret else 4096
+    block = min(cap, max(32, _next_pow2(vocab)))
+    return block, (8 if block >= 4096 else 4)
+
+
+def launch_tree(inputs, dummy, split32):
+    """Run :func:`tree_kernel` on validated :class:`~specsample.contract_tree.TreeVerifyInputs`
+    (greedy, or random with ``draft_probs=None``); returns ``TreeVerifyOutput``.
+
+    ``dummy`` is a 1-element int64 tensor on the device (for unused pointers), ``split32`` splits a
+    64-bit value into two signed-int32 halves. No host sync: the coins come from the caller or
+    from the generator's Philox state as in ``verify()``.
+    """
+    import torch
+    from specsample import rng
+    from specsample.contract_tree import TreeVerifyOutput
+
+    B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
+    device = inputs.device
+    greedy = inputs.mode == "greedy"
+    has_u = inputs.uniforms is not None and not greedy
+    tok = torch.empty((B, D + 1), dtype=torch.int64, device=device)
+    acc = torch.empty((B, D), dtype=torch.int64, device=device)
+    num = torch.empty((B,), dtype=torch.int64, device=device)
+    status = torch.empty((B,), dtype=torch.int32, device=device)
+
+    seed_t = dummy
+    seed_from_ptr = False
+    seed = offset = 0
+    if not greedy and not has_u:
+        gen = inputs.generator
+        if rng.is_capturing(device):
+            seed_t = torch.randint(0, 2**62, (1,), generator=gen, device=device, dtype=torch.int64)
+            seed_from_ptr = True
+        elif gen.device.type == "cuda":
+            seed, offset = rng.philox_seed_offset(gen, B * (N + 1))
+        else:  # a CPU generator (interpreter): a key drawn from it, as verify() does
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+    block, warps = tree_block(V, INTERPRET)
+    tree_kernel[(B,)](
+        inputs.draft_token_ids if N > 0 else dummy,
+        inputs.parents if N > 0 else dummy,
+        inputs.num_nodes,
+        inputs.target_probs,
+        inputs.uniforms if has_u else dummy,
+        seed_t,
+        tok,
+        acc if D > 0 else dummy,
+        num,
+        status,
+        *split32(seed),
+        *split32(offset),
+        V,
+        N,
+        D,
+        N_P2=_next_pow2(N + 1),
+        D_P2=_next_pow2(min(D, N) + 1),
+        NT_P2=_next_pow2(-(-V // block)),
+        BLOCK=block,
+        GREEDY=greedy,
+        HAS_U=has_u,
+        SEED_FROM_PTR=seed_from_ptr,
+        DISTINCT=inputs.needs_distinct_siblings,
+        num_warps=warps,
+    )
+    return TreeVerifyOutput(tok, num, acc, status)
+
+
+# True when triton decorated the kernel for its CPU interpreter (TRITON_INTERPRET=1 at import time).
+INTERPRET = type(tree_kernel).__name__ == "InterpretedFunction"

@@ -1,0 +1,262 @@
+"""The ``triton`` backend's tree kernel (``backends/_triton_tree.py``) against the float64 tree
+reference, under triton's CPU interpreter.
+
+The interpreter tests run directly when this process already is in interpreter mode (``pytest``
+started with ``TRITON_INTERPRET=1``), else through one subprocess that runs them that way. Every
+comparison is exact: status, ``num_emitted``, ``accepted_nodes`` and all tokens (the cases keep
+the last draw away from inverse-CDF near-ties, which the conformance check tolerates).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import specsample
+import torch
+from specsample import trees
+from specsample.reference_tree import reference_verify_tree
+from specsample.status import Status
+
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def _interp() -> bool:
+    from specsample.backends.triton_backend import interpreter_mode
+
+    return HAVE_TRITON and interpreter_mode()
+
+
+INNER = pytest.mark.skipif(
+    not _interp(), reason="needs TRITON_INTERPRET=1 (run by test_tree_interpreter_suite)"
+)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")
+@pytest.mark.skipif(_interp(), reason="already in interpreter mode: the tests run directly")
+def test_tree_interpreter_suite():
+    """The interpreter tests of this file, in a subprocess with TRITON_INTERPRET=1."""
+    start = time.time()
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+         "-k", "interp_"],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    print(r.stdout[-3000:], f"\n(tree interpreter suite: {time.time() - start:.1f} s)")
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert " passed" in last and "skipped" not in last and "failed" not in last, last
+
+
+def _both(ids, parents, q, *, mode="random", **kw):
+    be = specsample.get_backend("triton")
+    out = be.verify_tree(ids, parents, None, q, mode=mode, **kw)
+    ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
+    return out, ref
+
+
+def _assert_same(out, ref, what: str) -> None:
+    for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
+        a, b = getattr(out, name), getattr(ref, name)
+        assert a.dtype == b.dtype and a.shape == b.shape, (what, name, a.dtype, a.shape, b.shape)
+        assert torch.equal(a, b), f"{what}: {name} {a.tolist()} != reference {b.tolist()}"
+
+
+def _random_trees(B: int, N: int, V: int, seed: int, kinds=("random", "eagle2", "star", "chain")):
+    """Padded trees with distinct sibling tokens; rows that favour the children (deep walks)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((B, N), -1, dtype=torch.int64)
+    parents = torch.full((B, N), 99, dtype=torch.int64)  # padding: garbage that is never read
+    counts = torch.zeros(B, dtype=torch.int64)
+    q = torch.rand(B, N + 1, V, generator=g, dtype=torch.float64) ** 3
+    for b in range(B):
+        n = int(torch.randint(0, N + 1, (1,), generator=g))
+        kind = kinds[b % len(kinds)]
+        if kind == "eagle2":
+            tree = trees.eagle2_shaped(3, 3, n, generator=g) if n else trees.chain(0)
+        elif kind == "star":
+            tree = trees.star(n)
+        elif kind == "chain":
+            tree = trees.chain(n)
+        else:
+            tree = trees.random_tree(n, generator=g)
+        n = int(tree.numel())
+        counts[b] = n
+        parents[b, :n] = tree
+        for a, kids in enumerate(trees.children(tree) if n else [[]]):
+            toks = torch.randperm(V, generator=g)[: len(kids)].tolist()
+            for c, t in zip(kids, toks, strict=False):
+                ids[b, c] = t
+                q[b, a, t] += 0.3 * V * float(torch.rand(1, generator=g))
+    q = (q / q.sum(-1, keepdim=True)).to(torch.float32)
+    u = torch.rand(B, N + 1, generator=g)
+    return ids, parents, counts, q, u
+
+
+@INNER
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+@pytest.mark.parametrize(("N", "V", "seed"), [(9, 37, 1), (6, 2500, 2)])
+def test_interp_random_trees(mode, N, V, seed):
+    """Padded random, EAGLE-2-shaped, star and chain trees; V = 2500 spans three tiles."""
+    ids, parents, counts, q, u = _random_trees(12, N, V, seed)
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+    out, ref = _both(ids, parents, q, mode=mode, **kw)
+    assert int(ref.num_emitted.max()) >= 3  # some walks go deep
+    _assert_same(out, ref, f"{mode}, N={N}, V={V}")
+    out, ref = _both(ids, parents, q, mode=mode, max_depth=N, **kw)
+    _assert_same(out, ref, f"{mode}, N={N}, V={V}, max_depth=N")
+
+
+@INNER
+def test_interp_boundaries_and_status():
+    """The field's boundary cases and every status bit the tree kernel sets, one request each."""
+    V, N = 8, 4
+    rows = []  # (ids, parents, num_nodes, root row, coins, mode)
+    flat = [1.0 / V] * V
+    onehot = [0.0] * V
+    onehot[3] = 1.0
+    zero_kid = [0.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # a zero-probability child at coin 0 is never accepted; the next child's bucket starts at 0
+    rows.append(([0, 1, 2, 5], [-1, -1, -1, 0], 4, zero_kid, [0.0, 0.9, 0.9, 0.9, 0.3], "random"))
+    rows.append(([5, 6, 7, 1], [-1, -1, -1, 2], 4, flat, [1 - 2**-24] * 5, "random"))  # top coin
+    rows.append(([3, 6, 7, 1], [-1, -1, 1, 2], 4, flat, [0.25, 0.5, 0.5, 0.5, 0.5], "random"))
+    rows.append(([3, 4, 0, 0], [-1, 0, -1, -1], 2, onehot, [0.99] * 5, "random"))  # one-hot root
+    rows.append(([1, 2, 3, 4], [-1, -1, -1, -1], 0, flat, [0.5] * 5, "random"))  # num_nodes 0
+    rows.append(([1, 2, 3, 4], [-1, 1, 0, 0], 4, flat, [0.5] * 5, "random"))  # not topological
+    rows.append(([1, 2, 3, 4], [-1, 0, 3, 0], 3, flat, [0.5] * 5, "random"))  # padding parent
+    rows.append(([1, 2, 3, 4], [-1, -1, -1, -1], 5, flat, [0.5] * 5, "random"))  # too many
+    rows.append(([1, 2, 1, 4], [-1, -1, -1, 0], 4, flat, [0.5] * 5, "random"))  # repeated
+    rows.append(([1, 2, 1, 4], [-1, -1, -1, 0], 4, flat, [0.5] * 5, "greedy"))  # allowed
+    rows.append(([1, 9, 3, 4], [-1, -1, -1, 0], 4, flat, [0.5] * 5, "random"))  # bad id
+    rows.append(([1, 2, 3, 4], [-1, -1, -1, 0], 4, flat, [0.5, 0.5, 1.0, 0.5, 0.5], "random"))
+    rows.append(([1, 2, 3, 4], [-1, -1, -1, 0], 3, flat, [0.5, 0.5, 0.5, 2.0, 0.5], "random"))
+    rows.append(([1, 2, 3, 4], [-1, 0, 1, 2], 4, flat, [0.5] * 5, "random"))  # depth 4 > 3
+    seen = set()
+    for mode in ("random", "greedy"):
+        sel = [r for r in rows if r[5] == mode]
+        ids = torch.tensor([r[0] for r in sel])
+        parents = torch.tensor([r[1] for r in sel])
+        counts = torch.tensor([r[2] for r in sel])
+        q = torch.tensor([[r[3]] + [flat] * N for r in sel], dtype=torch.float32)
+        u = torch.tensor([r[4] for r in sel], dtype=torch.float32)
+        kw = dict(num_nodes=counts, max_depth=3, uniforms=u if mode == "random" else None)
+        out, ref = _both(ids, parents, q, mode=mode, **kw)
+        _assert_same(out, ref, f"boundary cases, {mode}")
+        seen |= set(ref.status.tolist())
+    want = {0, Status.BAD_TREE, Status.REPEATED_SIBLING, Status.BAD_DRAFT_ID, Status.BAD_UNIFORM}
+    assert {int(x) for x in want} <= seen, seen
+
+
+@INNER
+def test_interp_bad_rows():
+    """A bad value in a row the walk reads flags the request; one the walk skips does not."""
+    V, N = 6, 3
+    ids = torch.tensor([[2, 4, 5]] * 4)
+    parents = torch.tensor([[-1, -1, 0]] * 4)
+    q = torch.full((4, N + 1, V), 1.0 / V)
+    q[:, 0, 2] = 0.5
+    q[0, 3, 1] = float("nan")  # the leaf row reached by request 0's walk
+    q[1, 2, 1] = float("inf")  # node 1's row: never reached
+    q[2, 0, 2] = -1.0  # a drafted entry: read up front
+    q[3, 0, :] = 0.0  # the root's row sums to zero after the coin misses every child
+    u = torch.tensor([[0.1, 0.0, 0.1, 0.5]] * 4)
+    for mode in ("random", "greedy"):
+        kw = dict(uniforms=u if mode == "random" else None)
+        out, ref = _both(ids, parents, q, mode=mode, **kw)
+        _assert_same(out, ref, f"bad rows, {mode}")
+        if mode == "random":
+            bad, zero = int(Status.BAD_TARGET_VALUE), int(Status.ZERO_ROW)
+            assert out.status.tolist() == [bad, 0, bad, zero]
+
+
+@INNER
+def test_interp_chain_generator_equals_verify():
+    """A chain drawn with the generator gives verify()'s tokens (the same Philox coins)."""
+    B, K, V = 16, 5, 30
+    g = torch.Generator().manual_seed(3)
+    q = torch.softmax(torch.randn(B, K + 1, V, generator=g) * 3, -1)
+    ids = q[:, :K].argmax(-1)
+    be = specsample.get_backend("triton")
+    parents = trees.chain(K).expand(B, K).contiguous()
+    want = be.verify(ids, None, q, generator=torch.Generator().manual_seed(9))
+    got = be.verify_tree(ids, parents, None, q, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(got.token_ids, want.token_ids)
+    assert torch.equal(got.num_emitted, want.num_emitted)
+
+
+@INNER
+def test_interp_unclaimed_rule_raises():
+    """Draft probabilities are not claimed by the tree kernel: a clear ValueError names it."""
+    ids = torch.tensor([[1]])
+    q = torch.full((1, 2, 4), 0.25)
+    with pytest.raises(ValueError, match="with_replacement"):
+        specsample.get_backend("triton").verify_tree(
+            ids, torch.tensor([[-1]]), q[:, :1], q, draft_sampling="with_replacement"
+        )
+
+
+@INNER
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+def test_interp_max_depth_beyond_and_zero(mode):
+    """max_depth > N (columns no path reaches are -1) and max_depth = 0 (only an empty tree is
+    valid: the others are BAD_TREE)."""
+    ids, parents, counts, q, u = _random_trees(6, 5, 20, 4)
+    counts[0] = 0
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+    for depth in (0, 11):
+        out, ref = _both(ids, parents, q, mode=mode, max_depth=depth, **kw)
+        _assert_same(out, ref, f"{mode}, max_depth={depth}")
+    assert int(ref.num_emitted[0]) == 1
+
+
+# ----------------------------------------------------------------------------- compiled (GPU)
+
+GPU = pytest.mark.skipif(
+    not (HAVE_TRITON and torch.cuda.is_available()) or _interp(),
+    reason="needs a CUDA device and the compiled kernel",
+)
+
+
+@GPU
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+@pytest.mark.parametrize(("N", "V"), [(9, 37), (64, 128256)])
+def test_gpu_random_trees(mode, N, V):
+    """The compiled kernel on padded random trees, one and many tiles, against the reference."""
+    ids, parents, counts, q, u = _random_trees(8, N, V, 5)
+    kw = dict(num_nodes=counts.cuda(), uniforms=u.cuda() if mode == "random" else None)
+    be = specsample.get_backend("triton")
+    out = be.verify_tree(ids.cuda(), parents.cuda(), None, q.cuda(), mode=mode, **kw)
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+    ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
+    for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
+        assert torch.equal(getattr(out, name).cpu(), getattr(ref, name)), name
+
+
+@GPU
+def test_gpu_graph_replays_draw_fresh_coins():
+    """Under CUDA graph capture the Philox key is drawn by a replayed op: replays differ."""
+    B, N, V = 64, 8, 16
+    ids, parents, counts, q, _ = _random_trees(B, N, V, 6)
+    ids, parents, q = ids.cuda(), parents.cuda(), q.cuda()
+    counts = counts.cuda()
+    be = specsample.get_backend("triton")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # compile outside the capture
+        be.verify_tree(ids, parents, None, q, num_nodes=counts)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = be.verify_tree(ids, parents, None, q, num_nodes=counts)
+    draws = []
+    for _ in range(3):
+        graph.replay()
+        draws.append(out.token_ids.clone())
+    torch.cuda.synchronize()
+    assert bool((out.status == 0).all())
+    assert len({tuple(d.flatten().tolist()) for d in draws}) == 3
