@@ -26,6 +26,7 @@ import specsample
 import torch
 from mutants_traversal import MUTANTS
 from specsample import trees
+from specsample.backends._traversal_loop import _reject as _right_reject
 from specsample.reference_block import (
     accepted_length,
     block_thresholds,
@@ -204,7 +205,9 @@ def test_each_mutant_fails_exact_losslessness(name):
     failures = []
     for shape in ("y", "mixed5", "deep5"):
         for seed in range(3):
-            message = lossless_failure(Model(3, 40 + seed, exact=True), SHAPES[shape], MUTANTS[name])
+            message = lossless_failure(
+                Model(3, 40 + seed, exact=True), SHAPES[shape], MUTANTS[name]
+            )
             if message is not None:
                 failures.append(message)
     assert failures, f"mutant {name!r} passed every exact check"
@@ -341,7 +344,10 @@ def test_traversal_needs_drafts_with_replacement():
     parents = torch.tensor([[-1, -1]])
     q = torch.full((1, 3, 4), 0.25)
     p = torch.full((1, 2, 4), 0.25)
-    for kwargs in (dict(draft_probs=None), dict(draft_probs=p, draft_sampling="without_replacement")):
+    for kwargs in (
+        dict(draft_probs=None),
+        dict(draft_probs=p, draft_sampling="without_replacement"),
+    ):
         probs = kwargs.pop("draft_probs")
         with pytest.raises(ValueError, match="rule='traversal'.*with_replacement"):
             reference_verify_tree(ids + torch.tensor([[0, 1]]), parents, probs, q,
@@ -372,10 +378,14 @@ def test_a_bad_value_anywhere_in_a_read_row_flags():
     assert int(reference_verify_tree(ids, parents, p, q, **kw).status[0]) == 0
     bad = q.clone()
     bad[0, 0, 3] = float("nan")  # root row, token 3: never drafted
-    assert int(reference_verify_tree(ids, parents, p, bad, **kw).status[0]) == Status.BAD_TARGET_VALUE
+    assert (
+        int(reference_verify_tree(ids, parents, p, bad, **kw).status[0]) == Status.BAD_TARGET_VALUE
+    )
     badp = p.clone()
     badp[0, 1, 3] = float("inf")  # draft row of node 0's children
-    assert int(reference_verify_tree(ids, parents, badp, q, **kw).status[0]) == Status.BAD_DRAFT_VALUE
+    assert (
+        int(reference_verify_tree(ids, parents, badp, q, **kw).status[0]) == Status.BAD_DRAFT_VALUE
+    )
     leaf = q.clone()
     leaf[0, 3, 0] = float("nan")  # node 2's row: node 2 is never accepted here
     assert int(reference_verify_tree(ids, parents, p, leaf, **kw).status[0]) == 0
@@ -383,3 +393,48 @@ def test_a_bad_value_anywhere_in_a_read_row_flags():
     leaf2[0, 2, 0] = float("nan")  # node 1's row: accepted, its row draws the last token
     out = reference_verify_tree(ids, parents, p, leaf2, **kw)
     assert int(out.status[0]) == Status.BAD_TARGET_VALUE
+
+
+# ----------------------------------------------------------------------------------------------
+# torch-loop: the conformance check catches planted bugs in a backend's traversal
+# ----------------------------------------------------------------------------------------------
+
+
+def _token_residual(w, row, draft):
+    r = torch.clamp(row - draft, min=0.0)  # the parent's weight left out
+    z = float(r.sum())
+    return (z / (z + 1.0 - w) if z + 1.0 - w > 0 else 1.0), r, (r / z if z > 0 else row)
+
+
+def _stale_weight(w, row, draft):
+    _, r, new_row = _right_reject(w, row, draft)
+    return w, r, new_row  # the parent keeps its weight
+
+
+def _unnormalized(w, row, draft):
+    new_w, r, _ = _right_reject(w, row, draft)
+    return new_w, r, r  # the next sibling sees the raw residual
+
+
+def _path_free_weight(w, q, p):
+    return min(1.0, q / p) if p > 0 else 1.0  # token-wise ratio, not the sequence weight
+
+
+@pytest.mark.parametrize(
+    "attr,bug",
+    [
+        ("_reject", _token_residual),
+        ("_reject", _stale_weight),
+        ("_reject", _unnormalized),
+        ("_weight", _path_free_weight),
+    ],
+)
+def test_planted_traversal_bugs_fail_the_exact_check(monkeypatch, attr, bug):
+    from specsample.backends import _traversal_loop
+    from specsample.conformance.check_traversal import tree_traversal_exact
+    from specsample.conformance.checks import CheckFailed, Target
+
+    monkeypatch.setattr(_traversal_loop, attr, bug)
+    target = Target("torch-loop", specsample.get_backend("torch-loop"), "fast", torch.device("cpu"))
+    with pytest.raises(CheckFailed, match=r"lossless \[rule=traversal, .*\]: the law of the"):
+        tree_traversal_exact(target)
