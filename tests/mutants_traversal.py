@@ -11,7 +11,15 @@ from specsample.reference_block import block_residual, residual_mass
 from specsample.reference_traversal import path_weight, post_order
 
 
-def variant(*, token_residual=False, stale_weight=False, stale_siblings=False, unnormalized=False):
+def variant(
+    *,
+    token_residual=False,
+    stale_weight=False,
+    stale_siblings=False,
+    unnormalized=False,
+    drop_rejected_draft=False,
+    ratio_weight=False,
+):
     """A traversal rule with the named step wrong.
 
     - ``token_residual``: a rejected child leaves its parent the token-wise residual
@@ -21,6 +29,12 @@ def variant(*, token_residual=False, stale_weight=False, stale_siblings=False, u
     - ``stale_siblings``: the later siblings keep the weights computed from the parent's original
       row and weight (their subtrees are not re-weighted after the update).
     - ``unnormalized``: the parent's new row is the residual as is, not renormalized.
+    - ``drop_rejected_draft``: the parent's draft row loses the rejected token and is
+      renormalized (the update for siblings drawn without replacement, applied to independent
+      draws), as one public re-implementation does.
+    - ``ratio_weight``: with ``drop_rejected_draft``, the parent's new weight is
+      ``min(1, Z / remaining draft mass)`` instead of ``Z / (Z + 1 - w)``, as another public
+      re-implementation does.
     """
 
     def rule(children, ids, p_rows, q_rows, decide):
@@ -32,6 +46,7 @@ def variant(*, token_residual=False, stale_weight=False, stale_siblings=False, u
         one = next(iter(p_rows.values()))[0] * 0 + 1 if p_rows else 1.0
         weight = [one] * (n + 1)
         cur = {a: list(q_rows[a]) for a, kids in enumerate(children) if kids}
+        p_rows = {a: list(row) for a, row in p_rows.items()}  # updated in place below
         last = {}
 
         def assign(tops, a):
@@ -56,6 +71,13 @@ def variant(*, token_residual=False, stale_weight=False, stale_siblings=False, u
             if not stale_weight:
                 weight[a] = z / denom if denom > 0 else one
             r = block_residual(w, p_rows[a], cur[a])
+            if drop_rejected_draft:
+                kept = list(p_rows[a])
+                kept[ids[node]] = one * 0
+                mass = sum(kept, one * 0)
+                p_rows[a] = [v / mass for v in kept] if mass > 0 else kept
+                if ratio_weight:
+                    weight[a] = min(one, z / mass) if mass > 0 else one * 0
             last[a] = r
             total = sum(r, one * 0)
             if unnormalized:
@@ -75,4 +97,6 @@ MUTANTS = {
     "parent weight not updated": variant(stale_weight=True),
     "siblings not re-weighted": variant(stale_siblings=True),
     "residual not renormalized": variant(unnormalized=True),
+    "draft row without the rejected token": variant(drop_rejected_draft=True),
+    "weight Z / remaining draft mass": variant(drop_rejected_draft=True, ratio_weight=True),
 }
