@@ -14,6 +14,8 @@ from specsample.rng import draw_uniforms
 from specsample.status import FLOAT32_MAX, Status
 from specsample.validation_tree import distinct_rule, request_structure
 
+from ._traversal_loop import traversal_request
+
 
 def _bad(x: torch.Tensor) -> bool:
     """NaN, infinite or negative anywhere in ``x`` (one host read)."""
@@ -85,8 +87,9 @@ def _request(b, ids, children, inputs, u, greedy) -> tuple[int, list[int], list[
             path.append(nxt)
             pos = nxt + 1
 
-    # Random mode: every real node's drafted entries (and explicit coins) first.
-    for a, kids in enumerate(children):
+    # Random mode: every real node's drafted entries (and explicit coins) first; the traversal
+    # rule reads whole rows instead (step 2 of its status).
+    for a, kids in enumerate(children if inputs.rule == "token" else []):
         for c in kids:
             if 0 <= ids[c] < V:
                 if _bad(q[a, ids[c]]):
@@ -99,6 +102,14 @@ def _request(b, ids, children, inputs, u, greedy) -> tuple[int, list[int], list[
         flags |= Status.BAD_UNIFORM
     if flags:
         return int(flags), [], []
+    if inputs.rule == "traversal":
+        bits, weights, path = traversal_request(ids, children, p, q, coins)
+        if bits:
+            return bits, [], []
+        bits, last = _draw(weights, coins[N])  # float64, as the block rule draws
+        if bits:
+            return bits, [], []
+        return 0, [ids[c] for c in path] + [last], path
     while True:
         kids = children[pos]
         if not kids:  # a leaf

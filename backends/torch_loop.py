@@ -30,7 +30,7 @@ class TorchLoopBackend(Backend):
         serving=True,
         tree_modes=("random", "greedy"),
         tree_sampling=TREE_SAMPLING,
-        tree_rules=("token",),
+        tree_rules=("token", "traversal"),
         rules=("token", "block"),
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 
 import torch
-from specsample import Status
+from specsample import Status, reference_verify
 from specsample.trees import chain
 
 from . import statistics as st
@@ -27,6 +27,20 @@ from .tree_common import (
     compare_tree,
     label_of,
 )
+
+#: the chain rule each tree rule reduces to on a chain (docs/rules.md)
+CHAIN_RULES = {"token": "token", "traversal": "block"}
+
+
+def _chain_verify(target: Target, rule: str, ids, probs, q, mode: str, kw: dict):
+    """``verify()`` with the chain rule of tree ``rule``: the backend's own when it claims that
+    rule (then the tokens must be equal), else the float64 reference's."""
+    chain_rule = CHAIN_RULES[rule]
+    if chain_rule == "token":
+        return target.verify(ids, probs, q, mode=mode, **kw)
+    if chain_rule in target.capabilities.rules:
+        return target.verify(ids, probs, q, mode=mode, rule=chain_rule, **kw)
+    return reference_verify(ids, probs, q, mode=mode, rule=chain_rule, **kw)
 
 
 @check("tree.chain")
@@ -56,7 +70,7 @@ def tree_chain(target: Target) -> str:
                     kw = {"generator": torch.Generator(dev).manual_seed(5 + i)}
                 else:
                     kw_tree = kw
-                want = target.verify(ids, probs, q, mode=mode, **kw)
+                want = _chain_verify(target, rule, ids, probs, q, mode, kw)
                 got = target.backend.verify_tree(
                     ids, parents, probs, q, mode=mode, draft_sampling=ds, rule=rule, **kw_tree
                 )
@@ -351,7 +365,9 @@ SAMPLES = {"fast": 4000, "full": 100_000}
 def tree_lossless_stats(target: Target) -> str:
     """With the backend's own randomness, on two-level trees drafted by each rule's process, the
     first emitted token follows the root's target row and the second (after an accepted child)
-    the child's row: chi-square tests at the suite's false-alarm rate."""
+    the child's row: chi-square tests at the suite's false-alarm rate. Under the traversal rule
+    a child's acceptance depends on its subtree, so the second token is tested on every request,
+    a one-token output completed by a draw from the child's row (the law lossless means)."""
     rules = claimed_rules(target, modes=("random",))
     dev, dtype = target.device, first_claimed_dtype(target)
     n = SAMPLES[target.level]
@@ -386,7 +402,15 @@ def tree_lossless_stats(target: Target) -> str:
         if bool((out.status != 0).any()):
             raise CheckFailed(f"lossless sampling [{sampling}]: requests were flagged")
         first = torch.bincount(tok[:, 0], minlength=V)
-        second = torch.bincount(tok[num >= 2, 1], minlength=V)
+        if rule == "token":
+            second = torch.bincount(tok[num >= 2, 1], minlength=V)
+        else:  # accepting a child depends on its subtree: complete one-token outputs instead
+            sec = tok[:, 1].clone()
+            short = num == 1
+            if bool(short.any()):
+                draws = torch.multinomial(q1, int(short.sum()), replacement=True, generator=g)
+                sec[short] = draws
+            second = torch.bincount(sec, minlength=V)
         for what, counts, probs_ in (("first token", first, q0), ("second token", second, q1)):
             r = st.chisquare_gof(counts, probs_.tolist())
             results.append((r.pvalue, f"{what} [{sampling}, rule={rule}]: {r.describe()}"))

@@ -3,6 +3,7 @@ float64 tree reference."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,10 @@ from .check_common import cdf_epsilon, first_claimed_dtype
 from .checks import CheckFailed, NotClaimed, Target
 
 #: the references of each tree ``rule`` (every claimed rule is compared with its own)
-RULE_REFERENCES = {"token": reference_verify_tree}
+RULE_REFERENCES = {
+    "token": reference_verify_tree,
+    "traversal": functools.partial(reference_verify_tree, rule="traversal"),
+}
 
 #: (mode, sampling) of every tree rule: sampling is ``Capabilities.tree_sampling``'s name
 RULES = (
@@ -23,6 +27,13 @@ RULES = (
     ("random", "with_replacement"),
     ("random", "without_replacement"),
 )
+
+#: the (mode, sampling) pairs of ``RULES`` each tree ``rule`` is defined for; the traversal rule
+#: assumes siblings drawn independently from one draft row (docs/rules.md)
+TREE_RULES = {
+    "token": RULES,
+    "traversal": (("greedy", None), ("random", "with_replacement")),
+}
 
 
 def require_trees(target: Target) -> None:
@@ -38,7 +49,8 @@ def claimed_rules(target: Target, modes: tuple[str, ...] = ("random", "greedy"))
         (mode, sampling, rule)
         for mode, sampling in RULES
         for rule in caps.tree_rules
-        if mode in modes
+        if (mode, sampling) in TREE_RULES.get(rule, RULES)
+        and mode in modes
         and mode in caps.tree_modes
         and (sampling is None or sampling in caps.tree_sampling)
     ]

@@ -61,7 +61,8 @@ class Capabilities:
         tree_sampling: the random tree rules implemented, names from ``("target_only",
             "with_replacement", "without_replacement")`` (``"target_only"`` is
             ``draft_probs=None``; the others are the ``draft_sampling`` values).
-        tree_rules: the ``rule`` values of :meth:`Backend.verify_tree` implemented (``("token",)``).
+        tree_rules: the ``rule`` values of :meth:`Backend.verify_tree` implemented (``"token"``,
+            ``"traversal"``).
         rules: verification rules ``verify(..., rule=)`` accepts, names from
             ``("token", "block")`` (docs/rules.md). Every backend implements ``"token"``; a
             backend that claims ``"block"`` receives it in ``VerifyInputs.rule``.
@@ -426,7 +427,9 @@ class Backend(abc.ABC):
             validate: ``"status"`` (default): a bad tree or value is flagged per request in
                 ``status`` (no host sync); ``"full"``: checked eagerly first, raising
                 ``ValueError`` naming the request (and node), one host sync.
-            rule: ``"token"``: accept one node at a time along the walk.
+            rule: ``"token"``: accept one node at a time along the walk; ``"traversal"``: try
+                the nodes leaf to root with sequence-level weights (docs/rules.md; random mode
+                needs ``draft_sampling="with_replacement"``). Only ``capabilities.tree_rules``.
 
         Returns:
             :class:`specsample.TreeVerifyOutput`: ``token_ids`` ``[B, D+1]`` int64,

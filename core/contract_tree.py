@@ -19,8 +19,9 @@ DRAFT_SAMPLING = ("with_replacement", "without_replacement")
 #: ``draft_probs=None`` (one-hot drafts), the others are ``DRAFT_SAMPLING``
 TREE_SAMPLING = ("target_only", *DRAFT_SAMPLING)
 #: ``rule`` values of :meth:`specsample.Backend.verify_tree`: ``"token"`` accepts one node at a
-#: time along the walk (docs/contract-trees.md)
-TREE_RULES = ("token",)
+#: time along the walk (docs/contract-trees.md); ``"traversal"`` tries the nodes leaf to root with
+#: sequence-level weights (docs/rules.md), for trees drafted with replacement
+TREE_RULES = ("token", "traversal")
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 For a backend that claims tree verification (``Capabilities.tree_modes``), every fourth case of a
 campaign is a tree case: random, EAGLE-2 shaped, balanced, star or chain trees padded with
-``num_nodes``, one claimed rule, rows that put mass on the drafted children (so walks go deep),
-coins with the extremes 0 and ``1 - 2**-24`` planted. Cases are a deterministic function of
+``num_nodes``, one claimed mode and sampling (the claimed tree rules defined for it in turn), rows
+that put mass on the drafted children (so walks go deep), coins with the extremes 0 and
+``1 - 2**-24`` planted. Cases are a deterministic function of
 ``(seed, index)`` and the claims. Tree cases are not shrunk; the reproducer reruns the whole case.
 """
 
@@ -31,7 +32,7 @@ def is_tree_index(index: int, caps: Capabilities) -> bool:
 
 def make_tree_case(seed: int, index: int, caps: Capabilities) -> FuzzCase:
     """The tree case ``index`` of campaign ``seed`` (CPU tensors, the first claimed dtype)."""
-    from specsample.conformance.tree_common import RULES, random_case
+    from specsample.conformance.tree_common import RULES, TREE_RULES, random_case
 
     from .fuzz_cases import DTYPES, FuzzCase
 
@@ -54,8 +55,11 @@ def make_tree_case(seed: int, index: int, caps: Capabilities) -> FuzzCase:
     u = torch.where(extremes < 0.1, 0.0, torch.where(extremes > 0.9, 1.0 - 2.0**-24, u))
     dtype = DTYPES[caps.dtypes[0]]
     with_p = sampling not in (None, "target_only")
+    # the claimed tree rules defined for (mode, sampling), in turn over the campaign's tree cases
+    valid = [r for r in caps.tree_rules if (mode, sampling) in TREE_RULES.get(r, RULES)]
+    rule = valid[(index // TREE_EVERY) % len(valid)] if valid else caps.tree_rules[0]
     tree = {"parents": case.parents, "num_nodes": case.num_nodes, "sampling": sampling,
-            "rule": caps.tree_rules[0]}  # fmt: skip
+            "rule": rule}  # fmt: skip
     tags = ("tree", "/".join(sorted(set(kinds))), mode, sampling or "greedy", caps.dtypes[0])
     return FuzzCase(
         index,
@@ -118,7 +122,7 @@ def tree_snippet(case: FuzzCase, backend: str, seed: int) -> str:
             f"uniforms = {u}",
             "args = (ids, parents, draft_probs, target_probs)",
             f"kwargs = dict(mode={case.mode!r}, draft_sampling={ds!r}, num_nodes=num_nodes, "
-            "uniforms=uniforms)",
+            f"uniforms=uniforms, rule={tree['rule']!r})",
             f"out = specsample.get_backend({backend!r}).verify_tree(*args, **kwargs)",
             "ref = specsample.reference_verify_tree(*args, **kwargs)",
             'print("backend:  ", out.token_ids.tolist(), out.status.tolist())',

@@ -5,7 +5,7 @@ target-only, multi-draft recursive rejection sampling with or without replacemen
 of positions and draft distributions, and the values each request reads for ``status`` are
 stated in docs/contract-trees.md; this module applies them one request at a time, for clarity
 rather than speed. A chain ``parents = [-1, 0, ..., K-2]`` gives exactly
-:func:`specsample.reference_verify`'s output.
+:func:`specsample.reference_verify`'s output (``rule="traversal"``: its ``rule="block"`` output).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from .contract import VerifyInputs
 from .contract_tree import DRAFT_SAMPLING, TreeVerifyInputs, TreeVerifyOutput
 from .reference import accept_draft, bad_values, inverse_cdf, reference_coins, residual
+from .reference_traversal import traversal_request
 from .status import FLOAT32_MAX, Status
 from .validation import resolve_validate
 from .validation_tree import (
@@ -217,6 +218,7 @@ def reference_verify_tree(
     uniforms: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     validate: str = "status",
+    rule: str = "token",
 ) -> TreeVerifyOutput:
     """Verify a tree of drafts per request in float64 (docs/contract-trees.md).
 
@@ -244,6 +246,9 @@ def reference_verify_tree(
         validate: ``"status"``: an invalid tree is flagged ``BAD_TREE``, repeated siblings where
             the rule needs distinct ones ``REPEATED_SIBLING``, bad values as the walk reads them
             (docs/contract-trees.md, "Status and validation"). ``"full"``: those raise.
+        rule: ``"token"`` (one node at a time from the root) or ``"traversal"`` (leaf to root,
+            :mod:`specsample.reference_traversal`; random mode needs ``draft_probs`` and
+            ``draft_sampling="with_replacement"``, greedy mode is the token rule's walk).
 
     Returns:
         :class:`TreeVerifyOutput` on the inputs' device.
@@ -265,6 +270,7 @@ def reference_verify_tree(
         generator=generator,
         uniforms=uniforms,
         validate=level,
+        rule=rule,
     )
     if inputs.batch_size == 0:
         return empty_tree_output(inputs)
@@ -287,16 +293,27 @@ def reference_verify_tree(
         if error is not None:  # validate="full" raised already; "status" flags the request
             status[b] = int(error[0])
             continue
-        flags, tokens, path = _verify_tree_request(
-            ids_all[b][: counts[b]],
-            children,
-            None if p_all is None else p_all[b],
-            q_all[b],
-            None if u_all is None else u_all[b].tolist(),
-            inputs.uniforms is not None,
-            greedy,
-            inputs.draft_sampling,
-        )
+        if inputs.rule == "traversal" and not greedy:
+            assert p_all is not None and u_all is not None
+            flags, tokens, path = traversal_request(
+                ids_all[b][: counts[b]],
+                children,
+                p_all[b],
+                q_all[b],
+                u_all[b].tolist(),
+                inputs.uniforms is not None,
+            )
+        else:
+            flags, tokens, path = _verify_tree_request(
+                ids_all[b][: counts[b]],
+                children,
+                None if p_all is None else p_all[b],
+                q_all[b],
+                None if u_all is None else u_all[b].tolist(),
+                inputs.uniforms is not None,
+                greedy,
+                inputs.draft_sampling,
+            )
         status[b] = flags
         num_emitted[b] = len(tokens)
         if tokens:

@@ -124,6 +124,12 @@ def validate_tree_inputs(
             f"draft_sampling must be one of {DRAFT_SAMPLING} in random mode with draft_probs "
             "(how the siblings were drawn from their draft distribution), got None"
         )
+    if rule == "traversal" and mode == "random" and draft_sampling != "with_replacement":
+        raise ValueError(
+            "rule='traversal' verifies trees whose siblings were drawn independently from "
+            "draft_probs (draft_sampling='with_replacement'); got "
+            + ("draft_probs=None" if draft_probs is None else f"draft_sampling={draft_sampling!r}")
+        )
     inputs = TreeVerifyInputs(
         draft_token_ids=base.draft_token_ids,
         parents=parents.to(torch.int64).contiguous(),

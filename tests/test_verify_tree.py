@@ -20,15 +20,19 @@ TREE_CHECKS = [n for n in check_names("fast") if n.startswith("tree.")]
 
 @pytest.mark.parametrize("name", ["torch-loop", "torch-vectorized"])
 def test_tree_checks_pass(name):
+    claims = specsample.get_backend(name).capabilities.tree_rules
     for check in TREE_CHECKS:
         result = run_check(name, check, "fast")
+        if check == "tree.traversal-exact" and "traversal" not in claims:
+            assert result.outcome == "not-claimed", (check, result.details)
+            continue
         assert result.outcome == "pass", (check, result.details)
 
 
 def test_every_tree_check_is_registered():
     assert set(TREE_CHECKS) == {
         "tree.chain", "tree.exact", "tree.boundaries", "tree.repeated-siblings",
-        "tree.lossless-exact", "tree.lossless-stats", "tree.bad-input",
+        "tree.lossless-exact", "tree.lossless-stats", "tree.bad-input", "tree.traversal-exact",
     }  # fmt: skip
 
 
@@ -95,7 +99,10 @@ def test_arguments_and_status():
     parents = torch.tensor([[-1, 0], [-1, -1]])
     q = torch.full((2, 3, 4), 0.25)
     with pytest.raises(ValueError, match="rule must be one of"):
-        be.verify_tree(ids, parents, None, q, rule="traversal")
+        be.verify_tree(ids, parents, None, q, rule="no-such-rule")
+    with pytest.raises(ValueError, match="does not verify trees with rule='traversal'"):
+        p = torch.full((2, 2, 4), 0.25)
+        be.verify_tree(ids, parents, p, q, draft_sampling="with_replacement", rule="traversal")
     with pytest.raises(ValueError, match="draft_sampling must be one of"):
         be.verify_tree(ids, parents, torch.full((2, 2, 4), 0.25), q)
     out = be.verify_tree(ids, parents, None, q, uniforms=torch.zeros(2, 3))
