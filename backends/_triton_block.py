@@ -281,7 +281,21 @@ def block_config(batch: int, vocab: int, interpret: bool) -> tuple[int, int, int
 
 
 def launch_block(
-    ids, p, q, u, seed_t, tok, num, status, seed_halves, offset_halves, B, K, V, has_p, has_u,
+    ids,
+    p,
+    q,
+    u,
+    seed_t,
+    tok,
+    num,
+    status,
+    seed_halves,
+    offset_halves,
+    B,
+    K,
+    V,
+    has_p,
+    has_u,
     seed_from_ptr,
 ) -> None:
     """Launch :func:`block_kernel` on ``ceil(B / ROWS)`` programs (the caller chose the device;

@@ -297,8 +297,21 @@ class TritonBackend(Backend):
             q = inputs.target_probs
             halves = (_split32(seed), _split32(offset))
             blk.launch_block(
-                ids, p, q, u, seed_t, tok, num, status, *halves, B, K, V,
-                has_p, has_u, seed_from_ptr,
+                ids,
+                p,
+                q,
+                u,
+                seed_t,
+                tok,
+                num,
+                status,
+                *halves,
+                B,
+                K,
+                V,
+                has_p,
+                has_u,
+                seed_from_ptr,
             )
             return VerifyOutput(tok, num, status)
 
