@@ -4,7 +4,8 @@ Imported only lazily (by :mod:`specsample.backends.triton_backend` on the first 
 call in random mode), because it imports triton. Like the token kernel, it runs compiled or under
 the CPU interpreter depending on ``TRITON_INTERPRET`` when this module is imported.
 
-Grid: ``(B,)``, one program per request, tiles of ``BLOCK`` tokens:
+Grid: ``(ceil(B / ROWS),)``: each program serves ``ROWS`` requests (1 for long rows; short rows are
+packed, see :func:`block_config`) in ``[ROWS, BLOCK]`` tiles, and for each request:
 
 1. the K draft ids, the drafted entries ``q_k(x_k)`` and ``p_k(x_k)`` and the K+1 coins (loaded or
    drawn by Philox exactly as the token kernel draws them: counter ``offset + b * (K+1) + k``);
@@ -21,8 +22,10 @@ Grid: ``(B,)``, one program per request, tiles of ``BLOCK`` tokens:
    ``tl.cumsum`` in the crossing tile; a zero-weight token is never chosen, and a threshold
    rounded past the row's end takes the last positive token.
 
-The bytes read: ``2K`` full rows (``K`` without ``draft_probs``) plus the final row twice (the
-second pass stops at the crossing tile; the row was just read and is usually in L2).
+The bytes read per request: ``2K`` full rows (``K`` without ``draft_probs``) plus the final row
+twice (the second pass stops at the crossing tile; when ``tau < K`` the row was streamed in step 2
+and is often still in L2). A request flagged in step 1 reads no row; one flagged in step 2 draws
+nothing.
 """
 
 from __future__ import annotations
