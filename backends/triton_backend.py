@@ -38,6 +38,7 @@ _GPU_CAPS = Capabilities(
     tree_modes=("random", "greedy"),
     tree_sampling=("target_only",),
     tree_rules=("token",),
+    rules=("token", "block"),
 )
 _INTERPRETER_CAPS = Capabilities(
     devices=("cpu", "cuda"),
@@ -50,6 +51,7 @@ _INTERPRETER_CAPS = Capabilities(
     tree_modes=("random", "greedy"),
     tree_sampling=("target_only",),
     tree_rules=("token",),
+    rules=("token", "block"),
 )
 
 
@@ -292,6 +294,32 @@ class TritonBackend(Backend):
                 seed, offset = rng.philox_seed_offset(gen, B * (K + 1))
             else:  # a CPU generator (interpreter): no Philox state to share, draw a key from it
                 seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+
+        if inputs.rule == "block" and not greedy and K > 0:
+            # Block verification (random mode): its own one-program-per-request kernel. In greedy
+            # mode the rules coincide and the token kernel serves both.
+            from . import _triton_block as blk
+
+            q = inputs.target_probs
+            halves = (_split32(seed), _split32(offset))
+            blk.launch_block(
+                ids,
+                p,
+                q,
+                u,
+                seed_t,
+                tok,
+                num,
+                status,
+                *halves,
+                B,
+                K,
+                V,
+                has_p,
+                has_u,
+                seed_from_ptr,
+            )
+            return VerifyOutput(tok, num, status)
 
         cfg = self._config(inputs, greedy, has_p, has_u, capturing)
         plan_key = (cfg, B, K, V, greedy)
