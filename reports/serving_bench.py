@@ -14,9 +14,10 @@ Run: ``specsample bench --serving [serving|serving-tiny] --out serving.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .timing import Timer, TimingPolicy
 
@@ -70,6 +71,8 @@ def serving_workload(batch: int, vocab: int, max_k: int, greedy_share: float, se
     """One realistic cell in the flattened layout: a dict of ``verify_serving_flat`` arguments
     (``draft_token_ids`` [T], ``cu_num_draft_tokens`` [B], bf16 ``target_logits`` [T+B, V] and
     ``draft_logits`` [T, V], per-request parameters and seeds), on ``device``."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     counts = torch.randint(0, max_k + 1, (batch,), generator=g)
     cu = torch.cumsum(counts, 0)
@@ -104,6 +107,7 @@ def baseline_step(args: dict) -> torch.Tensor:
     """What an engine does today: softmax + top-p in PyTorch on every row (float32), then the
     probabilities-in serving verify of torch-vectorized (temperature 1, no filter; greedy requests
     by argmax). Returns the padded tokens ``[B, K+1]``."""
+    import torch
     from specsample import get_backend
     from specsample.serving_layout import flat_to_padded
 
@@ -141,6 +145,7 @@ def baseline_step(args: dict) -> torch.Tensor:
 
 def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[dict[str, Any]]:
     """Time every cell of ``preset``; one result dict per (cell, backend or ``baseline``)."""
+    import torch
     from specsample import get_backend, list_backends
 
     from .timing import copy_bandwidth

@@ -23,9 +23,10 @@ whichever is larger.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .timing import TimingPolicy
 
@@ -54,8 +55,13 @@ TREE_PRESETS: dict[str, TreePreset] = {
         nodes=(8, 32, 64),
         vocab=(32000, 128256),
         policy=TimingPolicy(
-            warmup_calls=3, warmup_s=0.02, target_s=0.1, min_samples=10, max_samples=200,
-            budget_s=2.0, l2="flush",
+            warmup_calls=3,
+            warmup_s=0.02,
+            target_s=0.1,
+            min_samples=10,
+            max_samples=200,
+            budget_s=2.0,
+            l2="flush",
         ),  # fmt: skip
     ),
     "tree-quick": TreePreset(
@@ -65,8 +71,13 @@ TREE_PRESETS: dict[str, TreePreset] = {
         nodes=(8, 32),
         vocab=(4096,),
         policy=TimingPolicy(
-            warmup_calls=2, warmup_s=0.01, target_s=0.1, min_samples=5, max_samples=50,
-            budget_s=2.0, l2="flush",
+            warmup_calls=2,
+            warmup_s=0.01,
+            target_s=0.1,
+            min_samples=5,
+            max_samples=50,
+            budget_s=2.0,
+            l2="flush",
         ),  # fmt: skip
     ),
     "tree-tiny": TreePreset(
@@ -76,8 +87,13 @@ TREE_PRESETS: dict[str, TreePreset] = {
         nodes=(8,),
         vocab=(64,),
         policy=TimingPolicy(
-            warmup_calls=1, warmup_s=0.0, target_s=0.005, min_samples=3, max_samples=10,
-            budget_s=1.0, l2="none",
+            warmup_calls=1,
+            warmup_s=0.0,
+            target_s=0.005,
+            min_samples=3,
+            max_samples=10,
+            budget_s=1.0,
+            l2="none",
         ),  # fmt: skip
     ),
 }
@@ -85,6 +101,7 @@ TREE_PRESETS: dict[str, TreePreset] = {
 
 def tree_shape(n: int, generator: torch.Generator) -> torch.Tensor:
     """An EAGLE-2-shaped tree of ``n`` nodes (parents ``[n]`` int64)."""
+    import torch
     from specsample import trees
 
     if n == 0:
@@ -104,6 +121,7 @@ def tree_workload(
         ``draft_token_ids`` [B, N] int64, ``parents`` [B, N] int64, ``draft_probs`` [B, N, V]
         float32 or None, ``target_probs`` [B, N+1, V] float32, ``mode``, ``draft_sampling``.
     """
+    import torch
     from specsample import trees
 
     if kind not in KINDS:
@@ -193,6 +211,7 @@ def run_tree_bench(
         backend: ``status`` ok / skipped / error, ``median_s``, ``timing``, ``launches``,
         ``mean_accepted``, ``must_read_bytes``, ``floor_s``, ``ratio_to_floor``).
     """
+    import torch
     from specsample import get_backend, list_backends
     from tqdm.auto import tqdm
 
@@ -242,6 +261,8 @@ def run_tree_bench(
 
 
 def _skip_reason(info: Any, kind: str, device: str) -> str | None:
+    import torch
+
     if info is None:
         return "not registered"
     if not info.available:
@@ -301,7 +322,18 @@ def tree_summary(doc: dict[str, Any]) -> str:
         ])  # fmt: skip
     skipped = sum(c.get("status") == "skipped" for c in doc["cells"])
     errors = [c for c in doc["cells"] if c.get("status") == "error"]
-    head = ["backend", "kind", "B", "N", "V", "median us", "accepted", "x floor", "kernels", "syncs"]
+    head = [
+        "backend",
+        "kind",
+        "B",
+        "N",
+        "V",
+        "median us",
+        "accepted",
+        "x floor",
+        "kernels",
+        "syncs",
+    ]
     text = f"tree benchmark ({doc['preset']}, {doc['device']}): {len(rows)} cells timed, "
     text += f"{skipped} skipped (not claimed or unavailable), {len(errors)} errors\n"
     text += tabulate(rows, headers=head)
