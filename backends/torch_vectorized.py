@@ -57,6 +57,7 @@ class TorchVectorizedBackend(Backend):
         from ._serving_vectorized import serving_arguments, serving_tensors
 
         return ServingOutput(*serving_tensors(*serving_arguments(inputs)))
+
     def _verify_tree(self, inputs: TreeVerifyInputs) -> TreeVerifyOutput:
         return verify_tree_inputs(inputs)
 

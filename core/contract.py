@@ -386,6 +386,7 @@ class Backend(abc.ABC):
         """Compute a serving call's output from validated inputs (padded layout). Backends that
         claim ``Capabilities.serving`` override it; must not modify the inputs."""
         raise NotImplementedError(f"backend {self.name!r} does not implement _verify_serving")
+
     def verify_tree(
         self,
         draft_token_ids: torch.Tensor,

@@ -13,12 +13,13 @@ Run: ``specsample bench --serving [serving|serving-tiny] --out serving.json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+from .presets import PRESETS
 from .timing import Timer, TimingPolicy
 
 
@@ -39,30 +40,14 @@ SERVING_PRESETS = {
         name="serving",
         batch=(1, 8, 64, 256),
         vocab=(128256, 151936),
-        policy=TimingPolicy(
-            warmup_calls=3,
-            warmup_s=0.02,
-            target_s=0.1,
-            min_samples=10,
-            max_samples=200,
-            budget_s=2.0,
-            l2="flush",
-        ),  # fmt: skip
+        policy=replace(PRESETS["standard"].policy, budget_s=2.0),
     ),
     "serving-tiny": ServingPreset(
         name="serving-tiny",
         batch=(1, 4),
         vocab=(256,),
         max_k=3,
-        policy=TimingPolicy(
-            warmup_calls=1,
-            warmup_s=0.0,
-            target_s=0.005,
-            min_samples=3,
-            max_samples=10,
-            budget_s=1.0,
-            l2="none",
-        ),  # fmt: skip
+        policy=PRESETS["tiny"].policy,
     ),
 }
 

@@ -22,12 +22,13 @@ whichever is larger.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
+from .presets import PRESETS
 from .timing import TimingPolicy
 
 KINDS = ("greedy", "target-only", "draft-probs")
@@ -54,15 +55,7 @@ TREE_PRESETS: dict[str, TreePreset] = {
         batch=(1, 8, 64, 256),
         nodes=(8, 32, 64),
         vocab=(32000, 128256),
-        policy=TimingPolicy(
-            warmup_calls=3,
-            warmup_s=0.02,
-            target_s=0.1,
-            min_samples=10,
-            max_samples=200,
-            budget_s=2.0,
-            l2="flush",
-        ),  # fmt: skip
+        policy=replace(PRESETS["standard"].policy, budget_s=2.0),
     ),
     "tree-quick": TreePreset(
         name="tree-quick",
@@ -70,15 +63,7 @@ TREE_PRESETS: dict[str, TreePreset] = {
         batch=(1, 8),
         nodes=(8, 32),
         vocab=(4096,),
-        policy=TimingPolicy(
-            warmup_calls=2,
-            warmup_s=0.01,
-            target_s=0.1,
-            min_samples=5,
-            max_samples=50,
-            budget_s=2.0,
-            l2="flush",
-        ),  # fmt: skip
+        policy=replace(PRESETS["quick"].policy, max_samples=50),
     ),
     "tree-tiny": TreePreset(
         name="tree-tiny",
@@ -86,15 +71,7 @@ TREE_PRESETS: dict[str, TreePreset] = {
         batch=(1, 3),
         nodes=(8,),
         vocab=(64,),
-        policy=TimingPolicy(
-            warmup_calls=1,
-            warmup_s=0.0,
-            target_s=0.005,
-            min_samples=3,
-            max_samples=10,
-            budget_s=1.0,
-            l2="none",
-        ),  # fmt: skip
+        policy=PRESETS["tiny"].policy,
     ),
 }
 
