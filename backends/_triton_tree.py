@@ -310,8 +310,9 @@ def launch_tree(inputs, dummy, split32):
     from the generator's Philox state as in ``verify()``.
     """
     import torch
-    from specsample import rng
     from specsample.contract_tree import TreeVerifyOutput
+
+    from .triton_backend import philox_key
 
     B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
     device = inputs.device
@@ -322,18 +323,11 @@ def launch_tree(inputs, dummy, split32):
     num = torch.empty((B,), dtype=torch.int64, device=device)
     status = torch.empty((B,), dtype=torch.int32, device=device)
 
-    seed_t = dummy
-    seed_from_ptr = False
-    seed = offset = 0
-    if not greedy and not has_u:
-        gen = inputs.generator
-        if rng.is_capturing(device):
-            seed_t = torch.randint(0, 2**62, (1,), generator=gen, device=device, dtype=torch.int64)
-            seed_from_ptr = True
-        elif gen.device.type == "cuda":
-            seed, offset = rng.philox_seed_offset(gen, B * (N + 1))
-        else:  # a CPU generator (interpreter): a key drawn from it, as verify() does
-            seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+    seed_t, seed_from_ptr, seed, offset = dummy, False, 0, 0
+    if not greedy and not has_u:  # verify()'s key and counters, so a chain gives its coins
+        seed_t, seed_from_ptr, seed, offset = philox_key(
+            inputs.generator, device, B * (N + 1), dummy
+        )
     block, warps = tree_block(V, INTERPRET)
     tree_kernel[(B,)](
         inputs.draft_token_ids if N > 0 else dummy,

@@ -230,6 +230,28 @@ def _plan(cfg: LaunchConfig, batch: int, num_draft: int, vocab: int, greedy: boo
     )
 
 
+def philox_key(gen: Any, device: Any, numbers: int, dummy: Any) -> tuple[Any, bool, int, int]:
+    """The Philox key and base counter of a call drawing ``numbers`` coins from ``gen``.
+
+    Returns:
+        ``(seed_tensor, seed_from_ptr, seed, offset)``. Under CUDA-graph capture Python ints would
+        be baked into the graph, so the key is drawn on the device by an op the graph replays (the
+        generator is registered with it) and read through ``seed_tensor``; a CUDA generator gives
+        its own Philox seed and offset (advanced by ``numbers``); a CPU generator (the
+        interpreter) has no Philox state to share, so a key is drawn from it.
+    """
+    import torch
+    from specsample import rng
+
+    if rng.is_capturing(device):
+        key = torch.randint(0, 2**62, (1,), generator=gen, device=device, dtype=torch.int64)
+        return key, True, 0, 0
+    if gen.device.type == "cuda":
+        seed, offset = rng.philox_seed_offset(gen, numbers)
+        return dummy, False, seed, offset
+    return dummy, False, int(torch.randint(0, 2**62, (1,), generator=gen).item()), 0
+
+
 class TritonBackend(Backend):
     name = "triton"
     description = "One fused Triton kernel per call (CUDA; CPU with TRITON_INTERPRET=1)."
@@ -278,22 +300,11 @@ class TritonBackend(Backend):
         p = inputs.draft_probs if has_p else inputs.target_probs
         u = inputs.uniforms if has_u else dummy
 
-        seed_t = dummy
-        seed_from_ptr = False
-        seed = offset = 0
+        seed_t, seed_from_ptr, seed, offset = dummy, False, 0, 0
         if not greedy and not has_u:
-            gen = inputs.generator
-            if capturing:
-                # Python ints would be baked into the graph: draw the key on the device, by an op
-                # the graph replays (the generator is registered with it), so replays differ.
-                seed_t = torch.randint(
-                    0, 2**62, (1,), generator=gen, device=device, dtype=torch.int64
-                )
-                seed_from_ptr = True
-            elif gen.device.type == "cuda":
-                seed, offset = rng.philox_seed_offset(gen, B * (K + 1))
-            else:  # a CPU generator (interpreter): no Philox state to share, draw a key from it
-                seed = int(torch.randint(0, 2**62, (1,), generator=gen).item())
+            seed_t, seed_from_ptr, seed, offset = philox_key(
+                inputs.generator, device, B * (K + 1), dummy
+            )
 
         if inputs.rule == "block" and not greedy and K > 0:
             # Block verification (random mode): its own one-program-per-request kernel. In greedy
