@@ -481,12 +481,17 @@ def merge_results(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def merge_conformance(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Merge conformance files of one level (e.g. one run per backend) into one document.
+    """Merge conformance files of one level (one run per backend, or a backend's checks split
+    over runs with ``-k``) into one document.
 
-    The first document gives the environment; backends are united, and a backend present in two
-    files is an error (which verdict would be the right one?). Files of different levels are an
-    error too: a matrix mixing fast and full verdicts would mislead.
+    The first document gives the environment; backends are united. A backend in several files
+    gets the union of its checks when their check sets are disjoint (a ``-k`` split); a check in
+    two files is an error (which verdict would be the right one?), and so is a backend available in
+    one file and unavailable in another. Files of different levels are an error too: a matrix
+    mixing fast and full verdicts would mislead.
     """
+    from specsample.conformance.results import summarize
+
     if not docs:
         raise SchemaError("nothing to merge")
     if len(docs) == 1:
@@ -498,7 +503,21 @@ def merge_conformance(docs: list[dict[str, Any]]) -> dict[str, Any]:
     base["backends"] = {}
     for doc in docs:
         for name, entry in doc.get("backends", {}).items():
-            if name in base["backends"]:
-                raise SchemaError(f"backend {name!r} appears in two conformance files")
-            base["backends"][name] = entry
+            have = base["backends"].get(name)
+            if have is None:
+                base["backends"][name] = entry
+                continue
+            if bool(have.get("available")) != bool(entry.get("available")):
+                raise SchemaError(
+                    f"backend {name!r} is available in one conformance file and not in another"
+                )
+            both = sorted(set(have.get("checks", {})) & set(entry.get("checks", {})))
+            if both or not entry.get("available"):
+                shown = ", ".join(both[:3]) or "its availability"
+                raise SchemaError(
+                    f"backend {name!r} appears in two conformance files with the same checks "
+                    f"({shown})"
+                )
+            checks = {**have["checks"], **entry["checks"]}
+            base["backends"][name] = {**have, "checks": checks, "summary": summarize(checks)}
     return base

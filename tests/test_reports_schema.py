@@ -153,6 +153,27 @@ def test_conformance_files_of_one_level_merge(tmp_path):
         merge_conformance([first, first])
     with pytest.raises(SchemaError, match="different levels"):
         merge_conformance([first, {**second, "level": "full"}])
+    # one backend's checks split over two runs (-k) unite; an overlapping check does not
+    entry = backends["torch-vectorized"]
+    names = sorted(entry["checks"])
+    assert len(names) >= 2
+    halves = [names[: len(names) // 2], names[len(names) // 2 :]]
+    parts = [
+        {
+            **CONFORMANCE_FIXTURE,
+            "backends": {
+                "torch-vectorized": {**entry, "checks": {n: entry["checks"][n] for n in half}}
+            },
+        }
+        for half in halves
+    ]
+    united = merge_conformance(parts)["backends"]["torch-vectorized"]
+    assert united["checks"] == entry["checks"]
+    assert sum(united["summary"].values()) == len(names)
+    with pytest.raises(SchemaError, match="same checks"):
+        merge_conformance(
+            [parts[0], {**CONFORMANCE_FIXTURE, "backends": {"torch-vectorized": entry}}]
+        )
     # and through the CLI: two files, one matrix
     from specsample.cli import main
 
