@@ -10,7 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
-from specsample.reference_serving import reference_verify_serving, transform_row
+from specsample.reference_serving import (
+    float32_sensitive_requests,
+    reference_verify_serving,
+    transform_row,
+)
 from specsample.serving_layout import padded_to_flat, padded_to_flat_drafts
 
 from .check_stats import ALPHA, _Tests
@@ -77,22 +81,45 @@ def _on(device: torch.device, batch: dict) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def _compare(out, ref, labels: list[str], what: str) -> None:
-    got, want = out.token_ids.cpu(), ref.token_ids.cpu()
-    if not torch.equal(out.status.cpu(), ref.status.cpu()):
-        b = int(torch.nonzero(out.status.cpu() != ref.status.cpu())[0])
+#: at most this fraction of a batch may be excused as float32-sensitive (else the batch, not the
+#: backend, is broken: a check that excuses most requests would prove nothing)
+MAX_SENSITIVE = 0.1
+
+
+def _excused(ids: torch.Tensor, batch: dict, what: str) -> torch.Tensor:
+    """``[B]`` bool: requests whose float64 reference changes when the sampling distributions are
+    rounded to float32 (a float32 backend may emit either answer; see
+    :func:`~specsample.reference_serving.float32_sensitive_requests`)."""
+    sensitive = float32_sensitive_requests(ids, **batch)
+    if int(sensitive.sum()) > MAX_SENSITIVE * len(sensitive):
         raise CheckFailed(
-            f"{what}: request {b} ({labels[b]}) has status {int(out.status[b])}, the reference "
-            f"{int(ref.status[b])}"
+            f"{what}: {int(sensitive.sum())} of {len(sensitive)} requests are float32-sensitive "
+            f"(more than {MAX_SENSITIVE:.0%}): the test batch is degenerate"
         )
-    rows = torch.nonzero((got != want).any(dim=1)).flatten().tolist()
+    return sensitive
+
+
+def _compare(out, ref, labels: list[str], what: str, excused: torch.Tensor | None = None) -> None:
+    """Status and tokens of ``out`` equal the reference's, except in ``excused`` requests."""
+    keep = torch.ones(len(labels), dtype=torch.bool) if excused is None else ~excused
+    got_status, want_status = out.status.cpu(), ref.status.cpu()
+    bad = torch.nonzero((got_status != want_status) & keep).flatten().tolist()
+    if bad:
+        b = bad[0]
+        raise CheckFailed(
+            f"{what}: request {b} ({labels[b]}) has status {int(got_status[b])}, the reference "
+            f"{int(want_status[b])}"
+        )
+    got, want = out.token_ids.cpu(), ref.token_ids.cpu()
+    rows = torch.nonzero((got != want).any(dim=1) & keep).flatten().tolist()
     if rows:
         b = rows[0]
         raise CheckFailed(
             f"{what}: request {b} ({labels[b]}) emitted {got[b].tolist()}, the reference "
             f"{want[b].tolist()} ({len(rows)} requests differ)"
         )
-    if not torch.equal(out.num_emitted.cpu(), ref.num_emitted.cpu()):
+    same = out.num_emitted.cpu()[keep]
+    if not torch.equal(same, ref.num_emitted.cpu()[keep]):
         raise CheckFailed(f"{what}: num_emitted differs from the reference")
 
 
@@ -102,7 +129,7 @@ def serving_exact(target: Target) -> str:
     huge temperature rows equal the float64 reference token for token, padded and flattened."""
     dtype = _require(target)
     shapes = [(4, 64, 11)] + ([(8, 1000, 12), (6, 32000, 13)] if target.full else [])
-    total = 0
+    total = n_excused = 0
     for K, V, seed in shapes:
         batch = mixed_batch(4 if target.full else 2, K, V, seed, dtype)
         labels = batch.pop("labels")
@@ -111,7 +138,8 @@ def serving_exact(target: Target) -> str:
         what = f"B={len(labels)}, K={K}, V={V}, {dtype}"
         out = target.backend.verify_serving(ids.to(target.device), **dev)
         ref = reference_verify_serving(ids, **batch)
-        _compare(out, ref, labels, what)
+        excused = _excused(ids, batch, what)
+        _compare(out, ref, labels, what, excused)
         # The flattened layout gives the same tokens, and flat_token_ids in engine order.
         flat_ids, cu = padded_to_flat_drafts(ids, batch["num_draft_tokens"])
         T, B = flat_ids.shape[0], len(labels)
@@ -124,12 +152,15 @@ def serving_exact(target: Target) -> str:
         out_flat = target.backend.verify_serving_flat(
             flat_ids.to(target.device), cu.to(target.device), max_num_draft_tokens=K, **flat
         )
-        _compare(out_flat, ref, labels, what + ", flattened layout")
-        want = padded_to_flat(ref.token_ids.cpu(), cu, T + B, bonus=True, fill=-1)
+        _compare(out_flat, ref, labels, what + ", flattened layout", excused)
+        # flat_token_ids is the backend's own padded output, laid out in engine order
+        want = padded_to_flat(out_flat.token_ids.cpu(), cu, T + B, bonus=True, fill=-1)
         if not torch.equal(out_flat.flat_token_ids.cpu(), want):
             raise CheckFailed(f"{what}: flat_token_ids is not the padded output in engine order")
         total += B
-    return f"{total} requests of {len(KINDS)} kinds, padded and flattened ({dtype})"
+        n_excused += int(excused.sum())
+    note = f", {n_excused} float32-sensitive excused" if n_excused else ""
+    return f"{total} requests of {len(KINDS)} kinds, padded and flattened ({dtype}){note}"
 
 
 def _seeded_law_batch(temperature, top_k, top_p, n, V, seed):
@@ -231,7 +262,7 @@ def serving_batch_independence(target: Target) -> str:
                 f"{b[j].tolist()} in another batch with the same seed and offset"
             )
     ref = reference_verify_serving(ids, **batch)
-    _compare(first, ref, labels, "seeded batch")
+    _compare(first, ref, labels, "seeded batch", _excused(ids, batch, "seeded batch"))
     return f"{m} requests of {B} kept their tokens in a reordered batch with other neighbours"
 
 

@@ -10,6 +10,7 @@ from specsample import Status, reference_verify
 from specsample.backends._cuda_build import philox_uniform
 from specsample.philox import philox_stream_uniforms
 from specsample.reference_serving import (
+    float32_sensitive_requests,
     reference_verify_serving,
     reference_verify_serving_flat,
     transform_row,
@@ -204,3 +205,28 @@ def test_serving_page_example_runs():
     out = namespace["out"]
     assert out.flat_token_ids.shape == (6,) and out.token_ids.shape == (3, 3)
     assert out.status.tolist() == [0, 0, 0]
+
+
+def test_float32_sensitive_requests_flag_a_residual_below_float32():
+    """T = 1e-3 makes target and draft one-hot on the same token but the target keeps 1e-245 on
+    a second one: a rejected draft's residual is that token in float64 and empty in float32."""
+    V = 8
+    target = torch.full((2, 2, V), -10.0)
+    target[:, 0, 3] = 0.0
+    target[:, 0, 5] = -0.5625  # exp(-562.5) = 1.6e-245 relative to token 3
+    target[:, 1, 2] = 0.0
+    draft = torch.full((2, 1, V), -10.0)
+    draft[:, 0, 3] = 0.0
+    kwargs = {
+        "target_logits": target,
+        "draft_logits": draft,
+        "num_draft_tokens": torch.tensor([1, 1]),
+        "temperature": torch.tensor([1e-3, 1.0]),
+        "top_k": torch.tensor([0, 0]),
+        "top_p": torch.tensor([1.0, 1.0]),
+        "uniforms": torch.tensor([[0.5, 0.5], [0.5, 0.5]]),
+    }
+    ids = torch.tensor([[6], [6]])  # a draft both rows reject
+    exact = reference_verify_serving(ids, **kwargs).token_ids
+    assert exact[0, 0] == 5  # the 1e-245 residual, all of it on token 5
+    assert float32_sensitive_requests(ids, **kwargs).tolist() == [True, False]
