@@ -4,8 +4,9 @@
 - the cheap availability checks (no build, no cupy import);
 - the just-in-time build of the torch extension (``cuda-cpp``), cached in torch's extension
   directory, one build per (sources, GPU architecture);
-- the automatic launch configuration (a Python mirror of ``choose_config`` in
-  ``csrc/verify_torch.cu``: the CuPy backend launches the same kernels the same way);
+- the automatic launch configuration (a Python copy of ``choose_config`` in
+  ``csrc/launch_config.h``, kept equal over a whole grid by ``tests/test_launch_config.py``: the
+  CuPy backend launches the same kernels the same way);
 - a pure-Python Philox4x32-10 giving the uniforms the kernel draws, so tests can check the
   in-kernel random numbers against the float64 reference token for token.
 """
@@ -195,7 +196,7 @@ def build_extension(verbose: bool = False) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Launch configuration (mirror of choose_config in csrc/verify_torch.cu)
+# Launch configuration (copy of choose_config in csrc/launch_config.h; tests/test_launch_config.py)
 # --------------------------------------------------------------------------------------------
 def choose_config(
     B: int, K: int, V: int, greedy: bool, num_sms: int, clusters: bool, elem_bytes: int = 4
@@ -212,7 +213,7 @@ def choose_config(
                 if B > 4:
                     threads = 256
             else:
-                # at most 48 KB of a row per block, clusters of up to 8 (see verify_torch.cu)
+                # at most 48 KB of a row per block, clusters of up to 8 (see launch_config.h)
                 while cluster < 8 and V * elem_bytes > cluster * 49152:
                     cluster *= 2
                 threads = 256 if cluster >= 4 else 512
