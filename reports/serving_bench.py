@@ -1,7 +1,8 @@
 """The ``serving`` benchmark: the whole serving step, from bf16 logits to tokens (docs/serving.md).
 
 Each cell is a realistic mix (about 25 % greedy requests, draft counts drawn from ``0..8``,
-temperature 0.6-1.0, top-p 0.9-0.95, bf16 target and draft logits, per-request seeds) at one
+temperature 0.6-1.0, top-p 0.9-0.95, bf16 target and draft logits, drafts drawn from the draft
+logits so that about 70 % are accepted, per-request seeds) at one
 ``(B, V)``. Every backend claiming ``Capabilities.serving`` is timed through
 ``verify_serving_flat``, next to the ``baseline``: what an engine does today, softmax + top-k/top-p
 filter in PyTorch, then a probabilities-in ``verify`` of the random requests and an argmax of the
@@ -52,10 +53,25 @@ SERVING_PRESETS = {
 }
 
 
-def serving_workload(batch: int, vocab: int, max_k: int, greedy_share: float, seed: int, device):
+#: standard deviation of the noise added to a target row's logits to make the draft's (the target's
+#: logits have standard deviation 2): each draft is accepted with probability about 0.7, as a good
+#: drafter's are
+DRAFT_NOISE = 0.5
+
+
+def serving_workload(
+    batch: int, vocab: int, max_k: int, greedy_share: float, seed: int, device
+) -> dict[str, Any]:
     """One realistic cell in the flattened layout: a dict of ``verify_serving_flat`` arguments
-    (``draft_token_ids`` [T], ``cu_num_draft_tokens`` [B], bf16 ``target_logits`` [T+B, V] and
-    ``draft_logits`` [T, V], per-request parameters and seeds), on ``device``."""
+    (``draft_token_ids`` [T] int64, ``cu_num_draft_tokens`` [B] int64, bf16 ``target_logits``
+    [T+B, V] and ``draft_logits`` [T, V], per-request parameters and seeds), on ``device``.
+
+    The draft logits are the target logits of the same position plus Gaussian noise
+    (:data:`DRAFT_NOISE`), and each draft token is drawn from its draft row as a drafter would: the
+    argmax for greedy requests, a sample at the request's temperature (Gumbel-max) for the others.
+    Acceptance is then realistic (neither every draft rejected, as with uniform ids, nor all
+    accepted): ``tests/test_serving_bench.py`` pins its range.
+    """
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -66,8 +82,15 @@ def serving_workload(batch: int, vocab: int, max_k: int, greedy_share: float, se
     temperature = torch.where(greedy, 0.0, 0.6 + 0.4 * torch.rand(batch, generator=g))
     top_p = 0.9 + 0.05 * torch.rand(batch, generator=g)
     target = torch.randn(T + batch, vocab, generator=g, dtype=torch.float32) * 2.0
-    draft = torch.randn(T, vocab, generator=g) * 2.0
-    ids = torch.randint(0, vocab, (T,), generator=g)
+    # Draft row j belongs to request owner[j]; in the flat layout request b's target rows start
+    # b rows after its draft rows (each earlier request owns one bonus row more).
+    owner = torch.repeat_interleave(torch.arange(batch), counts)
+    draft = target[torch.arange(T) + owner] + DRAFT_NOISE * torch.randn(T, vocab, generator=g)
+    draft = draft.to(torch.bfloat16).float()  # draw from the logits the call receives
+    row_temperature = temperature[owner].clamp_min(1e-6).unsqueeze(1)
+    gumbel = -torch.log(-torch.log(torch.rand(T, vocab, generator=g).clamp_min(1e-20)))
+    sampled = (draft / row_temperature + gumbel).argmax(dim=1)
+    ids = torch.where(greedy[owner], draft.argmax(dim=1), sampled)
     args = {
         "draft_token_ids": ids,
         "cu_num_draft_tokens": cu,
