@@ -136,6 +136,8 @@ def _settings_line(settings: dict[str, Any]) -> str:
         f"device {settings['device']}",
         f"timer {settings.get('timer', '?')}",
     ]
+    if settings.get("repeat", 1) > 1:
+        parts.append(f"times: medians of {settings['repeat']} runs per case")
     return ", ".join(parts)
 
 

@@ -109,6 +109,7 @@ def validate_e2e(doc: Any) -> dict[str, Any]:
     settings.string("timer")
     settings.number("temperature", strict=True, null=False)
     settings.integer("seed")
+    settings.integer("repeat", low=1)
     models = top.sub("models", null=False)
     if models is not None:
         for vocab in models.obj:
