@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import pytest
 from specsample.cli import main
@@ -257,3 +258,15 @@ def test_validator_names_the_field():
         validate_e2e(_with("cases.0.speedup", -1.0))
     with pytest.raises(SchemaError, match="schema must be"):
         detect_kind({"schema": "specsample.e2e/2"})
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="no chromium binary (apt-get install chromium)"
+)
+def test_page_opens_in_headless_chromium(report, tmp_path):
+    from test_report_html import _chromium_run  # noqa: E402  (tests dir is on sys.path)
+
+    _, written, _ = report
+    dom = _chromium_run(shutil.which("chromium"), written["html"], tmp_path, "--dump-dom").stdout
+    assert 'data-images="2"' in dom and 'data-images-failed="0"' in dom, dom[-2000:]
+    assert 'data-overflow-x="false"' in dom, "the page scrolls sideways"
