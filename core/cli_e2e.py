@@ -81,6 +81,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--seed", type=nonnegative_int, default=0, help="prompts, sampling, demo weights"
     )
     g.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="timed runs per case, same seed; every time is the median over them (default 1)",
+    )
+    g.add_argument(
         "--device",
         type=device_name,
         default="auto",
@@ -167,6 +174,7 @@ def main(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         device=device,
+        repeat=args.repeat,
     )
     if args.demo:
         from .decode.demo import demo_pair

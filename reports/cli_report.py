@@ -1,4 +1,5 @@
-"""``specsample report results.json [conformance.json] --out DIR``: render a report folder."""
+"""``specsample report results.json [conformance.json] [e2e.json] --out DIR``: render a report
+folder."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "files",
         nargs="+",
         metavar="FILE",
-        help="benchmark results JSON(s) and/or conformance JSON(s), in any order; several "
-        "results files (a grid split over runs) are merged, and so are conformance files of one "
-        "level (e.g. one run per backend)",
+        help="benchmark results JSON(s), conformance JSON(s) and/or end-to-end JSON(s) "
+        "(specsample e2e --json), in any order; several results files (a grid split over runs) "
+        "are merged, and so are conformance files of one level (e.g. one run per backend); each "
+        "end-to-end file gets its own section",
     )
     parser.add_argument(
         "--out",
@@ -29,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from specsample.cli_options import prepare_output_dir
 
+    from .e2e_schema import validate_e2e
     from .render import render_report
     from .schema import (
         SchemaError,
@@ -42,11 +45,15 @@ def main(args: argparse.Namespace) -> int:
 
     benches = []
     confs = []
+    e2es = []
     for path in args.files:
         doc = load_json(path)
         try:
-            if detect_kind(doc) == "bench":
+            kind = detect_kind(doc)
+            if kind == "bench":
                 benches.append(validate_results(doc))
+            elif kind == "e2e":
+                e2es.append(validate_e2e(doc))
             else:
                 confs.append(validate_conformance(doc))
         except SchemaError as exc:
@@ -54,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
     bench = merge_results(benches) if benches else None
     conf = merge_conformance(confs) if confs else None
     out = prepare_output_dir(args.out, "--out", args.force)
-    written = render_report(bench, conf, out, plots=not args.no_plots)
+    written = render_report(bench, conf, out, plots=not args.no_plots, e2e=e2es)
     for key, path in written.items():
         print(f"{key:16s} {path}")
     return 0

@@ -111,10 +111,13 @@ def render_report(
     out_dir: str | Path,
     plots: bool = True,
     on_figure: Any = None,
+    e2e: list[dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write the report; return ``{"markdown", "html", "csv", "plots_dir", ...}`` paths.
 
-    Either document may be None (a conformance-only or benchmark-only report). The headline
+    Either document may be None (a conformance-only or benchmark-only report). ``e2e``: end-to-end
+    documents (``specsample.e2e/1``), each rendered as an "End to end" section
+    (:mod:`specsample.reports.e2e_report`). The headline
     (figure and table) opens both pages; every section starts with how to read it.
     ``on_figure(figure, file_name)`` is called before each plot is saved (see
     :func:`specsample.reports.plots.render_plots`).
@@ -126,7 +129,12 @@ def render_report(
     written: dict[str, Path] = {}
     md: list[str] = ["# specsample report", ""]
     sections: list[tuple[str, list[tuple[str, str]]]] = []
-    meta = _meta(doc, conf) if doc is not None else [("conformance", str(conf.get("created")))]
+    if doc is not None:
+        meta = _meta(doc, conf)
+    elif conf is not None:
+        meta = [("conformance", str(conf.get("created")))]
+    else:
+        meta = [("end to end", ", ".join(str(d.get("created")) for d in e2e or []))]
     meta_md = ["| | |", "|---|---|"]
     meta_md += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in meta] + [""]
 
@@ -248,11 +256,18 @@ def render_report(
             sections.append((f"{mode} mode", items))
         (out / "results.csv").write_text(T.to_csv(T.flat_rows(doc)), encoding="utf-8")
         written["csv"] = out / "results.csv"
+    e2e_pngs: list[Path] = []
+    if e2e:
+        from .e2e_report import render_e2e
+
+        e2e_md, e2e_sections, e2e_pngs = render_e2e(e2e, out, plots=plots, on_figure=on_figure)
+        md += e2e_md
+        sections += e2e_sections
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     written["markdown"] = out / "report.md"
     page = render_html("specsample report", meta, sections, lead=lead)
     (out / "report.html").write_text(page, encoding="utf-8")
     written["html"] = out / "report.html"
-    if plot_list:
+    if plot_list or e2e_pngs:
         written["plots_dir"] = out / "plots"
     return written

@@ -35,6 +35,7 @@ from specsample.cli_options import UsageError
 
 BENCH_SCHEMA = "specsample.bench/1"
 CONFORMANCE_SCHEMA = "specsample.conformance/1"
+E2E_SCHEMA = "specsample.e2e/1"  # specsample.decode.e2e.SCHEMA; validated in .e2e_schema
 
 CELL_KEY_FIELDS = ("backend", "mode", "dtype", "batch", "k", "vocab", "accept")
 _STATUSES = ("ok", "skipped", "error")
@@ -387,7 +388,7 @@ def load_conformance(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def detect_kind(doc: Any) -> str:
-    """``"bench"`` or ``"conformance"`` from a document's ``schema`` field."""
+    """``"bench"``, ``"conformance"`` or ``"e2e"`` from a document's ``schema`` field."""
     if not isinstance(doc, dict):
         raise SchemaError(f"must be a JSON object with a 'schema' field, got {_show(doc)}")
     schema = doc.get("schema")
@@ -395,8 +396,11 @@ def detect_kind(doc: Any) -> str:
         return "bench"
     if schema == CONFORMANCE_SCHEMA:
         return "conformance"
+    if schema == E2E_SCHEMA:
+        return "e2e"
     raise SchemaError(
-        f'schema must be "{BENCH_SCHEMA}" or "{CONFORMANCE_SCHEMA}", got {_show(schema)}'
+        f'schema must be "{BENCH_SCHEMA}", "{CONFORMANCE_SCHEMA}" or "{E2E_SCHEMA}", '
+        f"got {_show(schema)}"
     )
 
 

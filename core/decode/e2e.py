@@ -19,6 +19,7 @@ import torch
 from .loop import GenerationResult, autoregressive_generate, speculative_generate
 from .model import CausalLM
 from .projection import project
+from .repeat import TimedRuns, timed_runs
 
 SCHEMA = "specsample.e2e/1"
 WARMUP_STEPS = 2
@@ -45,6 +46,8 @@ class E2ESettings:
         temperature: applied to both models' logits.
         seed: prompts and sampling are seeded from it.
         device: where everything runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        repeat: timed runs per case (and per baseline); every time reported is the median over
+            them, phase by phase (:mod:`specsample.decode.repeat`).
     """
 
     num_draft: int = 4
@@ -54,6 +57,13 @@ class E2ESettings:
     temperature: float = 1.0
     seed: int = 0
     device: str = "cpu"
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.repeat, int) and not isinstance(self.repeat, bool)):
+            raise TypeError(f"repeat: expected an integer >= 1, got {self.repeat!r}")
+        if self.repeat < 1:
+            raise ValueError(f"repeat: expected an integer >= 1, got {self.repeat!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +75,7 @@ class E2ESettings:
             "seed": self.seed,
             "device": self.device,
             "timer": "cuda_event" if self.device.startswith("cuda") else "perf_counter",
+            "repeat": self.repeat,
         }
 
 
@@ -106,10 +117,11 @@ def run_case(
     backend_name: str,
     pair: ModelPair,
     prompts: torch.Tensor,
-    baseline: GenerationResult,
+    baseline: TimedRuns,
     settings: E2ESettings,
 ) -> dict[str, Any]:
-    """Run one backend's speculative generation and compare it with ``baseline``.
+    """Run one backend's speculative generation and compare it with ``baseline``, the
+    target-only runs of the same prompts (:func:`run_baseline`).
 
     Returns the case record (``status`` ``ok``, ``unavailable`` or ``error`` with a ``reason``).
     """
@@ -147,20 +159,22 @@ def run_case(
 
     try:
         run(False, WARMUP_STEPS)
-        result = run(True, None)
+        timed = timed_runs(lambda: run(True, None), settings.repeat)
+        result = timed.result
         launches = _launches(backend, result, settings)
     except (ValueError, TypeError, RuntimeError) as exc:
         return {**case, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
     share = verify_share(result)
+    plain = baseline.result
     case.update(
         {
             "baseline": baseline.to_dict(),
-            "speculative": result.to_dict(),
-            "speedup": result.tokens_per_s / baseline.tokens_per_s,
+            "speculative": timed.to_dict(),
+            "speedup": result.tokens_per_s / plain.tokens_per_s,
             "verify_share": share,
             "projection": project(result.tokens_per_s, share),
             "matches_baseline": (
-                bool(torch.equal(result.tokens, baseline.tokens))
+                bool(torch.equal(result.tokens, plain.tokens))
                 if settings.mode == "greedy"
                 else None
             ),
@@ -170,8 +184,9 @@ def run_case(
     return case
 
 
-def run_baseline(pair: ModelPair, prompts: torch.Tensor, settings: E2ESettings) -> GenerationResult:
-    """Target-only decoding of ``prompts`` (after an untimed warm-up)."""
+def run_baseline(pair: ModelPair, prompts: torch.Tensor, settings: E2ESettings) -> TimedRuns:
+    """Target-only decoding of ``prompts`` (after an untimed warm-up), timed
+    ``settings.repeat`` times."""
 
     def run(tokens: int, timed: bool) -> GenerationResult:
         return autoregressive_generate(
@@ -185,7 +200,7 @@ def run_baseline(pair: ModelPair, prompts: torch.Tensor, settings: E2ESettings) 
         )
 
     run(min(settings.max_new_tokens, WARMUP_STEPS), False)
-    return run(settings.max_new_tokens, True)
+    return timed_runs(lambda: run(settings.max_new_tokens, True), settings.repeat)
 
 
 def finite(value: Any) -> Any:

@@ -68,6 +68,8 @@ def render_tables(doc: dict[str, Any], tablefmt: str = "github") -> str:
             f"V={vocab} B={batch} K={settings['k']} mode={settings['mode']} "
             f"tokens={settings['tokens']} device={settings['device']}"
         )
+        if settings.get("repeat", 1) > 1:
+            heading += f" (medians of {settings['repeat']} runs)"
         table = tabulate([case_row(c) for c in cases], HEADERS, tablefmt=tablefmt, floatfmt=".2f")
         parts.append(f"{heading}\n\n{table}")
     return "\n\n".join(parts)
