@@ -27,7 +27,8 @@ its token. Per request:
    in 3) streamed twice, its float64 sum and then the inverse CDF, as the block kernel draws it.
 
 Reads: two full rows per position with children (step 2), two more per rejected node, and the last
-row twice. docs/dev/triton-kernel.md says what a faster version would do.
+row twice (with its draft row when it is a residual). docs/dev/triton-kernel.md says what a faster
+version would do.
 """
 
 from __future__ import annotations
@@ -67,10 +68,14 @@ def _row_tile(
     ``ht`` is positive. Returns ``(current row, draft row)``; with ``LAST`` the first is instead
     the last unnormalized residual (the target row when nothing was rejected)."""
     m = offs < V
-    cur = _f32(tl.load(q_row + offs, mask=m, other=0.0)).to(tl.float64)
-    p = _f32(tl.load(p_row + offs, mask=m, other=0.0)).to(tl.float64)
     mine = rej & (par == a)
     c = tl.min(tl.where(mine, nodes, N_P2), axis=0)
+    cur = _f32(tl.load(q_row + offs, mask=m, other=0.0)).to(tl.float64)
+    if LAST:  # no draft bytes where the row is the target row itself
+        mp = m & ((offs * 0 + c) < N_P2)  # a vector compare (see _triton_tree.py)
+    else:
+        mp = m
+    p = _f32(tl.load(p_row + offs, mask=mp, other=0.0)).to(tl.float64)
     while c < N_P2:
         wj = tl.sum(tl.where(nodes == c, hw, 0.0), axis=0)
         tj = tl.sum(tl.where(nodes == c, ht, 0.0), axis=0)
