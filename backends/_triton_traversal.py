@@ -3,8 +3,9 @@ one launch per ``verify_tree(..., rule="traversal")`` call in random mode.
 
 Imported lazily by :mod:`specsample.backends.triton_backend` (it imports triton). The rule is
 defined by :func:`specsample.reference_traversal.traverse`; this kernel follows it operation for
-operation on every value a decision depends on, in float64. Greedy mode is the token rule's walk
-and is served by the tree kernel (``_triton_tree.py``).
+operation on every value a decision depends on, in float64, except that sums over the vocabulary
+add in tile order. Greedy mode is the token rule's walk and is served by the tree kernel
+(``_triton_tree.py``).
 
 Grid: ``(B,)``, one program per request. The tree lives in registers as vectors over the ``N``
 nodes: tokens, parents, the drafted entries ``Q_a(x_i)`` and ``P_a(x_i)`` (``P_a`` is the draft row
