@@ -2,9 +2,10 @@
 
 The vectorized algorithm (``torch-vectorized``, ``torch-compile``) needs a few ``[B, V]`` float32
 temporaries in random mode (the row the last token is drawn from, the draft row, ``q - p``, the
-residual, the CDF and an int64 position index) and only ``[B, K+1]``-sized ones in greedy mode: see
-docs/memory.md for the formula and the measurements behind it. Inputs that are not contiguous are
-copied first (the size of that input again).
+residual, the CDF and an int64 position index) and only ``[B, K+1]``-sized ones in greedy mode; block verification (``rule="block"``,
+random mode) needs float64 copies of draft rows ``1..K-1`` for the residual masses and a float64
+final row instead: see docs/memory.md for the formulas and the measurements behind them. Inputs
+that are not contiguous are copied first (the size of that input again).
 
 :func:`check_fits` raises :class:`NotEnoughMemory` on CUDA when the free device memory (the driver's
 free memory plus what torch's caching allocator holds unused) is smaller than what a call needs. On
@@ -22,6 +23,12 @@ import torch
 RANDOM_BYTES_PER_ROW_ENTRY = 28
 #: bytes per (request, draft position) of the small ``[B, K+1]`` temporaries (ids, decisions, u, p, q)
 BYTES_PER_DRAFT = 64
+#: ``rule="block"``: bytes per (request, vocabulary entry) of the float64 final row, its residual
+#: and its inverse CDF (measured 40 for float32 inputs, 42 for half precision)
+BLOCK_BYTES_PER_ROW_ENTRY = 48
+#: ``rule="block"``: bytes per (request, draft row 1..K-1, vocabulary entry) of the residual masses
+#: (float64 ``q``, ``p``, ``w q - p`` and its clamp: measured 32 for every input dtype)
+BLOCK_BYTES_PER_DRAFT_ROW_ENTRY = 32
 
 
 class NotEnoughMemory(MemoryError):
@@ -36,6 +43,7 @@ def vectorized_extra_bytes(
     *,
     element_size: int = 4,
     copied_input_bytes: int = 0,
+    rule: str = "token",
 ) -> int:
     """Upper bound of the extra bytes one vectorized call allocates (docs/memory.md).
 
@@ -46,17 +54,29 @@ def vectorized_extra_bytes(
             precision row is gathered in its dtype before it is widened, which the per-entry bound
             already covers.
         copied_input_bytes: bytes of the inputs that are not contiguous (copied first).
+        rule: ``"token"`` or ``"block"`` (``verify(rule=)``); block verification in random mode
+            with ``K >= 1`` has its own row temporaries, greedy mode and ``K = 0`` run the token
+            rule's algorithm.
 
     Returns:
         ``28·B·V + 64·B·(K+1) + copied_input_bytes`` in random mode, ``64·B·(K+1) +
-        copied_input_bytes`` in greedy mode.
+        copied_input_bytes`` in greedy mode; under ``rule="block"`` in random mode with
+        ``K >= 1``, ``32·B·(K-1)·V + 48·B·V + 64·B·(K+1) + copied_input_bytes``.
     """
     if mode not in ("random", "greedy"):
         raise ValueError(f"mode must be 'random' or 'greedy', got {mode!r}")
     if element_size not in (2, 4):
         raise ValueError(f"element_size must be 2 or 4 bytes, got {element_size}")
-    small = BYTES_PER_DRAFT * batch_size * (num_draft + 1)
-    rows = RANDOM_BYTES_PER_ROW_ENTRY * batch_size * vocab_size if mode == "random" else 0
+    if rule not in ("token", "block"):
+        raise ValueError(f"rule must be 'token' or 'block', got {rule!r}")
+    B, K, V = batch_size, num_draft, vocab_size
+    small = BYTES_PER_DRAFT * B * (K + 1)
+    if mode == "greedy":
+        rows = 0
+    elif rule == "block" and K >= 1:
+        rows = BLOCK_BYTES_PER_ROW_ENTRY * B * V + BLOCK_BYTES_PER_DRAFT_ROW_ENTRY * B * (K - 1) * V
+    else:
+        rows = RANDOM_BYTES_PER_ROW_ENTRY * B * V
     return rows + small + copied_input_bytes
 
 
@@ -95,15 +115,18 @@ CHECK_ABOVE_BYTES = 256 * 2**20
 
 def check_vectorized_call(inputs: Any, name: str) -> None:
     """:func:`check_fits` for one call of the vectorized algorithm (torch-vectorized and
-    torch-compile), skipped off CUDA and for calls needing less than :data:`CHECK_ABOVE_BYTES`."""
+    torch-compile; ``inputs`` a :class:`~specsample.contract.VerifyInputs`, its ``rule`` included),
+    skipped off CUDA and for calls needing less than :data:`CHECK_ABOVE_BYTES`."""
     if inputs.device.type != "cuda":
         return
     B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+    rule = inputs.rule
     needed = vectorized_extra_bytes(
-        B, K, V, inputs.mode, element_size=inputs.target_probs.element_size()
+        B, K, V, inputs.mode, element_size=inputs.target_probs.element_size(), rule=rule
     )
     if needed >= CHECK_ABOVE_BYTES:
-        check_fits(inputs.device, needed, f"{name} {inputs.mode} B={B}, K={K}, V={V}")
+        what = f"{name} {inputs.mode}" + (" rule=block" if rule == "block" else "")
+        check_fits(inputs.device, needed, f"{what} B={B}, K={K}, V={V}")
 
 
 def _size(n: int) -> str:

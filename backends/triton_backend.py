@@ -37,7 +37,7 @@ _GPU_CAPS = Capabilities(
     status_flags=True,
     tree_modes=("random", "greedy"),
     tree_sampling=("target_only",),
-    tree_rules=("token",),
+    tree_rules=("token", "traversal"),
     rules=("token", "block"),
 )
 _INTERPRETER_CAPS = Capabilities(
@@ -50,7 +50,7 @@ _INTERPRETER_CAPS = Capabilities(
     status_flags=True,
     tree_modes=("random", "greedy"),
     tree_sampling=("target_only",),
-    tree_rules=("token",),
+    tree_rules=("token", "traversal"),
     rules=("token", "block"),
 )
 
@@ -368,6 +368,12 @@ class TritonBackend(Backend):
         if device.type == "cuda" and torch.cuda.current_device() != device.index:
             with torch.cuda.device(device):  # triton launches on the current device
                 return self._verify_tree(inputs)
+        if inputs.rule == "traversal" and inputs.mode == "random":
+            # Traversal verification: its own kernel (_triton_traversal.py). In greedy mode the
+            # rule is the token rule's walk, which the tree kernel serves.
+            from . import _triton_traversal
+
+            return _triton_traversal.launch_traversal(inputs, self._dummy(torch, device), _split32)
         return _triton_tree.launch_tree(inputs, self._dummy(torch, device), _split32)
 
     @staticmethod
