@@ -188,7 +188,6 @@ def test_interp_serving_generator():
 def test_interp_serving_filter_ties():
     """Tie rules: every token tied with the k-th largest value is kept (``-0.0`` ties ``0.0``),
     every token tied with top-p's least probable kept one too; probabilities with zeros."""
-    V = 12
     row = torch.tensor([2.0, 1.0, 1.0, 0.0, -0.0, 0.0, -1.0, -1.0, -5.0, -math.inf, 1.0, -2.0])
     logits = row.repeat(8, 2, 1)
     ids = torch.tensor([[1], [4], [3], [7], [2], [10], [9], [5]])
