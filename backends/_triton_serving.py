@@ -119,7 +119,8 @@ def _weight(x, top, temp, IS_LOGITS: tl.constexpr):
     else:
         fine = (top > 0.0) & (x > 0.0)
         ratio = tl.where(fine, x, 1.0).to(tl.float64) / tl.where(fine, top, 1.0).to(tl.float64)
-        w = tl.exp(tl.log(ratio) / t64)
+        # T = 1 exactly as the reference's power (q / max q) ** 1: the filters' boundaries hold
+        w = tl.where(t64 == 1.0, ratio, tl.exp(tl.log(ratio) / t64))
     return tl.where(fine, w, 0.0)
 
 

@@ -198,6 +198,7 @@ def test_interp_serving_filter_ties():
         "top_p": torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 0.6, 0.999, 0.7]),
         "uniforms": torch.linspace(0.05, 0.95, 16).reshape(8, 2),
     }
+    kwargs["uniforms"][1, 0] = 0.01  # accepts draft 4 (-0.0) only if it survived top-k = 5
     _exact(ids, kwargs)
     probs = torch.softmax(logits, -1)
     probs[:, :, 3:6] = 0.0
@@ -205,6 +206,17 @@ def test_interp_serving_filter_ties():
     kwargs["target_probs"] = probs
     del kwargs["target_logits"]
     _exact(ids, kwargs)
+    # top-p's boundary hit exactly (temperature 1 keeps probabilities as given): with p = 0.5 the
+    # tokens of 0.125 have 0.5 above them, not < 0.5, so only token 0 survives and every coin
+    # draws it; with p = 0.75 all four are kept (a tie group), not the first two of them.
+    row = torch.tensor([0.5, 0.125, 0.125, 0.0, 0.125, 0.125, 0.0, 0.0])
+    u = torch.linspace(0.0, 0.99, 12).reshape(12, 1)
+    for p, allowed in ((0.5, {0}), (0.75, {0, 1, 2, 4, 5})):
+        out = _exact(
+            torch.zeros(12, 0, dtype=torch.int64),
+            {"target_probs": row.repeat(12, 1, 1), "top_p": torch.full((12,), p), "uniforms": u},
+        )
+        assert set(out.token_ids[:, 0].tolist()) == allowed
 
 
 @INNER
