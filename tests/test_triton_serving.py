@@ -142,7 +142,12 @@ def test_interp_serving_several_tiles():
     kwargs["temperature"] = torch.tensor([0.0, 1.0, 0.8, 1.2])
     kwargs["top_k"] = torch.tensor([0, 0, 9000, 50])
     kwargs["top_p"] = torch.tensor([1.0, 0.95, 0.9, 1.0])
-    _exact(ids, kwargs)
+    # greedy request 0: the maximum tied in three tiles; the argmax is the smallest index
+    kwargs["target_logits"][0, :, [100, 9000, 15000]] = 50.0
+    kwargs["num_draft_tokens"][0] = 2
+    ids[0] = torch.tensor([100, 9000])
+    out = _exact(ids, kwargs)
+    assert out.token_ids[0].tolist() == [100, 100, -1]
 
 
 @INNER
@@ -240,22 +245,26 @@ def test_interp_serving_without_filters_and_flat_layout():
 
 @INNER
 def test_interp_serving_zero_residual_falls_back_to_q():
-    """Draft logits equal to the target's under top-k = 1, drafts off the top token: p'(x) =
-    q'(x) = 0, every coin rejects, the residual is all zero, so the token is drawn from q' (the
-    top token)."""
+    """Draft logits equal to the target's under top-k = 3, drafts outside the top 3: p'(x) =
+    q'(x) = 0, every coin rejects, the residual is all zero, so the token is drawn from q' (one
+    of the top 3, by the last coin)."""
     g = torch.Generator().manual_seed(6)
-    B, K, V = 5, 2, 30
+    B, K, V = 12, 2, 30
     logits = torch.randn(B, K + 1, V, generator=g)
-    ids = (logits[:, :K].argmax(-1) + 1) % V
+    ids = logits[:, :K].argmin(-1)
     kwargs = {
         "target_logits": logits,
         "draft_logits": logits[:, :K].clone(),
-        "top_k": torch.ones(B, dtype=torch.int64),
+        "top_k": torch.full((B,), 3),
         "uniforms": torch.rand(B, K + 1, generator=g),
     }
+    kwargs["uniforms"][:, K] = torch.linspace(0.0, 0.99, B)
     out = _exact(ids, kwargs)
     assert (out.num_emitted == 1).all()
-    assert torch.equal(out.token_ids[:, 0], logits[:, 0].argmax(-1))
+    top3 = logits[:, 0].topk(3).indices
+    assert (top3 == out.token_ids[:, :1]).any(dim=1).all()
+    rank = (top3 == out.token_ids[:, :1]).int().argmax(dim=1)
+    assert len(set(rank.tolist())) > 1  # drawn, not always the same rank
 
 
 @INNER
@@ -328,7 +337,7 @@ def test_compiled_serving_exact(B, K, V, dtype):
 @pytest.mark.gpu(needs=("triton",))
 @pytest.mark.skipif(_interp(), reason="the compiled kernel (not under the interpreter)")
 def test_compiled_serving_one_launch_and_graph_replay():
-    """One kernel launch per serving call (seeds, or a generator); under CUDA graph capture with
+    """One serving-kernel launch per call (seeds, or a generator); under CUDA graph capture with
     seeds the replay repeats the tokens, with the default generator it draws fresh coins."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -346,7 +355,9 @@ def test_compiled_serving_one_launch_and_graph_replay():
             be.verify_serving(ids, **kwargs)
         torch.cuda.synchronize()
     ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    assert len(ops) == 10, sorted({e.name for e in ops})
+    # (the argument checks of verify_serving may add small elementwise kernels of their own)
+    kernels = [e for e in ops if "serving_kernel" in e.name]
+    assert len(kernels) == 10, sorted({e.name for e in ops})
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
