@@ -317,11 +317,10 @@ def serving_kernel(
     elif COINS == 1:
         seed = tl.load(seeds_ptr + rb, mask=rmask, other=0)
         off = tl.load(offsets_ptr + rb, mask=rmask, other=0)
-        u = _uniform_serving(
-            seed.to(tl.uint32)[:, None],
-            (seed >> 32).to(tl.uint32)[:, None],
-            off[:, None] + kr[None, :].to(tl.int64),
-        )
+        n = off[:, None] + kr[None, :].to(tl.int64)  # [R, K_P2] stream positions
+        key_lo = tl.broadcast_to(seed.to(tl.uint32)[:, None], [ROWS, K_P2])
+        key_hi = tl.broadcast_to((seed >> 32).to(tl.uint32)[:, None], [ROWS, K_P2])
+        u = _uniform_serving(key_lo, key_hi, n)
     else:
         if SEED_FROM_PTR:
             s = tl.load(seeds_ptr)

@@ -123,8 +123,16 @@ def test_serving_interpreter_suite():
         (torch.float16, False, "none"),
         (torch.float32, True, "probs"),
         (torch.bfloat16, True, "none"),
+        (torch.float16, True, "logits"),
     ],
-    ids=["f32-logits", "bf16-logits", "f16-no-draft", "f32-probs", "bf16-probs-no-draft"],
+    ids=[
+        "f32-logits",
+        "bf16-logits",
+        "f16-no-draft",
+        "f32-probs",
+        "bf16-probs-no-draft",
+        "f16-probs-draft-logits",
+    ],
 )
 def test_interp_serving_exact(dtype, probs, draft):
     """Mixed batches (greedy and sampling, K_b from 0..K, top-k / top-p) token for token."""
