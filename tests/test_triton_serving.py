@@ -346,7 +346,8 @@ def test_compiled_serving_one_launch_and_graph_replay():
     be = specsample.get_backend("triton")
     ids, kwargs = _batch(64, 4, 32000, seed=1, dtype=torch.bfloat16, device="cuda")
     del kwargs["uniforms"]
-    seeded = dict(kwargs, seeds=torch.arange(64, device="cuda"))
+    zeros = torch.zeros(64, dtype=torch.int64, device="cuda")  # no host copy under capture
+    seeded = dict(kwargs, seeds=torch.arange(64, device="cuda"), offsets=zeros)
     for _ in range(2):
         be.verify_serving(ids, **seeded)
         be.verify_serving(ids, **kwargs)
