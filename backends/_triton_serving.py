@@ -348,16 +348,18 @@ def serving_kernel(
         rows = q_base + k * V
         top = tl.full([ROWS], float("-inf"), tl.float32)
         arg = tl.zeros([ROWS], tl.int64)
+        nan = flags * 0  # a NaN makes the row's maximum NaN in the reference: not "no mass"
         for t in range(0, NT):
             offs = t * BLOCK + ar
             x, m = _load(rows, offs, live, V, TARGET_LOGITS)
             qbad = tl.maximum(qbad, _anyr(m & _is_bad(x, TARGET_LOGITS)))
+            nan = tl.maximum(nan, _anyr(m & (x != x)))
             xs = tl.where(m & (x == x), x, float("-inf"))
             tile_top = tl.max(xs, axis=1)
             first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
             arg = tl.where(tile_top > top, first.to(tl.int64), arg)
             top = tl.maximum(top, tile_top)
-        empty = tl.maximum(empty, tl.where(live & _no_mass(top, TARGET_LOGITS), 1, 0))
+        empty = tl.maximum(empty, tl.where(live & (nan == 0) & _no_mass(top, TARGET_LOGITS), 1, 0))
         tops = _put(tops, k, top, kr)
         amax = _put(amax, k, arg, kr)
         if HAS_DRAFT:

@@ -287,10 +287,10 @@ def test_interp_serving_status():
     (``param_flags``) flag their request."""
     from specsample.serving import validate_serving
 
-    ids, kwargs = _batch(10, 3, 20, seed=8)
-    num = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3])
+    ids, kwargs = _batch(11, 3, 20, seed=8)
+    num = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3])
     kwargs["num_draft_tokens"] = num
-    kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     tl, dl, u = kwargs["target_logits"], kwargs["draft_logits"], kwargs["uniforms"]
     ids[0, 2] = 20  # BAD_DRAFT_ID
     tl[1, 3, 4] = math.nan  # request 1 owns rows 0..1 only: not read
@@ -302,16 +302,18 @@ def test_interp_serving_status():
     tl[7, 0, :5] = -math.inf  # masked tokens are fine
     tl[8, 2, 3] = math.nan  # greedy: every owned target row is read
     u[8, 0] = 2.0  # greedy: coins not read
+    tl[10, 1] = -math.inf
+    tl[10, 1, 7] = math.nan  # a NaN among -inf: a bad value, not a row without mass
     _exact(ids, kwargs)
     inputs = validate_serving(
-        ids, **kwargs, extra_flags=torch.tensor([0] * 9 + [int(specsample.Status.BAD_PARAMETER)])
+        ids, **kwargs, extra_flags=torch.tensor([0] * 9 + [int(specsample.Status.BAD_PARAMETER), 0])
     )
     be = specsample.get_backend("triton")
     out = be._verify_serving(inputs)
     S = specsample.Status
     assert out.status.tolist() == [
         S.BAD_DRAFT_ID, 0, S.BAD_TARGET_VALUE, S.BAD_DRAFT_VALUE, S.BAD_UNIFORM, 0, S.ZERO_ROW,
-        0, S.BAD_TARGET_VALUE, S.BAD_PARAMETER,
+        0, S.BAD_TARGET_VALUE, S.BAD_PARAMETER, S.BAD_TARGET_VALUE,
     ]  # fmt: skip
     flagged = out.status != 0
     assert (out.num_emitted[flagged] == 0).all() and (out.token_ids[flagged] == -1).all()
