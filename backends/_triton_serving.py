@@ -130,8 +130,11 @@ def _load(rows, offs, live, V, IS_LOGITS: tl.constexpr):
     only for ``live`` requests; elsewhere ``-inf`` (logits) or 0 (probabilities), the values that
     carry no weight."""
     m = live[:, None] & (offs < V)[None, :]
-    other = float("-inf") if IS_LOGITS else 0.0
-    return _f32(tl.load(rows[:, None] + offs[None, :], mask=m, other=other)), m
+    if IS_LOGITS:
+        x = tl.load(rows[:, None] + offs[None, :], mask=m, other=float("-inf"))
+    else:
+        x = tl.load(rows[:, None] + offs[None, :], mask=m, other=0.0)
+    return _f32(x), m
 
 
 @triton.jit
