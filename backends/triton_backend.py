@@ -39,6 +39,7 @@ _GPU_CAPS = Capabilities(
     tree_sampling=("target_only",),
     tree_rules=("token", "traversal"),
     rules=("token", "block"),
+    serving=True,
 )
 _INTERPRETER_CAPS = Capabilities(
     devices=("cpu", "cuda"),
@@ -52,6 +53,7 @@ _INTERPRETER_CAPS = Capabilities(
     tree_sampling=("target_only",),
     tree_rules=("token", "traversal"),
     rules=("token", "block"),
+    serving=True,
 )
 
 
@@ -356,6 +358,18 @@ class TritonBackend(Backend):
         )
         self._launch(kern, plan, args, B, V, K, greedy, has_p, has_u, seed_from_ptr, stream)
         return VerifyOutput(tok, num, status)
+
+    def _verify_serving(self, inputs):
+        """The serving entry point: one launch of the serving kernel (``_triton_serving.py``)."""
+        import torch
+
+        from . import _triton_serving
+
+        device = inputs.device
+        if device.type == "cuda" and torch.cuda.current_device() != device.index:
+            with torch.cuda.device(device):  # triton launches on the current device
+                return self._verify_serving(inputs)
+        return _triton_serving.launch_serving(inputs, self._dummy(torch, device), _split32)
 
     def _verify_tree(self, inputs):
         """Greedy and target-only tree verification: one launch of the tree kernel

@@ -1,0 +1,603 @@
+"""The ``triton`` backend's serving kernel (docs/serving.md): one launch per serving call.
+
+Imported only lazily (by :mod:`specsample.backends.triton_backend` on the first serving call),
+because it imports triton. It runs compiled or under the CPU interpreter depending on
+``TRITON_INTERPRET`` when :mod:`specsample.backends._triton_kernels` is imported.
+
+Grid: ``(ceil(B / ROWS),)``; each program serves ``ROWS`` requests in ``[ROWS, BLOCK]`` tiles
+(:func:`specsample.backends._triton_block.block_config`). Logits or probabilities are read in
+their dtype and widened to float32; no probability row is ever written. Per request:
+
+1. the draft ids, the parameters and the coins (explicit ``uniforms``; the request's own Philox
+   stream from ``seeds`` / ``offsets``, word ``n % 4`` of counter ``n // 4``, as
+   :func:`specsample.philox.philox_stream_uniforms`; or a generator's key, drawn as the token
+   kernel draws);
+2. a check pass over every owned row: the bad-value and no-mass checks of the status, and each
+   target row's maximum and argmax (ties to the smallest id);
+3. greedy requests: accepted while the draft equals the argmax; the last token is the argmax of
+   the stopping row;
+4. sampling requests, row after row until the first rejection: :func:`_row_params` finds the
+   row's filter thresholds and normaliser (see there), the accept test ``u * p'(x) < q'(x)`` runs
+   on the two values at the draft id;
+5. the last row (the rejecting one, or the bonus row), streamed twice: the residual's sum
+   ``max(0, q' - p')`` (``q'`` when it is all zero), then the inverse CDF with the request's last
+   coin, found tile by tile.
+
+Filters are thresholds on the raw value's *ordered key* (the float32 bit pattern mapped to an
+int32 that sorts as the value): the weight ``w = exp((x - max) / T)`` (logits) or
+``(x / max) ** (1 / T)`` (probabilities) increases with ``x``, so "the k-th largest value" and
+"the least probable token top-p keeps" are both keys, found by bisection over the key range with
+one counting (top-k) or summing (top-p) pass per step. Weights and sums are float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from ._triton_kernels import _f32
+
+# status bits (specsample.Status; docs/serving.md, "Status")
+_BAD_ID = tl.constexpr(1)
+_BAD_TARGET = tl.constexpr(2)
+_BAD_DRAFT = tl.constexpr(4)
+_BAD_UNIFORM = tl.constexpr(8)
+_ZERO_ROW = tl.constexpr(16)
+_FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
+_KEY_MIN = tl.constexpr(-2147483648)  # below every value's key: "keep everything"
+
+# coin sources (the COINS constexpr)
+COINS_UNIFORMS = 0  # explicit [B, K+1] float32
+COINS_SEEDS = 1  # per-request seeds / offsets, the serving Philox stream
+COINS_KEY = 2  # one generator key: the token kernel's stream, counter offset + b * (K+1) + i
+
+
+@triton.jit
+def _anyr(cond):
+    """Per request (axis 1): 1 (int32) where any element of the row of ``cond`` is true."""
+    return tl.max(tl.where(cond, 1, 0), axis=1)
+
+
+@triton.jit
+def _col(x, k, kr):
+    """Column ``k`` of the ``[ROWS, K_P2]`` block ``x`` (indexed by ``kr``) as a ``[ROWS]`` vector."""
+    return tl.sum(tl.where(kr[None, :] == k, x, 0), axis=1)
+
+
+@triton.jit
+def _at(x, idx, kr):
+    """``x[r, idx[r]]`` for each request ``r`` of the ``[ROWS, K_P2]`` block ``x``."""
+    return tl.sum(tl.where(kr[None, :] == idx[:, None], x, 0), axis=1)
+
+
+@triton.jit
+def _put(x, k, v, kr):
+    """``x`` with column ``k`` replaced by the ``[ROWS]`` vector ``v``."""
+    return tl.where(kr[None, :] == k, v[:, None], x)
+
+
+@triton.jit
+def _key(x):
+    """The ordered int32 key of float32 values (not NaN): ``a < b`` iff ``key(a) < key(b)``;
+    ``-0.0`` and ``0.0`` share key 0."""
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return tl.where(x == 0.0, 0, key)
+
+
+@triton.jit
+def _is_bad(x, IS_LOGITS: tl.constexpr):
+    """Elementwise (float32): a value the status flags. Logits: NaN or ``+inf`` (``-inf`` masks a
+    token). Probabilities: NaN, infinite or negative (``-0.0`` is fine)."""
+    if IS_LOGITS:
+        return (x != x) | (x > _FMAX)
+    else:
+        return (x != x) | (x < 0.0) | (x > _FMAX)
+
+
+@triton.jit
+def _no_mass(top, IS_LOGITS: tl.constexpr):
+    """``[ROWS]``: the row maximum ``top`` leaves no positive weight."""
+    if IS_LOGITS:
+        return top == float("-inf")
+    else:
+        return top <= 0.0
+
+
+@triton.jit
+def _weight(x, top, temp, IS_LOGITS: tl.constexpr):
+    """Float64 weights of the float32 values ``x``, given the row maximum ``top`` (float32) and the
+    temperature ``temp`` (``> 0``), both broadcastable to ``x``: ``exp((x - top) / T)`` for logits,
+    ``(x / top) ** (1 / T)`` for probabilities; 0 where ``x`` or the whole row has no mass."""
+    t64 = temp.to(tl.float64)
+    if IS_LOGITS:
+        fine = (top > float("-inf")) & (x > float("-inf"))
+        shift = tl.where(fine, x, 0.0).to(tl.float64) - tl.where(fine, top, 0.0).to(tl.float64)
+        w = tl.exp(shift / t64)
+    else:
+        fine = (top > 0.0) & (x > 0.0)
+        ratio = tl.where(fine, x, 1.0).to(tl.float64) / tl.where(fine, top, 1.0).to(tl.float64)
+        # T = 1 exactly as the reference's power (q / max q) ** 1: the filters' boundaries hold
+        w = tl.where(t64 == 1.0, ratio, tl.exp(tl.log(ratio) / t64))
+    return tl.where(fine, w, 0.0)
+
+
+@triton.jit
+def _load(rows, offs, live, V, IS_LOGITS: tl.constexpr):
+    """One ``[ROWS, BLOCK]`` float32 tile of the rows starting at ``rows`` ``[ROWS]`` (pointers),
+    only for ``live`` requests; elsewhere ``-inf`` (logits) or 0 (probabilities), the values that
+    carry no weight."""
+    m = live[:, None] & (offs < V)[None, :]
+    if IS_LOGITS:
+        x = tl.load(rows[:, None] + offs[None, :], mask=m, other=float("-inf"))
+    else:
+        x = tl.load(rows[:, None] + offs[None, :], mask=m, other=0.0)
+    return _f32(x), m
+
+
+@triton.jit
+def _row_params(
+    rows,
+    live,
+    top,
+    temp,
+    top_k,
+    top_p,
+    V,
+    IS_LOGITS: tl.constexpr,
+    USE_TOP_K: tl.constexpr,
+    USE_TOP_P: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The sampling distribution of one row per request (``transform_row``), as ``(cut, z)``:
+    token ``j`` has probability ``w_j / z`` where ``key(x_j) >= cut``, else 0.
+
+    ``rows`` ``[ROWS]`` row pointers, ``live`` which requests need the row, ``top`` its maximum
+    (float32), ``temp`` / ``top_p`` float32 and ``top_k`` int64 ``[ROWS]``.
+
+    - top-k: ``cut_k`` is the key of the k-th largest value, the largest key ``t`` with
+      ``#{key >= t} >= k`` (ties at the boundary all kept);
+    - top-p: with ``Z`` the weight the top-k set keeps, ``cut_p`` is the smallest key ``t`` with
+      ``sum{w_j : key_j > t, key_j >= cut_k} < p * Z``: a token is kept iff the tokens strictly
+      more probable than it hold less than ``p`` (tokens tied with the last kept one kept too);
+    - ``z``: the weight of the kept set.
+    """
+    ar = tl.arange(0, BLOCK)
+    NT = tl.cdiv(V, BLOCK)
+    top2 = top[:, None]
+    temp2 = temp[:, None]
+    hi_key = _key(top).to(tl.int64)
+    cut = tl.full(top.shape, _KEY_MIN, tl.int64)
+    if USE_TOP_K:
+        active = live & (top_k > 0) & (top_k < V)
+        lo = tl.full(top.shape, _KEY_MIN, tl.int64)  # #{key >= lo} = V >= k
+        hi = hi_key + 1  # #{key >= hi} = 0 < k
+        go = active & (hi - lo > 1)
+        while tl.max(go.to(tl.int32), axis=0) > 0:
+            mid = (lo + hi) >> 1
+            count = tl.zeros(top.shape, tl.int64)
+            for t in range(0, NT):
+                offs = t * BLOCK + ar
+                x, m = _load(rows, offs, go, V, IS_LOGITS)
+                count += tl.sum(tl.where(m & (_key(x).to(tl.int64) >= mid[:, None]), 1, 0), axis=1)
+            enough = count >= top_k
+            lo = tl.where(go & enough, mid, lo)
+            hi = tl.where(go & ~enough, mid, hi)
+            go = active & (hi - lo > 1)
+        cut = tl.where(active, lo, cut)
+    z = tl.zeros(top.shape, tl.float64)
+    for t in range(0, NT):
+        offs = t * BLOCK + ar
+        x, m = _load(rows, offs, live, V, IS_LOGITS)
+        keep = m & (_key(x).to(tl.int64) >= cut[:, None])
+        z += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
+    if USE_TOP_P:
+        active = live & (top_p < 1.0)
+        goal = top_p.to(tl.float64) * z
+        lo = cut - 1  # the mass above lo is z: not < p * z
+        hi = hi_key  # nothing lies above the maximum: 0 < p * z
+        go = active & (hi - lo > 1)
+        while tl.max(go.to(tl.int32), axis=0) > 0:
+            mid = (lo + hi) >> 1
+            above = tl.zeros(top.shape, tl.float64)
+            for t in range(0, NT):
+                offs = t * BLOCK + ar
+                x, m = _load(rows, offs, go, V, IS_LOGITS)
+                kx = _key(x).to(tl.int64)
+                sel = m & (kx > mid[:, None]) & (kx >= cut[:, None])
+                above += tl.sum(tl.where(sel, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
+            small = above < goal
+            hi = tl.where(go & small, mid, hi)
+            lo = tl.where(go & ~small, mid, lo)
+            go = active & (hi - lo > 1)
+        cut_p = tl.where(active, hi, cut)
+        moved = active & (cut_p != cut)
+        cut = cut_p
+        if tl.max(moved.to(tl.int32), axis=0) > 0:
+            z2 = tl.zeros(top.shape, tl.float64)
+            for t in range(0, NT):
+                offs = t * BLOCK + ar
+                x, m = _load(rows, offs, moved, V, IS_LOGITS)
+                keep = m & (_key(x).to(tl.int64) >= cut[:, None])
+                z2 += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
+            z = tl.where(moved, z2, z)
+    return cut, z
+
+
+@triton.jit
+def _prob(x, top, temp, cut, z, IS_LOGITS: tl.constexpr):
+    """Float64 probabilities ``w / z`` of the float32 values ``x`` (0 below ``cut``); ``top``,
+    ``temp``, ``cut`` and ``z`` broadcastable to ``x``."""
+    w = _weight(x, top, temp, IS_LOGITS)
+    keep = (_key(x).to(tl.int64) >= cut) & (z > 0)
+    return tl.where(keep, w / tl.where(z > 0, z, 1.0), 0.0)
+
+
+@triton.jit
+def _uniform_serving(key_lo, key_hi, n):
+    """Number ``n`` (int64 tensor) of the serving Philox stream: word ``n % 4`` of
+    Philox-4x32-10(counter ``n // 4``, subsequence 0) -> float32 in [0, 1)."""
+    ctr = n >> 2
+    c0 = ctr.to(tl.uint32)
+    c1 = (ctr >> 32).to(tl.uint32)
+    zero = c0 * 0
+    r0, r1, r2, r3 = tl.philox_impl(c0, c1, zero, zero, key_lo, key_hi)
+    lane = n & 3
+    r = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def _uniform_token(key_lo, key_hi, ctr):
+    """The token kernel's stream: word 0 of Philox-4x32-10(counter ``ctr``) -> float32 in [0, 1)."""
+    c0 = ctr.to(tl.uint32)
+    c1 = (ctr >> 32).to(tl.uint32)
+    zero = c0 * 0
+    r, _, _, _ = tl.philox_impl(c0, c1, zero, zero, key_lo, key_hi)
+    return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+def serving_kernel(
+    ids_ptr,  # [B, K] int32/int64 (unused when K = 0)
+    num_draft_ptr,  # [B] int64 draft counts in [0, K]
+    q_ptr,  # [B, K+1, V] target logits or probabilities
+    d_ptr,  # [B, K, V] draft logits or probabilities (unused when not HAS_DRAFT)
+    temp_ptr,  # [B] float32 (0 = greedy)
+    top_k_ptr,  # [B] int64 (0 = off)
+    top_p_ptr,  # [B] float32 (1 = off)
+    pflags_ptr,  # [B] int32 status bits found by validation (BAD_PARAMETER)
+    u_ptr,  # [B, K+1] float32 (COINS_UNIFORMS)
+    seeds_ptr,  # [B] int64 (COINS_SEEDS); [1] int64 key (COINS_KEY with SEED_FROM_PTR)
+    offsets_ptr,  # [B] int64 (COINS_SEEDS)
+    tok_ptr,  # [B, K+1] int64 out
+    num_ptr,  # [B] int64 out
+    st_ptr,  # [B] int32 out
+    seed_lo,
+    seed_hi,
+    off_lo,
+    off_hi,  # COINS_KEY: key and base counter as 32-bit halves (signed int32 bit patterns)
+    B,
+    V,
+    K,
+    K_P2: tl.constexpr,  # power of two > K
+    ROWS: tl.constexpr,  # requests per program
+    BLOCK: tl.constexpr,
+    TARGET_LOGITS: tl.constexpr,
+    HAS_DRAFT: tl.constexpr,
+    DRAFT_LOGITS: tl.constexpr,
+    USE_TOP_K: tl.constexpr,
+    USE_TOP_P: tl.constexpr,
+    COINS: tl.constexpr,
+    SEED_FROM_PTR: tl.constexpr,
+):
+    rb = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)  # [R] requests
+    rmask = rb < B
+    kr = tl.arange(0, K_P2)
+    ar = tl.arange(0, BLOCK)
+    NT = tl.cdiv(V, BLOCK)
+
+    # Step 1: parameters, ids, coins.
+    nd = tl.load(num_draft_ptr + rb, mask=rmask, other=0).to(tl.int64)
+    temp = tl.load(temp_ptr + rb, mask=rmask, other=1.0)
+    top_k = tl.load(top_k_ptr + rb, mask=rmask, other=0).to(tl.int64)
+    top_p = tl.load(top_p_ptr + rb, mask=rmask, other=1.0)
+    flags = tl.load(pflags_ptr + rb, mask=rmask, other=0)
+    greedy = temp == 0.0
+    rand = ~greedy
+    temp = tl.where(rand & (temp > 0.0), temp, 1.0)  # the filters run for sampling requests only
+    owned = rmask[:, None] & (kr[None, :] < nd[:, None])  # [R, K_P2] drafts
+    ids = tl.load(ids_ptr + rb[:, None] * K + kr[None, :], mask=owned, other=0).to(tl.int64)
+    flags = flags | tl.where(_anyr(owned & ((ids < 0) | (ids >= V))) > 0, _BAD_ID, 0)
+    ids = tl.where(owned & (ids >= 0) & (ids < V), ids, 0)
+    umask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] coins 0..K_b
+    if COINS == 0:
+        u = tl.load(u_ptr + rb[:, None] * (K + 1) + kr[None, :], mask=umask, other=0.0)
+        u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
+        flags = flags | tl.where(rand & (_anyr(umask & u_bad) > 0), _BAD_UNIFORM, 0)
+    elif COINS == 1:
+        seed = tl.load(seeds_ptr + rb, mask=rmask, other=0)
+        off = tl.load(offsets_ptr + rb, mask=rmask, other=0)
+        n = off[:, None] + kr[None, :].to(tl.int64)  # [R, K_P2] stream positions
+        key_lo = tl.broadcast_to(seed.to(tl.uint32)[:, None], [ROWS, K_P2])
+        key_hi = tl.broadcast_to((seed >> 32).to(tl.uint32)[:, None], [ROWS, K_P2])
+        u = _uniform_serving(key_lo, key_hi, n)
+    else:
+        if SEED_FROM_PTR:
+            s = tl.load(seeds_ptr)
+            key_lo = s.to(tl.uint32)
+            key_hi = (s >> 32).to(tl.uint32)
+            base = s * 0
+        else:
+            key_lo = seed_lo.to(tl.uint32, bitcast=True)
+            key_hi = seed_hi.to(tl.uint32, bitcast=True)
+            base = (off_hi.to(tl.int64) << 32) | off_lo.to(tl.uint32, bitcast=True).to(tl.int64)
+        u = _uniform_token(key_lo, key_hi, base + rb[:, None] * (K + 1) + kr[None, :])
+    u64 = u.to(tl.float64)
+
+    # Step 2: every owned row once: bad values, no mass, and each target row's max and argmax.
+    q_base = q_ptr + rb * (K + 1) * V
+    d_base = d_ptr + rb * K * V
+    tops = tl.zeros([ROWS, K_P2], tl.float32)
+    dtops = tl.zeros([ROWS, K_P2], tl.float32)
+    amax = tl.zeros([ROWS, K_P2], tl.int64)
+    qbad = flags * 0
+    dbad = flags * 0
+    empty = flags * 0
+    for k in range(0, K + 1):
+        live = rmask & (k <= nd)
+        rows = q_base + k * V
+        top = tl.full([ROWS], float("-inf"), tl.float32)
+        arg = tl.zeros([ROWS], tl.int64)
+        nan = flags * 0  # a NaN makes the row's maximum NaN in the reference: not "no mass"
+        for t in range(0, NT):
+            offs = t * BLOCK + ar
+            x, m = _load(rows, offs, live, V, TARGET_LOGITS)
+            qbad = tl.maximum(qbad, _anyr(m & _is_bad(x, TARGET_LOGITS)))
+            nan = tl.maximum(nan, _anyr(m & (x != x)))
+            xs = tl.where(m & (x == x), x, float("-inf"))
+            tile_top = tl.max(xs, axis=1)
+            first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
+            arg = tl.where(tile_top > top, first.to(tl.int64), arg)
+            top = tl.maximum(top, tile_top)
+        empty = tl.maximum(empty, tl.where(live & (nan == 0) & _no_mass(top, TARGET_LOGITS), 1, 0))
+        tops = _put(tops, k, top, kr)
+        amax = _put(amax, k, arg, kr)
+        if HAS_DRAFT:
+            dlive = rmask & rand & (k < nd)
+            drows = d_base + k * V
+            dtop = tl.full([ROWS], float("-inf"), tl.float32)
+            for t in range(0, NT):
+                offs = t * BLOCK + ar
+                x, m = _load(drows, offs, dlive, V, DRAFT_LOGITS)
+                dbad = tl.maximum(dbad, _anyr(m & _is_bad(x, DRAFT_LOGITS)))
+                dtop = tl.maximum(dtop, tl.max(tl.where(m & (x == x), x, float("-inf")), axis=1))
+            dtops = _put(dtops, k, dtop, kr)
+    flags = flags | tl.where(qbad > 0, _BAD_TARGET, 0)
+    flags = flags | tl.where(rand & (dbad > 0), _BAD_DRAFT, 0)
+    flags = flags | tl.where(rand & (empty > 0), _ZERO_ROW, 0)
+    ok = rmask & (flags == 0)
+
+    # Step 3, greedy: accepted while the draft is the argmax.
+    mismatch = owned & (ids != amax)
+    stop = tl.min(tl.where(mismatch, kr[None, :].to(tl.int64), nd[:, None]), axis=1)
+    greedy_last = _at(amax, stop, kr)
+
+    # Step 4, sampling: row after row until the first rejection; the distribution of each row
+    # read (target and draft) kept as (cut, z) per position.
+    cuts = tl.zeros([ROWS, K_P2], tl.int64)
+    zs = tl.zeros([ROWS, K_P2], tl.float64)
+    dcuts = tl.zeros([ROWS, K_P2], tl.int64)
+    dzs = tl.zeros([ROWS, K_P2], tl.float64)
+    n_acc = nd
+    still = ok & rand
+    for k in range(0, K + 1):
+        need = still & (k <= nd)
+        top = _col(tops, k, kr)
+        cut, z = _row_params(
+            q_base + k * V, need, top, temp, top_k, top_p, V,
+            TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK,
+        )  # fmt: skip
+        cuts = _put(cuts, k, cut, kr)
+        zs = _put(zs, k, z, kr)
+        decide = need & (k < nd)
+        x_k = _col(ids, k, kr)
+        qv = _f32(tl.load(q_base + k * V + x_k, mask=decide, other=0.0))
+        q_at = _prob(qv, top, temp, cut, z, TARGET_LOGITS)
+        if HAS_DRAFT:
+            dv = _f32(tl.load(d_base + k * V + x_k, mask=decide, other=0.0))
+            if DRAFT_LOGITS:
+                dtop = _col(dtops, k, kr)
+                dcut, dz = _row_params(
+                    d_base + k * V, decide, dtop, temp, top_k, top_p, V,
+                    True, USE_TOP_K, USE_TOP_P, BLOCK,
+                )  # fmt: skip
+                dcuts = _put(dcuts, k, dcut, kr)
+                dzs = _put(dzs, k, dz, kr)
+                p_at = _prob(dv, dtop, temp, dcut, dz, True)
+            else:
+                p_at = dv.to(tl.float64)
+        else:
+            p_at = tl.full([ROWS], 1.0, tl.float64)
+        reject = decide & ~(_col(u64, k, kr) * p_at < q_at)
+        n_acc = tl.where(reject, k, n_acc)
+        still = still & ~reject
+
+    # Step 5: the last row: the residual max(0, q' - p') of the rejecting row (q' when that is all
+    # zero), or the bonus row q'.
+    live = ok & rand
+    tau = n_acc
+    res = live & (tau < nd)
+    q_rows = q_base + tau * V
+    d_rows = d_base + tl.minimum(tau, K - 1) * V
+    top = _at(tops, tau, kr)[:, None]
+    cut = _at(cuts, tau, kr)[:, None]
+    z = _at(zs, tau, kr)[:, None]
+    dtop = _at(dtops, tau, kr)[:, None]
+    dcut = _at(dcuts, tau, kr)[:, None]
+    dz = _at(dzs, tau, kr)[:, None]
+    x_tau = _at(ids, tau, kr)
+    t64 = temp.to(tl.float64)[:, None]
+    u_last = _at(u64, nd, kr)
+
+    total = tl.zeros([ROWS], tl.float64)
+    for t in range(0, NT):
+        offs = t * BLOCK + ar
+        r = _last_tile(
+            q_rows, d_rows, offs, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+        )  # fmt: skip
+        total += tl.sum(r, axis=1)
+    res = res & (total > 0)  # an empty residual falls back to q'
+    refill = live & (tau < nd) & ~res
+    if tl.max(refill.to(tl.int32), axis=0) > 0:
+        total = tl.where(refill, 0.0, total)
+        for t in range(0, NT):
+            offs = t * BLOCK + ar
+            r = _last_tile(
+                q_rows, d_rows, offs, V, refill, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+            )  # fmt: skip
+            total += tl.sum(r, axis=1)
+
+    # The inverse CDF: the smallest j with cumsum(r)[j] > u * sum(r), never a zero-weight token;
+    # a threshold rounded past the row's end takes the last positive token.
+    thr = u_last * total
+    token = tl.zeros([ROWS], tl.int64)
+    last_pos = tl.zeros([ROWS], tl.int64)
+    todo = live
+    running = tl.zeros([ROWS], tl.float64)
+    for t in range(0, NT):
+        offs = t * BLOCK + ar
+        r = _last_tile(
+            q_rows, d_rows, offs, V, todo, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+        )  # fmt: skip
+        pos = r > 0
+        last_pos = tl.where(
+            todo & (_anyr(pos) > 0), tl.max(tl.where(pos, offs[None, :], 0), axis=1), last_pos
+        )
+        csum = running[:, None] + tl.cumsum(r, axis=1)
+        crossing = pos & (csum > thr[:, None])
+        cross = todo & (_anyr(crossing) > 0)
+        j = tl.min(tl.where(crossing, offs[None, :], 2147483647), axis=1)
+        token = tl.where(cross, j.to(tl.int64), token)
+        todo = todo & ~cross
+        running += tl.sum(r, axis=1)
+    token = tl.where(todo, last_pos, token)
+
+    # Outputs; a flagged request gets all -1, 0 emitted and its status bits.
+    n_out = tl.where(greedy, stop, n_acc)
+    last = tl.where(greedy, greedy_last, token)
+    row = tl.where(kr[None, :] < n_out[:, None], ids, -1)
+    row = tl.where(kr[None, :] == n_out[:, None], last[:, None], row)
+    row = tl.where(ok[:, None], row, -1)
+    kmask = rmask[:, None] & (kr[None, :] <= K)
+    tl.store(tok_ptr + rb[:, None] * (K + 1) + kr[None, :], row, mask=kmask)
+    tl.store(num_ptr + rb, tl.where(ok, n_out + 1, 0).to(tl.int64), mask=rmask)
+    tl.store(st_ptr + rb, flags.to(tl.int32), mask=rmask)
+
+
+@triton.jit
+def _last_tile(
+    q_rows,
+    d_rows,
+    offs,
+    V,
+    live,
+    res,
+    top,
+    cut,
+    z,
+    dtop,
+    dcut,
+    dz,
+    x_tau,
+    t64,
+    TARGET_LOGITS: tl.constexpr,
+    HAS_DRAFT: tl.constexpr,
+    DRAFT_LOGITS: tl.constexpr,
+):
+    """One ``[ROWS, BLOCK]`` float64 tile of the last row's weights: ``max(0, q' - p')`` where
+    ``res``, else ``q'``; 0 past the row's end and for requests not ``live`` (no bytes read)."""
+    x, m = _load(q_rows, offs, live, V, TARGET_LOGITS)
+    q = tl.where(m, _prob(x, top, t64, cut, z, TARGET_LOGITS), 0.0)
+    if HAS_DRAFT:
+        dx, _ = _load(d_rows, offs, live & res, V, DRAFT_LOGITS)
+        if DRAFT_LOGITS:
+            p = _prob(dx, dtop, t64, dcut, dz, True)
+        else:
+            p = dx.to(tl.float64)
+    else:
+        p = tl.where(offs[None, :] == x_tau[:, None], 1.0, 0.0).to(tl.float64)
+    r = tl.where(res[:, None], tl.maximum(q - p, 0.0), q)
+    return tl.where(m, r, 0.0)
+
+
+INTERPRET = type(serving_kernel).__name__ == "InterpretedFunction"
+
+
+def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
+    """Run :func:`serving_kernel` on validated :class:`specsample.serving.ServingInputs` (B > 0) on
+    the current device; return the :class:`specsample.serving.ServingOutput`.
+
+    ``dummy`` is a one-element int64 tensor on the device standing in for unused pointers;
+    ``split32`` turns a 64-bit value into ``(low, high)`` signed 32-bit halves.
+    """
+    import torch
+    from specsample.serving import ServingOutput
+
+    from ._triton_block import block_config
+    from .triton_backend import philox_key
+
+    B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+    device = inputs.device
+    tok = torch.empty((B, K + 1), dtype=torch.int64, device=device)
+    num = torch.empty((B,), dtype=torch.int64, device=device)
+    status = torch.empty((B,), dtype=torch.int32, device=device)
+    seeds, offsets, uniforms = dummy, dummy, dummy
+    key, from_ptr, seed, offset = dummy, False, 0, 0
+    if inputs.uniforms is not None:
+        coins, uniforms = COINS_UNIFORMS, inputs.uniforms
+    elif inputs.seeds is not None:
+        coins, seeds, offsets = COINS_SEEDS, inputs.seeds, inputs.offsets
+    else:
+        coins = COINS_KEY
+        key, from_ptr, seed, offset = philox_key(inputs.generator, device, B * (K + 1), dummy)
+        seeds = key
+    block, rows, warps = block_config(B, V, INTERPRET)
+    serving_kernel[(-(-B // rows),)](
+        inputs.draft_token_ids if K > 0 else dummy,
+        inputs.num_draft_tokens,
+        inputs.target,
+        inputs.draft if inputs.draft is not None else dummy,
+        inputs.temperature,
+        inputs.top_k,
+        inputs.top_p,
+        inputs.param_flags,
+        uniforms,
+        seeds,
+        offsets,
+        tok,
+        num,
+        status,
+        *split32(seed),
+        *split32(offset),
+        B,
+        V,
+        K,
+        K_P2=1 << K.bit_length(),
+        ROWS=rows,
+        BLOCK=block,
+        TARGET_LOGITS=inputs.target_is_logits,
+        HAS_DRAFT=inputs.draft is not None,
+        DRAFT_LOGITS=inputs.draft_is_logits,
+        USE_TOP_K=inputs.uses_top_k,
+        USE_TOP_P=inputs.uses_top_p,
+        COINS=coins,
+        SEED_FROM_PTR=from_ptr,
+        num_warps=warps,
+    )
+    return ServingOutput(tok, num, status)
