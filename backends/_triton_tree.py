@@ -243,7 +243,7 @@ def tree_kernel(
             0,
         )
         if HAS_P:  # node i's drafted entry in its first sibling's draft row
-            fs = _rrs.first_siblings(par, real, nodes, n, N_P2)
+            fs = _rrs.first_siblings(par, real, nodes, N_P2)
             px = _f32(tl.load(p_ptr + (b64 * N + fs) * V + tok, mask=live, other=1.0))
             pbad = tl.max(tl.where(live & ((px != px) | (px < 0.0) | (px > _FMAX)), 1, 0), axis=0)
             vflags = vflags | tl.where(pbad > 0, _BAD_DRAFT, 0)

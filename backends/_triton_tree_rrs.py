@@ -40,15 +40,11 @@ _OVERFLOW = tl.constexpr(32)
 
 
 @triton.jit
-def first_siblings(par, real, nodes, n, N_P2: tl.constexpr):
-    """``[N_P2]`` int32: for every real node, the first real node with the same parent (the node
-    whose draft row the siblings share); ``N_P2`` elsewhere."""
-    fs = tl.full([N_P2], N_P2, tl.int32)
-    for i in range(0, n):
-        pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
-        f = tl.min(tl.where(real & (par == pi), nodes, N_P2), axis=0)
-        fs = tl.where(nodes == i, f, fs)
-    return fs
+def first_siblings(par, real, nodes, N_P2: tl.constexpr):
+    """``[N_P2]`` int32: for every node, the first real node with its parent (the node whose
+    draft row the siblings share; ``N_P2`` when there is none): one ``[N_P2, N_P2]`` compare."""
+    same = (par[:, None] == par[None, :]) & real[None, :]
+    return tl.min(tl.where(same, nodes[None, :], N_P2), axis=1)
 
 
 @triton.jit
