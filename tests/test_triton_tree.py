@@ -357,12 +357,13 @@ def test_gpu_graph_replays_draw_fresh_coins():
 @pytest.mark.parametrize(("B", "N", "V", "kind"), [(16, 8, 37, "star"), (8, 64, 128256, "random")])
 def test_gpu_draft_probs_trees(sampling, B, N, V, kind):
     """The compiled kernel with draft probabilities (siblings tried in turn, one and many tiles)
-    against the reference: status and path exactly, the last token exactly here too."""
+    against the reference: status and path exactly, the last token up to proven near-ties (the
+    conformance comparison: at V = 128256 float32 tile sums can move a CDF boundary)."""
+    from specsample.conformance.checks import Target
+    from specsample.conformance.tree_common import TreeCase, compare_tree
+
     ids, parents, p, q, u = _draft_trees(B, N, V, 11, kind)
-    be = specsample.get_backend("triton")
-    out = be.verify_tree(
-        ids.cuda(), parents.cuda(), p.cuda(), q.cuda(), draft_sampling=sampling, uniforms=u.cuda()
-    )
-    ref = reference_verify_tree(ids, parents, p, q, draft_sampling=sampling, uniforms=u)
-    for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
-        assert torch.equal(getattr(out, name).cpu(), getattr(ref, name)), name
+    counts = torch.full((B,), N, dtype=torch.int64)
+    case = TreeCase(ids, parents, counts, p, q, u, f"{kind} trees, N={N}, V={V}")
+    target = Target("triton", specsample.get_backend("triton"), "full", torch.device("cuda"))
+    compare_tree(target, case, "random", sampling, "token")
