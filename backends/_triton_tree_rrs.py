@@ -194,8 +194,9 @@ def residual_draw(q_row, p_row, V, u, NT_P2: tl.constexpr, BLOCK: tl.constexpr):
     run_q = run_r
     cum_r = tl.zeros([NT_P2], tl.float64)
     cum_q = cum_r
-    qbad = NT * 0
-    pbad = NT * 0
+    zero = (u * 0.0).to(tl.int32)  # a tensor: V may be specialized to a constant
+    qbad = zero
+    pbad = zero
     for t in range(0, NT):
         offs = t * BLOCK + ar
         q, p = _load64(q_row, p_row, offs, V)
@@ -216,7 +217,7 @@ def residual_draw(q_row, p_row, V, u, NT_P2: tl.constexpr, BLOCK: tl.constexpr):
             tl.where(total > _FMAX, _OVERFLOW, tl.where(total == 0.0, _ZERO_ROW, 0)),
         ),
     )
-    token = NT * 0
+    token = zero
     if flags == 0:
         cum = tl.where(use_q, cum_q, cum_r)
         thr = u.to(tl.float64) * total
