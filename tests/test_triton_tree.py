@@ -235,6 +235,16 @@ def test_interp_draft_probs_trees(sampling, B, N, V, kind, seed):
 
 
 @INNER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interp_draft_probs_half_dtypes(dtype):
+    """float16 and bfloat16 rows (widened to float32 on load, as the reference reads them)."""
+    ids, parents, p, q, u = _draft_trees(16, 5, 11, 12, "star")
+    for sampling in ("with_replacement", "without_replacement"):
+        out, ref = _both_p(ids, parents, p.to(dtype), q.to(dtype), sampling, uniforms=u)
+        _assert_same(out, ref, f"{sampling}, {dtype}")
+
+
+@INNER
 def test_interp_draft_probs_status_and_fallbacks():
     """Bad draft values up front and in a row read after a rejection, a residual that is all
     zero (p = q), a target row that is all zero, repeated siblings (flagged without replacement
