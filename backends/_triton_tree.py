@@ -2,7 +2,9 @@
 
 Imported lazily by :mod:`specsample.backends.triton_backend` (it imports triton). The rules are
 defined by :func:`specsample.reference_tree.reference_verify_tree` (docs/contract-trees.md); this
-kernel implements greedy mode and the random target-only rule (``draft_probs=None``).
+kernel implements greedy mode, the random target-only rule (``draft_probs=None``) and recursive
+rejection sampling with draft probabilities (siblings drawn with or without replacement; the
+sibling steps are in ``_triton_tree_rrs.py``).
 
 Grid: ``(B,)``, one program per request. The program holds the request's tree in registers as
 vectors over the ``N`` nodes (tokens, parents, the drafted entries ``q[parent position, token]``,
@@ -10,19 +12,25 @@ the coins) and walks from the root:
 
 1. Structure, before any probability is read: ``num_nodes`` in ``0..N``, every real node's parent
    ``-1`` or an earlier node (``BAD_TREE``); when ``max_depth < num_nodes`` the depths, one pass
-   over the nodes in order; under the target-only rule, repeated sibling tokens
-   (``REPEATED_SIBLING``). The children of a position are the real nodes whose parent it is: a
-   vector compare, no layout is built.
+   over the nodes in order; under the target-only and without-replacement rules, repeated sibling
+   tokens (``REPEATED_SIBLING``). The children of a position are the real nodes whose parent it
+   is: a vector compare, no layout is built.
 2. Values read up front: the real nodes' ids (``BAD_DRAFT_ID``); in random mode the drafted entries
-   and the coins (``BAD_TARGET_VALUE``, ``BAD_UNIFORM``).
+   and the coins (``BAD_TARGET_VALUE``, ``BAD_UNIFORM``), with draft probabilities also each node's
+   entry in its first sibling's draft row (``BAD_DRAFT_VALUE``).
 3. The walk. Greedy: the argmax of the position's row over ``BLOCK`` tiles (smallest id on ties;
    a bad value flags the request), then the first child holding it. Target-only: the first
    child's coin walks the raw CDF of the children's entries in node order, in float64 and one
    child at a time (the reference's order of additions: its decisions are matched bit for bit).
+   With draft probabilities: the first child is accepted iff ``u * p(x) < q(x)`` on the drafted
+   entries (float64, as ``verify()``); after a rejection the later children are decided on the
+   residual rows, recomputed per pass in float64 (``_triton_tree_rrs.py``).
 4. The last token (random mode): by the inverse CDF of the stop position's row with its children's
    tokens removed (the row itself when that leaves nothing), with the last coin. Pass 1 keeps the
    running sum after each tile in registers (float32 tile sums, float64 running sums, as the chain
-   kernel does); the pick re-reads the one tile where the threshold is crossed.
+   kernel does); the pick re-reads the one tile where the threshold is crossed. With draft
+   probabilities the row is the float32 residual ``max(0, q - p)`` after one rejected child (the
+   chain kernel's), the last float64 residual (as float32 tiles) after several.
 
 Randomness: the chain kernel's Philox stream, counter ``offset + b * (N+1) + i`` for node i's coin
 and ``i = N`` for the last draw, so a chain draws exactly ``verify()``'s coins.
@@ -33,6 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from . import _triton_tree_rrs as _rrs
 from ._triton_kernels import _f32, _pick_in_tile, _tile_sum, _uniform
 
 _BIG = tl.constexpr(2147483647)
@@ -40,6 +49,7 @@ _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
 # status bits (specsample.Status)
 _BAD_ID = tl.constexpr(1)
 _BAD_TARGET = tl.constexpr(2)
+_BAD_DRAFT = tl.constexpr(4)
 _BAD_UNIFORM = tl.constexpr(8)
 _ZERO_ROW = tl.constexpr(16)
 _OVERFLOW = tl.constexpr(32)
@@ -139,6 +149,7 @@ def tree_kernel(
     par_ptr,  # [B, N] int64
     cnt_ptr,  # [B] int64: num_nodes
     q_ptr,  # [B, N+1, V]
+    p_ptr,  # [B, N, V] (unused when not HAS_P)
     u_ptr,  # [B, N+1] float32 (unused when not HAS_U)
     seed_ptr,  # [1] int64 (unused when not SEED_FROM_PTR)
     tok_ptr,  # [B, D+1] int64 out
@@ -160,6 +171,8 @@ def tree_kernel(
     HAS_U: tl.constexpr,
     SEED_FROM_PTR: tl.constexpr,
     DISTINCT: tl.constexpr,  # the rule needs distinct sibling tokens
+    HAS_P: tl.constexpr = False,  # random mode with draft probabilities
+    WITHOUT: tl.constexpr = False,  # siblings drawn without replacement
 ):
     b = tl.program_id(0)
     b64 = b.to(tl.int64)
@@ -229,6 +242,13 @@ def tree_kernel(
             _BAD_TARGET,
             0,
         )
+        if HAS_P:  # node i's drafted entry in its first sibling's draft row
+            fs = _rrs.first_siblings(par, real, nodes, N_P2)
+            px = _f32(tl.load(p_ptr + (b64 * N + fs) * V + tok, mask=live, other=1.0))
+            pbad = tl.max(tl.where(live & ((px != px) | (px < 0.0) | (px > _FMAX)), 1, 0), axis=0)
+            vflags = vflags | tl.where(pbad > 0, _BAD_DRAFT, 0)
+        else:
+            px = qx * 0.0 + 1.0
         if HAS_U:
             u = tl.load(u_ptr + b64 * (N + 1) + nodes, mask=nodes <= N, other=0.0)
             u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
@@ -254,26 +274,49 @@ def tree_kernel(
             kids = live & (par == pos - 1)
             c = tl.min(tl.where(kids, nodes, N_P2), axis=0)
             u0 = tl.sum(tl.where(nodes == c, u, 0), axis=0).to(tl.float64)
-            # 3. One coin walks the raw CDF of the children's entries, one child at a time.
-            lo = u0 * 0.0
+            row = q_ptr + (q_base + pos) * V
             hit = c * 0 - 1
-            while c < N_P2:
-                qc = tl.sum(tl.where(nodes == c, qx, 0), axis=0).to(tl.float64)
-                hi = lo + qc
-                take = (qc > 0.0) & (lo <= u0) & (u0 < hi)
-                hit = tl.where(take, c, hit)
-                lo = hi
-                nxt = tl.min(tl.where(kids & (nodes > c), nodes, N_P2), axis=0)
-                c = tl.where(take, N_P2, nxt)
+            t = c * 0
+            f = c * 0
+            if HAS_P:
+                # 3'. Recursive rejection sampling: the first child on its drafted entries, the
+                # later ones on the residual rows (_triton_tree_rrs.py).
+                if c < N_P2:
+                    p0 = tl.sum(tl.where(nodes == c, px, 0), axis=0).to(tl.float64)
+                    q0 = tl.sum(tl.where(nodes == c, qx, 0), axis=0).to(tl.float64)
+                    m = tl.sum(tl.where(kids, 1, 0), axis=0)
+                    p_row = p_ptr + (b64 * N + c) * V
+                    if u0 * p0 < q0:
+                        hit = c
+                    elif m == 1:
+                        t, f = _rrs.residual_draw(row, p_row, V, u_last, NT_P2, BLOCK)
+                    else:
+                        hit, t, f = _rrs.siblings(
+                            row, p_row, V, u, u_last, kids, tok, nodes, N_P2, NT_P2, BLOCK,
+                            WITHOUT,
+                        )  # fmt: skip
+                else:  # a leaf
+                    t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
+            else:
+                # 3. One coin walks the raw CDF of the children's entries, one child at a time.
+                lo = u0 * 0.0
+                while c < N_P2:
+                    qc = tl.sum(tl.where(nodes == c, qx, 0), axis=0).to(tl.float64)
+                    hi = lo + qc
+                    take = (qc > 0.0) & (lo <= u0) & (u0 < hi)
+                    hit = tl.where(take, c, hit)
+                    lo = hi
+                    nxt = tl.min(tl.where(kids & (nodes > c), nodes, N_P2), axis=0)
+                    c = tl.where(take, N_P2, nxt)
+                if hit < 0:
+                    # 4. No child accepted (or a leaf): the last token.
+                    t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
             if hit >= 0:
                 ptok = tl.where(dr == s, tl.sum(tl.where(nodes == hit, tok, 0), axis=0), ptok)
                 pnode = tl.where(dr == s, hit.to(tl.int64), pnode)
                 s += 1
                 pos = hit + 1
             else:
-                # 4. No child accepted (or a leaf): the last token.
-                row = q_ptr + (q_base + pos) * V
-                t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
                 token = t.to(tl.int64)
                 flags = f
                 done = 1
@@ -303,7 +346,7 @@ def tree_block(vocab: int, interpret: bool) -> tuple[int, int]:
 
 def launch_tree(inputs, dummy, split32):
     """Run :func:`tree_kernel` on validated :class:`~specsample.contract_tree.TreeVerifyInputs`
-    (greedy, or random with ``draft_probs=None``); returns ``TreeVerifyOutput``.
+    (greedy, or random with any ``draft_sampling``); returns ``TreeVerifyOutput``.
 
     ``dummy`` is a 1-element int64 tensor on the device (for unused pointers), ``split32`` splits a
     64-bit value into two signed-int32 halves. No host sync: the coins come from the caller or
@@ -318,6 +361,7 @@ def launch_tree(inputs, dummy, split32):
     device = inputs.device
     greedy = inputs.mode == "greedy"
     has_u = inputs.uniforms is not None and not greedy
+    has_p = inputs.draft_probs is not None and not greedy and N > 0
     tok = torch.empty((B, D + 1), dtype=torch.int64, device=device)
     acc = torch.empty((B, D), dtype=torch.int64, device=device)
     num = torch.empty((B,), dtype=torch.int64, device=device)
@@ -334,6 +378,7 @@ def launch_tree(inputs, dummy, split32):
         inputs.parents if N > 0 else dummy,
         inputs.num_nodes,
         inputs.target_probs,
+        inputs.draft_probs if has_p else dummy,
         inputs.uniforms if has_u else dummy,
         seed_t,
         tok,
@@ -353,6 +398,8 @@ def launch_tree(inputs, dummy, split32):
         HAS_U=has_u,
         SEED_FROM_PTR=seed_from_ptr,
         DISTINCT=inputs.needs_distinct_siblings,
+        HAS_P=has_p,
+        WITHOUT=inputs.draft_sampling == "without_replacement",
         num_warps=warps,
     )
     return TreeVerifyOutput(tok, num, acc, status)

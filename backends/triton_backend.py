@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from specsample.contract import Backend, Capabilities, VerifyInputs, VerifyOutput
+from specsample.contract_tree import TREE_SAMPLING
 
 INSTALL_HINT = "triton not installed (pip install specsample[triton])"
 NO_CUDA_HINT = (
@@ -36,7 +37,7 @@ _GPU_CAPS = Capabilities(
     host_sync_free=True,
     status_flags=True,
     tree_modes=("random", "greedy"),
-    tree_sampling=("target_only",),
+    tree_sampling=TREE_SAMPLING,
     tree_rules=("token", "traversal"),
     rules=("token", "block"),
     serving=True,
@@ -50,7 +51,7 @@ _INTERPRETER_CAPS = Capabilities(
     host_sync_free=False,
     status_flags=True,
     tree_modes=("random", "greedy"),
-    tree_sampling=("target_only",),
+    tree_sampling=TREE_SAMPLING,
     tree_rules=("token", "traversal"),
     rules=("token", "block"),
     serving=True,
@@ -372,7 +373,7 @@ class TritonBackend(Backend):
         return _triton_serving.launch_serving(inputs, self._dummy(torch, device), _split32)
 
     def _verify_tree(self, inputs):
-        """Greedy and target-only tree verification: one launch of the tree kernel
+        """Tree verification, greedy and every random rule: one launch of the tree kernel
         (``_triton_tree.py``), one program per request."""
         import torch
 

@@ -56,6 +56,7 @@ def tree_chain(target: Target) -> str:
         ids, p, q = w.draft_token_ids, w.draft_probs.to(dtype), w.target_probs.to(dtype)
         u = uniforms(B, K, 710 + i, dev)
         parents = chain(K, device=dev).expand(B, K).contiguous()
+        wants = {}  # verify() has no draft_sampling: one call serves both draft-probs rules
         for mode, sampling, rule in rules:
             if mode not in target.capabilities.modes:
                 continue  # trees in this mode but not chains: nothing to compare with
@@ -70,7 +71,10 @@ def tree_chain(target: Target) -> str:
                     kw = {"generator": torch.Generator(dev).manual_seed(5 + i)}
                 else:
                     kw_tree = kw
-                want = _chain_verify(target, rule, ids, probs, q, mode, kw)
+                key = (mode, probs is None, rule, how)
+                if key not in wants:
+                    wants[key] = _chain_verify(target, rule, ids, probs, q, mode, kw)
+                want = wants[key]
                 got = target.backend.verify_tree(
                     ids, parents, probs, q, mode=mode, draft_sampling=ds, rule=rule, **kw_tree
                 )

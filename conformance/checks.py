@@ -41,6 +41,7 @@ CHECK_MODULES = (
     "claims",
     "serving",
     "tree",
+    "tree_length",
     "traversal",
     "block",
 )

@@ -189,15 +189,115 @@ def test_interp_chain_generator_equals_verify():
     assert torch.equal(got.num_emitted, want.num_emitted)
 
 
+def _draft_trees(B: int, N: int, V: int, seed: int, kind: str):
+    """Trees whose draft rows put their mass on the children's (distinct) tokens and whose target
+    rows mostly do not: first children are often rejected, so later siblings, all-rejected
+    positions and the residual draws are exercised. Returns ``ids, parents, p, q, u``."""
+    g = torch.Generator().manual_seed(seed)
+    shape = trees.star if kind == "star" else (lambda n: trees.random_tree(n, generator=g))
+    parents = torch.stack([shape(N) for _ in range(B)])
+    ids = torch.zeros(B, N, dtype=torch.int64)
+    p = torch.rand(B, N, V, generator=g) ** 4
+    q = torch.rand(B, N + 1, V, generator=g) ** 4
+    for b in range(B):
+        for a, kids in enumerate(trees.children(parents[b])):
+            toks = torch.randperm(V, generator=g)[: len(kids)]
+            ids[b, kids] = toks
+            if kids:
+                p[b, kids[0], toks] += 0.3
+                q[b, a, toks] += 0.1 * torch.rand(len(kids), generator=g)
+    p, q = p / p.sum(-1, keepdim=True), q / q.sum(-1, keepdim=True)
+    return ids, parents, p, q, torch.rand(B, N + 1, generator=g)
+
+
+def _both_p(ids, parents, p, q, sampling, **kw):
+    be = specsample.get_backend("triton")
+    out = be.verify_tree(ids, parents, p, q, draft_sampling=sampling, **kw)
+    ref = reference_verify_tree(ids, parents, p, q, draft_sampling=sampling, **kw)
+    return out, ref
+
+
 @INNER
-def test_interp_unclaimed_rule_raises():
-    """Draft probabilities are not claimed by the tree kernel: a clear ValueError names it."""
-    ids = torch.tensor([[1]])
-    q = torch.full((1, 2, 4), 0.25)
-    with pytest.raises(ValueError, match="with_replacement"):
-        specsample.get_backend("triton").verify_tree(
-            ids, torch.tensor([[-1]]), q[:, :1], q, draft_sampling="with_replacement"
-        )
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+@pytest.mark.parametrize(
+    ("B", "N", "V", "kind", "seed"),
+    [(16, 5, 11, "star", 12), (16, 8, 20, "random", 15), (4, 5, 2100, "star", 14)],
+)
+def test_interp_draft_probs_trees(sampling, B, N, V, kind, seed):
+    """Recursive rejection sampling over siblings, exactly the reference: stars (up to five
+    siblings tried in turn) and random trees; V = 2100 spans three tiles."""
+    ids, parents, p, q, u = _draft_trees(B, N, V, seed, kind)
+    out, ref = _both_p(ids, parents, p, q, sampling, uniforms=u)
+    _assert_same(out, ref, f"{sampling}, {kind}, N={N}, V={V}")
+    if kind == "star":  # later siblings accepted and every sibling rejected both occur
+        first = ref.accepted_nodes[:, 0]
+        assert bool((first > 0).any()) and bool((first < 0).any()), first.tolist()
+
+
+@INNER
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_interp_draft_probs_half_dtypes(dtype):
+    """float16 and bfloat16 rows (widened to float32 on load, as the reference reads them)."""
+    ids, parents, p, q, u = _draft_trees(16, 5, 11, 12, "star")
+    for sampling in ("with_replacement", "without_replacement"):
+        out, ref = _both_p(ids, parents, p.to(dtype), q.to(dtype), sampling, uniforms=u)
+        _assert_same(out, ref, f"{sampling}, {dtype}")
+
+
+@INNER
+def test_interp_draft_probs_status_and_fallbacks():
+    """Bad draft values up front and in a row read after a rejection, a residual that is all
+    zero (p = q), a target row that is all zero, repeated siblings (flagged without replacement
+    only), a leaf and an empty tree: status and tokens exactly the reference's."""
+    V, N = 6, 3
+    ids = torch.tensor([[2, 4, 5]] * 8)
+    parents = torch.tensor([[-1, -1, -1]] * 8)
+    p = torch.full((8, N, V), 1.0 / V)
+    p[:, 0, 2] = 0.5
+    p[:, 0] /= p[:, 0].sum(-1, keepdim=True)
+    q = torch.full((8, N + 1, V), 1.0 / V)
+    u = torch.full((8, N + 1), 0.9)
+    p[0, 0, 4] = float("nan")  # node 1's drafted entry (the first sibling's row): read up front
+    p[1, 0, 0] = -1.0  # read only after the first child is rejected
+    q[2, 0] = p[2, 0]  # accepted at once; q[3, 0] = p: never rejected either...
+    q[3, 0] = p[3, 0]
+    u[3, 0] = 0.99
+    q[3, 0, 2] = 0.0  # ...unless the first child's target entry is zero: residual = 0 -> q
+    q[3, 0] /= q[3, 0].sum()
+    p[3, 0] = q[3, 0]
+    p[3, 0, 2] = 0.5
+    q[4, 0] = 0.0  # all zero: ZERO_ROW after the first rejection
+    ids[5] = torch.tensor([2, 4, 2])  # a repeated sibling
+    parents[6] = torch.tensor([-1, 0, 1])  # a chain: each rejection draws from max(0, q - p)
+    counts = torch.tensor([3, 3, 3, 3, 3, 3, 3, 0])
+    for sampling in ("with_replacement", "without_replacement"):
+        out, ref = _both_p(ids, parents, p, q, sampling, uniforms=u, num_nodes=counts)
+        _assert_same(out, ref, f"status and fallbacks, {sampling}")
+        bits = ref.status.tolist()
+        assert bits[0] == Status.BAD_DRAFT_VALUE and bits[1] == Status.BAD_DRAFT_VALUE, bits
+        assert bits[4] == Status.ZERO_ROW, bits
+        repeated = Status.REPEATED_SIBLING if sampling == "without_replacement" else 0
+        assert bits[5] == repeated and bits[2] == bits[3] == bits[6] == bits[7] == 0, bits
+
+
+@INNER
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+def test_interp_draft_probs_chain_equals_verify(sampling):
+    """A chain with draft probabilities, coins from the generator: verify()'s tokens exactly."""
+    B, K, V = 16, 4, 30
+    g = torch.Generator().manual_seed(4)
+    q = torch.softmax(torch.randn(B, K + 1, V, generator=g) * 2, -1)
+    p = torch.softmax(torch.randn(B, K, V, generator=g) * 2, -1)
+    ids = torch.multinomial(p.reshape(B * K, V), 1, generator=g).reshape(B, K)
+    be = specsample.get_backend("triton")
+    parents = trees.chain(K).expand(B, K).contiguous()
+    want = be.verify(ids, p, q, generator=torch.Generator().manual_seed(9))
+    got = be.verify_tree(
+        ids, parents, p, q, draft_sampling=sampling, generator=torch.Generator().manual_seed(9)
+    )
+    assert torch.equal(got.token_ids, want.token_ids)
+    assert torch.equal(got.num_emitted, want.num_emitted)
+    assert bool((want.num_emitted <= K).any())  # some drafts rejected
 
 
 @INNER
@@ -260,3 +360,20 @@ def test_gpu_graph_replays_draw_fresh_coins():
     torch.cuda.synchronize()
     assert bool((out.status == 0).all())
     assert len({tuple(d.flatten().tolist()) for d in draws}) == 3
+
+
+@GPU
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+@pytest.mark.parametrize(("B", "N", "V", "kind"), [(16, 8, 37, "star"), (8, 64, 128256, "random")])
+def test_gpu_draft_probs_trees(sampling, B, N, V, kind):
+    """The compiled kernel with draft probabilities (siblings tried in turn, one and many tiles)
+    against the reference: status and path exactly, the last token up to proven near-ties (the
+    conformance comparison: at V = 128256 float32 tile sums can move a CDF boundary)."""
+    from specsample.conformance.checks import Target
+    from specsample.conformance.tree_common import TreeCase, compare_tree
+
+    ids, parents, p, q, u = _draft_trees(B, N, V, 11, kind)
+    counts = torch.full((B,), N, dtype=torch.int64)
+    case = TreeCase(ids, parents, counts, p, q, u, f"{kind} trees, N={N}, V={V}")
+    target = Target("triton", specsample.get_backend("triton"), "full", torch.device("cuda"))
+    compare_tree(target, case, "random", sampling, "token")

@@ -33,6 +33,7 @@ def test_every_tree_check_is_registered():
     assert set(TREE_CHECKS) == {
         "tree.chain", "tree.exact", "tree.boundaries", "tree.repeated-siblings",
         "tree.lossless-exact", "tree.lossless-stats", "tree.bad-input", "tree.traversal-exact",
+        "tree.acceptance-length",
     }  # fmt: skip
 
 
