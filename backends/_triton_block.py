@@ -34,16 +34,10 @@ import triton
 import triton.language as tl
 
 from ._triton_kernels import _bad, _f32, _uniform
+from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_UNIFORM, OVERFLOW, ZERO_ROW
 
 INTERPRET = False  # set below, after the kernel exists
 
-# status bits (specsample.Status; docs/rules.md, "Status")
-_BAD_ID = tl.constexpr(1)
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_BAD_UNIFORM = tl.constexpr(8)
-_ZERO_ROW = tl.constexpr(16)
-_OVERFLOW = tl.constexpr(32)
 _FMAX64 = tl.constexpr(3.4028234663852886e38)  # largest float32
 
 
@@ -116,21 +110,21 @@ def block_kernel(
     # Step 1: ids, drafted entries, coins (as the token kernel), per request.
     ids = tl.load(ids_ptr + rb[:, None] * K + kr[None, :], mask=kmask, other=0).to(tl.int64)
     valid = kmask & (ids >= 0) & (ids < V)
-    flags = tl.where(_anyr(kmask & ~valid) > 0, _BAD_ID, 0)
+    flags = tl.where(_anyr(kmask & ~valid) > 0, BAD_ID, 0)
     qrow0 = rb * (K + 1)
     qx = _f32(tl.load(q_ptr + (qrow0[:, None] + kr[None, :]) * V + ids, mask=valid, other=0.0))
-    flags = flags | tl.where(_anyr(valid & _bad(qx)) > 0, _BAD_TARGET, 0)
+    flags = flags | tl.where(_anyr(valid & _bad(qx)) > 0, BAD_TARGET, 0)
     if HAS_P:
         p_at = p_ptr + (rb[:, None] * K + kr[None, :]) * V + ids
         px = _f32(tl.load(p_at, mask=valid, other=1.0))
-        flags = flags | tl.where(_anyr(valid & _bad(px)) > 0, _BAD_DRAFT, 0)
+        flags = flags | tl.where(_anyr(valid & _bad(px)) > 0, BAD_DRAFT, 0)
     else:
         px = tl.full([ROWS, K_P2], 1.0, tl.float32)
     umask = rmask[:, None] & (kr <= K)[None, :]
     if HAS_U:
         u = tl.load(u_ptr + rb[:, None] * (K + 1) + kr[None, :], mask=umask, other=0.0)
         u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
-        flags = flags | tl.where(_anyr(umask & u_bad) > 0, _BAD_UNIFORM, 0)
+        flags = flags | tl.where(_anyr(umask & u_bad) > 0, BAD_UNIFORM, 0)
     else:
         if SEED_FROM_PTR:
             s = tl.load(seed_ptr)
@@ -185,7 +179,7 @@ def block_kernel(
         denom = z + 1.0 - wk
         h = tl.where(denom > 0, z / tl.where(denom > 0, denom, 1.0), 1.0)
         hv = tl.where((kr[None, :] == k - 1) & (k > 0), h[:, None], hv)
-    rows_flags = tl.where(qbad > 0, _BAD_TARGET, 0) | tl.where(pbad > 0, _BAD_DRAFT, 0)
+    rows_flags = tl.where(qbad > 0, BAD_TARGET, 0) | tl.where(pbad > 0, BAD_DRAFT, 0)
     flags = tl.where(flags == 0, rows_flags, flags)
 
     # Step 3: tau, then the final row.
@@ -221,8 +215,8 @@ def block_kernel(
             last_pos = tl.maximum(last_pos, tl.max(tl.where(r > 0, offs[None, :], -1), axis=1))
     last_flags = tl.where(
         lbad > 0,
-        _BAD_TARGET,
-        tl.where(total > _FMAX64, _OVERFLOW, tl.where(total == 0, _ZERO_ROW, 0)),
+        BAD_TARGET,
+        tl.where(total > _FMAX64, OVERFLOW, tl.where(total == 0, ZERO_ROW, 0)),
     )
     flags = tl.where(flags == 0, last_flags, flags)
 

@@ -37,18 +37,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_UNIFORM, OVERFLOW, ZERO_ROW
+
 # True when triton decorated the kernel for its CPU interpreter (TRITON_INTERPRET=1 at import time).
 INTERPRET = False  # set below, after the kernel exists
 
 _BIG = tl.constexpr(2147483647)
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
-# status bits (specsample.Status; docs/contract.md, "Status")
-_BAD_ID = tl.constexpr(1)
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_BAD_UNIFORM = tl.constexpr(8)
-_ZERO_ROW = tl.constexpr(16)
-_OVERFLOW = tl.constexpr(32)
 
 
 @triton.jit
@@ -95,8 +90,8 @@ def _classify(total):
     """Status bits of a row from its (encoded) residual sum; 0 for a positive, finite sum."""
     return tl.where(
         total != total,
-        _BAD_TARGET,
-        tl.where(total < 0, _BAD_DRAFT, tl.where(total > _FMAX, _OVERFLOW, 0)),
+        BAD_TARGET,
+        tl.where(total < 0, BAD_DRAFT, tl.where(total > _FMAX, OVERFLOW, 0)),
     )
 
 
@@ -239,7 +234,7 @@ def verify_kernel(
     # register-only, so its early exit costs no memory latency per draft.
     ids = tl.load(ids_ptr + b64 * K + kr, mask=kmask, other=0).to(tl.int64)
     valid = kmask & (ids >= 0) & (ids < V)  # an out-of-range id is flagged, never read
-    flags = tl.where(_any(kmask & ~valid) > 0, _BAD_ID, 0)
+    flags = tl.where(_any(kmask & ~valid) > 0, BAD_ID, 0)
     qrow0 = b64 * (K + 1)
     qx = _f32(tl.load(q_ptr + (qrow0 + kr) * V + ids, mask=valid, other=0.0))
     NT = tl.cdiv(V, BLOCK)
@@ -301,7 +296,7 @@ def verify_kernel(
                 kstar = kc
                 token = tl.sum(tl.where(kr == kc, i_rows, 0), axis=0)
                 row_bad = tl.where(token == -1, 1, 0)
-            flags = tl.where((flags == 0) & (row_bad > 0), _BAD_TARGET, flags)
+            flags = tl.where((flags == 0) & (row_bad > 0), BAD_TARGET, flags)
             _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
     elif GREEDY:
         k = 0
@@ -362,19 +357,19 @@ def verify_kernel(
                 kstar = k - 1
                 token = best_i
                 row_bad = tl.where(token == -1, 1, 0)
-            flags = tl.where((flags == 0) & (row_bad > 0), _BAD_TARGET, flags)
+            flags = tl.where((flags == 0) & (row_bad > 0), BAD_TARGET, flags)
             _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
     else:
-        flags = flags | tl.where(_any(valid & _bad(qx)) > 0, _BAD_TARGET, 0)
+        flags = flags | tl.where(_any(valid & _bad(qx)) > 0, BAD_TARGET, 0)
         if HAS_P:
             px = _f32(tl.load(p_ptr + (b64 * K + kr) * V + ids, mask=valid, other=1.0))
-            flags = flags | tl.where(_any(valid & _bad(px)) > 0, _BAD_DRAFT, 0)
+            flags = flags | tl.where(_any(valid & _bad(px)) > 0, BAD_DRAFT, 0)
         else:
             px = tl.full([K_P2], 1.0, tl.float32)
         if HAS_U:
             u = tl.load(u_ptr + b64 * (K + 1) + kr, mask=kr <= K, other=0.0)
             u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
-            flags = flags | tl.where(_any((kr <= K) & u_bad) > 0, _BAD_UNIFORM, 0)
+            flags = flags | tl.where(_any((kr <= K) & u_bad) > 0, BAD_UNIFORM, 0)
         else:
             if SEED_FROM_PTR:
                 s = tl.load(seed_ptr)
@@ -488,7 +483,7 @@ def verify_kernel(
             else:
                 # The residual is all zero (p >= q everywhere): draw from q itself (rule 2).
                 token, q_total = _sample_full_row(q_row, V, u_last, BLOCK)
-                fl2 = tl.where(q_total > _FMAX, _OVERFLOW, tl.where(q_total > 0, 0, _ZERO_ROW))
+                fl2 = tl.where(q_total > _FMAX, OVERFLOW, tl.where(q_total > 0, 0, ZERO_ROW))
             flags = tl.where(flags == 0, fl2, flags)
             _write_out(tok_ptr, num_ptr, st_ptr, b, b64, K, kr, ids, kstar, token, flags)
 

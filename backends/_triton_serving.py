@@ -38,13 +38,8 @@ import triton
 import triton.language as tl
 
 from ._triton_kernels import _f32
+from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_UNIFORM, ZERO_ROW
 
-# status bits (specsample.Status; docs/serving.md, "Status")
-_BAD_ID = tl.constexpr(1)
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_BAD_UNIFORM = tl.constexpr(8)
-_ZERO_ROW = tl.constexpr(16)
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
 _KEY_MIN = tl.constexpr(-2147483648)  # below every value's key: "keep everything"
 
@@ -310,13 +305,13 @@ def serving_kernel(
     temp = tl.where(rand & (temp > 0.0), temp, 1.0)  # the filters run for sampling requests only
     owned = rmask[:, None] & (kr[None, :] < nd[:, None])  # [R, K_P2] drafts
     ids = tl.load(ids_ptr + rb[:, None] * K + kr[None, :], mask=owned, other=0).to(tl.int64)
-    flags = flags | tl.where(_anyr(owned & ((ids < 0) | (ids >= V))) > 0, _BAD_ID, 0)
+    flags = flags | tl.where(_anyr(owned & ((ids < 0) | (ids >= V))) > 0, BAD_ID, 0)
     ids = tl.where(owned & (ids >= 0) & (ids < V), ids, 0)
     umask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] coins 0..K_b
     if COINS == 0:
         u = tl.load(u_ptr + rb[:, None] * (K + 1) + kr[None, :], mask=umask, other=0.0)
         u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
-        flags = flags | tl.where(rand & (_anyr(umask & u_bad) > 0), _BAD_UNIFORM, 0)
+        flags = flags | tl.where(rand & (_anyr(umask & u_bad) > 0), BAD_UNIFORM, 0)
     elif COINS == 1:
         seed = tl.load(seeds_ptr + rb, mask=rmask, other=0)
         off = tl.load(offsets_ptr + rb, mask=rmask, other=0)
@@ -375,9 +370,9 @@ def serving_kernel(
                 dbad = tl.maximum(dbad, _anyr(m & _is_bad(x, DRAFT_LOGITS)))
                 dtop = tl.maximum(dtop, tl.max(tl.where(m & (x == x), x, float("-inf")), axis=1))
             dtops = _put(dtops, k, dtop, kr)
-    flags = flags | tl.where(qbad > 0, _BAD_TARGET, 0)
-    flags = flags | tl.where(rand & (dbad > 0), _BAD_DRAFT, 0)
-    flags = flags | tl.where(rand & (empty > 0), _ZERO_ROW, 0)
+    flags = flags | tl.where(qbad > 0, BAD_TARGET, 0)
+    flags = flags | tl.where(rand & (dbad > 0), BAD_DRAFT, 0)
+    flags = flags | tl.where(rand & (empty > 0), ZERO_ROW, 0)
     ok = rmask & (flags == 0)
 
     # Step 3, greedy: accepted while the draft is the argmax.

@@ -38,17 +38,10 @@ import triton
 import triton.language as tl
 
 from ._triton_kernels import _bad, _f32, _uniform
+from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_TREE, BAD_UNIFORM, OVERFLOW, ZERO_ROW
 
 _BIG = tl.constexpr(2147483647)
 _FMAX64 = tl.constexpr(3.4028234663852886e38)  # largest float32
-# status bits (specsample.Status)
-_BAD_ID = tl.constexpr(1)
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_BAD_UNIFORM = tl.constexpr(8)
-_ZERO_ROW = tl.constexpr(16)
-_OVERFLOW = tl.constexpr(32)
-_BAD_TREE = tl.constexpr(64)
 
 
 @triton.jit
@@ -144,16 +137,16 @@ def traversal_kernel(
             di = tl.sum(tl.where(nodes == pi, depth, 0), axis=0) + 1
             depth = tl.where(nodes == i, di, depth)
         tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
-    flags = tl.where(tree_bad > 0, _BAD_TREE, 0)
+    flags = tl.where(tree_bad > 0, BAD_TREE, 0)
     ok = real & ((nodes * 0 + flags) == 0)
     id_ok = (tok >= 0) & (tok < V)
-    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, _BAD_ID, 0)
+    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, BAD_ID, 0)
     if HAS_U:
         u = tl.load(u_ptr + b64 * (N + 1) + nodes, mask=nodes <= N, other=0.0)
         u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
         read = ok | (nodes == N)
         vflags = vflags | tl.where(
-            tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, _BAD_UNIFORM, 0
+            tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, BAD_UNIFORM, 0
         )
     else:
         if SEED_FROM_PTR:
@@ -193,7 +186,7 @@ def traversal_kernel(
                     qbad = tl.maximum(qbad, tl.max(tl.where(m & _bad(q), 1, 0), axis=0))
                     pbad = tl.maximum(pbad, tl.max(tl.where(m & _bad(p), 1, 0), axis=0))
     flags = tl.where(
-        flags == 0, tl.where(qbad > 0, _BAD_TARGET, 0) | tl.where(pbad > 0, _BAD_DRAFT, 0), flags
+        flags == 0, tl.where(qbad > 0, BAD_TARGET, 0) | tl.where(pbad > 0, BAD_DRAFT, 0), flags
     )
     live = live & ((nodes * 0 + flags) == 0)
 
@@ -316,8 +309,8 @@ def traversal_kernel(
         lbad = tl.where(leaf, lbad, 0)  # a leaf's row is read only now; inner rows were in step 2
         flags = tl.where(
             lbad > 0,
-            _BAD_TARGET,
-            tl.where(total > _FMAX64, _OVERFLOW, tl.where(total == 0, _ZERO_ROW, 0)),
+            BAD_TARGET,
+            tl.where(total > _FMAX64, OVERFLOW, tl.where(total == 0, ZERO_ROW, 0)),
         )
         # the inverse CDF: up to the tile where the running sum crosses u * total
         thr = u_last * total

@@ -43,18 +43,19 @@ import triton.language as tl
 
 from . import _triton_tree_rrs as _rrs
 from ._triton_kernels import _f32, _pick_in_tile, _tile_sum, _uniform
+from ._triton_status import (
+    BAD_DRAFT,
+    BAD_ID,
+    BAD_TARGET,
+    BAD_TREE,
+    BAD_UNIFORM,
+    OVERFLOW,
+    REPEATED,
+    ZERO_ROW,
+)
 
 _BIG = tl.constexpr(2147483647)
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
-# status bits (specsample.Status)
-_BAD_ID = tl.constexpr(1)
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_BAD_UNIFORM = tl.constexpr(8)
-_ZERO_ROW = tl.constexpr(16)
-_OVERFLOW = tl.constexpr(32)
-_BAD_TREE = tl.constexpr(64)
-_REPEATED = tl.constexpr(128)
 
 
 @triton.jit
@@ -122,8 +123,8 @@ def _draw(
     cum = tl.where(use_q, cum_q, cum_r)
     flags = tl.where(
         qbad > 0,
-        _BAD_TARGET,
-        tl.where(total > _FMAX, _OVERFLOW, tl.where(total == 0.0, _ZERO_ROW, 0)),
+        BAD_TARGET,
+        tl.where(total > _FMAX, OVERFLOW, tl.where(total == 0.0, ZERO_ROW, 0)),
     )
     token = u.to(tl.int32) * 0
     if flags == 0:
@@ -197,7 +198,7 @@ def tree_kernel(
             di = tl.sum(tl.where(nodes == pi, depth, 0), axis=0) + 1  # the root's children: 1
             depth = tl.where(nodes == i, di, depth)
         tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
-    flags = tl.where(tree_bad > 0, _BAD_TREE, 0)
+    flags = tl.where(tree_bad > 0, BAD_TREE, 0)
     if DISTINCT:
         if tree_bad == 0:
             rep = b * 0
@@ -206,11 +207,11 @@ def tree_kernel(
                 ti = tl.sum(tl.where(nodes == i, tok, 0), axis=0)
                 same = real & (nodes < i) & (par == pi) & (tok == ti)
                 rep = tl.maximum(rep, tl.max(tl.where(same, 1, 0), axis=0))
-            flags = tl.where(rep > 0, _REPEATED, flags)
+            flags = tl.where(rep > 0, REPEATED, flags)
     # a vector compare: the interpreter gives a scalar compare's mask the wrong dtype
     ok = real & ((nodes * 0 + flags) == 0)
     id_ok = (tok >= 0) & (tok < V)
-    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, _BAD_ID, 0)
+    vflags = tl.where(tl.max(tl.where(ok & ~id_ok, 1, 0), axis=0) > 0, BAD_ID, 0)
     live = ok & id_ok
 
     q_base = b64 * (N + 1)
@@ -227,7 +228,7 @@ def tree_kernel(
             best, rbad = _row_argmax(q_ptr + (q_base + pos) * V, V, BLOCK)
             c = tl.min(tl.where(live & (par == pos - 1) & (tok == best), nodes, N_P2), axis=0)
             take = (rbad == 0) & (c < N_P2)
-            flags = tl.where(rbad > 0, _BAD_TARGET, flags)
+            flags = tl.where(rbad > 0, BAD_TARGET, flags)
             ptok = tl.where(take & (dr == s), best.to(tl.int64), ptok)
             pnode = tl.where(take & (dr == s), c.to(tl.int64), pnode)
             s = tl.where(take, s + 1, s)
@@ -239,14 +240,14 @@ def tree_kernel(
         qx = _f32(tl.load(q_ptr + (q_base + par + 1) * V + tok, mask=live, other=0.0))
         vflags = vflags | tl.where(
             tl.max(tl.where(live & ((qx != qx) | (qx < 0.0) | (qx > _FMAX)), 1, 0), axis=0) > 0,
-            _BAD_TARGET,
+            BAD_TARGET,
             0,
         )
         if HAS_P:  # node i's drafted entry in its first sibling's draft row
             fs = _rrs.first_siblings(par, real, nodes, N_P2)
             px = _f32(tl.load(p_ptr + (b64 * N + fs) * V + tok, mask=live, other=1.0))
             pbad = tl.max(tl.where(live & ((px != px) | (px < 0.0) | (px > _FMAX)), 1, 0), axis=0)
-            vflags = vflags | tl.where(pbad > 0, _BAD_DRAFT, 0)
+            vflags = vflags | tl.where(pbad > 0, BAD_DRAFT, 0)
         else:
             px = qx * 0.0 + 1.0
         if HAS_U:
@@ -254,7 +255,7 @@ def tree_kernel(
             u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
             read = ok | (nodes == N)
             vflags = vflags | tl.where(
-                tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, _BAD_UNIFORM, 0
+                tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, BAD_UNIFORM, 0
             )
         else:
             if SEED_FROM_PTR:

@@ -31,12 +31,9 @@ import triton
 import triton.language as tl
 
 from ._triton_kernels import _f32, _pick_in_tile, _tile_sum
+from ._triton_status import BAD_DRAFT, BAD_TARGET, OVERFLOW, ZERO_ROW
 
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
-_BAD_TARGET = tl.constexpr(2)
-_BAD_DRAFT = tl.constexpr(4)
-_ZERO_ROW = tl.constexpr(16)
-_OVERFLOW = tl.constexpr(32)
 
 
 @triton.jit
@@ -161,7 +158,7 @@ def _last_draw(
         cum_alt = tl.where(tr == t, run_alt, cum_alt)
     use_alt = sa == 0.0
     total64 = tl.where(use_alt, salt, sa)
-    flags = tl.where(total64 > _FMAX, _OVERFLOW, tl.where(total64 == 0.0, _ZERO_ROW, 0))
+    flags = tl.where(total64 > _FMAX, OVERFLOW, tl.where(total64 == 0.0, ZERO_ROW, 0))
     token = m * 0
     if flags == 0:
         cum = tl.where(use_alt, cum_alt, cum_a)
@@ -210,11 +207,11 @@ def residual_draw(q_row, p_row, V, u, NT_P2: tl.constexpr, BLOCK: tl.constexpr):
     total = tl.where(use_q, run_q, run_r)
     flags = tl.where(
         qbad > 0,
-        _BAD_TARGET,
+        BAD_TARGET,
         tl.where(
             pbad > 0,
-            _BAD_DRAFT,
-            tl.where(total > _FMAX, _OVERFLOW, tl.where(total == 0.0, _ZERO_ROW, 0)),
+            BAD_DRAFT,
+            tl.where(total > _FMAX, OVERFLOW, tl.where(total == 0.0, ZERO_ROW, 0)),
         ),
     )
     token = zero
@@ -280,8 +277,8 @@ def siblings(
         F = tl.where(steps == j - 1, tl.where(fj, 1, 0), F)
         P = tl.where(steps == j, pn, P)
         if j == 1:  # the rows are read whole for the first time: their values are checked
-            flags = tl.where(qbad > 0, _BAD_TARGET, tl.where(pbad > 0, _BAD_DRAFT, 0))
-        flags = tl.where((flags == 0) & (sj == 0.0), _ZERO_ROW, flags)
+            flags = tl.where(qbad > 0, BAD_TARGET, tl.where(pbad > 0, BAD_DRAFT, 0))
+        flags = tl.where((flags == 0) & (sj == 0.0), ZERO_ROW, flags)
         qcur = tl.where(fj, altx, ax) / tl.where(sj == 0.0, 1.0, sj)
         if WITHOUT:
             pcur = tl.where(pn > 0.0, px / tl.where(pn > 0.0, pn, 1.0), px)
