@@ -37,6 +37,7 @@ from typing import Any
 import triton
 import triton.language as tl
 
+from ._triton_block import _anyr, _at, _col
 from ._triton_kernels import _f32
 from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_UNIFORM, ZERO_ROW
 
@@ -47,24 +48,6 @@ _KEY_MIN = tl.constexpr(-2147483648)  # below every value's key: "keep everythin
 COINS_UNIFORMS = 0  # explicit [B, K+1] float32
 COINS_SEEDS = 1  # per-request seeds / offsets, the serving Philox stream
 COINS_KEY = 2  # one generator key: the token kernel's stream, counter offset + b * (K+1) + i
-
-
-@triton.jit
-def _anyr(cond):
-    """Per request (axis 1): 1 (int32) where any element of the row of ``cond`` is true."""
-    return tl.max(tl.where(cond, 1, 0), axis=1)
-
-
-@triton.jit
-def _col(x, k, kr):
-    """Column ``k`` of the ``[ROWS, K_P2]`` block ``x`` (indexed by ``kr``) as a ``[ROWS]`` vector."""
-    return tl.sum(tl.where(kr[None, :] == k, x, 0), axis=1)
-
-
-@triton.jit
-def _at(x, idx, kr):
-    """``x[r, idx[r]]`` for each request ``r`` of the ``[ROWS, K_P2]`` block ``x``."""
-    return tl.sum(tl.where(kr[None, :] == idx[:, None], x, 0), axis=1)
 
 
 @triton.jit

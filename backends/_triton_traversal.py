@@ -39,6 +39,7 @@ import triton.language as tl
 
 from ._triton_kernels import _bad, _f32, _uniform
 from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_TREE, BAD_UNIFORM, OVERFLOW, ZERO_ROW
+from ._triton_tree import _next_pow2, store_path, tree_block
 
 _BIG = tl.constexpr(2147483647)
 _FMAX64 = tl.constexpr(3.4028234663852886e38)  # largest float32
@@ -145,9 +146,7 @@ def traversal_kernel(
         u = tl.load(u_ptr + b64 * (N + 1) + nodes, mask=nodes <= N, other=0.0)
         u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
         read = ok | (nodes == N)
-        vflags = vflags | tl.where(
-            tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, BAD_UNIFORM, 0
-        )
+        vflags = vflags | tl.where(tl.max(tl.where(read & u_bad, 1, 0), axis=0) > 0, BAD_UNIFORM, 0)
     else:
         if SEED_FROM_PTR:
             sd = tl.load(seed_ptr)
@@ -335,27 +334,7 @@ def traversal_kernel(
             running += sr
             t += 1
 
-    good = flags == 0
-    row = tl.where(dr < s, ptok, -1)
-    row = tl.where(dr == s, token.to(tl.int64), row)
-    tl.store(tok_ptr + b64 * (D + 1) + dr, tl.where(good, row, -1), mask=dr <= D)
-    tl.store(acc_ptr + b64 * D + dr, tl.where(good & (dr < s), pnode, -1), mask=dr < D)
-    for j in range(D_P2, D + 1, D_P2):  # max_depth > N: the columns no path reaches
-        tl.store(tok_ptr + b64 * (D + 1) + j + dr, ptok * 0 - 1, mask=j + dr <= D)
-        tl.store(acc_ptr + b64 * D + j + dr, ptok * 0 - 1, mask=j + dr < D)
-    tl.store(num_ptr + b, tl.where(good, s + 1, 0).to(tl.int64))
-    tl.store(st_ptr + b, flags.to(tl.int32))
-
-
-def _next_pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-def traversal_block(vocab: int, interpret: bool) -> tuple[int, int]:
-    """``(BLOCK, num_warps)`` of the traversal kernel for a vocabulary of ``vocab`` tokens."""
-    cap = 1024 if interpret else 4096
-    block = min(cap, max(32, _next_pow2(vocab)))
-    return block, (8 if block >= 4096 else 4)
+    store_path(tok_ptr, acc_ptr, num_ptr, st_ptr, b, D, dr, s, ptok, pnode, token, flags, D_P2)
 
 
 def launch_traversal(inputs, dummy, split32):
@@ -387,7 +366,7 @@ def launch_traversal(inputs, dummy, split32):
         seed_t, seed_from_ptr, seed, offset = philox_key(
             inputs.generator, device, B * (N + 1), dummy
         )
-    block, warps = traversal_block(V, INTERPRET)
+    block, warps = tree_block(V, INTERPRET)
     traversal_kernel[(B,)](
         inputs.draft_token_ids if N > 0 else dummy,
         inputs.parents if N > 0 else dummy,

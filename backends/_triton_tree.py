@@ -322,9 +322,20 @@ def tree_kernel(
                 flags = f
                 done = 1
 
+    store_path(tok_ptr, acc_ptr, num_ptr, st_ptr, b, D, dr, s, ptok, pnode, token, flags, D_P2)
+
+
+@triton.jit
+def store_path(tok_ptr, acc_ptr, num_ptr, st_ptr, b, D, dr, s, ptok, pnode, token, flags,
+               D_P2: tl.constexpr):  # fmt: skip
+    """Write request ``b``'s output: the ``s`` accepted drafts ``ptok`` (nodes ``pnode``, both
+    ``[D_P2]`` indexed by ``dr``) then ``token`` into row ``b`` of ``token_ids`` [B, D+1], the nodes
+    into ``accepted_nodes`` [B, D], ``s + 1`` into ``num_emitted`` and ``flags`` into ``status``; a
+    flagged request gets -1 rows and 0 tokens."""
+    b64 = b.to(tl.int64)
     good = flags == 0
     row = tl.where(dr < s, ptok, -1)
-    row = tl.where(dr == s, token, row)
+    row = tl.where(dr == s, token.to(tl.int64), row)
     tl.store(tok_ptr + b64 * (D + 1) + dr, tl.where(good, row, -1), mask=dr <= D)
     tl.store(acc_ptr + b64 * D + dr, tl.where(good & (dr < s), pnode, -1), mask=dr < D)
     for j in range(D_P2, D + 1, D_P2):  # max_depth > N: the columns no path reaches
