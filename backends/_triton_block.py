@@ -127,10 +127,10 @@ def block_kernel(
         flags = flags | tl.where(_anyr(umask & u_bad) > 0, BAD_UNIFORM, 0)
     else:
         if SEED_FROM_PTR:
-            s = tl.load(seed_ptr)
-            key_lo = s.to(tl.uint32)
-            key_hi = (s >> 32).to(tl.uint32)
-            off = s * 0
+            seed = tl.load(seed_ptr)  # not ``s``: the draw's loop below carries an ``s`` of its own
+            key_lo = seed.to(tl.uint32)
+            key_hi = (seed >> 32).to(tl.uint32)
+            off = seed * 0
         else:
             key_lo = seed_lo.to(tl.uint32, bitcast=True)
             key_hi = seed_hi.to(tl.uint32, bitcast=True)

@@ -1,0 +1,128 @@
+"""Every Triton kernel compiles for an H100 (sm_90) without a GPU.
+
+The interpreter tests prove the kernels' arithmetic on the CPU, but the interpreter accepts code the
+compiler refuses (a type that does not unify across branches, a non-constexpr loop bound, a helper
+called with mismatched arguments). Here ``triton.compile`` takes each kernel from source to a cubin
+(ptxas included, as shipped with triton) for a few constexpr variants per kernel, so such a break
+fails on any machine, seconds after it is written, not at the next GPU run.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError:  # pragma: no cover - a triton without the offline compile API
+    pytest.skip("this triton has no offline compile API (ASTSource, GPUTarget)", allow_module_level=True)
+
+HOPPER = GPUTarget("cuda", 90, 32)
+
+#: pointer arguments by name -> triton pointer type (every kernel of the package uses these names)
+POINTERS = {
+    "ids_ptr": "*i64",
+    "par_ptr": "*i64",
+    "cnt_ptr": "*i32",
+    "p_ptr": "*fp32",
+    "q_ptr": "*fp32",
+    "d_ptr": "*fp32",
+    "u_ptr": "*fp32",
+    "seed_ptr": "*i64",
+    "tok_ptr": "*i64",
+    "acc_ptr": "*i64",
+    "num_ptr": "*i64",
+    "st_ptr": "*i32",
+    "wsf_ptr": "*fp64",
+    "wsi_ptr": "*i32",
+    "num_draft_ptr": "*i64",
+    "temp_ptr": "*fp32",
+    "top_k_ptr": "*i64",
+    "top_p_ptr": "*fp32",
+    "pflags_ptr": "*i32",
+    "seeds_ptr": "*i64",
+    "offsets_ptr": "*i64",
+}
+
+
+def compile_for_hopper(fn, constexprs: dict, pointer_types: dict | None = None, warps: int = 4):
+    """Compile the ``@triton.jit`` kernel ``fn`` for sm_90 with these constexpr values; every other
+    non-pointer argument is a runtime int32. Returns the compiled kernel (it holds the cubin)."""
+    names = list(fn.arg_names)
+    types = {**POINTERS, **(pointer_types or {})}
+    unknown = [n for n in names if n.endswith("_ptr") and n not in types]
+    assert not unknown, f"pointer arguments without a type here: {unknown}"
+    signature = {n: types.get(n) or ("constexpr" if n in constexprs else "i32") for n in names}
+    missing = [n for n in constexprs if n not in names]
+    assert not missing, f"{fn.__name__} has no arguments {missing}"
+    source = ASTSource(
+        fn=fn,
+        signature=signature,
+        constexprs={(names.index(k),): v for k, v in constexprs.items()},
+    )
+    return triton.compile(source, target=HOPPER, options={"num_warps": warps})
+
+
+def _cubin(kernel) -> bool:
+    return bool(kernel.asm.get("cubin"))
+
+
+@pytest.mark.parametrize(
+    "greedy, has_p, has_u, chunks",
+    [(False, True, True, 1), (False, False, False, 4), (True, False, False, 1), (True, False, False, 8)],
+)
+def test_chain_kernel(greedy, has_p, has_u, chunks):
+    from specsample.backends import _triton_kernels as k
+
+    const = dict(K_P2=8, NT_P2=32, C_P2=chunks, BLOCK=1024, GREEDY=greedy, HAS_P=has_p,
+                 HAS_U=has_u, SEED_FROM_PTR=not has_u, PREFETCH=chunks == 1,
+                 ALL_ROWS=False)  # fmt: skip
+    assert _cubin(compile_for_hopper(k.verify_kernel, const, warps=8))
+
+
+@pytest.mark.parametrize("has_p, has_u, rows", [(True, True, 1), (False, False, 8)])
+def test_block_kernel(has_p, has_u, rows):
+    from specsample.backends import _triton_block as k
+
+    const = dict(K_P2=8, ROWS=rows, BLOCK=256 if rows > 1 else 2048, HAS_P=has_p, HAS_U=has_u,
+                 SEED_FROM_PTR=not has_u)  # fmt: skip
+    assert _cubin(compile_for_hopper(k.block_kernel, const))
+
+
+@pytest.mark.parametrize(
+    "greedy, has_p, without, has_u",
+    [(True, False, False, False), (False, False, False, True), (False, True, False, False),
+     (False, True, True, True)],  # fmt: skip
+)
+def test_tree_kernel(greedy, has_p, without, has_u):
+    from specsample.backends import _triton_tree as k
+
+    const = dict(N_P2=64, D_P2=16, NT_P2=32, BLOCK=4096, GREEDY=greedy, HAS_U=has_u,
+                 SEED_FROM_PTR=not has_u, DISTINCT=not has_p or without, HAS_P=has_p,
+                 WITHOUT=without)  # fmt: skip
+    assert _cubin(compile_for_hopper(k.tree_kernel, const, warps=8))
+
+
+@pytest.mark.parametrize("has_u", [True, False])
+def test_traversal_kernel(has_u):
+    from specsample.backends import _triton_traversal as k
+
+    const = dict(N_P2=64, D_P2=16, BLOCK=4096, HAS_U=has_u, SEED_FROM_PTR=not has_u)
+    assert _cubin(compile_for_hopper(k.traversal_kernel, const, warps=8))
+
+
+@pytest.mark.parametrize(
+    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins",
+    [("bf16", True, True, True, True, True, 1), ("fp32", False, True, False, True, True, 0),
+     ("fp16", True, False, False, False, False, 2)],  # fmt: skip
+)
+def test_serving_kernel(dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins):
+    from specsample.backends import _triton_serving as k
+
+    const = dict(K_P2=16, ROWS=1, BLOCK=2048, TARGET_LOGITS=target_logits, HAS_DRAFT=has_draft,
+                 DRAFT_LOGITS=draft_logits, USE_TOP_K=top_k, USE_TOP_P=top_p, COINS=coins,
+                 SEED_FROM_PTR=coins == 2)  # fmt: skip
+    rows = {"q_ptr": "*" + dtype, "d_ptr": "*" + dtype}
+    assert _cubin(compile_for_hopper(k.serving_kernel, const, rows, warps=8))
