@@ -13,21 +13,18 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import specsample
 import torch
 from specsample.reference import residual
+from triton_interpreter import HAVE_TRITON, in_interpreter, run_interpreter_suite
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 HAVE_CUDA = torch.cuda.is_available()
 
 
 def _interp() -> bool:
-    from specsample.backends.triton_backend import interpreter_mode
-
-    return HAVE_TRITON and interpreter_mode()
+    return in_interpreter()
 
 
 INNER = pytest.mark.skipif(
@@ -174,29 +171,7 @@ def test_reason_without_cuda_names_the_interpreter():
 @pytest.mark.skipif(_interp(), reason="already in interpreter mode: the tests run directly")
 def test_interpreter_suite():
     """The interpreter tests of this file, in a subprocess with TRITON_INTERPRET=1."""
-    start = time.time()
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            __file__,
-            "-k",
-            "interp_ and not interpreter_suite",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    print(r.stdout[-3000:], f"\n(interpreter suite: {time.time() - start:.1f} s)")
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "skipped" not in last and "failed" not in last, last
+    run_interpreter_suite(__file__, "interp_ and not interpreter_suite", timeout=1800)
 
 
 # ----------------------------------------------------------------------------- interpreter (CPU)

@@ -7,25 +7,16 @@ runs where a CUDA device exists. Shapes are small: the interpreter is slow.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import time
-
 import pytest
 import specsample
 import torch
 from specsample.conformance.block_common import compare_block_to_reference
 from specsample.reference_block import reference_verify_block
-
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
+from triton_interpreter import HAVE_TRITON, in_interpreter, run_interpreter_suite
 
 
 def _interp() -> bool:
-    from specsample.backends.triton_backend import interpreter_mode
-
-    return HAVE_TRITON and interpreter_mode()
+    return in_interpreter()
 
 
 INNER = pytest.mark.skipif(
@@ -68,19 +59,7 @@ def test_block_interpreter_suite():
     """The interpreter tests of this file, in a subprocess with TRITON_INTERPRET=1."""
     if _interp():
         pytest.skip("already in interpreter mode: the tests run directly")
-    start = time.time()
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "interp_"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    print(r.stdout[-3000:], f"\n(interpreter suite: {time.time() - start:.1f} s)")
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "skipped" not in last and "failed" not in last, last
+    run_interpreter_suite(__file__, timeout=900)
 
 
 # ----------------------------------------------------------------------------- interpreter (CPU)

@@ -9,26 +9,17 @@ the last draw away from inverse-CDF near-ties, which the conformance check toler
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import time
-
 import pytest
 import specsample
 import torch
 from specsample import trees
 from specsample.reference_tree import reference_verify_tree
 from specsample.status import Status
-
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
+from triton_interpreter import HAVE_TRITON, in_interpreter, run_interpreter_suite
 
 
 def _interp() -> bool:
-    from specsample.backends.triton_backend import interpreter_mode
-
-    return HAVE_TRITON and interpreter_mode()
+    return in_interpreter()
 
 
 INNER = pytest.mark.skipif(
@@ -40,17 +31,7 @@ INNER = pytest.mark.skipif(
 @pytest.mark.skipif(_interp(), reason="already in interpreter mode: the tests run directly")
 def test_tree_interpreter_suite():
     """The interpreter tests of this file, in a subprocess with TRITON_INTERPRET=1."""
-    start = time.time()
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-         "-k", "interp_"],
-        env=env, capture_output=True, text=True, timeout=1200,
-    )  # fmt: skip
-    print(r.stdout[-3000:], f"\n(tree interpreter suite: {time.time() - start:.1f} s)")
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    last = r.stdout.strip().splitlines()[-1]
-    assert " passed" in last and "skipped" not in last and "failed" not in last, last
+    run_interpreter_suite(__file__)
 
 
 def _both(ids, parents, q, *, mode="random", **kw):
