@@ -12,26 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from specsample.decode.render import HEADERS
+
 from .environment import describe
 
 HEADING = "End to end"
 
-COLUMNS = [
-    "backend",
-    "tok/s spec",
-    "tok/s plain",
-    "speedup",
-    "accepted",
-    "draft ms",
-    "target ms",
-    "verify ms",
-    "other ms",
-    "verify share",
-    "tok/s verify 2x",
-    "tok/s verify free",
-    "kernels / verify",
-    "syncs / verify",
-]
+#: the columns ``specsample e2e`` prints, then the launch counts of one verify call
+COLUMNS = [*HEADERS, "kernels / verify", "syncs / verify"]
 
 # the phases of a step, in the order of the table and the stacked bars ("other" = bookkeeping)
 PHASES = (("draft", "draft"), ("target", "target"), ("verify", "verify"), ("bookkeeping", "other"))
