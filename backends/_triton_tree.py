@@ -129,13 +129,7 @@ def _draw(
     token = u.to(tl.int32) * 0
     if flags == 0:
         thr = u.to(tl.float64) * total
-        # The tile where the running sum crosses the threshold; a threshold rounded past the
-        # row's end takes the last tile with a positive sum.
-        tv = tr < NT
-        tc = tl.min(tl.where(tv & (cum > thr), tr, NT_P2), axis=0)
-        tmax = tl.max(tl.where(tv, cum, 0.0), axis=0)
-        tc = tl.where(tc == NT_P2, tl.min(tl.where(tv & (cum >= tmax), tr, NT_P2), axis=0), tc)
-        tile_base = tl.max(tl.where(tr < tc, cum, 0.0), axis=0)
+        tc, tile_base = _rrs.crossing_tile(cum, thr, tr, NT, NT_P2)
         offs = tc * BLOCK + ar
         m = offs < V
         q = _f32(tl.load(q_row + offs, mask=m, other=0.0))

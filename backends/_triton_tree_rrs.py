@@ -37,6 +37,18 @@ _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
 
 
 @triton.jit
+def crossing_tile(cum, thr, tr, NT, NT_P2: tl.constexpr):
+    """``(tile, sum before it)``: the first of the ``NT`` tiles (``tr`` indexes ``[NT_P2]``) whose
+    running sum ``cum`` exceeds ``thr``; a threshold rounded past the row's end takes the last tile
+    with a positive sum."""
+    tv = tr < NT
+    tc = tl.min(tl.where(tv & (cum > thr), tr, NT_P2), axis=0)
+    tmax = tl.max(tl.where(tv, cum, 0.0), axis=0)
+    tc = tl.where(tc == NT_P2, tl.min(tl.where(tv & (cum >= tmax), tr, NT_P2), axis=0), tc)
+    return tc, tl.max(tl.where(tr < tc, cum, 0.0), axis=0)
+
+
+@triton.jit
 def first_siblings(par, real, nodes, N_P2: tl.constexpr):
     """``[N_P2]`` int32: for every node, the first real node with its parent (the node whose
     draft row the siblings share; ``N_P2`` when there is none): one ``[N_P2, N_P2]`` compare."""
@@ -164,11 +176,7 @@ def _last_draw(
         cum = tl.where(use_alt, cum_alt, cum_a)
         total = tl.where(use_alt, run_alt, run_a)
         thr = u.to(tl.float64) * total
-        tv = tr < NT
-        tc = tl.min(tl.where(tv & (cum > thr), tr, NT_P2), axis=0)
-        tmax = tl.max(tl.where(tv, cum, 0.0), axis=0)
-        tc = tl.where(tc == NT_P2, tl.min(tl.where(tv & (cum >= tmax), tr, NT_P2), axis=0), tc)
-        tile_base = tl.max(tl.where(tr < tc, cum, 0.0), axis=0)
+        tc, tile_base = crossing_tile(cum, thr, tr, NT, NT_P2)
         offs = tc * BLOCK + ar
         q, p = _load64(q_row, p_row, offs, V)
         a, alt, _ = _candidates(
@@ -218,11 +226,7 @@ def residual_draw(q_row, p_row, V, u, NT_P2: tl.constexpr, BLOCK: tl.constexpr):
     if flags == 0:
         cum = tl.where(use_q, cum_q, cum_r)
         thr = u.to(tl.float64) * total
-        tv = tr < NT
-        tc = tl.min(tl.where(tv & (cum > thr), tr, NT_P2), axis=0)
-        tmax = tl.max(tl.where(tv, cum, 0.0), axis=0)
-        tc = tl.where(tc == NT_P2, tl.min(tl.where(tv & (cum >= tmax), tr, NT_P2), axis=0), tc)
-        tile_base = tl.max(tl.where(tr < tc, cum, 0.0), axis=0)
+        tc, tile_base = crossing_tile(cum, thr, tr, NT, NT_P2)
         offs = tc * BLOCK + ar
         q, p = _load64(q_row, p_row, offs, V)
         r = tl.where(use_q, q, tl.maximum(q - p, 0.0))
