@@ -38,7 +38,10 @@ _GPU_CAPS = Capabilities(
     status_flags=True,
     tree_modes=("random", "greedy"),
     tree_sampling=TREE_SAMPLING,
-    tree_rules=("token", "traversal"),
+    # Not "traversal": compiled on an H100, the traversal kernel accepts less than the reference
+    # (tree.exact, tree.acceptance-length fail) while the interpreter runs it exactly; the claim
+    # waits for the cause (docs/dev/triton-kernel.md).
+    tree_rules=("token",),
     rules=("token", "block"),
     serving=True,
 )

@@ -273,7 +273,10 @@ class Backend(abc.ABC):
                 "accept explicit uniforms (Capabilities.uniforms is False); pass generator= instead"
             )
         if level == "status" and not self.capabilities.status_flags:
-            level = "full"  # the backend does not guard its reads: check eagerly instead
+            # The backend does not guard its reads: check eagerly instead. Not while a CUDA graph
+            # is being captured: the check would read (and sync on) the capture-time data, which
+            # says nothing about the data of later replays.
+            level = "status" if _capturing(target_probs) else "full"
         inputs = validate_inputs(
             draft_token_ids,
             draft_probs,
@@ -480,3 +483,14 @@ class Backend(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<specsample backend {self.name!r}>"
+
+
+def _capturing(tensor: Any) -> bool:
+    """True while the current CUDA stream of ``tensor``'s device is capturing a graph."""
+    import torch
+
+    return (
+        isinstance(tensor, torch.Tensor)
+        and tensor.is_cuda
+        and torch.cuda.is_current_stream_capturing()
+    )

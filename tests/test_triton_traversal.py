@@ -37,18 +37,29 @@ GPU = [
     pytest.mark.gpu(needs=("triton",)),
     pytest.mark.skipif(_interp(), reason="the compiled kernel (not under the interpreter)"),
 ]
+# Compiled on an H100 the kernel accepts less than the reference on some requests (the reason the
+# GPU backend does not claim the rule, docs/backends/triton.md): strict, so a fix shows up as an
+# unexpected pass and the claim can come back.
+COMPILED_FAULT = pytest.mark.xfail(
+    strict=True, reason="compiled traversal kernel not yet exact (docs/backends/triton.md)"
+)
 
 
 def _backend():
-    """The triton backend, claiming random trees drafted with replacement (see the docstring)."""
+    """The triton backend, claiming random trees drafted with replacement (see the docstring) and
+    the traversal rule (which the compiled kernel does not claim: see COMPILED_FAULT)."""
     be = specsample.get_backend("triton")
     caps = be.capabilities
-    if WR in caps.tree_sampling:
+    if WR in caps.tree_sampling and "traversal" in caps.tree_rules:
         return be
     from specsample.backends.triton_backend import TritonBackend
 
     class TritonTraversal(TritonBackend):
-        capabilities = dataclasses.replace(caps, tree_sampling=(*caps.tree_sampling, WR))
+        capabilities = dataclasses.replace(
+            caps,
+            tree_sampling=tuple(dict.fromkeys((*caps.tree_sampling, WR))),
+            tree_rules=tuple(dict.fromkeys((*caps.tree_rules, "traversal"))),
+        )
 
     return TritonTraversal()
 
@@ -298,6 +309,7 @@ def test_interp_traversal_greedy_is_the_token_walk():
 )
 @GPU[0]
 @GPU[1]
+@COMPILED_FAULT
 def test_compiled_traversal_exact(kinds, B, N, V):
     case = random_case(kinds, B, N, V, seed=B + N)
     target = _target("cuda")
@@ -315,6 +327,7 @@ def test_compiled_traversal_exact(kinds, B, N, V):
 
 @GPU[0]
 @GPU[1]
+@COMPILED_FAULT
 def test_compiled_traversal_dyadic_and_chain():
     torch.manual_seed(0)
     ids, parents, p, q, u = _drawn_case(64, 12, 7, seed=2)
