@@ -442,6 +442,14 @@ class _Sweep:
                 w.draft_token_ids, w.draft_probs, w.target_probs, mode=mode, generator=gen, **kw
             )
 
+        timed_call = "default"
+        if rule == "token" and (self.doc["backends"].get(name) or {}).get("peer"):
+            # A peer is timed as itself: specsample's input checks (an eager value pass and a host
+            # sync for a backend without in-kernel status flags) are not the wrapped library's cost.
+            prepared, _ = self._kernel_only_call(backend, mode, copies)
+            if prepared is not None:
+                call, timed_call = prepared, "pre-validated"  # type: ignore[assignment]
+
         emitted: list[Any] = []
 
         def keep(out: Any) -> None:
@@ -490,6 +498,7 @@ class _Sweep:
         result: dict[str, Any] = {
             "status": "ok",
             "reason": "",
+            "timed_call": timed_call,
             "capped": m.capped,
             "timing": timing,
             "acceptance": acceptance,

@@ -8,10 +8,11 @@ import math
 from specsample.backends.torch_vectorized import TorchVectorizedBackend
 
 
-def _sweep(monkeypatch, fused: bool):
+def _sweep(monkeypatch, fused: bool, peer: str = ""):
     from specsample.reports import runner
     from specsample.reports.presets import get_preset
 
+    monkeypatch.setattr(runner, "_peer_of", lambda name: peer)
     caps = dataclasses.replace(TorchVectorizedBackend.capabilities, fused=fused)
     monkeypatch.setattr(TorchVectorizedBackend, "capabilities", caps)
     calls = {"verify": 0, "_verify": 0}
@@ -68,3 +69,16 @@ def test_the_report_shows_default_against_kernel_only(monkeypatch, tmp_path):
     section = md.split("### Default call / kernel-only call", 1)[1].split("###", 1)[0]
     ratio = doc["cells"][0]["kernel_only"]["default_over_kernel"]
     assert f"{ratio:.3g}" in section or f"{ratio:.3f}" in section
+
+
+def test_peers_are_timed_without_specsamples_input_checks(monkeypatch):
+    doc, calls = _sweep(monkeypatch, fused=False, peer="SomeLibrary")
+    assert calls["verify"] == 0 and calls["_verify"] > 0  # never the eager-checked default call
+    for cell in doc["cells"]:
+        assert cell["status"] == "ok" and cell["timed_call"] == "pre-validated"
+        assert "kernel_only" not in cell
+
+
+def test_project_backends_time_the_default_call(monkeypatch):
+    doc, _ = _sweep(monkeypatch, fused=False)
+    assert {cell["timed_call"] for cell in doc["cells"]} == {"default"}
