@@ -365,6 +365,14 @@ def huge(target: Target) -> str:
         out = target.verify(all_ids, draft, tgt, uniforms=u)
         check_output(out, all_ids, V, dev, "B*K*V > 2**31")
         sl = slice(B - 16, B)
+        if getattr(out, "uniforms_ignored", False):
+            # The backend draws its own coins: only what p = q fixes can be compared.
+            _deep_rows_accepted(out, all_ids, tgt, sl, K)
+            return (
+                f"B={B}, K={K}, V={V} ({B * K * V / 2**31:.2f} x 2**31 elements, {dtype}); "
+                "own random numbers: the last 16 requests (p = q) accept every draft and emit a "
+                "bonus token of positive target probability"
+            )
         sub = type(out)(out.token_ids[sl], out.num_emitted[sl])
         near = compare_to_reference(
             target,
@@ -402,6 +410,35 @@ def huge(target: Target) -> str:
     del tgt, draft
     torch.cuda.empty_cache()
     return f"B={B}, K={K}, V={V} ({B * K * V / 2**31:.2f} x 2**31 elements, {dtype}); {near} near-tie differences"
+
+
+def _deep_rows_accepted(out, ids, tgt, sl: slice, K: int) -> None:
+    """Requests ``sl`` have ``p = q`` at every draft, so every draft is accepted whatever the coin:
+    ``num_emitted = K + 1``, the drafts as emitted, and a bonus token the target row K allows."""
+    n = out.num_emitted[sl].cpu()
+    tok = out.token_ids[sl]
+    bad = torch.nonzero(n != K + 1).flatten()
+    if bad.numel():
+        b = int(bad[0])
+        raise CheckFailed(
+            f"B*K*V > 2**31, last 16 [request {sl.start + b}]: p = q at every draft, so all {K} "
+            f"are accepted and num_emitted is {K + 1}; the backend gives {int(n[b])}"
+        )
+    if not torch.equal(tok[:, :K], ids[sl]):
+        b = int(torch.nonzero((tok[:, :K] != ids[sl]).any(1)).flatten()[0])
+        raise CheckFailed(
+            f"B*K*V > 2**31, last 16 [request {sl.start + b}]: the accepted drafts must be emitted "
+            f"as drafted, {ids[sl][b].tolist()}; the backend emitted {tok[b, :K].tolist()}"
+        )
+    bonus = tok[:, K]
+    q_at = tgt[sl, K].gather(-1, bonus.clamp(0).unsqueeze(-1)).squeeze(-1)
+    bad = torch.nonzero((bonus < 0) | (q_at <= 0)).flatten()
+    if bad.numel():
+        b = int(bad[0])
+        raise CheckFailed(
+            f"B*K*V > 2**31, last 16 [request {sl.start + b}]: bonus token {int(bonus[b])} has "
+            "target probability 0 (or is not a token)"
+        )
 
 
 # The largest weight of a scaled row: below each dtype's smallest normal number, so every nonzero
