@@ -11,6 +11,7 @@
 //   kernel_random.cuh        random mode (verify_random)
 //   kernel_greedy.cuh        greedy mode, one cluster per request (verify_greedy)
 //   kernel_greedy_split.cuh  greedy mode at the smallest batches (verify_greedy_split)
+//   kernel_block.cuh         block verification, rule="block" (verify_block_kernel)
 //   verify_kernel.cuh        this file: the entry points (__global__ kernels) both hosts launch
 // Compile-time A/B knobs (SPECSAMPLE_*, each #ifndef-guarded where it is used; every non-default
 // value is built and checked by tests/test_kernel_knobs.py): GREEDY_STEP_BYTES,
@@ -148,3 +149,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, (MinBlocks<CL,
 #endif
 
 }  // namespace specsample
+
+// Block verification (rule="block"): its own kernels, with the same parameter list
+// (SPECSAMPLE_KERNEL_PARAMS above).
+#include "kernel_block.cuh"
