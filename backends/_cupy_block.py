@@ -23,7 +23,9 @@ _modules: dict[int, _BlockModule] = {}
 class _BlockModule:
     """The compiled block-verification kernels of one device."""
 
-    def __init__(self, device_id: int) -> None:
+    def __init__(self, device_id: int, extra_options: tuple[str, ...] = ()) -> None:
+        """Compile every block kernel for ``device_id``; ``extra_options`` adds NVRTC options
+        (the ``-DSPECSAMPLE_BLOCK_*`` knobs of csrc/kernel_block.cuh, for tests and A/Bs)."""
         import cupy
 
         from .cupy_backend import _KERNEL_TYPES, _cpp_bool
@@ -40,6 +42,7 @@ class _BlockModule:
             options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
             if self.clusters:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
+            options.extend(extra_options)
             # (dtype, cluster, aligned) -> name
             self.names: dict[tuple[str, int, bool], str] = {}
             for dtype, ctype in _KERNEL_TYPES.items():
@@ -94,12 +97,15 @@ def verify_block_torch(
     uniforms=None,
     cluster: int = 0,
     threads: int = 0,
+    module: _BlockModule | None = None,
 ):
     """Block verification on contiguous torch CUDA tensors, no validation:
     ``(token_ids [B, K+1] int64, num_emitted [B] int64, status [B] int32)``.
 
     Arguments as :func:`specsample.backends._cuda_block.verify_block_op` (``K >= 1``);
     ``cluster``/``threads`` 0 take :func:`~specsample.backends._cuda_block.block_launch_config`'s.
+    ``module`` (tests and tuning) launches from another compiled module, e.g. one built with
+    ``-D`` knobs.
     """
     import numpy as np
     import torch
@@ -130,7 +136,7 @@ def verify_block_torch(
             seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, True
         else:
             seed, offset = philox_seed_offset(gen, K + 1)
-    mod = _module(device_id)
+    mod = module if module is not None else _module(device_id)
     auto = _cuda_block.block_launch_config(B, mod.num_sms, mod.clusters)
     cl = cluster or auto[0]
     nt = threads or auto[1]

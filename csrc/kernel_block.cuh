@@ -47,6 +47,14 @@ constexpr int kBlockBadSlot = kBlockSlots;  // the chunk slot carrying the bad-v
 #define SPECSAMPLE_BLOCK_WAVE 4  // 16-byte vectors per lane in flight, per row read
 #endif
 
+// Small calls (every row of the call fitting in this many bytes, well inside the L2) ask for all
+// rows 0..K-1 of their warp segments at once with L2 prefetches before streaming them: a request
+// reads 2K rows, and the loads in flight alone (U vectors of q and of p per lane) would leave the
+// DRAM idle between rows at small batch. 0 disables it.
+#ifndef SPECSAMPLE_BLOCK_PREFETCH_BYTES
+#define SPECSAMPLE_BLOCK_PREFETCH_BYTES (32ll << 20)
+#endif
+
 // Bits of the row checks (step 2 and the bonus row), OR-ed over the cluster.
 constexpr u32 kBlockBadQ = 1, kBlockBadP = 2, kBlockBadBonus = 4;
 
@@ -92,6 +100,17 @@ __device__ __forceinline__ void block_segment(i64 c_lo, i64 c_hi, int nwarps, in
     return;
   }
   split_range(c_lo, c_hi, nwarps, warp, lo, hi);
+}
+
+// L2 prefetch of the 128-byte lines of vectors [lo, hi) (16 bytes each) of one row of
+// `row_bytes` bytes, over a warp; every address prefetched lies inside the row.
+__device__ __forceinline__ void block_prefetch_l2(const void* row, i64 lo, i64 hi, i64 row_bytes,
+                                                  int lane) {
+  const char* base = reinterpret_cast<const char*>(row);
+  const i64 end = hi * 16 < row_bytes ? hi * 16 : row_bytes;
+  for (i64 off = lo * 16 + (i64)lane * 128; off < end; off += 32 * 128) {
+    asm volatile("{ .reg .u64 a;\n\tcvta.to.global.u64 a, %0;\n\tprefetch.global.L2 [a]; }" ::"l"(base + off));
+  }
 }
 
 // One warp's segment [lo, hi) of one row: the sum of its values (every lane gets it) and, with
@@ -155,6 +174,17 @@ __device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm)
   i64 c_lo, c_hi;
   split_range(0, NG, CL, (int)rank, c_lo, c_hi);
   u32 bad = 0;
+  if (SPECSAMPLE_BLOCK_PREFETCH_BYTES > 0 &&
+      (i64)P.B * ((p != nullptr ? 2 : 1) * (i64)K + 1) * V * (i64)sizeof(T) <= SPECSAMPLE_BLOCK_PREFETCH_BYTES) {
+    // a 16-byte vector holds N elements, so vector g starts g * 16 bytes into its row
+    i64 lo, hi;
+    block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
+    const i64 row_bytes = V * (i64)sizeof(T);
+    for (int k = 0; k < K; ++k) {
+      block_prefetch_l2(q + (b * K1 + k) * V, lo, hi, row_bytes, lane);
+      if (p != nullptr) block_prefetch_l2(p + (b * (i64)K + k) * V, lo, hi, row_bytes, lane);
+    }
+  }
 
   // ---- 1. decisions (warp 0) while the other warps stream the bonus row ------------------------
   if (warp == 0) {

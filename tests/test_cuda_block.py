@@ -244,6 +244,26 @@ def test_block_one_launch_and_graph_replay(name):
     assert len(set(draws)) == 3
 
 
+@pytest.mark.gpu(needs=("cupy",))
+@pytest.mark.parametrize(
+    "options",
+    [("-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0",), ("-DSPECSAMPLE_BLOCK_WAVE=1",)],
+    ids=["no-prefetch", "wave-1"],
+)
+def test_block_knobs(options):
+    """Every non-default value of the kernel's compile-time knobs gives the reference's tokens."""
+    from specsample.backends import _cupy_block
+
+    mod = _cupy_block._BlockModule(torch.cuda.current_device(), options)
+    for cluster, threads in ((1, 256), (16, 512)):
+        ids, p, q, u = _case(3, 6, 32000, seed=cluster)
+        tok, num, st = _cupy_block.verify_block_torch(
+            ids, p, q, uniforms=u, cluster=cluster, threads=threads, module=mod
+        )
+        out = specsample.VerifyOutput(tok, num, st)
+        _exact(out, ids, p, q, u, label=f"{options} cl={cluster}")
+
+
 @pytest.mark.parametrize(
     "batch, sms, clusters, want",
     [

@@ -73,6 +73,45 @@ def test_block_kernel_compiles_for_sm90_without_spills(tmp_path: Path):
     assert max(registers) <= 128, registers
 
 
+@pytest.mark.parametrize(
+    "arch, defines",
+    [
+        ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0")),
+        ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_WAVE=1")),
+        ("sm_80", ()),
+    ],
+    ids=["no-prefetch", "wave-1", "sm_80-no-clusters"],
+)
+def test_block_kernel_variants_compile(tmp_path: Path, arch: str, defines: tuple[str, ...]):
+    """The knobs' non-default values, and the one-block kernel for a GPU without clusters."""
+    nvcc = _nvcc()
+    src = tmp_path / "variant.cu"
+    lines = ['#include "verify_kernel.cuh"']
+    for t in ("float", "specsample::bf16"):
+        lines.append(
+            f"template __global__ void specsample::verify_block_kernel<{t}, true>"
+            "(SPECSAMPLE_KERNEL_PARAMS);"
+        )
+        if defines:
+            lines.append(
+                f"template __global__ void specsample::verify_block_cluster_kernel<{t}, 8, false>"
+                "(SPECSAMPLE_KERNEL_PARAMS);"
+            )
+    src.write_text("\n".join(lines) + "\n")
+    cmd = [nvcc, f"-arch={arch}", "-cubin", "-std=c++17", *defines]
+    cmd += [
+        f"-I{_cuda_build.csrc_dir()}",
+        "-Xptxas",
+        "-v",
+        str(src),
+        "-o",
+        str(tmp_path / "v.cubin"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert max(int(n) for n in re.findall(r"(\d+) bytes spill stores", res.stderr)) == 0
+
+
 def _torch_include() -> Path:
     torch = pytest.importorskip("torch")
     inc = Path(torch.__file__).parent / "include"
