@@ -223,15 +223,16 @@ def test_block_one_launch_and_graph_replay(name):
     ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert len(ops) == 5, sorted({e.name for e in ops})
 
-    g = torch.Generator("cuda").manual_seed(7)
+    g = torch.cuda.default_generators[torch.cuda.current_device()]  # registered with every graph
+    g.manual_seed(7)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        be.verify(ids, p, q, generator=g, rule="block")
+        be.verify(ids, p, q, rule="block")
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = be.verify(ids, p, q, generator=g, rule="block")
+        out = be.verify(ids, p, q, rule="block")
     draws = []
     for _ in range(3):
         offset = g.get_offset()
