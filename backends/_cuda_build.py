@@ -46,6 +46,7 @@ KERNEL_CAPABILITIES = Capabilities(
     cuda_graphs=True,
     host_sync_free=True,
     status_flags=True,
+    rules=("token", "block"),
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

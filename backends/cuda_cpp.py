@@ -14,7 +14,7 @@ import threading
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
-from . import _cuda_build
+from . import _cuda_block, _cuda_build
 
 _op_lock = threading.Lock()
 _op = None
@@ -118,6 +118,8 @@ class CudaCppBackend(Backend):
         return path
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
+        if _cuda_block.uses_block_kernel(inputs):
+            return _cuda_block.verify_block_inputs(inputs)
         token_ids, num_emitted, status = verify_op(
             inputs.draft_token_ids,
             inputs.draft_probs,

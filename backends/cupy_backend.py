@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
-from . import _cuda_build, _nvrtc
+from . import _cuda_block, _cuda_build, _nvrtc
 
 # torch dtype name / CuPy dtype name -> the kernel's element type
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
@@ -509,6 +509,10 @@ class CupyBackend(Backend):
         return True, ""
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
+        if _cuda_block.uses_block_kernel(inputs):
+            from . import _cupy_block
+
+            return _cupy_block.verify_block_inputs(inputs)
         token_ids, num_emitted, status = verify_torch(
             inputs.draft_token_ids,
             inputs.draft_probs,

@@ -11,11 +11,13 @@
 //   kernel_random.cuh        random mode (verify_random)
 //   kernel_greedy.cuh        greedy mode, one cluster per request (verify_greedy)
 //   kernel_greedy_split.cuh  greedy mode at the smallest batches (verify_greedy_split)
+//   kernel_block.cuh         block verification, rule="block" (verify_block_kernel)
 //   verify_kernel.cuh        this file: the entry points (__global__ kernels) both hosts launch
 // Compile-time A/B knobs (SPECSAMPLE_*, each #ifndef-guarded where it is used; every non-default
 // value is built and checked by tests/test_kernel_knobs.py): GREEDY_STEP_BYTES,
 // GREEDY_STEP_GROWTH, GREEDY_MIN_BLOCKS, GREEDY_GROUP_MIN_CL (kernel_greedy.cuh); WAVE_SMALL,
-// WAVE_LARGE, RANDOM_MIN_BLOCKS (kernel_random.cuh); ASYNC_EXCHANGE (kernel_cluster.cuh).
+// WAVE_LARGE, RANDOM_MIN_BLOCKS (kernel_random.cuh); ASYNC_EXCHANGE (kernel_cluster.cuh);
+// BLOCK_WAVE, BLOCK_PREFETCH_BYTES (kernel_block.cuh, checked by tests/test_cuda_block.py).
 //
 // Semantics (docs/contract.md; specsample.reference is the float64 definition):
 //   1. for k < K with x = ids[b,k]: accept iff u[b,k] * p[b,k,x] < q[b,k,x]  (p = 1 without draft
@@ -148,3 +150,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, (MinBlocks<CL,
 #endif
 
 }  // namespace specsample
+
+// Block verification (rule="block"): its own kernels, with the same parameter list
+// (SPECSAMPLE_KERNEL_PARAMS above).
+#include "kernel_block.cuh"
