@@ -31,7 +31,8 @@ class Headline:
 
     @property
     def empty(self) -> bool:
-        return not any(math.isfinite(v) for v in self.vs_loop.values())
+        ratios = (*self.vs_loop.values(), *self.vs_third_party.values())
+        return not any(math.isfinite(v) for v in ratios)
 
 
 def _spread(values: list[int], n: int) -> list[int]:

@@ -356,8 +356,8 @@ def _metric_value(metric: str, s: dict[str, Any], c: dict[str, Any]) -> str:
 
 
 def backend_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per backend: cells run/skipped/errored/noisy, geometric-mean speedup vs torch-loop and
-    ratio to the floor, fastest and slowest median, kernel launches and host syncs per call.
+    """Per backend: cells run/skipped/errored/noisy, geometric-mean speedup vs torch-loop and vs
+    the fastest peer of each cell (:func:`speedups`' ``vs_third_party``), ratio to the floor, fastest and slowest median, kernel launches and host syncs per call.
 
     Noisy cells (:func:`is_noisy`) are left out of the geomeans and of ``fastest_in`` (a workload
     counts there only when none of its cells is noisy); ``fastest_in`` is None when only one
@@ -391,6 +391,14 @@ def backend_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "speedup_vs_torch_loop": geometric_mean(
                     [sp[_workload_key(c)][b]["vs_baseline"] for c in quiet]
                 ),
+                # Over the fastest peer of each cell (peers: over the fastest other peer).
+                "speedup_vs_fastest_peer": geometric_mean(
+                    [
+                        sp[_workload_key(c)][b]["vs_third_party"]
+                        for c in ok
+                        if not is_noisy(c) and sp[_workload_key(c)][b]["peers_quiet"]
+                    ]
+                ),
                 "ratio_to_floor": geometric_mean(
                     [c["floor"]["ratio"] for c in ok if not is_noisy(c)]
                 ),
@@ -417,11 +425,12 @@ def _fastest_in(s: dict[str, Any]) -> Any:
 def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
     from tabulate import tabulate
 
+    peers = bool(third_party(doc))
     rows = []
     for s in backend_summary(doc):
         rows.append(
             [
-                s["backend"],
+                peer_label(doc, s["backend"]),
                 s["ok"],
                 s["skipped"],
                 s["errors"],
@@ -429,6 +438,7 @@ def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
                 s["noisy"],
                 _fastest_in(s),
                 fmt_ratio(s["speedup_vs_torch_loop"]),
+                *([fmt_ratio(s["speedup_vs_fastest_peer"])] if peers else []),
                 fmt_ratio(s["ratio_to_floor"]),
                 fmt_time(s["min_s"]),
                 fmt_time(s["max_s"]),
@@ -445,6 +455,7 @@ def summary_table(doc: dict[str, Any], fmt: str = "github") -> str:
         "noisy",
         "fastest in",
         "speedup vs torch-loop (geomean)",
+        *(["speedup vs fastest peer (geomean)"] if peers else []),
         "x floor (geomean)",
         "fastest",
         "slowest",

@@ -20,6 +20,7 @@ def _cell(backend: str, median: float, batch: int = 64) -> dict:
         "accept": "high",
         "status": "ok",
         "timing": {"median": median, "iqr": 0.0, "q1": median, "q3": median, "n": 10},
+        "floor": {"ratio": median / 10e-6},
     }
 
 
@@ -69,3 +70,22 @@ def test_headline_marks_peers():
     table = headline_table(headline(_doc()))
     assert "flashinfer (peer)" in table and "vllm (peer)" in table
     assert "triton (peer)" not in table and "numpy (peer)" not in table
+
+
+def test_summary_shows_the_speedup_over_the_fastest_peer():
+    doc = _doc()
+    (row,) = [r for r in T.backend_summary(doc) if r["backend"] == "triton"]
+    assert math.isclose(row["speedup_vs_fastest_peer"], 2.0)
+    table = T.summary_table(doc)
+    assert "speedup vs fastest peer (geomean)" in table and "flashinfer (peer: FlashInfer)" in table
+    no_peers = {"backends": {b: {"peer": ""} for b in ("torch-loop", "triton")}, "cells": []}
+    no_peers["cells"] = [c for c in doc["cells"] if c["backend"] in no_peers["backends"]]
+    assert "fastest peer" not in T.summary_table(no_peers)
+
+
+def test_headline_without_torch_loop_still_shows_the_peers():
+    doc = _doc()
+    doc["cells"] = [c for c in doc["cells"] if c["backend"] != "torch-loop"]
+    h = headline(doc)
+    assert not h.empty
+    assert "/ 2x" in headline_table(h)  # triton over vLLM, the fastest peer
