@@ -58,6 +58,10 @@ def compile_module(
         if cached is None:
             image, lowered = compiler.compile_using_nvrtc(code, opts, name_expressions=list(names))
             image = image if isinstance(image, bytes) else image.encode()
+            if not image.startswith(b"\x7fELF"):  # PTX (NVRTC cannot emit this arch's cubin)
+                link = function.LinkState()
+                link.add_ptr_data(image, "specsample.ptx")
+                image = link.complete()
             lowered = dict(lowered or {})
             _write(path, image, lowered)
         else:

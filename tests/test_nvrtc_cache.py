@@ -31,12 +31,20 @@ def fake_cupy(monkeypatch, tmp_path):
 
     def compile_using_nvrtc(code, options=(), name_expressions=None, **kw):
         calls.append(tuple(options))
-        return b"CUBIN:" + code.encode(), {n: f"_Z{len(n)}{n}" for n in name_expressions}
+        return b"\x7fELF" + code.encode(), {n: f"_Z{len(n)}{n}" for n in name_expressions}
 
     compiler = types.SimpleNamespace(
         get_cache_dir=lambda: str(tmp_path), compile_using_nvrtc=compile_using_nvrtc
     )
-    function = types.SimpleNamespace(Module=Module)
+
+    class LinkState:
+        def add_ptr_data(self, data, name):
+            self.data = data
+
+        def complete(self):
+            return b"\x7fELF-linked:" + self.data
+
+    function = types.SimpleNamespace(Module=Module, LinkState=LinkState)
     nvrtc = types.SimpleNamespace(getVersion=lambda: (13, 0))
     cuda = types.SimpleNamespace(Device=Device, nvrtc=nvrtc, compiler=compiler, function=function)
     cupy = types.ModuleType("cupy")
@@ -61,7 +69,7 @@ def test_second_compile_is_read_from_the_cache(fake_cupy):
     mod2, low2 = _nvrtc.compile_module("k", ["-DA=1"], ["f<1>", "g<2>"], 0)
     assert len(fake_cupy.calls) == 1
     assert low1 == low2 == {"f<1>": "_Z4f<1>", "g<2>": "_Z4g<2>"}
-    assert fake_cupy.loaded == [b"CUBIN:k", b"CUBIN:k"]
+    assert fake_cupy.loaded == [b"\x7fELFk", b"\x7fELFk"]
     # Another source, option or name list is another entry.
     _nvrtc.compile_module("k", ["-DA=2"], ["f<1>", "g<2>"], 0)
     _nvrtc.compile_module("k2", ["-DA=1"], ["f<1>", "g<2>"], 0)
@@ -74,7 +82,19 @@ def test_a_damaged_cache_entry_is_compiled_again(fake_cupy):
     data = entry.read_bytes()
     entry.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # one flipped bit in the image
     _nvrtc.compile_module("k", [], ["f<1>"], 0)
-    assert len(fake_cupy.calls) == 2 and fake_cupy.loaded[-1] == b"CUBIN:k"
+    assert len(fake_cupy.calls) == 2 and fake_cupy.loaded[-1] == b"\x7fELFk"
     entry.write_bytes(b"garbage")
     _nvrtc.compile_module("k", [], ["f<1>"], 0)
     assert len(fake_cupy.calls) == 3
+
+
+def test_ptx_is_linked_to_a_cubin_before_it_is_cached(fake_cupy, monkeypatch):
+    compiler = sys.modules["cupy.cuda.compiler"]
+    monkeypatch.setattr(
+        compiler,
+        "compile_using_nvrtc",
+        lambda code, opts, name_expressions: (b"//ptx", {"f": "_f"}),
+    )
+    _nvrtc.compile_module("k", [], ["f"], 0)
+    _nvrtc.compile_module("k", [], ["f"], 0)  # from the cache: the linked image
+    assert fake_cupy.loaded == [b"\x7fELF-linked://ptx"] * 2
