@@ -53,7 +53,7 @@ def compile_module(
     opts = tuple(options) + FLOAT_OPTIONS
     with cupy.cuda.Device(device_id) as device:
         key = _cache_key(code, opts, names, cupy.cuda.nvrtc.getVersion(), device.compute_capability)
-        path = Path(compiler.get_cache_dir()) / f"specsample-{key}.bin"
+        path = cache_dir() / f"specsample-{key}.bin"
         cached = _read(path)
         if cached is None:
             image, lowered = compiler.compile_using_nvrtc(code, opts, name_expressions=list(names))
@@ -72,6 +72,12 @@ def compile_module(
     if missing:
         raise RuntimeError(f"NVRTC returned no lowered name for {missing[:3]}")
     return module, lowered
+
+
+def cache_dir() -> Path:
+    """CuPy's kernel cache folder: ``CUPY_CACHE_DIR``, else ``~/.cupy/kernel_cache`` (CuPy's own
+    default; not every CuPy version exposes a function for it)."""
+    return Path(os.environ.get("CUPY_CACHE_DIR") or Path.home() / ".cupy" / "kernel_cache")
 
 
 def _cache_key(code: str, options: Sequence[str], names: Sequence[str], nvrtc: Any, cc: str) -> str:

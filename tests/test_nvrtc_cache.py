@@ -33,9 +33,9 @@ def fake_cupy(monkeypatch, tmp_path):
         calls.append(tuple(options))
         return b"\x7fELF" + code.encode(), {n: f"_Z{len(n)}{n}" for n in name_expressions}
 
-    compiler = types.SimpleNamespace(
-        get_cache_dir=lambda: str(tmp_path), compile_using_nvrtc=compile_using_nvrtc
-    )
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(tmp_path))
+    # No get_cache_dir: CuPy 14 has none (the cache folder comes from CUPY_CACHE_DIR or the default).
+    compiler = types.SimpleNamespace(compile_using_nvrtc=compile_using_nvrtc)
 
     class LinkState:
         def add_ptr_data(self, data, name):
