@@ -46,6 +46,7 @@ KERNEL_CAPABILITIES = Capabilities(
     cuda_graphs=True,
     host_sync_free=True,
     status_flags=True,
+    serving=True,  # verify_serving_kernel (csrc/kernel_serving.cuh)
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)
