@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
-from . import _cuda_build
+from . import _cuda_build, _nvrtc
 
 # torch dtype name / CuPy dtype name -> the kernel's element type
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
@@ -36,7 +36,8 @@ def _cpp_bool(flag: bool) -> str:
 
 
 class _Module:
-    """The compiled RawModule of one device, its kernels and launch facts."""
+    """The compiled module of one device (float32 subnormals kept: ``_nvrtc``), its kernels and
+    launch facts."""
 
     def __init__(
         self,
@@ -84,8 +85,8 @@ class _Module:
                         )
             if only is not None:
                 self.names = {key: name for key, name in self.names.items() if only(key)}
-            self.module = cupy.RawModule(
-                code=code, options=tuple(options), name_expressions=list(self.names.values())
+            self.module, self.lowered = _nvrtc.compile_module(
+                code, options, list(self.names.values()), device_id
             )
             self.kernels: dict[tuple[str, int, bool, bool], object] = {}
 
@@ -96,10 +97,10 @@ class _Module:
         if kern is None:
             import cupy
 
-            kern = self.module.get_function(self.names[key])
+            kern = self.module.get_function(self.lowered[self.names[key]])
             if cluster > 8:
                 cupy.cuda.driver.funcSetAttribute(
-                    kern.kernel.ptr, _CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+                    kern.ptr, _CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
                 )
             self.kernels[key] = kern
         return kern

@@ -402,3 +402,41 @@ def huge(target: Target) -> str:
     del tgt, draft
     torch.cuda.empty_cache()
     return f"B={B}, K={K}, V={V} ({B * K * V / 2**31:.2f} x 2**31 elements, {dtype}); {near} near-tie differences"
+
+
+# The largest weight of a scaled row: below each dtype's smallest normal number, so every nonzero
+# weight of the row is subnormal (float32 and bfloat16 share float32's exponent range).
+_SUBNORMAL_TOP = {torch.float32: 1e-39, torch.bfloat16: 1e-39, torch.float16: 5e-5}
+
+
+@check("edge.subnormal")
+def subnormal(target: Target) -> str:
+    """Rows whose weights are all subnormal: a positive row, not a zero row, and an argmax that is
+    not a tie. A kernel compiled to flush subnormals to zero (``-ftz=true``) reports ``ZERO_ROW``
+    or emits index 0 here."""
+    B, K, V = 48, 3, 40
+    dtypes = [DTYPES[d] for d in DTYPES if d in target.capabilities.dtypes]
+    for i, dtype in enumerate(dtypes):
+        w = workload(target, B, K, V, seed=720 + i, dtype=torch.float64)
+        top = _SUBNORMAL_TOP[dtype]
+        tgt, draft = w.target_probs.clone(), w.draft_probs.clone()
+        # Even requests: every target row subnormal; requests 1 mod 4: the draft rows too.
+        tgt[::2] *= top / tgt[::2].amax(-1, keepdim=True)
+        draft[1::4] *= top / draft[1::4].amax(-1, keepdim=True)
+        tgt, draft = tgt.to(dtype), draft.to(dtype)
+        if "random" in target.capabilities.modes:
+            u = uniforms(B, K, 730 + i, target.device)
+            compare_to_reference(
+                target, w.draft_token_ids, draft, tgt, u=u, label=f"subnormal rows, {dtype}"
+            )
+        if "greedy" in target.capabilities.modes:
+            compare_to_reference(
+                target,
+                w.draft_token_ids,
+                draft,
+                tgt,
+                mode="greedy",
+                label=f"subnormal rows, {dtype}, greedy",
+            )
+    names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    return f"B={B}, K={K}, V={V}, {names}: half the requests with every weight subnormal"

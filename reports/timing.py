@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,10 +260,96 @@ class Timer:
             n_inputs: number of input copies (``l2="rotate"``); 1 otherwise.
             on_warmup_output: receives each warm-up call's return value (e.g. to measure acceptance).
         """
+        return self.measure_interleaved([call], n_inputs, on_warmup_output)[0]
+
+    def measure_interleaved(
+        self,
+        calls: Sequence[Callable[[int], Any]],
+        n_inputs: int = 1,
+        on_warmup_output: Callable[[Any], None] | None = None,
+    ) -> list[Measurement]:
+        """Time several calls in one loop that alternates between them, one sample each per round.
+
+        Each call is warmed up on its own; then every round times each call once (the order
+        reverses from round to round), so a slow drift of the machine (clocks, a neighbour's
+        load, the host) reaches every call alike and their ratio is not at its mercy. The spin
+        that keeps the device ahead of the host is sized for the slowest call's iteration, and
+        the budget is shared. With one call this is :meth:`measure`.
+
+        Args:
+            calls: the functions to time; each gets the index of the input copy to use.
+            n_inputs: number of input copies (``l2="rotate"``); 1 otherwise.
+            on_warmup_output: receives each warm-up output of ``calls[0]``.
+
+        Returns:
+            One :class:`Measurement` per call, in the order of ``calls``.
+        """
+        if not calls:
+            raise ValueError("calls must hold at least one function to time")
         policy = self.policy
         flush = self.flusher() if policy.l2 == "flush" else None
         budget = policy.budget_s if policy.budget_s is not None else math.inf
         start_wall = time.perf_counter()
+        warm = []
+        for j, call in enumerate(calls):
+            # The budget starts after the first call of the first function (it may compile).
+            w = self._warm_up(call, n_inputs, on_warmup_output if j == 0 else None, flush, budget)
+            warm.append(w)
+            if j == 0:
+                start_wall = w.budget_start
+        est = max(w.est for w in warm)
+        host_iteration = max(w.host_iteration for w in warm)
+
+        # GPU: spin kernels keep the device ahead of the host for the whole timed loop, so the
+        # events time the device work, not the host's launch overhead or its stalls.
+        spin = plan_spin(host_iteration, policy) if self.cuda else SpinPlan(0.0, 0.0)
+        delay = spin.per_call_s
+
+        remaining = budget - (time.perf_counter() - start_wall) - spin.lead_s
+        n = max(policy.min_samples, math.ceil(policy.target_s / est))
+        n = min(n, policy.max_samples)
+        capped = False
+        round_s = len(calls) * (est + delay)
+        if round_s * n > remaining:
+            n_fit = max(1, int(remaining / round_s)) if remaining > 0 else 1
+            if n_fit < n:
+                capped = n_fit < policy.min_samples
+                n = n_fit
+        if self.cuda:
+            samples, loop = self._time_cuda(calls, n, n_inputs, flush, start_wall, budget, spin)
+        else:
+            samples = self._time_cpu(calls, n, n_inputs, flush, start_wall, budget)
+            loop = []
+        out = []
+        for j, w in enumerate(warm):
+            extra: dict[str, Any] = {"gpu_delay_s": delay, "host_enqueue_s": w.host}
+            if self.cuda:
+                extra.update(
+                    gpu_lead_s=spin.lead_s,
+                    host_iteration_s=w.host_iteration,
+                    host_iteration_max_s=max(loop[j]) if loop and loop[j] else None,
+                )
+            if len(calls) > 1:
+                extra["interleaved_with"] = len(calls) - 1
+            wall = summarize(w.times)
+            extra["wall"] = {k: wall[k] for k in ("statistic", "n", "median", "q1", "q3", "iqr")}
+            out.append(
+                Measurement(
+                    samples=samples[j],
+                    method=self.method,
+                    l2=policy.l2,
+                    warmup_calls=w.calls,
+                    capped=capped or len(samples[j]) < min(n, policy.min_samples),
+                    first_call_s=w.first,
+                    est_call_s=w.est,
+                    extra=extra,
+                )
+            )
+        return out
+
+    def _warm_up(self, call, n_inputs, on_output, flush, budget) -> _WarmUp:
+        """Warm-up calls of one function (see :meth:`measure_interleaved`)."""
+        policy = self.policy
         shaped = self.cuda and policy.gpu_delay
         if shaped:
             import torch
@@ -271,7 +357,7 @@ class Timer:
             sleep = _spin_kernel()
             events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
 
-        # Warm-up: the first call may compile/tune; later warm-up calls estimate the call time
+        # The first call may compile/tune; later warm-up calls estimate the call time
         # (synchronized wall clock: the eager latency a caller sees) and the host's enqueue time.
         # On the GPU each warm-up call is wrapped in the rest of a timed iteration (flush, a
         # one-cycle spin, the two events), each piece timed on the host, so the spin can be sized
@@ -281,6 +367,7 @@ class Timer:
         iteration_times: list[float] = []
         first = None
         calls = 0
+        start_wall = time.perf_counter()
         while True:
             _sync(self.device)
             overhead = 0.0
@@ -301,8 +388,8 @@ class Timer:
                 t1 = time.perf_counter()
                 events[1].record()
                 overhead += time.perf_counter() - t1
-            if on_warmup_output is not None:
-                on_warmup_output(out)
+            if on_output is not None:
+                on_output(out)
             if first is None:
                 # The first call may compile, tune or build: the budget starts after it.
                 first = dt
@@ -321,97 +408,99 @@ class Timer:
                 break
         est = (_median(warm_times) if warm_times else first) or 1e-6
         host = _median(enqueue_times) if enqueue_times else est
-        host_iteration = _median(iteration_times) if iteration_times else host
-
-        # GPU: spin kernels keep the device ahead of the host for the whole timed loop, so the
-        # events time the device work, not the host's launch overhead or its stalls.
-        spin = plan_spin(host_iteration, policy) if self.cuda else SpinPlan(0.0, 0.0)
-        delay = spin.per_call_s
-
-        remaining = budget - (time.perf_counter() - start_wall) - spin.lead_s
-        n = max(policy.min_samples, math.ceil(policy.target_s / est))
-        n = min(n, policy.max_samples)
-        capped = False
-        if (est + delay) * n > remaining:
-            n_fit = max(1, int(remaining / (est + delay))) if remaining > 0 else 1
-            if n_fit < n:
-                capped = n_fit < policy.min_samples
-                n = n_fit
-        extra: dict[str, Any] = {"gpu_delay_s": delay, "host_enqueue_s": host}
-        if self.cuda:
-            samples, loop = self._time_cuda(call, n, n_inputs, flush, start_wall, budget, spin)
-            extra.update(
-                gpu_lead_s=spin.lead_s,
-                host_iteration_s=host_iteration,
-                host_iteration_max_s=max(loop) if loop else None,
-            )
-        else:
-            samples = self._time_cpu(call, n, n_inputs, flush, start_wall, budget)
-        if len(samples) < min(n, policy.min_samples):
-            capped = True
-        wall = summarize(warm_times)
-        extra["wall"] = {k: wall[k] for k in ("statistic", "n", "median", "q1", "q3", "iqr")}
-        return Measurement(
-            samples=samples,
-            method=self.method,
-            l2=policy.l2,
-            warmup_calls=calls,
-            capped=capped,
-            first_call_s=first,
-            est_call_s=est,
-            extra=extra,
+        return _WarmUp(
+            first=first,
+            times=warm_times,
+            calls=calls,
+            est=est,
+            host=host,
+            host_iteration=_median(iteration_times) if iteration_times else host,
+            budget_start=start_wall,
         )
 
-    def _time_cpu(self, call, n, n_inputs, flush, start_wall, budget) -> list[float]:
-        samples = []
+    def _time_cpu(self, calls, n, n_inputs, flush, start_wall, budget) -> list[list[float]]:
+        samples: list[list[float]] = [[] for _ in calls]
         for i in range(n):
-            if flush is not None:
-                flush()
-            t0 = time.perf_counter()
-            call(i % n_inputs)
-            samples.append(time.perf_counter() - t0)
-            if time.perf_counter() - start_wall > budget and samples:
+            for j in _round_order(len(calls), i):
+                if flush is not None:
+                    flush()
+                t0 = time.perf_counter()
+                calls[j](i % n_inputs)
+                samples[j].append(time.perf_counter() - t0)
+            if time.perf_counter() - start_wall > budget:
                 break
         return samples
 
     def _time_cuda(
-        self, call, n, n_inputs, flush, start_wall, budget, spin: SpinPlan
-    ) -> tuple[list[float], list[float]]:
-        """The timed loop on the GPU: ``(samples in s, host enqueue time of each iteration in s)``."""
+        self, calls, n, n_inputs, flush, start_wall, budget, spin: SpinPlan
+    ) -> tuple[list[list[float]], list[list[float]]]:
+        """The timed loop on the GPU.
+
+        Returns ``(samples, iteration_s)``: per call, its samples in seconds and the host's
+        enqueue time of each of its iterations in seconds.
+        """
         import torch
 
         sleep = _spin_kernel() if spin.per_call_s > 0 or spin.lead_s > 0 else None
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        iteration_s: list[float] = []
+        m = len(calls)
+        starts = [[torch.cuda.Event(enable_timing=True) for _ in range(n)] for _ in calls]
+        ends = [[torch.cuda.Event(enable_timing=True) for _ in range(n)] for _ in calls]
+        iteration_s: list[list[float]] = [[] for _ in calls]
         done = 0
         # torch creates an event's CUDA event on its first record; creating one between a call
         # and its end event would leave the device waiting for the host (the committed report's
         # first sample of nearly every cell was 0.1 ms for it). Create them all now.
-        for event in (*starts, *ends):
-            event.record()
+        for row in (*starts, *ends):
+            for event in row:
+                event.record()
         if sleep is not None and spin.lead_cycles > 0:
             sleep(spin.lead_cycles)  # the device starts idle: give it a lead before the first call
+        # Throttle in rounds, so the host stays about _THROTTLE_BEHIND calls ahead whatever m is.
+        every = max(1, _THROTTLE_EVERY // m)
+        behind = max(1, _THROTTLE_BEHIND // m)
         for i in range(n):
-            t0 = time.perf_counter()
-            if flush is not None:
-                flush()
-            if sleep is not None and spin.per_call_cycles > 0:
-                sleep(spin.per_call_cycles)
-            starts[i].record()
-            call(i % n_inputs)
-            ends[i].record()
-            iteration_s.append(time.perf_counter() - t0)
+            for j in _round_order(m, i):
+                t0 = time.perf_counter()
+                if flush is not None:
+                    flush()
+                if sleep is not None and spin.per_call_cycles > 0:
+                    sleep(spin.per_call_cycles)
+                starts[j][i].record()
+                calls[j](i % n_inputs)
+                ends[j][i].record()
+                iteration_s[j].append(time.perf_counter() - t0)
             done = i + 1
             # Keep the host from queueing far ahead, and honour the budget, without draining the
-            # device's queue: wait for a call well behind the one just enqueued.
-            if done % _THROTTLE_EVERY == 0:
-                if done > _THROTTLE_BEHIND:
-                    ends[i - _THROTTLE_BEHIND].synchronize()
+            # device's queue: wait for a round well behind the one just enqueued.
+            if done % every == 0:
+                if done > behind:
+                    for j in range(m):
+                        ends[j][i - behind].synchronize()
                 if time.perf_counter() - start_wall > budget:
                     break
         torch.cuda.synchronize(self.device)
-        return [starts[i].elapsed_time(ends[i]) * 1e-3 for i in range(done)], iteration_s
+        samples = [
+            [starts[j][i].elapsed_time(ends[j][i]) * 1e-3 for i in range(done)] for j in range(m)
+        ]
+        return samples, iteration_s
+
+
+@dataclass
+class _WarmUp:
+    """What one function's warm-up measured (host wall clock, seconds)."""
+
+    first: float | None
+    times: list[float]
+    calls: int
+    est: float
+    host: float
+    host_iteration: float
+    budget_start: float
+
+
+def _round_order(m: int, i: int) -> range:
+    """The order of ``m`` interleaved calls in round ``i``: forward, then backward, alternately."""
+    return range(m) if i % 2 == 0 else range(m - 1, -1, -1)
 
 
 def _median(values: list[float]) -> float:

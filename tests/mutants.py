@@ -45,6 +45,10 @@ class _Sampler(Backend):
             q.view(-1)[0] = q.view(-1)[0] * 0.5  # normalizes "in place", as a careless kernel might
         q = q.to(torch.float64)
         p = None if inputs.draft_probs is None else inputs.draft_probs.to(torch.float64)
+        if self.bug == "flush-subnormals":  # what a kernel compiled with -ftz=true reads
+            tiny = torch.finfo(torch.float32).tiny
+            q = torch.where(q < tiny, 0.0, q)
+            p = None if p is None else torch.where(p < tiny, 0.0, p)
         rows = torch.arange(B)
         greedy = inputs.mode == "greedy"
         if greedy:
@@ -174,6 +178,11 @@ MUTANTS: dict[str, tuple[type[Backend], tuple[str, ...], tuple[str, ...]]] = {
         _make("greedy-ties-largest"),
         ("greedy.ties",),
         ("greedy",),
+    ),
+    "mutant-flush-subnormals": (
+        _make("flush-subnormals"),
+        ("edge.subnormal",),
+        ("subnormal rows",),
     ),
     "mutant-mutates-input": (
         _make("mutates-input"),

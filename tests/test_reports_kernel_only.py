@@ -47,7 +47,8 @@ def test_fused_backends_get_a_kernel_only_column(monkeypatch):
     for cell in doc["cells"]:
         assert cell["status"] == "ok", cell.get("reason")
         ko = cell["kernel_only"]
-        assert ko["status"] == "ok" and ko["median"] > 0
+        assert ko["status"] == "ok" and ko["median"] > 0 and "alternating" in ko["method"]
+        assert ko["interleaved_with"] == 1 and cell["timing"]["interleaved_with"] == 1
         assert math.isclose(ko["default_over_kernel"], cell["timing"]["median"] / ko["median"])
 
 

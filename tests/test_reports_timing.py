@@ -169,3 +169,50 @@ def test_default_cap_leaves_eager_backends_their_whole_spin():
         assert plan_spin(enqueue, policy).per_call_s == pytest.approx(
             policy.delay_margin * enqueue + 5e-6
         )
+
+
+def test_interleaved_calls_alternate_in_one_loop(monkeypatch):
+    cuda = FakeCuda(monkeypatch)
+
+    def named(tag: str, seconds: float):
+        def run(i):
+            cuda.clock.advance(seconds)
+            cuda.log.append(("call", tag))
+
+        return run
+
+    policy = _policy(min_samples=32, max_samples=32)
+    slow, fast = named("default", 4e-4), named("kernel", 1e-4)
+    m_slow, m_fast = Timer("cuda", policy).measure_interleaved([slow, fast])
+    assert len(m_slow.samples) == len(m_fast.samples) == 32
+    assert m_slow.extra["interleaved_with"] == m_fast.extra["interleaved_with"] == 1
+    # Both get the same spin, sized for the slower call's iteration.
+    assert m_slow.extra["gpu_delay_s"] == m_fast.extra["gpu_delay_s"]
+    assert m_slow.extra["gpu_delay_s"] >= 1.5 * 4e-4
+    # After the warm-ups (each function on its own), rounds alternate the order: AB, BA, AB, ...
+    lead = cuda.log.index(("spin", int(policy.lead_s * 2.0e9)))
+    timed = [op[1] for op in cuda.log[lead:] if op[0] == "call"]
+    assert len(timed) == 64
+    for r in range(32):
+        pair = timed[2 * r : 2 * r + 2]
+        assert pair == (["default", "kernel"] if r % 2 == 0 else ["kernel", "default"])
+    # Waits stay at least 16 calls behind the newest one enqueued, as with one call.
+    ends = [op[1] for op in cuda.log[lead:] if op[0] == "record"][1::2]
+    enqueued = 0
+    for op in cuda.log[lead:]:
+        if op[0] == "call":
+            enqueued += 1
+        elif op[0] == "wait":
+            assert enqueued - (ends.index(op[1]) + 1) >= 16
+
+
+def test_interleaved_on_the_cpu_gives_each_call_its_samples():
+    seen: list[str] = []
+    policy = _policy(min_samples=12, max_samples=12)
+    a, b = Timer("cpu", policy).measure_interleaved(
+        [lambda i: seen.append("a"), lambda i: seen.append("b")]
+    )
+    assert len(a.samples) == len(b.samples) == 12
+    assert seen[-24:] == ["a", "b", "b", "a"] * 6
+    with pytest.raises(ValueError, match="calls"):
+        Timer("cpu", policy).measure_interleaved([])
