@@ -1,8 +1,9 @@
 """``cupy``'s serving entry point: ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``)
 compiled by NVRTC and launched on torch's current stream with raw device pointers.
 
-The serving kernels live in their own ``cupy.RawModule`` (same sources and options as the verify
-kernels, only the three serving instantiations), compiled on the first serving call per device.
+The serving kernels live in a module of their own (same sources and options as the verify kernels,
+only the three serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
+subnormals kept), compiled on the first serving call per device.
 Coins as in ``cuda-cpp``: explicit uniforms, per-request seeds, or the torch generator's Philox
 ``(seed, offset)`` (under CUDA-graph capture a device-resident key drawn by a graph-safe
 ``torch.randint``, so every replay draws fresh coins). See docs/serving.md.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from . import _cuda_build
+from . import _cuda_build, _nvrtc
 
 SERVING_THREADS = 512  # kServingThreads in csrc/kernel_serving.cuh
 COINS_UNIFORMS, COINS_SEEDS, COINS_GENERATOR = 0, 1, 2  # kServingCoins* in the kernel
@@ -43,10 +44,10 @@ class _ServingModule:
             if int(props["major"]) >= 9:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
             self.names = kernel_names()
-            self.module = cupy.RawModule(
-                code=code, options=tuple(options), name_expressions=list(self.names.values())
+            self.module, lowered = _nvrtc.compile_module(
+                code, options, list(self.names.values()), device_id
             )
-            self.kernels = {d: self.module.get_function(n) for d, n in self.names.items()}
+            self.kernels = {d: self.module.get_function(lowered[n]) for d, n in self.names.items()}
 
 
 def _module(device_id: int) -> _ServingModule:
