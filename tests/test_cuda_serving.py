@@ -327,3 +327,26 @@ def test_one_launch_and_graph_replay(name):
         torch.cuda.synchronize()
         distinct = len({tuple(d.flatten().tolist()) for d in draws})
         assert distinct == (3 if fresh else 1)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_top_k_keeps_exactly_k_and_cdf_boundary(name):
+    """Distinct logits, K = 0: coins spread over [0, 1) draw exactly the top-k tokens; a coin
+    landing exactly on a cumulative boundary takes the next token (``cumsum > u * sum``)."""
+    V, B = 300, 32
+    logits = torch.randperm(V, generator=torch.Generator().manual_seed(9)).float() * 1e-3
+    ids = torch.zeros(B, 0, dtype=torch.int64, device="cuda")
+    u = torch.linspace(0.0, 0.999, B).reshape(B, 1).cuda()
+    for k in (1, 5, 12):
+        out = _exact(
+            name, ids,
+            {"target_logits": logits.repeat(B, 1, 1).cuda(), "top_k": torch.full((B,), k).cuda(),
+             "uniforms": u},
+        )  # fmt: skip
+        assert set(out.token_ids[:, 0].cpu().tolist()) == set(logits.topk(k).indices.tolist())
+    probs = torch.tensor([0.5, 0.25, 0.25, 0.0]).repeat(3, 1, 1).cuda()
+    out = _exact(
+        name, torch.zeros(3, 0, dtype=torch.int64, device="cuda"),
+        {"target_probs": probs, "uniforms": torch.tensor([[0.5], [0.75], [0.0]]).cuda()},
+    )  # fmt: skip
+    assert out.token_ids[:, 0].cpu().tolist() == [1, 2, 0]
