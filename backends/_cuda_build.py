@@ -47,6 +47,7 @@ KERNEL_CAPABILITIES = Capabilities(
     host_sync_free=True,
     status_flags=True,
     rules=("token", "block"),
+    serving=True,  # verify_serving_kernel (csrc/kernel_serving.cuh)
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

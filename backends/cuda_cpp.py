@@ -129,3 +129,11 @@ class CudaCppBackend(Backend):
             uniforms=inputs.uniforms,
         )
         return VerifyOutput(token_ids, num_emitted, status)
+
+    def _verify_serving(self, inputs):
+        """The serving entry point: one launch of ``specsample::verify_serving``."""
+        from specsample.serving import ServingOutput
+
+        from ._cuda_serving import serving_op
+
+        return ServingOutput(*serving_op(inputs))

@@ -522,3 +522,11 @@ class CupyBackend(Backend):
             uniforms=inputs.uniforms,
         )
         return VerifyOutput(token_ids, num_emitted, status)
+
+    def _verify_serving(self, inputs):
+        """The serving entry point: one launch of ``verify_serving_kernel`` through NVRTC."""
+        from specsample.serving import ServingOutput
+
+        from ._cupy_serving import launch_serving
+
+        return ServingOutput(*launch_serving(inputs))

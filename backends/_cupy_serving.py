@@ -1,0 +1,144 @@
+"""``cupy``'s serving entry point: ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``)
+compiled by NVRTC and launched on torch's current stream with raw device pointers.
+
+The serving kernels live in a module of their own (same sources and options as the verify kernels,
+only the three serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
+subnormals kept), compiled on the first serving call per device.
+Coins as in ``cuda-cpp``: explicit uniforms, per-request seeds, or the torch generator's Philox
+``(seed, offset)`` (under CUDA-graph capture a device-resident key drawn by a graph-safe
+``torch.randint``, so every replay draws fresh coins). See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import _cuda_build, _nvrtc
+
+SERVING_THREADS = 512  # kServingThreads in csrc/kernel_serving.cuh
+COINS_UNIFORMS, COINS_SEEDS, COINS_GENERATOR = 0, 1, 2  # kServingCoins* in the kernel
+
+_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
+_lock = threading.Lock()
+_modules: dict[int, Any] = {}
+
+
+def kernel_names() -> dict[str, str]:
+    """torch dtype name -> the kernel's name expression."""
+    return {dtype: f"specsample::verify_serving_kernel<{ct}>" for dtype, ct in _TYPES.items()}
+
+
+class _ServingModule:
+    def __init__(self, device_id: int) -> None:
+        import cupy
+
+        with cupy.cuda.Device(device_id):
+            props = cupy.cuda.runtime.getDeviceProperties(device_id)
+            digest = _cuda_build.sources_hash(*_cuda_build.kernel_sources())
+            code = (
+                f"// specsample serving kernel, sources sha256 {digest}\n"
+                f'#include "{_cuda_build.KERNEL_HEADER}"\n'
+            )
+            options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
+            if int(props["major"]) >= 9:
+                options.append("-DSPECSAMPLE_CLUSTERS=1")
+            self.names = kernel_names()
+            self.module, lowered = _nvrtc.compile_module(
+                code, options, list(self.names.values()), device_id
+            )
+            self.kernels = {d: self.module.get_function(lowered[n]) for d, n in self.names.items()}
+
+
+def _module(device_id: int) -> _ServingModule:
+    mod = _modules.get(device_id)
+    if mod is None:
+        with _lock:
+            mod = _modules.get(device_id)
+            if mod is None:
+                mod = _modules[device_id] = _ServingModule(device_id)
+    return mod
+
+
+def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
+    """One launch for validated :class:`specsample.serving.ServingInputs` (``B > 0``, CUDA):
+    ``(token_ids [B, K+1] int64, num_emitted [B] int64, status [B] int32)`` torch tensors."""
+    import cupy
+    import numpy as np
+    import torch
+    from specsample.rng import is_capturing, philox_seed_offset
+
+    from .cupy_backend import _external_stream
+
+    B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+    device = inputs.device
+    device_id = device.index if device.index is not None else torch.cuda.current_device()
+    target, draft = inputs.target, inputs.draft
+    dtype = str(target.dtype).removeprefix("torch.")
+    # one allocation: tokens, num_emitted, the generator key slot, status (two int32 per int64)
+    head = B * (K + 2)
+    buf = torch.empty(head + 2 + (B + 1) // 2, dtype=torch.int64, device=device)
+    tokens = buf[: B * (K + 1)].view(B, K + 1)
+    num = buf[B * (K + 1) : head]
+    status = buf[head + 2 :].view(torch.int32)[:B]
+    seed = offset = seed_ptr = offset_ptr = 0
+    captured = 0
+    u_ptr = seeds_ptr = offsets_ptr = 0
+    if inputs.uniforms is not None:
+        coins, u_ptr = COINS_UNIFORMS, inputs.uniforms.data_ptr()
+    elif inputs.seeds is not None:
+        coins = COINS_SEEDS
+        seeds_ptr, offsets_ptr = inputs.seeds.data_ptr(), inputs.offsets.data_ptr()
+    else:
+        coins = COINS_GENERATOR
+        if is_capturing(device):
+            slot = buf[head : head + 2]
+            torch.randint(
+                0, 2**62, (2,), generator=inputs.generator, device=device, dtype=torch.int64,
+                out=slot,
+            )  # fmt: skip
+            seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, 1
+        else:
+            seed, offset = philox_seed_offset(inputs.generator, K + 1)
+    elem = target.element_size()
+    aligned = (
+        (V * elem) % 16 == 0
+        and target.data_ptr() % 16 == 0
+        and (draft is None or draft.data_ptr() % 16 == 0)
+    )
+    ids = inputs.draft_token_ids
+    args = (
+        np.uint64(ids.data_ptr()),
+        np.int32(1 if ids.dtype == torch.int64 else 0),
+        np.uint64(inputs.num_draft_tokens.data_ptr()),
+        np.uint64(target.data_ptr()),
+        np.uint64(0 if draft is None else draft.data_ptr()),
+        np.uint64(inputs.temperature.data_ptr()),
+        np.uint64(inputs.top_k.data_ptr()),
+        np.uint64(inputs.top_p.data_ptr()),
+        np.uint64(inputs.param_flags.data_ptr()),
+        np.uint64(u_ptr),
+        np.uint64(seeds_ptr),
+        np.uint64(offsets_ptr),
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(offset & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(seed_ptr),
+        np.uint64(offset_ptr),
+        np.uint64(0),
+        np.int32(captured),
+        np.uint64(tokens.data_ptr()),
+        np.uint64(num.data_ptr()),
+        np.uint64(status.data_ptr()),
+        np.int64(V),
+        np.int32(K),
+        np.int32(1 if inputs.target_is_logits else 0),
+        np.int32(0 if draft is None else 1),
+        np.int32(1 if inputs.draft_is_logits else 0),
+        np.int32(coins),
+        np.int32(1 if aligned else 0),
+    )
+    kern = _module(device_id).kernels[dtype]
+    stream_ptr = torch.cuda.current_stream(device).cuda_stream
+    with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+        kern((B,), (SERVING_THREADS,), args)
+    return tokens, num, status

@@ -1,0 +1,138 @@
+// A host-side stand-in for the CUDA built-ins the serving kernel uses, so that the very source of
+// csrc/kernel_serving.cuh runs on a CPU. Every CUDA thread of a block is a fiber (ucontext) of one
+// OS thread; __syncthreads and the warp shuffles are barriers at which a fiber yields until its
+// block (or warp) has arrived; __shared__ variables are function statics (one block runs at a
+// time). It is a test harness (tests/test_cuda_serving_emulated.py), not a CUDA implementation:
+// only what the kernel calls is here, and float16 conversions (inline PTX) are not emulated.
+#pragma once
+
+#include <ucontext.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+#include <vector>
+
+struct uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+struct dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+
+inline dim3 threadIdx;  // set by the scheduler before it resumes a fiber
+inline dim3 blockIdx;
+inline dim3 blockDim;
+
+// ---- fibers -----------------------------------------------------------------------------------
+constexpr int kEmuMaxThreads = 1024;
+inline ucontext_t emu_scheduler;
+inline ucontext_t emu_fiber[kEmuMaxThreads];
+inline bool emu_done[kEmuMaxThreads];
+inline void (*emu_body)() = nullptr;
+
+inline void emu_yield() { swapcontext(&emu_fiber[threadIdx.x], &emu_scheduler); }
+
+struct EmuBarrier {
+  int arrived = 0;
+  unsigned generation = 0;
+  void wait(int parties) {
+    const unsigned g = generation;
+    if (++arrived == parties) {
+      arrived = 0;
+      ++generation;
+      return;
+    }
+    while (generation == g) emu_yield();
+  }
+};
+inline EmuBarrier emu_block_barrier;
+inline EmuBarrier emu_warp_barrier[kEmuMaxThreads / 32];
+inline std::uint64_t emu_exchange[kEmuMaxThreads / 32][32];
+
+inline void emu_entry(int t) {
+  threadIdx.x = (unsigned)t;
+  emu_body();
+  emu_done[t] = true;
+  swapcontext(&emu_fiber[t], &emu_scheduler);
+}
+
+// Runs body() as blockDim.x fibers until all return (one block).
+inline void emu_run_block(void (*body)()) {
+  const int n = (int)blockDim.x;
+  static std::vector<std::vector<char>> stacks(kEmuMaxThreads, std::vector<char>(1 << 17));
+  emu_body = body;
+  for (int t = 0; t < n; ++t) {
+    emu_done[t] = false;
+    getcontext(&emu_fiber[t]);
+    emu_fiber[t].uc_stack.ss_sp = stacks[t].data();
+    emu_fiber[t].uc_stack.ss_size = stacks[t].size();
+    emu_fiber[t].uc_link = &emu_scheduler;
+    makecontext(&emu_fiber[t], (void (*)())emu_entry, 1, t);
+  }
+  for (int left = n; left > 0;) {
+    left = 0;
+    for (int t = 0; t < n; ++t) {
+      if (emu_done[t]) continue;
+      threadIdx.x = (unsigned)t;
+      swapcontext(&emu_scheduler, &emu_fiber[t]);
+      if (!emu_done[t]) ++left;
+    }
+  }
+}
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define asm(...) ((void)0)  // inline PTX (float16 conversion): not emulated
+
+inline void __syncthreads() { emu_block_barrier.wait((int)blockDim.x); }
+
+template <typename T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float __int_as_float(int i) {
+  float f;
+  std::memcpy(&f, &i, 4);
+  return f;
+}
+
+template <typename T>
+inline T emu_shuffle(T x, int src, bool keep) {
+  static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  std::uint64_t bits = 0;
+  std::memcpy(&bits, &x, sizeof(T));
+  emu_exchange[warp][lane] = bits;
+  emu_warp_barrier[warp].wait(32);
+  const std::uint64_t got = emu_exchange[warp][keep ? lane : src];
+  emu_warp_barrier[warp].wait(32);
+  T r;
+  std::memcpy(&r, &got, sizeof(T));
+  return r;
+}
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T x, int o) {
+  return emu_shuffle(x, (threadIdx.x & 31) ^ o, false);
+}
+template <typename T>
+inline T __shfl_up_sync(unsigned, T x, int o) {
+  const int lane = threadIdx.x & 31;
+  return emu_shuffle(x, lane - o, lane < o);
+}

@@ -1,0 +1,91 @@
+// Runs csrc/kernel_serving.cuh's verify_serving_kernel on the CPU (cuda_host.h) over inputs that
+// tests/test_cuda_serving_emulated.py writes as raw little-endian arrays into a folder:
+//   meta.txt   B K V dtype(f32|bf16) target_logits has_draft draft_logits coins threads ids64
+//   ids.bin num.bin target.bin [draft.bin] temp.bin top_k.bin top_p.bin flags.bin
+//   [uniforms.bin | seeds.bin offsets.bin]
+// and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]).
+#include "cuda_host.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <functional>
+#include <vector>
+
+#include "kernel_serving.cuh"
+
+using namespace specsample;
+
+static std::vector<char> slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+template <typename T>
+static void run(const std::string& dir, long long B, int K, long long V, int tl, int hd, int dl,
+                int coins, int threads) {
+  auto ids = slurp(dir + "/ids.bin"), num = slurp(dir + "/num.bin"), target = slurp(dir + "/target.bin");
+  auto draft = hd ? slurp(dir + "/draft.bin") : std::vector<char>();
+  auto temp = slurp(dir + "/temp.bin"), top_k = slurp(dir + "/top_k.bin"), top_p = slurp(dir + "/top_p.bin");
+  auto flags = slurp(dir + "/flags.bin");
+  std::vector<char> u, seeds, offsets;
+  if (coins == kServingCoinsUniforms) u = slurp(dir + "/uniforms.bin");
+  if (coins == kServingCoinsSeeds) {
+    seeds = slurp(dir + "/seeds.bin");
+    offsets = slurp(dir + "/offsets.bin");
+  }
+  int ids64 = 1;
+  {
+    std::ifstream m(dir + "/meta.txt");
+    std::string skip;
+    for (int i = 0; i < 9; ++i) m >> skip;
+    m >> ids64;
+  }
+  std::vector<i64> tokens(B * (K + 1)), out_num(B);
+  std::vector<int> status(B);
+  const bool aligned = (V * (long long)sizeof(T)) % 16 == 0;
+  blockDim.x = threads;
+  static std::function<void()> body;
+  for (long long b = 0; b < B; ++b) {
+    blockIdx.x = (unsigned)b;
+    body = [&] {
+      verify_serving_kernel<T>(
+          ids.data(), ids64, (const i64*)num.data(), (const T*)target.data(),
+          hd ? (const T*)draft.data() : nullptr, (const float*)temp.data(), (const i64*)top_k.data(),
+          (const float*)top_p.data(), (const int*)flags.data(), u.empty() ? nullptr : (const float*)u.data(),
+          seeds.empty() ? nullptr : (const i64*)seeds.data(),
+          offsets.empty() ? nullptr : (const i64*)offsets.data(), 0, 0, nullptr, nullptr, 0, 0,
+          tokens.data(), out_num.data(), status.data(), V, K, tl, hd, dl, coins, aligned ? 1 : 0);
+    };
+    emu_run_block([] { body(); });
+  }
+  std::ofstream(dir + "/tokens.bin", std::ios::binary).write((const char*)tokens.data(), tokens.size() * 8);
+  std::ofstream(dir + "/num_out.bin", std::ios::binary).write((const char*)out_num.data(), out_num.size() * 8);
+  std::ofstream(dir + "/status.bin", std::ios::binary).write((const char*)status.data(), status.size() * 4);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
+    return 2;
+  }
+  const std::string dir = argv[1];
+  std::ifstream m(dir + "/meta.txt");
+  long long B, V;
+  int K, tl, hd, dl, coins, threads;
+  std::string dtype;
+  m >> B >> K >> V >> dtype >> tl >> hd >> dl >> coins >> threads;
+  if (!m || threads % 32 != 0 || threads / 32 > kServingWarps) {
+    std::fprintf(stderr, "bad meta.txt\n");
+    return 2;
+  }
+  if (dtype == "f32") {
+    run<float>(dir, B, K, V, tl, hd, dl, coins, threads);
+  } else if (dtype == "bf16") {
+    run<bf16>(dir, B, K, V, tl, hd, dl, coins, threads);
+  } else {
+    std::fprintf(stderr, "dtype must be f32 or bf16\n");
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,256 @@
+"""The serving kernel's own source (``csrc/kernel_serving.cuh``) run on the CPU against the float64
+serving reference, token for token.
+
+``tests/cuda_emulation/cuda_host.h`` stands in for the CUDA built-ins the kernel calls (a fiber
+per CUDA thread, barriers for ``__syncthreads`` and the warp shuffles), so the host C++ compiler
+builds the kernel file unchanged into ``serving_host.cpp``, a small program that runs it block
+after block over inputs written by this test. Blocks of 64 threads (two warps) keep it fast while
+the cross-warp reductions and scans still run; float32 and bfloat16 (float16 goes through inline
+PTX, not emulated: the GPU tests in tests/test_cuda_serving.py cover it). What it cannot show:
+races between real threads (the fibers switch only at barriers), the device's ``exp`` / ``pow``
+(the host's are used), and speed. Skipped without a C++ compiler.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import specsample
+import torch
+from specsample.backends import _cuda_build
+from specsample.reference_serving import reference_verify_serving
+from specsample.serving import validate_serving
+
+HERE = Path(__file__).parent / "cuda_emulation"
+CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
+THREADS = 64
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory):
+    exe = tmp_path_factory.mktemp("serving_host") / "serving_host"
+    result = subprocess.run(
+        [
+            CXX, "-std=c++17", "-O1", "-w", f"-I{_cuda_build.csrc_dir()}", f"-I{HERE}",
+            str(HERE / "serving_host.cpp"), "-o", str(exe),
+        ],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return exe
+
+
+def _run(program, tmp_path, ids, **kwargs):
+    """Validate like ``verify_serving``, run the kernel on the CPU, return (tokens, num, status)."""
+    inputs = validate_serving(ids, **kwargs)
+    B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
+    dtype = {torch.float32: "f32", torch.bfloat16: "bf16"}[inputs.target.dtype]
+    coins = 0 if inputs.uniforms is not None else 1 if inputs.seeds is not None else 2
+    assert coins != 2, "the emulation runs explicit coins or seeds"
+
+    def put(name, t):
+        raw = t.contiguous()
+        if raw.dtype == torch.bfloat16:
+            raw = raw.view(torch.int16)
+        (tmp_path / f"{name}.bin").write_bytes(raw.numpy().tobytes())
+
+    put("ids", inputs.draft_token_ids)
+    put("num", inputs.num_draft_tokens)
+    put("target", inputs.target)
+    if inputs.draft is not None:
+        put("draft", inputs.draft)
+    put("temp", inputs.temperature)
+    put("top_k", inputs.top_k)
+    put("top_p", inputs.top_p)
+    put("flags", inputs.param_flags)
+    if coins == 0:
+        put("uniforms", inputs.uniforms)
+    else:
+        put("seeds", inputs.seeds)
+        put("offsets", inputs.offsets)
+    meta = [
+        B, K, V, dtype, int(inputs.target_is_logits), int(inputs.draft is not None),
+        int(inputs.draft_is_logits), coins, THREADS,
+        int(inputs.draft_token_ids.dtype == torch.int64),
+    ]  # fmt: skip
+    (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
+    subprocess.run([str(program), str(tmp_path)], check=True, timeout=600)
+    tokens = torch.frombuffer(bytearray((tmp_path / "tokens.bin").read_bytes()), dtype=torch.int64)
+    num = torch.frombuffer(bytearray((tmp_path / "num_out.bin").read_bytes()), dtype=torch.int64)
+    status = torch.frombuffer(bytearray((tmp_path / "status.bin").read_bytes()), dtype=torch.int32)
+    return tokens.reshape(B, K + 1), num, status
+
+
+def _exact(program, tmp_path, ids, **kwargs):
+    tokens, num, status = _run(program, tmp_path, ids, **kwargs)
+    ref = reference_verify_serving(ids, **kwargs)
+    assert status.tolist() == ref.status.tolist()
+    differ = torch.nonzero((tokens != ref.token_ids).any(dim=1)).flatten()
+    assert len(differ) == 0, (
+        differ.tolist(), tokens[differ].tolist(), ref.token_ids[differ].tolist()
+    )  # fmt: skip
+    assert num.tolist() == ref.num_emitted.tolist()
+    return tokens, num, status
+
+
+def _batch(B, K, V, *, seed, dtype=torch.float32, probs=False, draft="logits"):
+    """A mixed batch: greedy and sampling requests, K_b from 0..K, temperatures from tiny to large,
+    top-k and top-p on some requests; drafts mostly the target's argmax."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, K + 1, V, generator=g) * 3
+    draft_logits = logits[:, :K] + torch.randn(B, K, V, generator=g)
+    ids = torch.where(
+        torch.rand(B, K, generator=g) < 0.6,
+        logits[:, :K].argmax(-1),
+        torch.randint(0, V, (B, K), generator=g),
+    )
+    temps = torch.tensor([0.0, 1.0, 0.7, 0.05, 3.0, 0.0, 1.3])
+    kwargs = {
+        "num_draft_tokens": torch.randint(0, K + 1, (B,), generator=g),
+        "temperature": temps[torch.randint(0, len(temps), (B,), generator=g)],
+        "top_k": torch.tensor([0, 1, 3, 0, V // 2])[torch.randint(0, 5, (B,), generator=g)],
+        "top_p": torch.tensor([1.0, 0.9, 0.5, 1e-6, 0.99])[torch.randint(0, 5, (B,), generator=g)],
+        "uniforms": torch.rand(B, K + 1, generator=g),
+    }
+    if probs:
+        kwargs["target_probs"] = torch.softmax(logits, -1).to(dtype)
+    else:
+        kwargs["target_logits"] = logits.to(dtype)
+    if draft == "logits":
+        kwargs["draft_logits"] = draft_logits.to(dtype)
+    elif draft == "probs":
+        kwargs["draft_probs"] = torch.softmax(draft_logits, -1).to(dtype)
+    return ids, kwargs
+
+
+@pytest.mark.parametrize(
+    "dtype, probs, draft",
+    [
+        (torch.float32, False, "logits"),
+        (torch.bfloat16, False, "none"),
+        (torch.float32, True, "probs"),
+        (torch.bfloat16, True, "logits"),
+    ],
+    ids=["f32-logits", "bf16-no-draft", "f32-probs", "bf16-probs-draft-logits"],
+)
+def test_mixed_batch_exact(program, tmp_path, dtype, probs, draft):
+    """Mixed batches token for token; both outcomes of the accept test occur."""
+    ids, kwargs = _batch(16, 3, 300, seed=1, dtype=dtype, probs=probs, draft=draft)
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    assert (status == 0).all()
+    assert 0 < int((num < kwargs["num_draft_tokens"] + 1).sum()) < 16
+
+
+def test_unaligned_rows_and_seeds(program, tmp_path):
+    """V * 4 not a multiple of 16 (the element-by-element load path), int32 ids, seeded coins."""
+    ids, kwargs = _batch(8, 2, 1001, seed=2)
+    del kwargs["uniforms"]
+    kwargs["seeds"] = torch.arange(8) * 7919 - 3
+    kwargs["offsets"] = torch.arange(8) * 5
+    _exact(program, tmp_path, ids.to(torch.int32), **kwargs)
+
+
+def test_filter_ties(program, tmp_path):
+    """Tie rules at the top-k and top-p boundaries (``-0.0`` ties ``0.0``, whole tie groups
+    kept), probabilities with zeros, top-p's boundary hit exactly."""
+    row = torch.tensor([2.0, 1.0, 1.0, 0.0, -0.0, 0.0, -1.0, -1.0, -5.0, -math.inf, 1.0, -2.0])
+    logits = row.repeat(8, 2, 1)
+    ids = torch.tensor([[1], [4], [3], [7], [2], [10], [9], [5]])
+    kwargs = {
+        "target_logits": logits,
+        "temperature": torch.tensor([1.0, 1.0, 0.5, 2.0, 1.0, 1.0, 1.0, 1.0]),
+        "top_k": torch.tensor([2, 5, 4, 7, 0, 3, 0, 6]),
+        "top_p": torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 0.6, 0.999, 0.7]),
+        "uniforms": torch.linspace(0.05, 0.95, 16).reshape(8, 2),
+    }
+    kwargs["uniforms"][1, 0] = 0.01
+    _exact(program, tmp_path, ids, **kwargs)
+    probs = torch.softmax(logits, -1)
+    probs[:, :, 3:6] = 0.0
+    probs[:, :, 5] = -0.0
+    kwargs["target_probs"] = probs
+    del kwargs["target_logits"]
+    _exact(program, tmp_path, ids, **kwargs)
+    row = torch.tensor([0.5, 0.125, 0.125, 0.0, 0.125, 0.125, 0.0, 0.0])
+    u = torch.linspace(0.0, 0.99, 12).reshape(12, 1)
+    for p, allowed in ((0.5, {0}), (0.75, {0, 1, 2, 4, 5})):
+        tokens, _, _ = _exact(
+            program, tmp_path, torch.zeros(12, 0, dtype=torch.int64),
+            target_probs=row.repeat(12, 1, 1), top_p=torch.full((12,), p), uniforms=u,
+        )  # fmt: skip
+        assert set(tokens[:, 0].tolist()) == allowed
+
+
+def test_zero_residual_falls_back_to_q(program, tmp_path):
+    """Draft logits equal to the target's under top-k = 3, drafts outside the top 3: every coin
+    rejects, the residual is all zero, the token is drawn from q' (one of the top 3)."""
+    g = torch.Generator().manual_seed(6)
+    B, K, V = 12, 2, 30
+    logits = torch.randn(B, K + 1, V, generator=g)
+    ids = logits[:, :K].argmin(-1)
+    u = torch.rand(B, K + 1, generator=g)
+    u[:, K] = torch.linspace(0.0, 0.99, B)
+    tokens, num, _ = _exact(
+        program, tmp_path, ids, target_logits=logits, draft_logits=logits[:, :K].clone(),
+        top_k=torch.full((B,), 3), uniforms=u,
+    )  # fmt: skip
+    assert (num == 1).all()
+    top3 = logits[:, 0].topk(3).indices
+    rank = (top3 == tokens[:, :1]).int()
+    assert rank.any(dim=1).all() and len(set(rank.argmax(dim=1).tolist())) > 1
+
+
+def test_status(program, tmp_path):
+    """Every status bit as the reference sets it; unowned rows unread; flagged requests emit -1."""
+    ids, kwargs = _batch(11, 3, 20, seed=8)
+    kwargs["num_draft_tokens"] = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3])
+    kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    tl, dl, u = kwargs["target_logits"], kwargs["draft_logits"], kwargs["uniforms"]
+    ids[0, 2] = 20
+    tl[1, 3, 4] = math.nan
+    tl[2, 3, 0] = math.inf
+    dl[3, 1, 1] = math.nan
+    u[4, 3] = 1.0
+    dl[5, 0, 0] = math.nan
+    tl[6, 1] = -math.inf
+    tl[7, 0, :5] = -math.inf
+    tl[8, 2, 3] = math.nan
+    u[8, 0] = 2.0
+    tl[10, 1] = -math.inf
+    tl[10, 1, 7] = math.nan
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    S = specsample.Status
+    assert status.tolist() == [
+        S.BAD_DRAFT_ID, 0, S.BAD_TARGET_VALUE, S.BAD_DRAFT_VALUE, S.BAD_UNIFORM, 0, S.ZERO_ROW,
+        0, S.BAD_TARGET_VALUE, 0, S.BAD_TARGET_VALUE,
+    ]  # fmt: skip
+    flagged = status != 0
+    assert (num[flagged] == 0).all() and (tokens[flagged] == -1).all()
+
+
+def test_top_k_keeps_exactly_k_and_cdf_boundary(program, tmp_path):
+    """Distinct logits, K = 0: the coins spread over [0, 1) draw exactly the top-k tokens (not
+    one more, not one less); a coin landing exactly on a cumulative boundary takes the next token
+    (``cumsum > u * sum``, not ``>=``)."""
+    V, B = 300, 32
+    logits = torch.randperm(V, generator=torch.Generator().manual_seed(9)).float() * 1e-3
+    ids = torch.zeros(B, 0, dtype=torch.int64)
+    u = torch.linspace(0.0, 0.999, B).reshape(B, 1)
+    for k in (1, 5, 12):
+        tokens, _, _ = _exact(
+            program, tmp_path, ids, target_logits=logits.repeat(B, 1, 1),
+            top_k=torch.full((B,), k), uniforms=u,
+        )  # fmt: skip
+        assert set(tokens[:, 0].tolist()) == set(logits.topk(k).indices.tolist())
+    probs = torch.tensor([0.5, 0.25, 0.25, 0.0]).repeat(3, 1, 1)
+    tokens, _, _ = _exact(
+        program, tmp_path, torch.zeros(3, 0, dtype=torch.int64), target_probs=probs,
+        uniforms=torch.tensor([[0.5], [0.75], [0.0]]),
+    )  # fmt: skip
+    assert tokens[:, 0].tolist() == [1, 2, 0]
