@@ -216,10 +216,9 @@ def traversal_kernel(
     while node < N_P2:
         wn = tl.sum(tl.where(nodes == node, w, 0.0), axis=0)
         un = tl.sum(tl.where(nodes == node, u64, 0.0), axis=0)
-        nxt = node * 0 + N_P2  # the next sibling to descend from (none: N_P2)
-        up = node * 0 + N_P2  # else the node to try next, the parent (none: N_P2)
         if un < wn:
             accepted = node
+            node = node * 0 + N_P2
         else:
             a = tl.sum(tl.where(nodes == node, par, 0), axis=0)
             wa = tl.where(a < 0, w_root, tl.sum(tl.where(nodes == a, w, 0.0), axis=0))
@@ -261,18 +260,16 @@ def traversal_kernel(
                     qi = tl.sum(tl.where(nodes == i, cx, 0.0), axis=0)
                     pxi = tl.sum(tl.where(nodes == i, px, 0.0), axis=0)
                     w = tl.where(nodes == i, _path_weight(wp, qi, pxi), w)
+            # next: the leftmost leaf under the next sibling, else the parent
             nxt = tl.min(tl.where(later, nodes, N_P2), axis=0)
-            up = tl.where(a < 0, N_P2, a)
-        # Next: the leftmost leaf under the next sibling, else the parent. The descent runs here,
-        # outside the `if`: compiled by triton 3.6, a `while` nested in that branch's own `if`
-        # left `node` at the sibling itself, so a parent was tried before its subtree (the
-        # interpreter ran it as written).
-        leaf = nxt
-        down = nxt
-        while down < N_P2:
-            leaf = down
-            down = tl.min(tl.where(live & (par == leaf), nodes, N_P2), axis=0)
-        node = tl.where(nxt < N_P2, leaf, up)
+            if nxt < N_P2:
+                down = nxt
+                while down < N_P2:
+                    nxt = down
+                    down = tl.min(tl.where(live & (par == nxt), nodes, N_P2), axis=0)
+                node = nxt
+            else:
+                node = tl.where(a < 0, N_P2, a)
 
     # The accepted path (root first) and its length.
     dr = tl.arange(0, D_P2)
