@@ -46,6 +46,10 @@ KERNEL_CAPABILITIES = Capabilities(
     cuda_graphs=True,
     host_sync_free=True,
     status_flags=True,
+    # tree verification (csrc/kernel_tree.cuh): greedy and the target-only rule, token rule
+    tree_modes=("random", "greedy"),
+    tree_sampling=("target_only",),
+    tree_rules=("token",),
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

@@ -127,3 +127,10 @@ class CudaCppBackend(Backend):
             uniforms=inputs.uniforms,
         )
         return VerifyOutput(token_ids, num_emitted, status)
+
+    def _verify_tree(self, inputs):
+        """Tree verification (greedy, target-only): one launch of the tree kernel
+        (``csrc/kernel_tree.cuh``, ``backends/_cuda_tree.py``)."""
+        from . import _cuda_tree
+
+        return _cuda_tree.verify_tree_cuda_cpp(inputs)

@@ -11,6 +11,7 @@
 //   kernel_random.cuh        random mode (verify_random)
 //   kernel_greedy.cuh        greedy mode, one cluster per request (verify_greedy)
 //   kernel_greedy_split.cuh  greedy mode at the smallest batches (verify_greedy_split)
+//   kernel_tree.cuh          tree verification, one block per request (verify_tree_kernel)
 //   verify_kernel.cuh        this file: the entry points (__global__ kernels) both hosts launch
 // Compile-time A/B knobs (SPECSAMPLE_*, each #ifndef-guarded where it is used; every non-default
 // value is built and checked by tests/test_kernel_knobs.py): GREEDY_STEP_BYTES,
@@ -61,6 +62,7 @@
 #include "kernel_greedy.cuh"
 #include "kernel_greedy_split.cuh"
 #include "kernel_random.cuh"
+#include "kernel_tree.cuh"
 
 namespace specsample {
 

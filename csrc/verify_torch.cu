@@ -313,3 +313,137 @@ TORCH_LIBRARY(specsample, m) {
 }
 
 TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_cuda); }
+
+// ---------------------------------------------------------------------------------------------
+// Tree verification: specsample::verify_tree (kernel_tree.cuh), one block per request.
+//
+//   specsample::verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes,
+//                           Tensor target_probs, Tensor? uniforms, Generator? generator,
+//                           bool greedy, bool distinct, int max_depth)
+//                           -> (Tensor token_ids, Tensor num_emitted, Tensor accepted_nodes,
+//                               Tensor status)
+//
+// The inputs come validated from Backend.verify_tree (shapes, dtypes, device); values are checked
+// in the kernel. Random mode without uniforms advances the generator by 4 * ceil((N+1)/4).
+// ---------------------------------------------------------------------------------------------
+namespace specsample {
+namespace {
+
+template <typename T>
+void launch_tree_typed(bool aligned, int64_t B, cudaStream_t stream, const void* ids, int ids64,
+                       const int64_t* par, const int64_t* cnt, const void* q, const float* u,
+                       int64_t* tok, int64_t* acc, int64_t* num, int* st, int64_t V, int N, int D,
+                       bool greedy, bool distinct, const at::PhiloxCudaState& rng) {
+  const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
+  const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
+  const int64_t* seed_ptr = rng.captured_ ? rng.seed_.ptr : nullptr;
+  const int64_t* offset_ptr = rng.captured_ ? rng.offset_.ptr : nullptr;
+  const uint64_t intragraph = rng.captured_ ? rng.offset_intragraph_ : 0;
+#define SPECSAMPLE_TREE_ARGS                                                                       \
+  ids, ids64, reinterpret_cast<const i64*>(par), reinterpret_cast<const i64*>(cnt), q, u,          \
+      reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(acc), reinterpret_cast<i64*>(num), st,   \
+      (i64)V, N, D, greedy ? 1 : 0, distinct ? 1 : 0, (u64)seed, (u64)offset,                      \
+      reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),            \
+      (u64)intragraph, rng.captured_ ? 1 : 0
+  if (aligned) {
+    verify_tree_kernel<T, true><<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
+  } else {
+    verify_tree_kernel<T, false><<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
+  }
+#undef SPECSAMPLE_TREE_ARGS
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
+    const at::Tensor& draft_token_ids, const at::Tensor& parents, const at::Tensor& num_nodes,
+    const at::Tensor& target_probs, const std::optional<at::Tensor>& uniforms,
+    std::optional<at::Generator> generator, bool greedy, bool distinct, int64_t max_depth) {
+  TORCH_CHECK(target_probs.is_cuda() && target_probs.dim() == 3,
+              "specsample::verify_tree: target_probs must be a CUDA tensor [B, N+1, V]");
+  const int64_t B = target_probs.size(0), N = target_probs.size(1) - 1, V = target_probs.size(2);
+  TORCH_CHECK(draft_token_ids.dim() == 2 && draft_token_ids.size(0) == B && draft_token_ids.size(1) == N,
+              "specsample::verify_tree: draft_token_ids must be [B, N]");
+  TORCH_CHECK(parents.scalar_type() == at::kLong && parents.dim() == 2 && parents.size(0) == B &&
+                  parents.size(1) == N,
+              "specsample::verify_tree: parents must be int64 [B, N]");
+  TORCH_CHECK(num_nodes.scalar_type() == at::kLong && num_nodes.dim() == 1 && num_nodes.size(0) == B,
+              "specsample::verify_tree: num_nodes must be int64 [B]");
+  TORCH_CHECK(N <= kMaxTreeNodes, "specsample::verify_tree: N=", N, " exceeds the kernel's limit ",
+              kMaxTreeNodes);
+  TORCH_CHECK(max_depth >= 0 && max_depth < (int64_t(1) << 30),
+              "specsample::verify_tree: max_depth must be in [0, 2^30)");
+  TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify_tree: V must be in [1, 2^31)");
+  TORCH_CHECK(B < (int64_t(1) << 31), "specsample::verify_tree: B too large");
+  const auto st = target_probs.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "specsample::verify_tree: probabilities must be float32, float16 or bfloat16");
+  const auto it = draft_token_ids.scalar_type();
+  TORCH_CHECK(it == at::kInt || it == at::kLong, "specsample::verify_tree: ids must be int32 or int64");
+  c10::cuda::CUDAGuard guard(target_probs.device());
+
+  const at::Tensor q = target_probs.contiguous();
+  const at::Tensor ids = draft_token_ids.contiguous();
+  const at::Tensor par = parents.contiguous();
+  const at::Tensor cnt = num_nodes.contiguous();
+  at::Tensor u;
+  if (!greedy && uniforms.has_value() && uniforms->defined()) {
+    u = uniforms->contiguous();
+    TORCH_CHECK(u.scalar_type() == at::kFloat && u.dim() == 2 && u.size(0) == B && u.size(1) == N + 1,
+                "specsample::verify_tree: uniforms must be float32 [B, N+1]");
+  }
+  const int64_t D = max_depth;
+  auto opts = q.options().dtype(at::kLong);
+  at::Tensor tokens = at::empty({B, D + 1}, opts);
+  at::Tensor num = at::empty({B}, opts);
+  at::Tensor nodes = at::empty({B, D}, opts);
+  at::Tensor status = at::empty({B}, q.options().dtype(at::kInt));
+  if (B == 0) return {tokens, num, nodes, status};
+
+  at::PhiloxCudaState rng;
+  if (!greedy && !u.defined()) {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+        generator, at::cuda::detail::getDefaultCUDAGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    rng = gen->philox_cuda_state((uint64_t)(((N + 1 + 3) / 4) * 4));
+  }
+  // greedy and target-only read q only
+  const bool aligned = rows_aligned(V, (int)target_probs.element_size(),
+                                    reinterpret_cast<uintptr_t>(q.data_ptr()), 0, true);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const void* idp = ids.data_ptr();
+  const int ids64 = it == at::kLong ? 1 : 0;
+  const float* up = u.defined() ? u.data_ptr<float>() : nullptr;
+  int64_t* tp = tokens.data_ptr<int64_t>();
+  int64_t* np = num.data_ptr<int64_t>();
+  int64_t* ap = nodes.data_ptr<int64_t>();
+  int* sp = status.data_ptr<int>();
+  const int64_t* pp = par.data_ptr<int64_t>();
+  const int64_t* cp = cnt.data_ptr<int64_t>();
+  switch (st) {
+    case at::kFloat:
+      launch_tree_typed<float>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+                               V, (int)N, (int)D, greedy, distinct, rng);
+      break;
+    case at::kHalf:
+      launch_tree_typed<f16>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+                             V, (int)N, (int)D, greedy, distinct, rng);
+      break;
+    default:
+      launch_tree_typed<bf16>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+                              V, (int)N, (int)D, greedy, distinct, rng);
+      break;
+  }
+  return {tokens, num, nodes, status};
+}
+
+}  // namespace
+}  // namespace specsample
+
+TORCH_LIBRARY_FRAGMENT(specsample, m) {
+  m.def(
+      "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor target_probs, "
+      "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify_tree", &specsample::verify_tree_cuda); }

@@ -1,0 +1,89 @@
+"""The tree kernel's torch op for ``cuda-cpp``: ``torch.ops.specsample.verify_tree``.
+
+The kernel is ``verify_tree_kernel`` in ``csrc/kernel_tree.cuh`` (one thread block per request,
+one launch per call; docs/dev/cuda-kernel.md, "Tree verification"); the op is registered by
+``csrc/verify_torch.cu`` in the same extension as ``specsample::verify``. This module registers
+its fake (meta) implementation and turns validated
+:class:`~specsample.contract_tree.TreeVerifyInputs` into one call.
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: the op's name and schema (``TORCH_LIBRARY_FRAGMENT`` in ``csrc/verify_torch.cu``)
+TREE_OP_NAME = "specsample::verify_tree"
+TREE_OP_SCHEMA = (
+    "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor target_probs, "
+    "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth) "
+    "-> (Tensor, Tensor, Tensor, Tensor)"
+)
+#: nodes per request the kernel holds (kMaxTreeNodes in csrc/kernel_tree.cuh)
+MAX_TREE_NODES = 128
+
+_lock = threading.Lock()
+_op = None
+
+
+def _register_fake() -> None:
+    import torch
+
+    @torch.library.register_fake(TREE_OP_NAME)
+    def _verify_tree_fake(
+        draft_token_ids, parents, num_nodes, target_probs, uniforms, generator, greedy, distinct,
+        max_depth,
+    ):  # fmt: skip
+        B = target_probs.shape[0]
+        tokens = target_probs.new_empty((B, max_depth + 1), dtype=torch.int64)
+        num = target_probs.new_empty((B,), dtype=torch.int64)
+        nodes = target_probs.new_empty((B, max_depth), dtype=torch.int64)
+        status = target_probs.new_empty((B,), dtype=torch.int32)
+        return tokens, num, nodes, status
+
+
+def load_tree_op():
+    """Build/load the extension once and return ``torch.ops.specsample.verify_tree``."""
+    global _op
+    if _op is not None:
+        return _op
+    from .cuda_cpp import load_op
+
+    load_op()  # builds and loads the extension that registers both ops
+    with _lock:
+        if _op is None:
+            import torch
+
+            _register_fake()
+            _op = torch.ops.specsample.verify_tree
+    return _op
+
+
+def verify_tree_cuda_cpp(inputs):
+    """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
+
+    Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule). The coins are
+    ``inputs.uniforms`` or, without them, drawn in the kernel from the generator's Philox state
+    (node i's coin is the chain kernel's i-th uniform of subsequence b; no host sync).
+    """
+    from specsample.contract_tree import TreeVerifyOutput
+
+    if inputs.mode == "random" and inputs.draft_probs is not None:
+        raise ValueError(
+            "cuda-cpp's tree kernel implements greedy mode and the target-only rule "
+            "(draft_probs=None); got draft_probs with draft_sampling="
+            f"{inputs.draft_sampling!r}"
+        )
+    greedy = inputs.mode == "greedy"
+    has_u = inputs.uniforms is not None and not greedy
+    tokens, num, nodes, status = load_tree_op()(
+        inputs.draft_token_ids,
+        inputs.parents,
+        inputs.num_nodes,
+        inputs.target_probs,
+        inputs.uniforms if has_u else None,
+        inputs.generator if not (greedy or has_u) else None,
+        greedy,
+        inputs.needs_distinct_siblings,
+        inputs.max_depth,
+    )
+    return TreeVerifyOutput(tokens, num, nodes, status)

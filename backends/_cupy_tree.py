@@ -1,0 +1,136 @@
+"""The tree kernel launched through CuPy (backend ``cupy``): ``csrc/kernel_tree.cuh`` by NVRTC.
+
+The same kernel source as ``cuda-cpp``'s ``specsample::verify_tree`` op, compiled on its own (the
+tree kernel needs only ``kernel_common.cuh`` and ``kernel_philox.cuh``) into one RawModule per
+device, launched on torch's current stream with raw device pointers, one block per request. The
+generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
+capture a device-resident key is drawn by a graph-safe torch op instead), so one generator state
+gives the same tokens in both backends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from . import _cuda_build
+
+TREE_HEADER = "kernel_tree.cuh"
+TREE_THREADS = 512  # kTreeThreads
+_KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
+
+_lock = threading.Lock()
+_modules: dict[int, tuple[object, dict[tuple[str, bool], object]]] = {}
+
+
+def _module(device_id: int):
+    """``(RawModule, kernels)`` of ``device_id``, compiled on first use."""
+    entry = _modules.get(device_id)
+    if entry is not None:
+        return entry
+    with _lock:
+        entry = _modules.get(device_id)
+        if entry is None:
+            import cupy
+
+            digest = _cuda_build.sources_hash(*_cuda_build.kernel_sources())
+            # the hash is in the code so that CuPy's cache (keyed by code and options, not by the
+            # included files) recompiles when a header changes
+            code = f'// specsample tree kernel, sources sha256 {digest}\n#include "{TREE_HEADER}"\n'
+            names = {
+                (dtype, aligned): f"specsample::verify_tree_kernel<{ctype}, "
+                f"{'true' if aligned else 'false'}>"
+                for (dtype, ctype), aligned in itertools.product(
+                    _KERNEL_TYPES.items(), (False, True)
+                )
+            }
+            with cupy.cuda.Device(device_id):
+                module = cupy.RawModule(
+                    code=code,
+                    options=("-std=c++17", f"-I{_cuda_build.csrc_dir()}"),
+                    name_expressions=list(names.values()),
+                )
+                kernels = {key: module.get_function(name) for key, name in names.items()}
+            entry = _modules[device_id] = (module, kernels)
+    return entry
+
+
+def verify_tree_cupy(inputs):
+    """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
+
+    Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule); the coins are
+    ``inputs.uniforms`` or drawn in the kernel from the generator's Philox state (no host sync).
+    """
+    import cupy
+    import numpy as np
+    import torch
+    from specsample.contract_tree import TreeVerifyOutput
+    from specsample.rng import is_capturing, philox_seed_offset
+    from specsample.validation import default_generator
+
+    from .cupy_backend import _external_stream
+
+    if inputs.mode == "random" and inputs.draft_probs is not None:
+        raise ValueError(
+            "cupy's tree kernel implements greedy mode and the target-only rule "
+            "(draft_probs=None); got draft_probs with draft_sampling="
+            f"{inputs.draft_sampling!r}"
+        )
+    B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
+    device = inputs.device
+    device_id = device.index if device.index is not None else torch.cuda.current_device()
+    q = inputs.target_probs
+    greedy = inputs.mode == "greedy"
+    has_u = inputs.uniforms is not None and not greedy
+    # one allocation: tokens [B, D+1], num [B], nodes [B, D], the capture key slot, then status
+    # (int32, two per int64)
+    n_tok, n_nodes = B * (D + 1), B * D
+    head = n_tok + B + n_nodes
+    buf = torch.empty(head + 2 + (B + 1) // 2, dtype=torch.int64, device=device)
+    tokens = buf[:n_tok].view(B, D + 1)
+    num = buf[n_tok : n_tok + B]
+    nodes = buf[n_tok + B : head].view(B, D)
+    status = buf[head + 2 :].view(torch.int32)[:B]
+    seed = offset = seed_ptr = offset_ptr = 0
+    captured = False
+    if not greedy and not has_u:
+        gen = inputs.generator if inputs.generator is not None else default_generator(device)
+        if is_capturing(device):
+            slot = buf[head : head + 2]
+            torch.randint(0, 2**62, (2,), generator=gen, device=device, dtype=torch.int64, out=slot)
+            seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, True
+        else:
+            seed, offset = philox_seed_offset(gen, N + 1)
+    dtype = str(q.dtype).removeprefix("torch.")
+    elem = q.element_size()
+    aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), 0, True)
+    _, kernels = _module(device_id)
+    ids = inputs.draft_token_ids
+    args = (
+        np.uint64(ids.data_ptr()),
+        np.int32(1 if ids.dtype == torch.int64 else 0),
+        np.uint64(inputs.parents.data_ptr()),
+        np.uint64(inputs.num_nodes.data_ptr()),
+        np.uint64(q.data_ptr()),
+        np.uint64(inputs.uniforms.data_ptr() if has_u else 0),
+        np.uint64(tokens.data_ptr()),
+        np.uint64(nodes.data_ptr()),
+        np.uint64(num.data_ptr()),
+        np.uint64(status.data_ptr()),
+        np.int64(V),
+        np.int32(N),
+        np.int32(D),
+        np.int32(1 if greedy else 0),
+        np.int32(1 if inputs.needs_distinct_siblings else 0),
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(offset & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(seed_ptr),
+        np.uint64(offset_ptr),
+        np.uint64(0),
+        np.int32(1 if captured else 0),
+    )
+    stream_ptr = torch.cuda.current_stream(device).cuda_stream
+    kern = kernels[(dtype, aligned)]
+    with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+        kern((B,), (TREE_THREADS,), args)
+    return TreeVerifyOutput(tokens, num, nodes, status)
