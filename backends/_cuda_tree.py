@@ -15,11 +15,27 @@ import threading
 TREE_OP_NAME = "specsample::verify_tree"
 TREE_OP_SCHEMA = (
     "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor target_probs, "
-    "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth) "
-    "-> (Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth, "
+    "int cluster=0) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 #: nodes per request the kernel holds (kMaxTreeNodes in csrc/kernel_tree.cuh)
 MAX_TREE_NODES = 128
+#: blocks per request the kernel is built for (thread-block clusters from sm_90)
+TREE_CLUSTER_SIZES = (1, 2, 4, 8, 16)
+
+
+def tree_cluster_size(batch_size: int, num_sms: int, clusters: bool) -> int:
+    """Blocks per request of a call (``tree_cluster_size`` in ``csrc/verify_torch.cu``): 16 up to
+    B = 4, then the largest of 8, 4, 2 that keeps ``B * CL`` blocks within one per SM, else 1."""
+    if not clusters:
+        return 1
+    if batch_size <= 4:
+        return 16
+    for cl in (8, 4, 2):
+        if batch_size * cl <= num_sms:
+            return cl
+    return 1
+
 
 _lock = threading.Lock()
 _op = None
@@ -31,7 +47,7 @@ def _register_fake() -> None:
     @torch.library.register_fake(TREE_OP_NAME)
     def _verify_tree_fake(
         draft_token_ids, parents, num_nodes, target_probs, uniforms, generator, greedy, distinct,
-        max_depth,
+        max_depth, cluster=0,
     ):  # fmt: skip
         B = target_probs.shape[0]
         tokens = target_probs.new_empty((B, max_depth + 1), dtype=torch.int64)
@@ -58,8 +74,11 @@ def load_tree_op():
     return _op
 
 
-def verify_tree_cuda_cpp(inputs):
+def verify_tree_cuda_cpp(inputs, cluster: int = 0):
     """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
+
+    ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: :func:`tree_cluster_size`),
+    for tests and tuning.
 
     Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule). The coins are
     ``inputs.uniforms`` or, without them, drawn in the kernel from the generator's Philox state
@@ -85,5 +104,6 @@ def verify_tree_cuda_cpp(inputs):
         greedy,
         inputs.needs_distinct_siblings,
         inputs.max_depth,
+        cluster,
     )
     return TreeVerifyOutput(tokens, num, nodes, status)

@@ -1,7 +1,7 @@
 """The tree kernel launched through CuPy (backend ``cupy``): ``csrc/kernel_tree.cuh`` by NVRTC.
 
 The same kernel source as ``cuda-cpp``'s ``specsample::verify_tree`` op, compiled on its own (the
-tree kernel needs only ``kernel_common.cuh`` and ``kernel_philox.cuh``) into one RawModule per
+tree kernel needs only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``) into one RawModule per
 device, launched on torch's current stream with raw device pointers, one block per request. The
 generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
 capture a device-resident key is drawn by a graph-safe torch op instead), so one generator state
@@ -13,18 +13,21 @@ from __future__ import annotations
 import itertools
 import threading
 
-from . import _cuda_build
+from . import _cuda_build, _cuda_tree
 
 TREE_HEADER = "kernel_tree.cuh"
 TREE_THREADS = 512  # kTreeThreads
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 
 _lock = threading.Lock()
-_modules: dict[int, tuple[object, dict[tuple[str, bool], object]]] = {}
+# device -> (RawModule, {(dtype, cluster, aligned): kernel}, SM count, clusters available)
+_modules: dict[int, tuple[object, dict[tuple[str, int, bool], object], int, bool]] = {}
+# CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED (CUDA driver API enum CUfunction_attribute)
+_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
 
 def _module(device_id: int):
-    """``(RawModule, kernels)`` of ``device_id``, compiled on first use."""
+    """``(RawModule, kernels, SM count, clusters)`` of ``device_id``, compiled on first use."""
     entry = _modules.get(device_id)
     if entry is not None:
         return entry
@@ -37,29 +40,43 @@ def _module(device_id: int):
             # the hash is in the code so that CuPy's cache (keyed by code and options, not by the
             # included files) recompiles when a header changes
             code = f'// specsample tree kernel, sources sha256 {digest}\n#include "{TREE_HEADER}"\n'
-            names = {
-                (dtype, aligned): f"specsample::verify_tree_kernel<{ctype}, "
-                f"{'true' if aligned else 'false'}>"
-                for (dtype, ctype), aligned in itertools.product(
-                    _KERNEL_TYPES.items(), (False, True)
+            props = cupy.cuda.runtime.getDeviceProperties(device_id)
+            clusters = int(props["major"]) >= 9
+            options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
+            if clusters:
+                options.append("-DSPECSAMPLE_CLUSTERS=1")
+            names = {}
+            sizes = _cuda_tree.TREE_CLUSTER_SIZES if clusters else (1,)
+            for (dtype, ctype), cl, aligned in itertools.product(
+                _KERNEL_TYPES.items(), sizes, (False, True)
+            ):
+                flag = "true" if aligned else "false"
+                names[(dtype, cl, aligned)] = (
+                    f"specsample::verify_tree_kernel<{ctype}, {flag}>"
+                    if cl == 1
+                    else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flag}>"
                 )
-            }
             with cupy.cuda.Device(device_id):
                 module = cupy.RawModule(
-                    code=code,
-                    options=("-std=c++17", f"-I{_cuda_build.csrc_dir()}"),
-                    name_expressions=list(names.values()),
+                    code=code, options=tuple(options), name_expressions=list(names.values())
                 )
                 kernels = {key: module.get_function(name) for key, name in names.items()}
-            entry = _modules[device_id] = (module, kernels)
+                for (_, cl, _), kern in kernels.items():
+                    if cl > 8:
+                        cupy.cuda.driver.funcSetAttribute(
+                            kern.kernel.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+                        )
+            num_sms = int(props["multiProcessorCount"])
+            entry = _modules[device_id] = (module, kernels, num_sms, clusters)
     return entry
 
 
-def verify_tree_cupy(inputs):
+def verify_tree_cupy(inputs, cluster: int = 0):
     """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
 
     Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule); the coins are
     ``inputs.uniforms`` or drawn in the kernel from the generator's Philox state (no host sync).
+    ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: automatic, as cuda-cpp).
     """
     import cupy
     import numpy as np
@@ -104,7 +121,12 @@ def verify_tree_cupy(inputs):
     dtype = str(q.dtype).removeprefix("torch.")
     elem = q.element_size()
     aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), 0, True)
-    _, kernels = _module(device_id)
+    _, kernels, num_sms, clusters = _module(device_id)
+    cl = cluster or _cuda_tree.tree_cluster_size(B, num_sms, clusters)
+    if (dtype, cl, aligned) not in kernels:
+        raise ValueError(
+            f"cluster must be 1, 2, 4, 8 or 16 (more than 1 needs compute capability 9.0), got {cl}"
+        )
     ids = inputs.draft_token_ids
     args = (
         np.uint64(ids.data_ptr()),
@@ -130,7 +152,7 @@ def verify_tree_cupy(inputs):
         np.int32(1 if captured else 0),
     )
     stream_ptr = torch.cuda.current_stream(device).cuda_stream
-    kern = kernels[(dtype, aligned)]
+    kern = kernels[(dtype, cl, aligned)]
     with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
-        kern((B,), (TREE_THREADS,), args)
+        kern((B * cl,), (TREE_THREADS,), args)
     return TreeVerifyOutput(tokens, num, nodes, status)

@@ -41,6 +41,7 @@
 // 4 * ceil((N+1)/4).
 #pragma once
 
+#include "kernel_cluster.cuh"
 #include "kernel_common.cuh"
 #include "kernel_philox.cuh"
 
@@ -54,6 +55,19 @@ constexpr int kTreeBatch = 8;       // 16-byte loads in flight per lane in the r
 constexpr int kTreeNone = 0x7fffffff;
 constexpr u32 kTreeBadTree = 64;    // specsample.Status.BAD_TREE
 constexpr u32 kTreeRepeated = 128;  // specsample.Status.REPEATED_SIBLING
+constexpr u64 kTreeBadKey = ~0ull;  // greedy: a row with a bad value (above every real key)
+
+// v -> `local`'s twin in block `rank` of the cluster (the block's own when CL == 1).
+template <int CL>
+__device__ __forceinline__ void tree_st_peer_u64(u64* local, u32 rank, u64 v) {
+  if constexpr (CL == 1) {
+    *local = v;
+  } else {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(local)), "r"(rank));
+    asm volatile("st.shared::cluster.u64 [%0], %1;" ::"r"(remote), "l"(v) : "memory");
+  }
+}
 
 struct TreeSmem {
   int par[kMaxTreeNodes];        // parent node (-1: the root), real nodes only
@@ -64,7 +78,9 @@ struct TreeSmem {
   int next[kMaxTreeNodes];       // next sibling of each real node, -1 if none
   int drop[kMaxTreeNodes];       // tokens of the stop position's children, ascending
   int path[kMaxTreeNodes];       // accepted nodes
-  double slots[kTreeSlots];      // pass 1: one sum per super-wave
+  double slots[kTreeSlots];      // pass 1: one sum per super-wave (this block's range)
+  double ctot[2][16];            // clusters: each block's row sum, per pass (NaN: a bad value)
+  u64 ckey[2][16];               // clusters: each block's argmax key, per step parity (~0: bad)
   double wsum[kTreeWarps];       // block scan: warp totals
   u64 wkey[kTreeWarps];          // greedy: warp argmax keys
   u32 flags;
@@ -138,13 +154,13 @@ __device__ __forceinline__ int tree_waves_per_slot(i64 NV) {
 // Pass 1 of the draw: the super-wave sums of row (tokens in drop set to zero) into s.slots[0..NS).
 // Returns this thread's verdict on the row's values (true: a NaN, infinite or negative value).
 template <typename T, bool ALIGNED>
-__device__ bool tree_row_sums(TreeSmem& s, const T* row, i64 V, int m, int G, int NS) {
+__device__ bool tree_row_sums(TreeSmem& s, const T* row, i64 V, int m, int G, int s_lo, int s_hi) {
   constexpr int VEC = VecTraits<T>::N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   bool bad = false;
   int dp = 0;
-  for (int sl = warp; sl < NS; sl += kTreeWarps) {
+  for (int sl = s_lo + warp; sl < s_hi; sl += kTreeWarps) {
     double acc = 0.0;
     for (int k0 = 0; k0 < G; k0 += kTreeBatch) {
       uint4 w[kTreeBatch];
@@ -168,7 +184,7 @@ __device__ bool tree_row_sums(TreeSmem& s, const T* row, i64 V, int m, int G, in
       }
     }
     acc = warp_sum(acc);
-    if (lane == 0) s.slots[sl] = acc;
+    if (lane == 0) s.slots[sl - s_lo] = acc;
   }
   return bad;
 }
@@ -176,11 +192,13 @@ __device__ bool tree_row_sums(TreeSmem& s, const T* row, i64 V, int m, int G, in
 // Pass 2 of the draw: the token where thr = u * total is crossed (see the header). Every thread
 // calls it; returns the token in every thread.
 template <typename T, bool ALIGNED>
-__device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int NS, double thr) {
+__device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int s_lo, int s_hi,
+                         double base0, double thr) {
   constexpr int VEC = VecTraits<T>::N;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   // level 1: contiguous slots per thread, a block scan over the threads
+  const int NS = s_hi - s_lo;  // slots of this block, s.slots[0..NS)
   const int per = (NS + kTreeThreads - 1) / kTreeThreads;
   const int lo = tid * per < NS ? tid * per : NS;
   const int hi = lo + per < NS ? lo + per : NS;
@@ -191,7 +209,7 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int NS,
     s.last = -1;
   }
   double total;
-  const double before = tree_block_scan(s, own, &total);  // (its barriers order the writes above)
+  const double before = base0 + tree_block_scan(s, own, &total);  // (its barriers order the writes)
   if (own > 0.0) {
     if (before + own > thr) atomicMin(&s.sel, tid);
     atomicMax(&s.last, tid);
@@ -222,7 +240,7 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int NS,
   __syncthreads();
   if (owner < 0) return 0;  // the row sums to zero: flagged by the caller, never reached
   if (warp == 0) {  // level 3: the wave and the lane, level 4: the element
-    const int slot = s.slot;
+    const int slot = s_lo + s.slot;
     double base = s.base;
     i64 token = -1, last_tok = -1;
     for (int k0 = 0; k0 < G && token < 0; k0 += kTreeBatch) {
@@ -278,21 +296,20 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int NS,
   return s.token;
 }
 
-// Greedy: the argmax of row (ties to the smallest index) in every thread; *bad when the row
-// holds a NaN, infinite or negative value.
+// Greedy: this block's argmax key over vectors [g_lo, g_hi) of row (kTreeBadKey for a NaN,
+// infinite or negative value), in every thread.
 template <typename T, bool ALIGNED>
-__device__ i64 tree_row_argmax(TreeSmem& s, const T* row, i64 V, bool* bad) {
+__device__ u64 tree_row_key(TreeSmem& s, const T* row, i64 V, i64 g_lo, i64 g_hi) {
   constexpr int VEC = VecTraits<T>::N;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const i64 NV = (V + VEC - 1) / VEC;
   u64 best = 0;
   bool rbad = false;
-  for (i64 g0 = 0; g0 < NV; g0 += (i64)kTreeThreads * kTreeBatch) {
+  for (i64 g0 = g_lo; g0 < g_hi; g0 += (i64)kTreeThreads * kTreeBatch) {
     uint4 w[kTreeBatch];
 #pragma unroll
     for (int i = 0; i < kTreeBatch; ++i) {
       const i64 g = g0 + (i64)i * kTreeThreads + tid;
-      w[i] = g < NV ? load_raw(row, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+      w[i] = g < g_hi ? load_raw(row, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
     for (int i = 0; i < kTreeBatch; ++i) {
@@ -302,7 +319,7 @@ __device__ i64 tree_row_argmax(TreeSmem& s, const T* row, i64 V, bool* bad) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const i64 j = g * VEC + e;
-        if (j < V) {
+        if (g < g_hi && j < V) {
           rbad |= bad_prob(v[e]);
           const u64 key = tree_key(v[e], j);
           best = key > best ? key : best;
@@ -310,19 +327,18 @@ __device__ i64 tree_row_argmax(TreeSmem& s, const T* row, i64 V, bool* bad) {
       }
     }
   }
-  best = warp_max_u64(best);
+  best = warp_max_u64(rbad ? kTreeBadKey : best);
   if (lane == 0) s.wkey[warp] = best;
-  const int any_bad = __syncthreads_or(rbad ? 1 : 0);
+  __syncthreads();
   u64 m = 0;
 #pragma unroll
   for (int w = 0; w < kTreeWarps; ++w) m = s.wkey[w] > m ? s.wkey[w] : m;
   __syncthreads();  // wkey is reused by the next row
-  *bad = any_bad != 0;
-  return (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
+  return m;
 }
 
 // The whole request (one block). Parameters: see SPECSAMPLE_TREE_PARAMS in verify_kernel.cuh.
-template <typename T, bool ALIGNED>
+template <typename T, int CL, bool ALIGNED>
 __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const i64* parents,
                                   const i64* num_nodes, const T* q, const float* uniforms,
                                   i64* out_tokens, i64* out_nodes, i64* out_num, int* out_status,
@@ -330,8 +346,12 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
                                   u64 offset, const i64* seed_ptr, const i64* offset_ptr,
                                   u64 offset_intragraph, int captured) {
   const int tid = threadIdx.x;
-  const i64 b = blockIdx.x;
+  const i64 b = (i64)cluster_id<CL>();
+  const u32 rank = cluster_rank<CL>();
   const i64 N1 = (i64)N + 1;
+  // every block of the cluster has started before any writes into its shared memory; the blocks
+  // repeat steps 1-3 (the same reads, from L2) and split each row between them
+  cluster_barrier<CL>();
 
   // ---- 1. structure ----------------------------------------------------------------------------
   if (tid == 0) {
@@ -415,17 +435,26 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
   }
 
   // ---- 3./4. the walk and the last token ------------------------------------------------------------
-  int npath = 0;
+  int npath = 0, writer = 0;  // writer: the block of the cluster that writes the outputs
   i64 token = 0;
   if (flags == 0 && greedy) {
+    constexpr int VEC = VecTraits<T>::N;
+    const i64 NV = (V + VEC - 1) / VEC;
+    i64 g_lo, g_hi;
+    split_range(0, NV, CL, (int)rank, g_lo, g_hi);
     int pos = 0;
-    for (;;) {
-      bool rbad;
-      const i64 best = tree_row_argmax<T, ALIGNED>(s, q + (b * N1 + pos) * V, V, &rbad);
-      if (rbad) {
+    for (int step = 0;; ++step) {
+      const u64 key = tree_row_key<T, ALIGNED>(s, q + (b * N1 + pos) * V, V, g_lo, g_hi);
+      if (tid < CL) tree_st_peer_u64<CL>(&s.ckey[step & 1][rank], (u32)tid, key);
+      cluster_barrier<CL>();  // every block's key has arrived (the buffers alternate per step)
+      u64 m = 0;
+#pragma unroll
+      for (int r = 0; r < CL; ++r) m = s.ckey[step & 1][r] > m ? s.ckey[step & 1][r] : m;
+      if (m == kTreeBadKey) {
         flags = kBadTarget;
         break;
       }
+      const i64 best = (i64)(0xFFFFFFFFu - (u32)(m & 0xFFFFFFFFu));
       int c = s.first[pos];
       while (c >= 0 && s.tok[c] != best) c = s.next[c];
       if (c < 0) {
@@ -469,9 +498,9 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
     for (int c = s.first[stop]; c >= 0; c = s.next[c]) ++cnt;
     for (int i = tid; i < n; i += kTreeThreads) {
       if (s.par[i] == stop - 1) {
-        int rank = 0;
-        for (int c = s.first[stop]; c >= 0; c = s.next[c]) rank += s.tok[c] < s.tok[i];
-        s.drop[rank] = (int)s.tok[i];
+        int rank_i = 0;
+        for (int c = s.first[stop]; c >= 0; c = s.next[c]) rank_i += s.tok[c] < s.tok[i];
+        s.drop[rank_i] = (int)s.tok[i];
       }
     }
     __syncthreads();
@@ -479,33 +508,66 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
     const i64 NV = (V + VecTraits<T>::N - 1) / VecTraits<T>::N;
     const int G = tree_waves_per_slot(NV);
     const int NS = (int)(((NV + 31) / 32 + G - 1) / G);
-    int m = cnt;
-    bool rowbad = tree_row_sums<T, ALIGNED>(s, row, V, m, G, NS);
-    if (__syncthreads_or(rowbad ? 1 : 0)) {
-      flags = kBadTarget;
-    } else {
-      double total = 0.0;
-      for (int i = 0; i < NS; ++i) total += s.slots[i];  // the same sum in every thread
-      if (total == 0.0 && m > 0) {  // every token left is zero: draw from the row itself
-        __syncthreads();
+    i64 lo64, hi64;
+    split_range(0, NS, CL, (int)rank, lo64, hi64);
+    const int s_lo = (int)lo64, s_hi = (int)hi64;
+    int m = cnt, used = 0;
+    double total = 0.0;
+    for (int pass = 0; pass < 2; ++pass) {
+      used = pass;
+      const bool rowbad = tree_row_sums<T, ALIGNED>(s, row, V, m, G, s_lo, s_hi);
+      const int any_bad = __syncthreads_or(rowbad ? 1 : 0);
+      if (tid < CL) {
+        double mine = 0.0;
+        for (int i = 0; i < s_hi - s_lo; ++i) mine += s.slots[i];
+        st_peer_f64<CL>(&s.ctot[pass][rank], (u32)tid, any_bad ? __longlong_as_double(-1ll) : mine);
+      }
+      cluster_barrier<CL>();  // every block's sum has arrived (one buffer per pass)
+      total = 0.0;
+      for (int r = 0; r < CL; ++r) total += s.ctot[pass][r];  // the same sum in every block
+      // every token left is zero: draw from the row itself (its values are checked already)
+      if (total == 0.0 && m > 0 && pass == 0) {
         m = 0;
-        tree_row_sums<T, ALIGNED>(s, row, V, 0, G, NS);
-        __syncthreads();
-        total = 0.0;
-        for (int i = 0; i < NS; ++i) total += s.slots[i];
+        __syncthreads();  // the slots are rewritten
+        continue;
       }
-      if (total > kFloatMaxD) {
-        flags = kRowOverflow;
-      } else if (total == 0.0) {
-        flags = kZeroRow;
-      } else {
-        token = tree_pick<T, ALIGNED>(s, row, V, m, G, NS, (double)s.u[N] * total);
+      break;
+    }
+    if (total != total) {
+      flags = kBadTarget;
+    } else if (total > kFloatMaxD) {
+      flags = kRowOverflow;
+    } else if (total == 0.0) {
+      flags = kZeroRow;
+    } else {
+      // the block where the threshold is crossed (else the last block holding mass)
+      const double thr = (double)s.u[N] * total;
+      double before = 0.0, run = 0.0, last_before = 0.0;
+      int chosen = -1, last = 0;
+      for (int r = 0; r < CL; ++r) {
+        const double x = s.ctot[used][r];
+        if (x > 0.0) {
+          if (chosen < 0 && run + x > thr) {
+            chosen = r;
+            before = run;
+          }
+          last = r;
+          last_before = run;
+        }
+        run += x;
       }
+      if (chosen < 0) {
+        chosen = last;
+        before = last_before;
+      }
+      writer = chosen;
+      if ((int)rank == chosen) token = tree_pick<T, ALIGNED>(s, row, V, m, G, s_lo, s_hi, before, thr);
     }
   }
 
-  // ---- outputs ------------------------------------------------------------------------------------
+  // ---- outputs (one block of the cluster) -----------------------------------------------------------
   __syncthreads();  // s.path complete
+  if ((int)rank != writer) return;
   const bool ok = flags == 0;
   for (int j = tid; j <= D; j += kTreeThreads) {
     i64 t = -1;
@@ -525,17 +587,35 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
 // and pointers, not structs). parents and num_nodes are int64; out_tokens [B, D+1], out_nodes
 // [B, D] (unused when D = 0), out_num [B] int64, out_status [B] int32.
 // ---------------------------------------------------------------------------------------------
+#define SPECSAMPLE_TREE_PARAMS                                                                     \
+  const void *ids, int ids64, const i64 *parents, const i64 *num_nodes, const void *q,             \
+      const float *uniforms, i64 *out_tokens, i64 *out_nodes, i64 *out_num, int *out_status, i64 V, \
+      int N, int D, int greedy, int distinct, u64 seed, u64 offset, const i64 *seed_ptr,            \
+      const i64 *offset_ptr, u64 offset_intragraph, int captured
+#define SPECSAMPLE_TREE_CALL(CL)                                                                   \
+  __shared__ TreeSmem s;                                                                           \
+  verify_tree_block<T, CL, ALIGNED>(s, ids, ids64, parents, num_nodes,                             \
+                                    reinterpret_cast<const T*>(q), uniforms, out_tokens,           \
+                                    out_nodes, out_num, out_status, V, N, D, greedy, distinct,     \
+                                    seed, offset, seed_ptr, offset_ptr, offset_intragraph,         \
+                                    captured);
+
+// One block per request (any architecture).
 template <typename T, bool ALIGNED>
-__global__ void __launch_bounds__(kTreeThreads, 1) verify_tree_kernel(
-    const void* ids, int ids64, const i64* parents, const i64* num_nodes, const void* q,
-    const float* uniforms, i64* out_tokens, i64* out_nodes, i64* out_num, int* out_status, i64 V,
-    int N, int D, int greedy, int distinct, u64 seed, u64 offset, const i64* seed_ptr,
-    const i64* offset_ptr, u64 offset_intragraph, int captured) {
-  __shared__ TreeSmem s;
-  verify_tree_block<T, ALIGNED>(s, ids, ids64, parents, num_nodes, reinterpret_cast<const T*>(q),
-                                uniforms, out_tokens, out_nodes, out_num, out_status, V, N, D,
-                                greedy, distinct, seed, offset, seed_ptr, offset_ptr,
-                                offset_intragraph, captured);
+__global__ void __launch_bounds__(kTreeThreads, 1) verify_tree_kernel(SPECSAMPLE_TREE_PARAMS) {
+  SPECSAMPLE_TREE_CALL(1)
 }
+
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+// One cluster of CL blocks per request (sm_90+; CL = 16 needs the non-portable cluster size
+// attribute set on the function before launch): grid = B * CL blocks.
+template <typename T, int CL, bool ALIGNED>
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(kTreeThreads, 1)
+    verify_tree_cluster_kernel(SPECSAMPLE_TREE_PARAMS) {
+  SPECSAMPLE_TREE_CALL(CL)
+}
+#endif
+
+#undef SPECSAMPLE_TREE_CALL
 
 }  // namespace specsample

@@ -319,21 +319,34 @@ TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_c
 //
 //   specsample::verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes,
 //                           Tensor target_probs, Tensor? uniforms, Generator? generator,
-//                           bool greedy, bool distinct, int max_depth)
+//                           bool greedy, bool distinct, int max_depth, int cluster=0)
 //                           -> (Tensor token_ids, Tensor num_emitted, Tensor accepted_nodes,
 //                               Tensor status)
 //
 // The inputs come validated from Backend.verify_tree (shapes, dtypes, device); values are checked
 // in the kernel. Random mode without uniforms advances the generator by 4 * ceil((N+1)/4).
+// cluster = 0 picks the blocks per request with tree_cluster_size (below; _cuda_tree.py holds the
+// Python copy the cupy backend uses); 1, 2, 4, 8 or 16 force it (tests, tuning).
 // ---------------------------------------------------------------------------------------------
 namespace specsample {
 namespace {
 
-template <typename T>
-void launch_tree_typed(bool aligned, int64_t B, cudaStream_t stream, const void* ids, int ids64,
-                       const int64_t* par, const int64_t* cnt, const void* q, const float* u,
-                       int64_t* tok, int64_t* acc, int64_t* num, int* st, int64_t V, int N, int D,
-                       bool greedy, bool distinct, const at::PhiloxCudaState& rng) {
+// Blocks per request: 16 up to B = 4, then the largest of 8, 4, 2 that keeps B * CL blocks within
+// one per SM, else 1 (one 512-thread block per SM: ~104 registers per thread).
+int tree_cluster_size(int64_t B, int num_sms, bool clusters) {
+  if (!clusters) return 1;
+  if (B <= 4) return 16;
+  for (int cl = 8; cl > 1; cl /= 2) {
+    if (B * cl <= num_sms) return cl;
+  }
+  return 1;
+}
+
+template <typename T, int CL, bool ALIGNED>
+void launch_tree_cl(int64_t B, cudaStream_t stream, const void* ids, int ids64, const int64_t* par,
+                    const int64_t* cnt, const void* q, const float* u, int64_t* tok, int64_t* acc,
+                    int64_t* num, int* st, int64_t V, int N, int D, bool greedy, bool distinct,
+                    const at::PhiloxCudaState& rng) {
   const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
   const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
   const int64_t* seed_ptr = rng.captured_ ? rng.seed_.ptr : nullptr;
@@ -345,19 +358,65 @@ void launch_tree_typed(bool aligned, int64_t B, cudaStream_t stream, const void*
       (i64)V, N, D, greedy ? 1 : 0, distinct ? 1 : 0, (u64)seed, (u64)offset,                      \
       reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),            \
       (u64)intragraph, rng.captured_ ? 1 : 0
-  if (aligned) {
-    verify_tree_kernel<T, true><<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
+  if constexpr (CL == 1) {
+    verify_tree_kernel<T, ALIGNED><<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
   } else {
-    verify_tree_kernel<T, false><<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+    if constexpr (CL > 8) {
+      static std::once_flag once;
+      std::call_once(once, [] {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(verify_tree_cluster_kernel<T, CL, ALIGNED>,
+                                            cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      });
+    }
+    verify_tree_cluster_kernel<T, CL, ALIGNED>
+        <<<dim3((unsigned)(B * CL)), dim3(kTreeThreads), 0, stream>>>(SPECSAMPLE_TREE_ARGS);
+#else
+    TORCH_CHECK(false, "specsample::verify_tree: thread-block clusters need sm_90 or newer");
+#endif
   }
 #undef SPECSAMPLE_TREE_ARGS
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+template <typename T, bool ALIGNED>
+void launch_tree_aligned(int cl, int64_t B, cudaStream_t stream, const void* ids, int ids64,
+                         const int64_t* par, const int64_t* cnt, const void* q, const float* u,
+                         int64_t* tok, int64_t* acc, int64_t* num, int* st, int64_t V, int N, int D,
+                         bool greedy, bool distinct, const at::PhiloxCudaState& rng) {
+#define SPECSAMPLE_TREE_LAUNCH(CL)                                                                 \
+  launch_tree_cl<T, CL, ALIGNED>(B, stream, ids, ids64, par, cnt, q, u, tok, acc, num, st, V, N, D, \
+                                 greedy, distinct, rng)
+  switch (cl) {
+    case 1: SPECSAMPLE_TREE_LAUNCH(1); break;
+    case 2: SPECSAMPLE_TREE_LAUNCH(2); break;
+    case 4: SPECSAMPLE_TREE_LAUNCH(4); break;
+    case 8: SPECSAMPLE_TREE_LAUNCH(8); break;
+    case 16: SPECSAMPLE_TREE_LAUNCH(16); break;
+    default: TORCH_CHECK(false, "specsample::verify_tree: unsupported cluster size ", cl);
+  }
+#undef SPECSAMPLE_TREE_LAUNCH
+}
+
+template <typename T>
+void launch_tree_typed(int cl, bool aligned, int64_t B, cudaStream_t stream, const void* ids,
+                       int ids64, const int64_t* par, const int64_t* cnt, const void* q,
+                       const float* u, int64_t* tok, int64_t* acc, int64_t* num, int* st, int64_t V,
+                       int N, int D, bool greedy, bool distinct, const at::PhiloxCudaState& rng) {
+  if (aligned) {
+    launch_tree_aligned<T, true>(cl, B, stream, ids, ids64, par, cnt, q, u, tok, acc, num, st, V, N, D,
+                                 greedy, distinct, rng);
+  } else {
+    launch_tree_aligned<T, false>(cl, B, stream, ids, ids64, par, cnt, q, u, tok, acc, num, st, V, N, D,
+                                  greedy, distinct, rng);
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     const at::Tensor& draft_token_ids, const at::Tensor& parents, const at::Tensor& num_nodes,
     const at::Tensor& target_probs, const std::optional<at::Tensor>& uniforms,
-    std::optional<at::Generator> generator, bool greedy, bool distinct, int64_t max_depth) {
+    std::optional<at::Generator> generator, bool greedy, bool distinct, int64_t max_depth,
+    int64_t cluster) {
   TORCH_CHECK(target_probs.is_cuda() && target_probs.dim() == 3,
               "specsample::verify_tree: target_probs must be a CUDA tensor [B, N+1, V]");
   const int64_t B = target_probs.size(0), N = target_probs.size(1) - 1, V = target_probs.size(2);
@@ -406,6 +465,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     std::lock_guard<std::mutex> lock(gen->mutex_);
     rng = gen->philox_cuda_state((uint64_t)(((N + 1 + 3) / 4) * 4));
   }
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+  const bool clusters = prop->major >= 9;
+#else
+  const bool clusters = false;
+#endif
+  int cl = tree_cluster_size(B, prop->multiProcessorCount, clusters);
+  if (cluster > 0) {
+    TORCH_CHECK(cluster_size_ok((int)cluster) && (cluster == 1 || clusters),
+                "specsample::verify_tree: cluster must be 1, 2, 4, 8 or 16 (>1 needs sm_90)");
+    cl = (int)cluster;
+  }
   // greedy and target-only read q only
   const bool aligned = rows_aligned(V, (int)target_probs.element_size(),
                                     reinterpret_cast<uintptr_t>(q.data_ptr()), 0, true);
@@ -421,15 +492,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
   const int64_t* cp = cnt.data_ptr<int64_t>();
   switch (st) {
     case at::kFloat:
-      launch_tree_typed<float>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+      launch_tree_typed<float>(cl, aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
                                V, (int)N, (int)D, greedy, distinct, rng);
       break;
     case at::kHalf:
-      launch_tree_typed<f16>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+      launch_tree_typed<f16>(cl, aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
                              V, (int)N, (int)D, greedy, distinct, rng);
       break;
     default:
-      launch_tree_typed<bf16>(aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
+      launch_tree_typed<bf16>(cl, aligned, B, stream, idp, ids64, pp, cp, q.data_ptr(), up, tp, ap, np, sp,
                               V, (int)N, (int)D, greedy, distinct, rng);
       break;
   }
@@ -442,7 +513,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
 TORCH_LIBRARY_FRAGMENT(specsample, m) {
   m.def(
       "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor target_probs, "
-      "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth) "
+      "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth, "
+      "int cluster=0) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -13,9 +13,10 @@ import pytest
 import specsample
 import torch
 from specsample import trees
-from specsample.backends import _cuda_build
+from specsample.backends import _cuda_build, _cuda_tree
 from specsample.reference_tree import reference_verify_tree
 from specsample.status import Status
+from specsample.validation_tree import validate_tree_inputs
 
 BACKENDS = [
     pytest.param("cuda-cpp", marks=pytest.mark.gpu),
@@ -73,10 +74,23 @@ def _tree_batch(B: int, N: int, V: int, seed: int):
     return ids, parents, counts, q, u
 
 
-def _check(be, ids, parents, q, what, *, mode="random", **kw):
+def _launch(be, cluster, ids, parents, q, **kw):
+    """``be.verify_tree`` (``cluster`` 0), or its kernel with ``cluster`` blocks per request."""
+    if not cluster:
+        return be.verify_tree(ids, parents, None, q, **kw)
+    from specsample.backends import _cupy_tree
+
+    inputs = validate_tree_inputs(
+        ids, parents, None, q, capabilities=be.capabilities, backend_name=be.name, **kw
+    )
+    run = _cuda_tree.verify_tree_cuda_cpp if be.name == "cuda-cpp" else _cupy_tree.verify_tree_cupy
+    return run(inputs, cluster=cluster)
+
+
+def _check(be, ids, parents, q, what, *, mode="random", cluster=0, **kw):
     """Run ``be`` on the device and the reference on the CPU; assert every output is equal."""
     dev = {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    out = be.verify_tree(ids.to(DEV), parents.to(DEV), None, q.to(DEV), mode=mode, **dev)
+    out = _launch(be, cluster, ids.to(DEV), parents.to(DEV), q.to(DEV), mode=mode, **dev)
     ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
     for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
         a, b = getattr(out, name), getattr(ref, name)
@@ -87,17 +101,19 @@ def _check(be, ids, parents, q, what, *, mode="random", **kw):
     return ref
 
 
+@pytest.mark.parametrize("cluster", [0, 1, 2, 16])
 @pytest.mark.parametrize("mode", ["random", "greedy"])
 @pytest.mark.parametrize(
     ("B", "N", "V", "seed"),
     [(24, 9, 37, 1), (16, 6, 2500, 2), (8, 64, 32000, 3), (12, 128, 1000, 4), (4, 64, 128256, 5)],
 )
-def test_random_trees_exact(backend, mode, B, N, V, seed):
+def test_random_trees_exact(backend, cluster, mode, B, N, V, seed):
     """Every tree shape, padded; V from one partial vector to a full vocabulary (V = 37 and
-    V = 2500 take the element-wise load path, the others the 16-byte path)."""
+    V = 2500 take the element-wise load path, the others the 16-byte path); the automatic launch
+    and 1, 2 and 16 blocks per request (V = 37: most blocks of a cluster get no part of the row)."""
     ids, parents, counts, q, u = _tree_batch(B, N, V, seed)
-    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
-    ref = _check(backend, ids, parents, q, f"{mode} N={N} V={V}", mode=mode, **kw)
+    kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None, cluster=cluster)
+    ref = _check(backend, ids, parents, q, f"{mode} N={N} V={V} CL={cluster}", mode=mode, **kw)
     assert int(ref.num_emitted.max()) >= 3  # some walks go deep
     if mode == "random":  # some walks stop at a rejection, others accept
         assert bool((ref.num_emitted > 1).any()) and bool((ref.num_emitted == 1).any())
@@ -123,7 +139,8 @@ def test_large_batch(backend):
     _check(backend, ids, parents, q, "B=96 greedy", mode="greedy", num_nodes=counts)
 
 
-def test_boundaries_and_status(backend):
+@pytest.mark.parametrize("cluster", [1, 16])
+def test_boundaries_and_status(backend, cluster):
     """The field's boundary cases and every structural and up-front status bit, one request each."""
     V, N = 8, 4
     flat = [1.0 / V] * V
@@ -161,13 +178,16 @@ def test_boundaries_and_status(backend):
         q = torch.tensor([[r[3]] + [flat] * N for r in sel], dtype=torch.float32)
         u = torch.tensor([r[4] for r in sel], dtype=torch.float32)
         kw = dict(num_nodes=counts, max_depth=3, uniforms=u if mode == "random" else None)
-        ref = _check(backend, ids, parents, q, f"boundary cases, {mode}", mode=mode, **kw)
+        ref = _check(
+            backend, ids, parents, q, f"boundary cases, {mode}", mode=mode, cluster=cluster, **kw
+        )
         seen |= set(ref.status.tolist())
     want = {0, Status.BAD_TREE, Status.REPEATED_SIBLING, Status.BAD_DRAFT_ID, Status.BAD_UNIFORM}
     assert {int(x) for x in want} <= seen, seen
 
 
-def test_bad_rows_zero_rows_and_fallback(backend):
+@pytest.mark.parametrize("cluster", [1, 4, 16])
+def test_bad_rows_zero_rows_and_fallback(backend, cluster):
     """A bad value in a row the walk reads flags the request, one the walk skips does not; a row
     that sums to zero, one whose mass is all on the children (drawn from the row itself), and one
     whose sum overflows float32."""
@@ -185,12 +205,12 @@ def test_bad_rows_zero_rows_and_fallback(backend):
     q[5, 0, :] = 3.0e38  # past float32 after the children (never accepted: zero) are removed
     q[5, 0, 2], q[5, 0, 4] = 0.0, 0.0
     u = torch.tensor([[0.1, 0.0, 0.1, 0.5]] + [[0.9, 0.0, 0.1, 0.5]] * 5)
-    ref = _check(backend, ids, parents, q, "bad rows, random", uniforms=u)
+    ref = _check(backend, ids, parents, q, "bad rows, random", uniforms=u, cluster=cluster)
     bad, zero, over = (int(s) for s in (Status.BAD_TARGET_VALUE, Status.ZERO_ROW,
                                         Status.ROW_SUM_OVERFLOW))  # fmt: skip
     assert ref.status.tolist() == [bad, 0, bad, zero, 0, over]
     assert int(ref.token_ids[4, 0]) in (2, 4)  # drawn from the row itself
-    _check(backend, ids, parents, q, "bad rows, greedy", mode="greedy")
+    _check(backend, ids, parents, q, "bad rows, greedy", mode="greedy", cluster=cluster)
 
 
 @pytest.mark.parametrize("mode", ["random", "greedy"])

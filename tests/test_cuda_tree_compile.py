@@ -45,7 +45,8 @@ def test_constants_match_the_python_side():
 def test_tree_header_includes_no_system_header():
     """NVRTC compiles kernel_tree.cuh alone (cupy): only the kernel's own headers."""
     includes = re.findall(r'#include\s+([<"][^>"]+[>"])', TREE)
-    assert includes == ['"kernel_common.cuh"', '"kernel_philox.cuh"'], includes
+    want = ['"kernel_cluster.cuh"', '"kernel_common.cuh"', '"kernel_philox.cuh"']
+    assert includes == want, includes
 
 
 def test_op_schema_matches_the_binding():
@@ -58,6 +59,18 @@ def test_op_schema_matches_the_binding():
     assert schema == _cuda_tree.TREE_OP_SCHEMA
 
 
+def test_cluster_size_rule():
+    """Blocks per request: 16 up to B = 4, then as many as one block per SM allows (132 SMs)."""
+    pick = _cuda_tree.tree_cluster_size
+    got = {B: pick(B, 132, True) for B in (1, 4, 5, 8, 16, 17, 33, 66, 67, 256)}
+    assert got == {1: 16, 4: 16, 5: 8, 8: 8, 16: 8, 17: 4, 33: 4, 66: 2, 67: 1, 256: 1}
+    assert pick(1, 132, False) == 1
+    assert set(got.values()) <= set(_cuda_tree.TREE_CLUSTER_SIZES)
+    # the C++ copy states the same rule
+    source = (CSRC / "verify_torch.cu").read_text()
+    assert "if (B <= 4) return 16;" in source and "for (int cl = 8; cl > 1; cl /= 2)" in source
+
+
 def test_backends_claim_the_tree_rules():
     caps = _cuda_build.KERNEL_CAPABILITIES
     assert set(caps.tree_modes) == {"random", "greedy"}
@@ -68,14 +81,19 @@ def _nvcc() -> str | None:
     return _cuda_build.find_nvcc() or shutil.which("nvcc")
 
 
-def _compile(tmp_path, header: str) -> str:
+def _compile(tmp_path, header: str, types: tuple[str, ...]) -> str:
     nvcc = _nvcc()
     lines = [f'#include "{header}"']
-    for ctype in TYPES:
+    for ctype in types:
         for aligned in ("true", "false"):
             lines.append(
                 f"template __global__ void specsample::verify_tree_kernel<{ctype}, {aligned}>{SIG};"
             )
+            for cl in _cuda_tree.TREE_CLUSTER_SIZES[1:]:
+                lines.append(
+                    "template __global__ void "
+                    f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {aligned}>{SIG};"
+                )
     src = tmp_path / "tree_wrapper.cu"
     src.write_text("\n".join(lines) + "\n")
     cmd = [nvcc, "-arch=sm_90", "-cubin", "-std=c++17", "-DSPECSAMPLE_CLUSTERS=1", f"-I{CSRC}",
@@ -89,7 +107,7 @@ def _resources(log: str) -> list[tuple[int, int, int]]:
     """``(registers, spill stores, spill loads)`` of each tree kernel in a ptxas -v log."""
     found = []
     for block in log.split("Compiling entry function")[1:]:
-        if "verify_tree_kernel" not in block.split("\n", 1)[0]:
+        if "verify_tree" not in block.split("\n", 1)[0]:
             continue
         spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
         regs = re.search(r"Used (\d+) registers", block)
@@ -99,10 +117,13 @@ def _resources(log: str) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (the CUDA toolkit compiles the kernel)")
-@pytest.mark.parametrize("header", ["verify_kernel.cuh", "kernel_tree.cuh"])
-def test_tree_kernel_compiles_for_sm90_without_spills(tmp_path, header):
-    found = _resources(_compile(tmp_path, header))
-    assert len(found) == 2 * len(TYPES), found
+@pytest.mark.parametrize(
+    ("header", "types"), [("verify_kernel.cuh", TYPES), ("kernel_tree.cuh", ("float",))]
+)
+def test_tree_kernel_compiles_for_sm90_without_spills(tmp_path, header, types):
+    """Every instantiation through the extension's header; float32 through the header alone."""
+    found = _resources(_compile(tmp_path, header, types))
+    assert len(found) == 2 * len(types) * len(_cuda_tree.TREE_CLUSTER_SIZES), found
     for regs, stores, loads in found:
         assert stores == 0 and loads == 0, found
         assert regs <= 128, found  # 512 threads per block: at most 128 registers each
