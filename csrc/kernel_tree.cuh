@@ -1,34 +1,41 @@
 // specsample tree kernel: tree verification (Backend.verify_tree), greedy and the random
-// target-only rule (draft_probs=None), one thread block per request, one launch per call.
-// Part of the kernel sources that verify_kernel.cuh assembles; it needs only kernel_common.cuh and
-// kernel_philox.cuh, so the cupy backend compiles it on its own with NVRTC (no system header).
+// target-only rule (draft_probs=None), one thread-block cluster per request, one launch per call.
+// Part of the kernel sources that verify_kernel.cuh assembles; it needs only kernel_common.cuh,
+// kernel_philox.cuh and kernel_cluster.cuh, so the cupy backend compiles it on its own with NVRTC
+// (no system header).
 //
 // Semantics: docs/contract-trees.md; specsample.reference_tree is the float64 definition. Nodes
 // 0..N-1 are in topological order, parents[b, i] is -1 (child of the root) or an earlier node;
 // position 0 is the root, position i+1 is node i; target row a of request b is q[b, a, :].
 //
-// One block of kTreeThreads threads per request:
+// One cluster of CL blocks of kTreeThreads threads per request (CL = 1: one block; the host picks
+// CL from the batch size). Every block repeats steps 1-3 (a few hundred bytes, from L2 after the
+// first block), so no exchange stands before the first row load; the rows read in full are split
+// between the blocks, whose sums (random) or argmax keys (greedy) travel through distributed
+// shared memory, one cluster barrier per exchange:
 //   1. Structure, before any probability is read: num_nodes in 0..N and every real node's parent
 //      -1 or an earlier node (BAD_TREE); when max_depth < num_nodes every real node climbs to the
 //      root, at most max_depth + 1 steps (BAD_TREE when deeper); under the rules that need
 //      distinct siblings, two real siblings with one token (REPEATED_SIBLING). One thread per node,
 //      each verdict OR-ed over the block.
+//      The children of every position go into shared memory as first-child / next-sibling lists
+//      (the repeated-sibling check walks them).
 //   2. Values read up front: the real nodes' ids (BAD_DRAFT_ID); random mode also the drafted
 //      entries q[b, parent position, token] (BAD_TARGET_VALUE) and the coins of the real nodes
-//      and the last coin (BAD_UNIFORM when explicit). The children of every position go into
-//      shared memory as first-child / next-sibling lists.
+//      and the last coin (BAD_UNIFORM when explicit).
 //   3. The walk. Random target-only: thread 0 walks from the root on shared memory alone (the
 //      first child's coin against the raw cumulative entries of the children, in double, child by
 //      child: the reference's additions in its order, so the decisions match it bit for bit) and
-//      stops at a leaf or where no child is accepted; then the block reads that one row. Greedy:
-//      per position the block's argmax of the row (packed (value bits, ~index) keys: ties to the
-//      smallest index), then the first child holding it.
+//      stops at a leaf or where no child is accepted; then the cluster reads that one row.
+//      Greedy: per position the cluster's argmax of the row (packed (value bits, ~index) keys:
+//      ties to the smallest index), then the first child holding it.
 //   4. The last token (random mode): inverse CDF of the stop position's row with its children's
 //      tokens set to zero (the row itself when that sums to zero), with the last coin. Pass 1:
 //      each warp streams super-waves of G * 32 16-byte vectors (G a multiple of kTreeBatch, so
 //      every lane has kTreeBatch loads in flight) and stores one double per super-wave in shared
-//      memory (float32 within a vector, double across vectors, as the chain kernel sums). Pass 2:
-//      a block scan over those slots finds the super-wave where u * total is crossed, one warp
+//      memory (float32 within a vector, double across vectors, as the chain kernel sums); the
+//      block's sum goes to every block of the cluster, and the block where u * total is crossed
+//      goes on alone. Pass 2: a block scan over its slots finds the super-wave, one warp
 //      re-reads it (kTreeBatch loads in flight per lane) and picks the element in double: the
 //      first element whose running sum exceeds the threshold, else (rounding) the last positive
 //      element at that level, so a zero-probability token is never drawn.
@@ -380,15 +387,36 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
     tree_bad = __syncthreads_or(bad ? 1 : 0);
   }
   u32 flags = tree_bad ? kTreeBadTree : 0u;
-  if (!tree_bad && distinct) {
+  if (!tree_bad) {  // the children lists: first child of each position, next sibling of each node
+    for (int i = tid; i <= n; i += kTreeThreads) s.first[i] = kTreeNone;
+    __syncthreads();
+    for (int i = tid; i < n; i += kTreeThreads) {
+      const int pi = s.par[i];
+      atomicMin(&s.first[pi + 1], i);
+      int nx = -1;
+      for (int j = i + 1; j < n; ++j) {
+        if (s.par[j] == pi) {
+          nx = j;
+          break;
+        }
+      }
+      s.next[i] = nx;
+    }
+    __syncthreads();
+    for (int i = tid; i <= n; i += kTreeThreads) {
+      if (s.first[i] == kTreeNone) s.first[i] = -1;
+    }
+    __syncthreads();
+  }
+  if (!tree_bad && distinct) {  // an earlier sibling with the same token
     bad = false;
     for (int i = tid; i < n; i += kTreeThreads) {
-      for (int j = 0; j < i; ++j) bad |= s.par[j] == s.par[i] && s.tok[j] == s.tok[i];
+      for (int c = s.first[s.par[i] + 1]; c != i; c = s.next[c]) bad |= s.tok[c] == s.tok[i];
     }
     if (__syncthreads_or(bad ? 1 : 0)) flags = kTreeRepeated;
   }
 
-  // ---- 2. values read up front, and the children lists ------------------------------------------
+  // ---- 2. values read up front -----------------------------------------------------------------
   if (flags == 0) {
     u64 sd = seed, off = offset;
     if (!greedy && uniforms == nullptr && captured) {
@@ -406,10 +434,6 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
           if (bad_prob(qx)) f |= kBadTarget;
           s.qx[i] = qx;
         }
-        int nx = -1;
-        for (int j = i + 1; j < n && nx < 0; ++j)
-          if (s.par[j] == s.par[i]) nx = j;
-        s.next[i] = nx;
       }
       if (!greedy && (i < n || i == N)) {
         float u;
@@ -420,12 +444,6 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
           u = philox_uniform(sd, off, (u64)b, (u64)i);
         }
         s.u[i] = u;
-      }
-      if (i <= n) {  // position i's first child
-        int c = -1;
-        for (int j = 0; j < n && c < 0; ++j)
-          if (s.par[j] == i - 1) c = j;
-        s.first[i] = c;
       }
     }
     f = warp_or(f);
