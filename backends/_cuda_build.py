@@ -46,9 +46,9 @@ KERNEL_CAPABILITIES = Capabilities(
     cuda_graphs=True,
     host_sync_free=True,
     status_flags=True,
-    # tree verification (csrc/kernel_tree.cuh): greedy and the target-only rule, token rule
+    # tree verification (csrc/kernel_tree.cuh): greedy and every random rule, token rule
     tree_modes=("random", "greedy"),
-    tree_sampling=("target_only",),
+    tree_sampling=("target_only", "with_replacement", "without_replacement"),
     tree_rules=("token",),
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows

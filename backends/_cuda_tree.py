@@ -14,9 +14,9 @@ import threading
 #: the op's name and schema (``TORCH_LIBRARY_FRAGMENT`` in ``csrc/verify_torch.cu``)
 TREE_OP_NAME = "specsample::verify_tree"
 TREE_OP_SCHEMA = (
-    "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor target_probs, "
-    "Tensor? uniforms, Generator? generator, bool greedy, bool distinct, int max_depth, "
-    "int cluster=0) -> (Tensor, Tensor, Tensor, Tensor)"
+    "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor? draft_probs, "
+    "Tensor target_probs, Tensor? uniforms, Generator? generator, bool greedy, bool distinct, "
+    "bool without, int max_depth, int cluster=0) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 #: nodes per request the kernel holds (kMaxTreeNodes in csrc/kernel_tree.cuh)
 MAX_TREE_NODES = 128
@@ -46,8 +46,8 @@ def _register_fake() -> None:
 
     @torch.library.register_fake(TREE_OP_NAME)
     def _verify_tree_fake(
-        draft_token_ids, parents, num_nodes, target_probs, uniforms, generator, greedy, distinct,
-        max_depth, cluster=0,
+        draft_token_ids, parents, num_nodes, draft_probs, target_probs, uniforms, generator, greedy,
+        distinct, without, max_depth, cluster=0,
     ):  # fmt: skip
         B = target_probs.shape[0]
         tokens = target_probs.new_empty((B, max_depth + 1), dtype=torch.int64)
@@ -80,29 +80,27 @@ def verify_tree_cuda_cpp(inputs, cluster: int = 0):
     ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: :func:`tree_cluster_size`),
     for tests and tuning.
 
-    Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule). The coins are
-    ``inputs.uniforms`` or, without them, drawn in the kernel from the generator's Philox state
-    (node i's coin is the chain kernel's i-th uniform of subsequence b; no host sync).
+    Greedy mode, the target-only rule (``draft_probs=None``) or recursive rejection sampling
+    with or without replacement (token rule). The coins are ``inputs.uniforms`` or, without them,
+    drawn in the kernel from the generator's Philox state (node i's coin is the chain kernel's
+    i-th uniform of subsequence b; no host sync).
     """
     from specsample.contract_tree import TreeVerifyOutput
 
-    if inputs.mode == "random" and inputs.draft_probs is not None:
-        raise ValueError(
-            "cuda-cpp's tree kernel implements greedy mode and the target-only rule "
-            "(draft_probs=None); got draft_probs with draft_sampling="
-            f"{inputs.draft_sampling!r}"
-        )
     greedy = inputs.mode == "greedy"
     has_u = inputs.uniforms is not None and not greedy
+    has_p = inputs.draft_probs is not None and not greedy
     tokens, num, nodes, status = load_tree_op()(
         inputs.draft_token_ids,
         inputs.parents,
         inputs.num_nodes,
+        inputs.draft_probs if has_p else None,
         inputs.target_probs,
         inputs.uniforms if has_u else None,
         inputs.generator if not (greedy or has_u) else None,
         greedy,
         inputs.needs_distinct_siblings,
+        inputs.draft_sampling == "without_replacement",
         inputs.max_depth,
         cluster,
     )

@@ -20,8 +20,8 @@ TREE_THREADS = 512  # kTreeThreads
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 
 _lock = threading.Lock()
-# device -> (RawModule, {(dtype, cluster, aligned): kernel}, SM count, clusters available)
-_modules: dict[int, tuple[object, dict[tuple[str, int, bool], object], int, bool]] = {}
+# device -> (RawModule, {(dtype, cluster, has_p, aligned): kernel}, SM count, clusters available)
+_modules: dict[int, tuple[object, dict[tuple[str, int, bool, bool], object], int, bool]] = {}
 # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED (CUDA driver API enum CUfunction_attribute)
 _NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
@@ -47,21 +47,21 @@ def _module(device_id: int):
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
             names = {}
             sizes = _cuda_tree.TREE_CLUSTER_SIZES if clusters else (1,)
-            for (dtype, ctype), cl, aligned in itertools.product(
-                _KERNEL_TYPES.items(), sizes, (False, True)
+            for (dtype, ctype), cl, has_p, aligned in itertools.product(
+                _KERNEL_TYPES.items(), sizes, (False, True), (False, True)
             ):
-                flag = "true" if aligned else "false"
-                names[(dtype, cl, aligned)] = (
-                    f"specsample::verify_tree_kernel<{ctype}, {flag}>"
+                flags = f"{'true' if has_p else 'false'}, {'true' if aligned else 'false'}"
+                names[(dtype, cl, has_p, aligned)] = (
+                    f"specsample::verify_tree_kernel<{ctype}, {flags}>"
                     if cl == 1
-                    else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flag}>"
+                    else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>"
                 )
             with cupy.cuda.Device(device_id):
                 module = cupy.RawModule(
                     code=code, options=tuple(options), name_expressions=list(names.values())
                 )
                 kernels = {key: module.get_function(name) for key, name in names.items()}
-                for (_, cl, _), kern in kernels.items():
+                for (_, cl, _, _), kern in kernels.items():
                     if cl > 8:
                         cupy.cuda.driver.funcSetAttribute(
                             kern.kernel.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
@@ -74,8 +74,9 @@ def _module(device_id: int):
 def verify_tree_cupy(inputs, cluster: int = 0):
     """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
 
-    Greedy mode, or random mode with ``draft_probs=None`` (the target-only rule); the coins are
-    ``inputs.uniforms`` or drawn in the kernel from the generator's Philox state (no host sync).
+    Greedy mode, the target-only rule (``draft_probs=None``) or recursive rejection sampling
+    with or without replacement (token rule); the coins are ``inputs.uniforms`` or drawn in the
+    kernel from the generator's Philox state (no host sync).
     ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: automatic, as cuda-cpp).
     """
     import cupy
@@ -87,18 +88,14 @@ def verify_tree_cupy(inputs, cluster: int = 0):
 
     from .cupy_backend import _external_stream
 
-    if inputs.mode == "random" and inputs.draft_probs is not None:
-        raise ValueError(
-            "cupy's tree kernel implements greedy mode and the target-only rule "
-            "(draft_probs=None); got draft_probs with draft_sampling="
-            f"{inputs.draft_sampling!r}"
-        )
     B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
     device = inputs.device
     device_id = device.index if device.index is not None else torch.cuda.current_device()
     q = inputs.target_probs
     greedy = inputs.mode == "greedy"
     has_u = inputs.uniforms is not None and not greedy
+    has_p = inputs.draft_probs is not None and not greedy and N > 0
+    p_ptr = inputs.draft_probs.data_ptr() if has_p else 0
     # one allocation: tokens [B, D+1], num [B], nodes [B, D], the capture key slot, then status
     # (int32, two per int64)
     n_tok, n_nodes = B * (D + 1), B * D
@@ -120,10 +117,10 @@ def verify_tree_cupy(inputs, cluster: int = 0):
             seed, offset = philox_seed_offset(gen, N + 1)
     dtype = str(q.dtype).removeprefix("torch.")
     elem = q.element_size()
-    aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), 0, True)
+    aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), p_ptr, False)
     _, kernels, num_sms, clusters = _module(device_id)
     cl = cluster or _cuda_tree.tree_cluster_size(B, num_sms, clusters)
-    if (dtype, cl, aligned) not in kernels:
+    if (dtype, cl, has_p, aligned) not in kernels:
         raise ValueError(
             f"cluster must be 1, 2, 4, 8 or 16 (more than 1 needs compute capability 9.0), got {cl}"
         )
@@ -134,6 +131,7 @@ def verify_tree_cupy(inputs, cluster: int = 0):
         np.uint64(inputs.parents.data_ptr()),
         np.uint64(inputs.num_nodes.data_ptr()),
         np.uint64(q.data_ptr()),
+        np.uint64(p_ptr),
         np.uint64(inputs.uniforms.data_ptr() if has_u else 0),
         np.uint64(tokens.data_ptr()),
         np.uint64(nodes.data_ptr()),
@@ -144,6 +142,7 @@ def verify_tree_cupy(inputs, cluster: int = 0):
         np.int32(D),
         np.int32(1 if greedy else 0),
         np.int32(1 if inputs.needs_distinct_siblings else 0),
+        np.int32(1 if inputs.draft_sampling == "without_replacement" else 0),
         np.uint64(seed & 0xFFFFFFFFFFFFFFFF),
         np.uint64(offset & 0xFFFFFFFFFFFFFFFF),
         np.uint64(seed_ptr),
@@ -152,7 +151,7 @@ def verify_tree_cupy(inputs, cluster: int = 0):
         np.int32(1 if captured else 0),
     )
     stream_ptr = torch.cuda.current_stream(device).cuda_stream
-    kern = kernels[(dtype, cl, aligned)]
+    kern = kernels[(dtype, cl, has_p, aligned)]
     with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
         kern((B * cl,), (TREE_THREADS,), args)
     return TreeVerifyOutput(tokens, num, nodes, status)

@@ -1,5 +1,6 @@
-// specsample tree kernel: tree verification (Backend.verify_tree), greedy and the random
-// target-only rule (draft_probs=None), one thread-block cluster per request, one launch per call.
+// specsample tree kernel: tree verification (Backend.verify_tree), greedy mode and every random
+// rule of the token walk (target-only, and recursive rejection sampling over siblings drawn with
+// or without replacement), one thread-block cluster per request, one launch per call.
 // Part of the kernel sources that verify_kernel.cuh assembles; it needs only kernel_common.cuh,
 // kernel_philox.cuh and kernel_cluster.cuh, so the cupy backend compiles it on its own with NVRTC
 // (no system header).
@@ -29,8 +30,15 @@
 //      stops at a leaf or where no child is accepted; then the cluster reads that one row.
 //      Greedy: per position the cluster's argmax of the row (packed (value bits, ~index) keys:
 //      ties to the smallest index), then the first child holding it.
-//   4. The last token (random mode): inverse CDF of the stop position's row with its children's
-//      tokens set to zero (the row itself when that sums to zero), with the last coin. Pass 1:
+//   3'. With draft probabilities (HAS_P): at each position the first child on its drafted entries
+//      (u * p(x) < q(x) in double, verify()'s rule); after a rejection one pass over the q and p
+//      rows per later sibling j (tree_sibling_pass): r_{j-1} is recomputed element by element
+//      from q, p and the scalars of the earlier steps in the reference's float64 operations
+//      (tree_rrs_chain), and the sums the decision needs are reduced over the cluster.
+//   4. The last token (random mode): inverse CDF, with the last coin, of the stop position's
+//      distribution: target-only, its row with its children's tokens set to zero (the row itself
+//      when that sums to zero); with draft probabilities, max(0, q - p) after one rejected child
+//      or the last residual after several (fallbacks as the reference's); at a leaf, its row. Pass 1:
 //      each warp streams super-waves of G * 32 16-byte vectors (G a multiple of kTreeBatch, so
 //      every lane has kTreeBatch loads in flight) and stores one double per super-wave in shared
 //      memory (float32 within a vector, double across vectors, as the chain kernel sums); the
@@ -88,6 +96,15 @@ struct TreeSmem {
   double slots[kTreeSlots];      // pass 1: one sum per super-wave (this block's range)
   double ctot[2][16];            // clusters: each block's row sum, per pass (NaN: a bad value)
   u64 ckey[2][16];               // clusters: each block's argmax key, per step parity (~0: bad)
+  float px[kMaxTreeNodes];       // p[b, first sibling, token] (with draft probabilities)
+  double S[kMaxTreeNodes];       // siblings: the sum of each step's residual
+  double P[kMaxTreeNodes + 1];   // siblings: the draft mass left at each step (without repl.)
+  int F[kMaxTreeNodes];          // siblings: 1 where a step's residual fell back to q'
+  int ktok[kMaxTreeNodes];       // siblings: the children's tokens and nodes, in index order
+  int knode[kMaxTreeNodes];
+  double wred[kTreeWarps][7];    // sibling pass: warp sums
+  double xch[2][7][16];          // sibling pass: each block's sums, per pass parity
+  double sres[7];                // sibling pass: the cluster's sums
   double wsum[kTreeWarps];       // block scan: warp totals
   u64 wkey[kTreeWarps];          // greedy: warp argmax keys
   u32 flags;
@@ -133,23 +150,91 @@ __device__ __forceinline__ double tree_block_scan(TreeSmem& s, double x, double*
   return before + incl - x;
 }
 
-// The VEC elements of vector g as floats, the tokens in drop[0..m) (ascending) set to zero.
-// `dp` is the lane's cursor into drop: it only moves forward, so a lane visiting its vectors in
-// increasing order reads each dropped token once.
-template <typename T>
-__device__ __forceinline__ void tree_unpack_drop(const uint4& w, i64 g, const int* drop, int m,
-                                                 int& dp, float* v) {
-  constexpr int VEC = VecTraits<T>::N;
-  VecTraits<T>::unpack(w, v);
-  const i64 j0 = g * VEC;
-  while (dp < m && drop[dp] < j0) ++dp;
-  for (int k = dp; k < m && drop[k] < j0 + VEC; ++k) {
-    const int e = (int)(drop[k] - j0);
+// ---------------------------------------------------------------------------------------------
+// The distribution of the last token, element by element. Each functor gives r_j in double for
+// the VEC elements of one vector from their target (and draft) values; `alt` selects the
+// fallback the rule takes when the primary distribution sums to zero. A functor is a per-thread
+// value: the target-only one keeps a cursor into the sorted list of dropped tokens, which only
+// moves forward (each lane visits its vectors in increasing order).
+// ---------------------------------------------------------------------------------------------
+// Target-only: q with the stop position's children's tokens (drop[0..m), ascending) set to zero;
+// the fallback (or a leaf: m = 0) is q itself.
+struct TreeDrawDrop {
+  static constexpr bool kNeedsP = false;
+  const int* drop;
+  int m;
+  int dp;
+  bool alt;
+  template <int VEC>
+  __device__ __forceinline__ void operator()(i64 j0, const float* q, const float*, double* r) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i)
-      if (i == e) v[i] = 0.0f;
+    for (int e = 0; e < VEC; ++e) r[e] = (double)q[e];
+    if (alt) return;
+    while (dp < m && drop[dp] < j0) ++dp;
+    for (int k = dp; k < m && drop[k] < j0 + VEC; ++k) {
+      const int e = (int)(drop[k] - j0);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i)
+        if (i == e) r[i] = 0.0;
+    }
+  }
+};
+
+// One child with draft probabilities, rejected: max(0, q - p) (verify()'s residual); fallback q.
+struct TreeDrawResidual {
+  static constexpr bool kNeedsP = true;
+  bool alt;
+  template <int VEC>
+  __device__ __forceinline__ void operator()(i64, const float* q, const float* p, double* r) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      const double d = (double)q[e] - (double)p[e];
+      r[e] = alt ? (double)q[e] : (d > 0.0 ? d : 0.0);
+    }
+  }
+};
+
+// Recursive rejection sampling over siblings (docs/contract-trees.md): the residual r_{j-1} of
+// step j and its fallback q'_{j-1}, recomputed from q, p and the scalars of the earlier steps in
+// the reference's float64 operations:
+//   r_0 = max(0, q - p) (fallback q); q'_k = r_{k-1} / S_{k-1};
+//   p'_k = p, or p with the tokens of children 0..k-1 zeroed, / P_k (without replacement);
+//   r_k = max(0, q'_k - p'_k) (fallback q'_k).
+// Also gives p with the tokens of children 0..j-2 zeroed (for P_j).
+__device__ __forceinline__ void tree_rrs_chain(const double* S, const int* F, const double* P,
+                                               const int* ktok, int j, bool without, i64 elem,
+                                               double q, double p, double& a, double& alt,
+                                               double& pz) {
+  a = q - p > 0.0 ? q - p : 0.0;
+  alt = q;
+  pz = p;
+  for (int k = 1; k < j; ++k) {
+    const double rk = F[k - 1] ? alt : a;
+    const double qc = rk / S[k - 1];
+    if (elem == ktok[k - 1]) pz = 0.0;
+    const double pc = without ? (P[k] > 0.0 ? pz / P[k] : pz) : p;
+    a = qc - pc > 0.0 ? qc - pc : 0.0;
+    alt = qc;
   }
 }
+
+struct TreeDrawSiblings {
+  static constexpr bool kNeedsP = true;
+  const TreeSmem* sm;  // S, F, P, ktok
+  int j;               // the number of children tried: the distribution is r_{j-1}
+  bool without;
+  bool alt;
+  template <int VEC>
+  __device__ __forceinline__ void operator()(i64 j0, const float* q, const float* p, double* r) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      double a, al, pz;
+      tree_rrs_chain(sm->S, sm->F, sm->P, sm->ktok, j, without, j0 + e, (double)q[e], (double)p[e],
+                     a, al, pz);
+      r[e] = alt ? al : a;
+    }
+  }
+};
 
 // Waves of 32 vectors per super-wave (slot) of a row of NV vectors: a multiple of kTreeBatch.
 __device__ __forceinline__ int tree_waves_per_slot(i64 NV) {
@@ -158,50 +243,74 @@ __device__ __forceinline__ int tree_waves_per_slot(i64 NV) {
   return (int)(per * kTreeBatch);
 }
 
-// Pass 1 of the draw: the super-wave sums of row (tokens in drop set to zero) into s.slots[0..NS).
-// Returns this thread's verdict on the row's values (true: a NaN, infinite or negative value).
-template <typename T, bool ALIGNED>
-__device__ bool tree_row_sums(TreeSmem& s, const T* row, i64 V, int m, int G, int s_lo, int s_hi) {
+// The VEC values of vector g of the rows (p only when the functor reads it): r in double, and
+// the bad-value verdicts of q and p.
+template <typename T, bool ALIGNED, class Elem>
+__device__ __forceinline__ void tree_vector(const uint4& wq, const uint4& wp, i64 g, Elem& f,
+                                            double* r, bool& qbad, bool& pbad) {
   constexpr int VEC = VecTraits<T>::N;
+  float vq[VEC], vp[VEC];
+  VecTraits<T>::unpack(wq, vq);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) qbad |= bad_prob(vq[e]);
+  if constexpr (Elem::kNeedsP) {
+    VecTraits<T>::unpack(wp, vp);
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) pbad |= bad_prob(vp[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) vp[e] = 0.0f;
+  }
+  f.template operator()<VEC>(g * VEC, vq, vp, r);
+}
+
+// Pass 1 of the draw: the super-wave sums of r over slots [s_lo, s_hi) into s.slots[0..), and
+// this thread's bad-value verdicts (elements past V read as zero).
+template <typename T, bool ALIGNED, class Elem>
+__device__ void tree_row_sums(TreeSmem& s, const T* qrow, const T* prow, i64 V, Elem f, int G,
+                              int s_lo, int s_hi, bool& qbad, bool& pbad) {
+  constexpr int VEC = VecTraits<T>::N;
+  constexpr int NB = Elem::kNeedsP ? kTreeBatch / 4 : kTreeBatch;  // vectors in flight per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
-  bool bad = false;
-  int dp = 0;
   for (int sl = s_lo + warp; sl < s_hi; sl += kTreeWarps) {
     double acc = 0.0;
-    for (int k0 = 0; k0 < G; k0 += kTreeBatch) {
-      uint4 w[kTreeBatch];
+    for (int k0 = 0; k0 < G; k0 += NB) {
+      uint4 wq[NB], wp[NB];
 #pragma unroll
-      for (int i = 0; i < kTreeBatch; ++i) {
+      for (int i = 0; i < NB; ++i) {
         const i64 g = ((i64)sl * G + k0 + i) * 32 + lane;
-        w[i] = g < NV ? load_raw(row, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        const bool in = g < NV;
+        wq[i] = in ? load_raw(qrow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        if constexpr (Elem::kNeedsP) {
+          wp[i] = in ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        } else {
+          wp[i] = wq[i];
+        }
       }
 #pragma unroll
-      for (int i = 0; i < kTreeBatch; ++i) {
+      for (int i = 0; i < NB; ++i) {
         const i64 g = ((i64)sl * G + k0 + i) * 32 + lane;
-        float v[VEC];
-        VecTraits<T>::unpack(w[i], v);
+        double r[VEC];
+        tree_vector<T, ALIGNED>(wq[i], wp[i], g, f, r, qbad, pbad);
+        double vs = 0.0;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) bad |= bad_prob(v[e]);
-        tree_unpack_drop<T>(w[i], g, s.drop, m, dp, v);
-        float vs = 0.0f;
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) vs += v[e];
-        acc += (double)vs;
+        for (int e = 0; e < VEC; ++e) vs += r[e];
+        acc += vs;
       }
     }
     acc = warp_sum(acc);
     if (lane == 0) s.slots[sl - s_lo] = acc;
   }
-  return bad;
 }
 
-// Pass 2 of the draw: the token where thr = u * total is crossed (see the header). Every thread
-// calls it; returns the token in every thread.
-template <typename T, bool ALIGNED>
-__device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int s_lo, int s_hi,
-                         double base0, double thr) {
+// Pass 2 of the draw: the token where thr is crossed, within slots [s_lo, s_hi) whose mass
+// starts at base0 (see the header). Every thread of the block calls it; returns the token.
+template <typename T, bool ALIGNED, class Elem>
+__device__ i64 tree_pick(TreeSmem& s, const T* qrow, const T* prow, i64 V, Elem f, int G,
+                         int s_lo, int s_hi, double base0, double thr) {
   constexpr int VEC = VecTraits<T>::N;
+  constexpr int NB = Elem::kNeedsP ? kTreeBatch / 4 : kTreeBatch;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   // level 1: contiguous slots per thread, a block scan over the threads
@@ -250,24 +359,29 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int s_l
     const int slot = s_lo + s.slot;
     double base = s.base;
     i64 token = -1, last_tok = -1;
-    for (int k0 = 0; k0 < G && token < 0; k0 += kTreeBatch) {
-      uint4 w[kTreeBatch];
+    bool unused_q = false, unused_p = false;
+    for (int k0 = 0; k0 < G && token < 0; k0 += NB) {
+      uint4 wq[NB], wp[NB];
 #pragma unroll
-      for (int i = 0; i < kTreeBatch; ++i) {
+      for (int i = 0; i < NB; ++i) {
         const i64 g = ((i64)slot * G + k0 + i) * 32 + lane;
-        w[i] = g < NV ? load_raw(row, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        const bool in = g < NV;
+        wq[i] = in ? load_raw(qrow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        if constexpr (Elem::kNeedsP) {
+          wp[i] = in ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+        } else {
+          wp[i] = wq[i];
+        }
       }
 #pragma unroll
-      for (int i = 0; i < kTreeBatch; ++i) {
+      for (int i = 0; i < NB; ++i) {
         if (token >= 0) continue;
         const i64 g = ((i64)slot * G + k0 + i) * 32 + lane;
-        float v[VEC];
-        int dp = 0;
-        tree_unpack_drop<T>(w[i], g, s.drop, m, dp, v);
-        float vs = 0.0f;
+        double r[VEC];
+        tree_vector<T, ALIGNED>(wq[i], wp[i], g, f, r, unused_q, unused_p);
+        double mine = 0.0;
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) vs += v[e];
-        const double mine = (double)vs;
+        for (int e = 0; e < VEC; ++e) mine += r[e];
         const double incl = tree_warp_scan(mine, lane);
         // the first lane whose running sum crosses, and the last lane holding mass
         const u32 cross = __ballot_sync(0xffffffffu, mine > 0.0 && base + incl > thr);
@@ -279,12 +393,11 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int s_l
           double run = base + incl - mine;
 #pragma unroll
           for (int e = 0; e < VEC; ++e) {
-            const double r = (double)v[e];
-            if (r > 0.0) {
-              if (t < 0 && run + r > thr) t = g * VEC + e;
+            if (r[e] > 0.0) {
+              if (t < 0 && run + r[e] > thr) t = g * VEC + e;
               tl = g * VEC + e;
             }
-            run += r;
+            run += r[e];
           }
           const i64 chosen = t >= 0 ? t : tl;
           const i64 c = __shfl_sync(0xffffffffu, chosen, pick_lane);
@@ -301,6 +414,168 @@ __device__ i64 tree_pick(TreeSmem& s, const T* row, i64 V, int m, int G, int s_l
   }
   __syncthreads();
   return s.token;
+}
+
+// The last token from the distribution `f` of the stop position's rows (every block of the
+// cluster calls it): pass 1 in every block, the block sums exchanged (NaN: a bad target value,
+// -inf: a bad draft value), the fallback pass when the primary distribution sums to zero and
+// `fallback` allows it, then the pick in the block holding the threshold. Sets *flags (bad
+// values, ROW_SUM_OVERFLOW, ZERO_ROW) and *writer (the block that holds the token); returns the
+// token in that block.
+template <typename T, int CL, bool ALIGNED, class Elem>
+__device__ i64 tree_draw(TreeSmem& s, const T* qrow, const T* prow, i64 V, Elem f, bool fallback,
+                         float u_last, u32 rank, u32* flags, int* writer) {
+  const int tid = threadIdx.x;
+  const i64 NV = (V + VecTraits<T>::N - 1) / VecTraits<T>::N;
+  const int G = tree_waves_per_slot(NV);
+  const int NS = (int)(((NV + 31) / 32 + G - 1) / G);
+  i64 lo64, hi64;
+  split_range(0, NS, CL, (int)rank, lo64, hi64);
+  const int s_lo = (int)lo64, s_hi = (int)hi64;
+  double total = 0.0;
+  int used = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    used = pass;
+    f.alt = pass == 1;
+    bool qbad = false, pbad = false;
+    tree_row_sums<T, ALIGNED>(s, qrow, prow, V, f, G, s_lo, s_hi, qbad, pbad);
+    const int any_q = __syncthreads_or(qbad ? 1 : 0);
+    const int any_p = __syncthreads_or(pbad ? 1 : 0);
+    if (tid < CL) {
+      double mine = 0.0;
+      for (int i = 0; i < s_hi - s_lo; ++i) mine += s.slots[i];
+      if (any_p) mine = -__longlong_as_double(0x7ff0000000000000ll);  // -inf
+      if (any_q) mine = __longlong_as_double(-1ll);                   // NaN
+      st_peer_f64<CL>(&s.ctot[pass][rank], (u32)tid, mine);
+    }
+    cluster_barrier<CL>();  // every block's sum has arrived (one buffer per pass)
+    total = 0.0;
+    for (int r = 0; r < CL; ++r) total += s.ctot[pass][r];  // the same sum in every block
+    if (total == 0.0 && fallback && pass == 0) {
+      __syncthreads();  // the slots are rewritten
+      continue;
+    }
+    break;
+  }
+  *writer = 0;
+  if (total != total) {
+    *flags = kBadTarget;
+  } else if (total < 0.0) {
+    *flags = kBadDraft;
+  } else if (total > kFloatMaxD) {
+    *flags = kRowOverflow;
+  } else if (total == 0.0) {
+    *flags = kZeroRow;
+  }
+  if (*flags) return 0;
+  // the block where the threshold is crossed (else the last block holding mass)
+  const double thr = (double)u_last * total;
+  double before = 0.0, run = 0.0, last_before = 0.0;
+  int chosen = -1, last = 0;
+  for (int r = 0; r < CL; ++r) {
+    const double x = s.ctot[used][r];
+    if (x > 0.0) {
+      if (chosen < 0 && run + x > thr) {
+        chosen = r;
+        before = run;
+      }
+      last = r;
+      last_before = run;
+    }
+    run += x;
+  }
+  if (chosen < 0) {
+    chosen = last;
+    before = last_before;
+  }
+  *writer = chosen;
+  if ((int)rank != chosen) return 0;
+  f.alt = used == 1;
+  return tree_pick<T, ALIGNED>(s, qrow, prow, V, f, G, s_lo, s_hi, before, thr);
+}
+
+// Pass j (1 <= j < m) over a position's rows, for the decision on child j (token ktok[j]): the
+// sums of r_{j-1}'s two candidates (o[0], o[1]), both at the token (o[2], o[3]), p at the token
+// (o[4]), P_j (o[5], without replacement) and the bad-value bits (o[6]: 2 target, 1 draft),
+// over the whole cluster, into s.sres[0..7) (every block gets the same values, summed in block
+// order). `parity` alternates the exchange buffers between passes.
+template <typename T, int CL, bool ALIGNED>
+__device__ void tree_sibling_pass(TreeSmem& s, const T* qrow, const T* prow, i64 V, int j,
+                                  bool without, u32 rank, int parity) {
+  constexpr int VEC = VecTraits<T>::N;
+  constexpr int NB = kTreeBatch / 4;  // two rows: 2 x 2 loads in flight per lane
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const i64 NV = (V + VEC - 1) / VEC;
+  i64 g_lo, g_hi;
+  split_range(0, NV, CL, (int)rank, g_lo, g_hi);
+  const i64 x = s.ktok[j];
+  const i64 drop = s.ktok[j - 1];
+  double acc[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  bool qb = false, pb = false;
+  for (i64 g0 = g_lo; g0 < g_hi; g0 += (i64)kTreeThreads * NB) {
+    uint4 wq[NB], wp[NB];
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      const i64 g = g0 + (i64)i * kTreeThreads + tid;
+      const bool in = g < g_hi;
+      wq[i] = in ? load_raw(qrow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+      wp[i] = in ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      const i64 g = g0 + (i64)i * kTreeThreads + tid;
+      float vq[VEC], vp[VEC];
+      VecTraits<T>::unpack(wq[i], vq);
+      VecTraits<T>::unpack(wp[i], vp);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        qb |= bad_prob(vq[e]);
+        pb |= bad_prob(vp[e]);
+        const i64 je = g * VEC + e;
+        double a, al, pz;
+        tree_rrs_chain(s.S, s.F, s.P, s.ktok, j, without, je, (double)vq[e], (double)vp[e], a, al,
+                       pz);
+        acc[0] += a;
+        acc[1] += al;
+        if (je == x) {
+          acc[2] += a;
+          acc[3] += al;
+          acc[4] += (double)vp[e];
+        }
+        if (without && je != drop) acc[5] += pz;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 6; ++k) acc[k] = warp_sum(acc[k]);
+  const u32 bits = warp_or((qb ? 2u : 0u) | (pb ? 1u : 0u));
+  if (lane == 0) {
+#pragma unroll
+    for (int k = 0; k < 6; ++k) s.wred[warp][k] = acc[k];
+    s.wred[warp][6] = (double)bits;
+  }
+  __syncthreads();
+  if (tid < 7) {  // this block's value k, pushed into every block of the cluster
+    double v = 0.0;
+    u32 vb = 0;
+    for (int w = 0; w < kTreeWarps; ++w) {
+      v += s.wred[w][tid];
+      vb |= (u32)s.wred[w][tid];
+    }
+    if (tid == 6) v = (double)vb;
+    for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&s.xch[parity][tid][rank], (u32)r, v);
+  }
+  cluster_barrier<CL>();  // every block's values have arrived
+  if (tid < 7) {
+    double v = 0.0;
+    u32 vb = 0;
+    for (int r = 0; r < CL; ++r) {
+      v += s.xch[parity][tid][r];
+      vb |= (u32)s.xch[parity][tid][r];
+    }
+    s.sres[tid] = tid == 6 ? (double)vb : v;
+  }
+  __syncthreads();
 }
 
 // Greedy: this block's argmax key over vectors [g_lo, g_hi) of row (kTreeBadKey for a NaN,
@@ -344,13 +619,16 @@ __device__ u64 tree_row_key(TreeSmem& s, const T* row, i64 V, i64 g_lo, i64 g_hi
   return m;
 }
 
-// The whole request (one block). Parameters: see SPECSAMPLE_TREE_PARAMS in verify_kernel.cuh.
-template <typename T, int CL, bool ALIGNED>
+// The whole request, in each block of its cluster (parameters: SPECSAMPLE_TREE_PARAMS below).
+// HAS_P: random mode with draft probabilities (p_raw [B, N, V]; `without`: siblings drawn
+// without replacement).
+template <typename T, int CL, bool HAS_P, bool ALIGNED>
 __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const i64* parents,
-                                  const i64* num_nodes, const T* q, const float* uniforms,
-                                  i64* out_tokens, i64* out_nodes, i64* out_num, int* out_status,
-                                  i64 V, int N, int D, int greedy, int distinct, u64 seed,
-                                  u64 offset, const i64* seed_ptr, const i64* offset_ptr,
+                                  const i64* num_nodes, const T* q, const void* p_raw,
+                                  const float* uniforms, i64* out_tokens, i64* out_nodes,
+                                  i64* out_num, int* out_status, i64 V, int N, int D, int greedy,
+                                  int distinct, int without, u64 seed, u64 offset,
+                                  const i64* seed_ptr, const i64* offset_ptr,
                                   u64 offset_intragraph, int captured) {
   const int tid = threadIdx.x;
   const i64 b = (i64)cluster_id<CL>();
@@ -433,6 +711,12 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
           const float qx = VecTraits<T>::load1(q + (b * N1 + s.par[i] + 1) * V + x);
           if (bad_prob(qx)) f |= kBadTarget;
           s.qx[i] = qx;
+          if constexpr (HAS_P) {  // node i's entry in its first sibling's draft row
+            const i64 fs = s.first[s.par[i] + 1];
+            const float px = VecTraits<T>::load1(reinterpret_cast<const T*>(p_raw) + (b * N + fs) * V + x);
+            if (bad_prob(px)) f |= kBadDraft;
+            s.px[i] = px;
+          }
         }
       }
       if (!greedy && (i < n || i == N)) {
@@ -483,7 +767,7 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
       ++npath;
       pos = c + 1;
     }
-  } else if (flags == 0) {
+  } else if (flags == 0 && !HAS_P) {
     if (tid == 0) {  // target-only: the whole walk reads shared memory only
       int pos = 0, np = 0;
       for (;;) {
@@ -522,64 +806,84 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
       }
     }
     __syncthreads();
-    const T* row = q + (b * N1 + stop) * V;
-    const i64 NV = (V + VecTraits<T>::N - 1) / VecTraits<T>::N;
-    const int G = tree_waves_per_slot(NV);
-    const int NS = (int)(((NV + 31) / 32 + G - 1) / G);
-    i64 lo64, hi64;
-    split_range(0, NS, CL, (int)rank, lo64, hi64);
-    const int s_lo = (int)lo64, s_hi = (int)hi64;
-    int m = cnt, used = 0;
-    double total = 0.0;
-    for (int pass = 0; pass < 2; ++pass) {
-      used = pass;
-      const bool rowbad = tree_row_sums<T, ALIGNED>(s, row, V, m, G, s_lo, s_hi);
-      const int any_bad = __syncthreads_or(rowbad ? 1 : 0);
-      if (tid < CL) {
-        double mine = 0.0;
-        for (int i = 0; i < s_hi - s_lo; ++i) mine += s.slots[i];
-        st_peer_f64<CL>(&s.ctot[pass][rank], (u32)tid, any_bad ? __longlong_as_double(-1ll) : mine);
+    token = tree_draw<T, CL, ALIGNED>(s, q + (b * N1 + stop) * V, q, V,
+                                      TreeDrawDrop{s.drop, cnt, 0, false}, cnt > 0, s.u[N], rank,
+                                      &flags, &writer);
+  } else if (flags == 0) {
+    // with draft probabilities: recursive rejection sampling over the siblings, one position at
+    // a time (docs/contract-trees.md); every block decides every step from exchanged sums
+    const T* p = reinterpret_cast<const T*>(p_raw);
+    int pos = 0, xpass = 0;
+    for (;;) {
+      const int c0 = s.first[pos];
+      const T* qrow = q + (b * N1 + pos) * V;
+      if (c0 < 0) {  // a leaf: the last token from its target row
+        token = tree_draw<T, CL, ALIGNED>(s, qrow, q, V, TreeDrawDrop{s.drop, 0, 0, false}, false,
+                                          s.u[N], rank, &flags, &writer);
+        break;
       }
-      cluster_barrier<CL>();  // every block's sum has arrived (one buffer per pass)
-      total = 0.0;
-      for (int r = 0; r < CL; ++r) total += s.ctot[pass][r];  // the same sum in every block
-      // every token left is zero: draw from the row itself (its values are checked already)
-      if (total == 0.0 && m > 0 && pass == 0) {
-        m = 0;
-        __syncthreads();  // the slots are rewritten
+      if ((double)s.u[c0] * (double)s.px[c0] < (double)s.qx[c0]) {  // verify()'s rule, exact
+        if (tid == 0) s.path[npath] = c0;
+        ++npath;
+        pos = c0 + 1;
         continue;
       }
-      break;
-    }
-    if (total != total) {
-      flags = kBadTarget;
-    } else if (total > kFloatMaxD) {
-      flags = kRowOverflow;
-    } else if (total == 0.0) {
-      flags = kZeroRow;
-    } else {
-      // the block where the threshold is crossed (else the last block holding mass)
-      const double thr = (double)s.u[N] * total;
-      double before = 0.0, run = 0.0, last_before = 0.0;
-      int chosen = -1, last = 0;
-      for (int r = 0; r < CL; ++r) {
-        const double x = s.ctot[used][r];
-        if (x > 0.0) {
-          if (chosen < 0 && run + x > thr) {
-            chosen = r;
-            before = run;
-          }
-          last = r;
-          last_before = run;
+      const T* prow = p + (b * (i64)N + c0) * V;
+      int m = 0;
+      for (int c = c0; c >= 0; c = s.next[c]) ++m;
+      if (m == 1) {  // verify()'s residual max(0, q - p)
+        token = tree_draw<T, CL, ALIGNED>(s, qrow, prow, V, TreeDrawResidual{false}, true, s.u[N],
+                                          rank, &flags, &writer);
+        break;
+      }
+      if (tid == 0) {
+        int k = 0;
+        for (int c = c0; c >= 0; c = s.next[c], ++k) {
+          s.ktok[k] = (int)s.tok[c];
+          s.knode[k] = c;
         }
-        run += x;
       }
-      if (chosen < 0) {
-        chosen = last;
-        before = last_before;
+      __syncthreads();
+      int hit = -1;
+      for (int j = 1; j < m; ++j) {
+        tree_sibling_pass<T, CL, ALIGNED>(s, qrow, prow, V, j, without != 0, rank, xpass++ & 1);
+        const double* o = s.sres;
+        const int bits = (int)o[6];
+        if (j == 1 && bits) {  // the rows are read whole for the first time here
+          flags = (bits & 2) ? kBadTarget : kBadDraft;
+          break;
+        }
+        const bool fj = o[0] == 0.0;  // r_{j-1} sums to zero: its fallback q'_{j-1}
+        const double sj = fj ? o[1] : o[0];
+        if (tid == 0) {
+          s.S[j - 1] = sj;
+          s.F[j - 1] = fj ? 1 : 0;
+          s.P[j] = o[5];
+        }
+        __syncthreads();
+        if (sj == 0.0) {
+          flags = kZeroRow;
+          break;
+        }
+        const double qcur = (fj ? o[3] : o[2]) / sj;
+        const double pcur = without ? (o[5] > 0.0 ? o[4] / o[5] : o[4]) : o[4];
+        if ((double)s.u[s.knode[j]] * pcur < qcur) {
+          hit = s.knode[j];
+          break;
+        }
       }
-      writer = chosen;
-      if ((int)rank == chosen) token = tree_pick<T, ALIGNED>(s, row, V, m, G, s_lo, s_hi, before, thr);
+      if (flags) break;
+      if (hit >= 0) {
+        if (tid == 0) s.path[npath] = hit;
+        ++npath;
+        pos = hit + 1;
+        __syncthreads();  // ktok, knode, S, F, P are rewritten at the next position
+        continue;
+      }
+      token = tree_draw<T, CL, ALIGNED>(s, qrow, prow, V,
+                                        TreeDrawSiblings{&s, m, without != 0, false},
+                                        true, s.u[N], rank, &flags, &writer);
+      break;
     }
   }
 
@@ -601,25 +905,26 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry point: grid = B blocks of kTreeThreads threads. Parameters one by one (CuPy packs scalars
-// and pointers, not structs). parents and num_nodes are int64; out_tokens [B, D+1], out_nodes
-// [B, D] (unused when D = 0), out_num [B] int64, out_status [B] int32.
+// Entry points: grid = B * CL blocks of kTreeThreads threads. Parameters one by one (CuPy packs
+// scalars and pointers, not structs). parents and num_nodes are int64; p [B, N, V] (HAS_P only);
+// out_tokens [B, D+1], out_nodes [B, D] (unused when D = 0), out_num [B] int64, out_status [B]
+// int32.
 // ---------------------------------------------------------------------------------------------
 #define SPECSAMPLE_TREE_PARAMS                                                                     \
   const void *ids, int ids64, const i64 *parents, const i64 *num_nodes, const void *q,             \
-      const float *uniforms, i64 *out_tokens, i64 *out_nodes, i64 *out_num, int *out_status, i64 V, \
-      int N, int D, int greedy, int distinct, u64 seed, u64 offset, const i64 *seed_ptr,            \
-      const i64 *offset_ptr, u64 offset_intragraph, int captured
+      const void *p, const float *uniforms, i64 *out_tokens, i64 *out_nodes, i64 *out_num,          \
+      int *out_status, i64 V, int N, int D, int greedy, int distinct, int without, u64 seed,        \
+      u64 offset, const i64 *seed_ptr, const i64 *offset_ptr, u64 offset_intragraph, int captured
 #define SPECSAMPLE_TREE_CALL(CL)                                                                   \
   __shared__ TreeSmem s;                                                                           \
-  verify_tree_block<T, CL, ALIGNED>(s, ids, ids64, parents, num_nodes,                             \
-                                    reinterpret_cast<const T*>(q), uniforms, out_tokens,           \
-                                    out_nodes, out_num, out_status, V, N, D, greedy, distinct,     \
-                                    seed, offset, seed_ptr, offset_ptr, offset_intragraph,         \
-                                    captured);
+  verify_tree_block<T, CL, HAS_P, ALIGNED>(s, ids, ids64, parents, num_nodes,                      \
+                                           reinterpret_cast<const T*>(q), p, uniforms, out_tokens, \
+                                           out_nodes, out_num, out_status, V, N, D, greedy,        \
+                                           distinct, without, seed, offset, seed_ptr, offset_ptr,  \
+                                           offset_intragraph, captured);
 
 // One block per request (any architecture).
-template <typename T, bool ALIGNED>
+template <typename T, bool HAS_P, bool ALIGNED>
 __global__ void __launch_bounds__(kTreeThreads, 1) verify_tree_kernel(SPECSAMPLE_TREE_PARAMS) {
   SPECSAMPLE_TREE_CALL(1)
 }
@@ -627,7 +932,7 @@ __global__ void __launch_bounds__(kTreeThreads, 1) verify_tree_kernel(SPECSAMPLE
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
 // One cluster of CL blocks per request (sm_90+; CL = 16 needs the non-portable cluster size
 // attribute set on the function before launch): grid = B * CL blocks.
-template <typename T, int CL, bool ALIGNED>
+template <typename T, int CL, bool HAS_P, bool ALIGNED>
 __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(kTreeThreads, 1)
     verify_tree_cluster_kernel(SPECSAMPLE_TREE_PARAMS) {
   SPECSAMPLE_TREE_CALL(CL)

@@ -74,24 +74,25 @@ def _tree_batch(B: int, N: int, V: int, seed: int):
     return ids, parents, counts, q, u
 
 
-def _launch(be, cluster, ids, parents, q, **kw):
+def _launch(be, cluster, ids, parents, q, p=None, **kw):
     """``be.verify_tree`` (``cluster`` 0), or its kernel with ``cluster`` blocks per request."""
     if not cluster:
-        return be.verify_tree(ids, parents, None, q, **kw)
+        return be.verify_tree(ids, parents, p, q, **kw)
     from specsample.backends import _cupy_tree
 
     inputs = validate_tree_inputs(
-        ids, parents, None, q, capabilities=be.capabilities, backend_name=be.name, **kw
+        ids, parents, p, q, capabilities=be.capabilities, backend_name=be.name, **kw
     )
     run = _cuda_tree.verify_tree_cuda_cpp if be.name == "cuda-cpp" else _cupy_tree.verify_tree_cupy
     return run(inputs, cluster=cluster)
 
 
-def _check(be, ids, parents, q, what, *, mode="random", cluster=0, **kw):
+def _check(be, ids, parents, q, what, *, mode="random", cluster=0, p=None, **kw):
     """Run ``be`` on the device and the reference on the CPU; assert every output is equal."""
     dev = {k: (v.to(DEV) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-    out = _launch(be, cluster, ids.to(DEV), parents.to(DEV), q.to(DEV), mode=mode, **dev)
-    ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
+    pd = None if p is None else p.to(DEV)
+    out = _launch(be, cluster, ids.to(DEV), parents.to(DEV), q.to(DEV), pd, mode=mode, **dev)
+    ref = reference_verify_tree(ids, parents, p, q, mode=mode, **kw)
     for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
         a, b = getattr(out, name), getattr(ref, name)
         assert a.device.type == torch.device(DEV).type, (what, name)
@@ -292,10 +293,110 @@ def test_backends_agree(backend):
     assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.status, b.status)
 
 
-def test_draft_probs_not_claimed(backend):
-    """The draft-probability rules are not claimed: a ValueError names the claim."""
-    ids, parents, counts, q, u = _tree_batch(2, 4, 50, 14)
-    p = torch.softmax(torch.randn(2, 4, 50), -1).to(DEV)
-    with pytest.raises(ValueError, match="tree_sampling|claims"):
-        backend.verify_tree(ids.to(DEV), parents.to(DEV), p, q.to(DEV),
-                            draft_sampling="with_replacement")  # fmt: skip
+def _draft_trees(B: int, N: int, V: int, seed: int, kind: str):
+    """``ids, parents, p, q, u`` (CPU): stars or random trees whose draft rows put extra mass on
+    the children's distinct tokens and whose target rows mostly do not, so first children are
+    often rejected and later siblings, all-rejected positions and the residual draws all occur."""
+    g = torch.Generator().manual_seed(seed)
+    shape = trees.star if kind == "star" else (lambda n: trees.random_tree(n, generator=g))
+    parents = torch.stack([shape(N) for _ in range(B)])
+    ids = torch.zeros(B, N, dtype=torch.int64)
+    p = torch.rand(B, N, V, generator=g, dtype=torch.float64) ** 4
+    q = torch.rand(B, N + 1, V, generator=g, dtype=torch.float64) ** 4
+    for b in range(B):
+        for a, kids in enumerate(trees.children(parents[b])):
+            if not kids:
+                continue
+            toks = torch.randperm(V, generator=g)[: len(kids)]
+            ids[b, kids] = toks
+            p[b, kids[0], toks] += 0.4 * p[b, kids[0]].sum() / len(kids)
+            q[b, a, toks] += 0.1 * q[b, a].sum() * torch.rand(len(kids), generator=g)
+    p = (p / p.sum(-1, keepdim=True)).to(torch.float32)
+    q = (q / q.sum(-1, keepdim=True)).to(torch.float32)
+    return ids, parents, p, q, torch.rand(B, N + 1, generator=g)
+
+
+@pytest.mark.parametrize("cluster", [0, 1, 16])
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+@pytest.mark.parametrize(
+    ("B", "N", "V", "kind", "seed"),
+    [(24, 5, 11, "star", 12), (24, 8, 20, "random", 15), (8, 6, 2100, "star", 14),
+     (8, 12, 32000, "random", 16)],
+)  # fmt: skip
+def test_draft_probs_trees_exact(backend, cluster, sampling, B, N, V, kind, seed):
+    """Recursive rejection sampling over siblings, exactly the reference: stars (up to N
+    siblings tried in turn) and random trees, V from one partial vector to a vocabulary."""
+    ids, parents, p, q, u = _draft_trees(B, N, V, seed, kind)
+    what = f"{sampling} {kind} N={N} V={V} CL={cluster}"
+    kw = dict(uniforms=u, draft_sampling=sampling, cluster=cluster)
+    ref = _check(backend, ids, parents, q, what, p=p, **kw)
+    if kind == "star":  # later siblings accepted and every sibling rejected both occur
+        first = ref.accepted_nodes[:, 0]
+        assert bool((first > 0).any()) and bool((first < 0).any()), first.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_draft_probs_half_dtypes(backend, dtype):
+    """float16 and bfloat16 rows (widened to float32 as the reference reads them)."""
+    for V in (1000, 1003):  # aligned and element-wise load paths
+        ids, parents, p, q, u = _draft_trees(16, 6, V, 17, "star")
+        for sampling in ("with_replacement", "without_replacement"):
+            _check(backend, ids, parents, q.to(dtype), f"{sampling} {dtype} V={V}",
+                   p=p.to(dtype), uniforms=u, draft_sampling=sampling)  # fmt: skip
+
+
+@pytest.mark.parametrize("cluster", [1, 16])
+def test_draft_probs_status_and_fallbacks(backend, cluster):
+    """Bad draft values up front and in a row read after a rejection, a target row that sums to
+    zero, a first child whose target entry is zero, repeated siblings (flagged without
+    replacement only), a chain, an empty tree: status and tokens exactly the reference's."""
+    V, N = 6, 3
+    ids = torch.tensor([[2, 4, 5]] * 8)
+    parents = torch.tensor([[-1, -1, -1]] * 8)
+    p = torch.full((8, N, V), 1.0 / V)
+    p[:, 0, 2] = 0.5
+    p[:, 0] /= p[:, 0].sum(-1, keepdim=True)
+    q = torch.full((8, N + 1, V), 1.0 / V)
+    u = torch.full((8, N + 1), 0.9)
+    p[0, 0, 4] = float("nan")  # node 1's drafted entry (the first sibling's row): read up front
+    p[1, 0, 0] = -1.0  # read only after the first child is rejected
+    q[2, 0] = p[2, 0]  # p = q: the first child is never rejected
+    q[3, 0, :] = 0.0  # the root's target row is zero: ZERO_ROW
+    q[4, 0, 2] = 0.0  # the first child's target entry is zero: rejected at any coin
+    ids[5] = torch.tensor([2, 4, 2])  # a repeated sibling
+    parents[6] = torch.tensor([-1, 0, 1])  # a chain: each rejection draws from max(0, q - p)
+    counts = torch.tensor([3, 3, 3, 3, 3, 3, 3, 0])
+    for sampling in ("with_replacement", "without_replacement"):
+        kw = dict(uniforms=u, num_nodes=counts, draft_sampling=sampling, cluster=cluster)
+        ref = _check(backend, ids, parents, q, f"status, {sampling}", p=p, **kw)
+        bits = ref.status.tolist()
+        assert bits[0] == Status.BAD_DRAFT_VALUE and bits[1] == Status.BAD_DRAFT_VALUE, bits
+        assert bits[3] == Status.ZERO_ROW, bits
+        repeated = Status.REPEATED_SIBLING if sampling == "without_replacement" else 0
+        assert bits[5] == repeated and bits[2] == bits[4] == bits[6] == bits[7] == 0, bits
+
+
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+def test_draft_probs_chain_equals_verify(backend, sampling):
+    """A chain with draft probabilities, coins from the generator: verify()'s tokens exactly."""
+    B, K, V = 32, 4, 300
+    g = torch.Generator().manual_seed(4)
+    q = torch.softmax(torch.randn(B, K + 1, V, generator=g) * 2, -1)
+    p = torch.softmax(torch.randn(B, K, V, generator=g) * 2, -1)
+    ids = torch.multinomial(p.reshape(B * K, V), 1, generator=g).reshape(B, K)
+    ids, p, q = ids.to(DEV), p.to(DEV), q.to(DEV)
+    parents = trees.chain(K).expand(B, K).contiguous().to(DEV)
+    want = backend.verify(ids, p, q, generator=torch.Generator(device=DEV).manual_seed(9))
+    got = backend.verify_tree(ids, parents, p, q, draft_sampling=sampling,
+                              generator=torch.Generator(device=DEV).manual_seed(9))  # fmt: skip
+    assert torch.equal(got.token_ids, want.token_ids)
+    assert torch.equal(got.num_emitted, want.num_emitted)
+    assert bool((want.num_emitted <= K).any())  # some drafts rejected
+
+
+def test_traversal_rule_not_claimed(backend):
+    """The traversal rule is not claimed: a ValueError names the claim."""
+    ids, parents, p, q, _ = _draft_trees(2, 4, 50, 18, "star")
+    with pytest.raises(ValueError, match="claims"):
+        backend.verify_tree(ids.to(DEV), parents.to(DEV), p.to(DEV), q.to(DEV),
+                            draft_sampling="with_replacement", rule="traversal")  # fmt: skip

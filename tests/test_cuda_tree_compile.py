@@ -20,10 +20,10 @@ CSRC = _cuda_build.csrc_dir()
 TREE = (CSRC / "kernel_tree.cuh").read_text()
 TYPES = ("float", "specsample::f16", "specsample::bf16")
 SIG = (
-    "(const void*, int, const specsample::i64*, const specsample::i64*, const void*, const float*, "
-    "specsample::i64*, specsample::i64*, specsample::i64*, int*, specsample::i64, int, int, int, "
-    "int, specsample::u64, specsample::u64, const specsample::i64*, const specsample::i64*, "
-    "specsample::u64, int)"
+    "(const void*, int, const specsample::i64*, const specsample::i64*, const void*, const void*, "
+    "const float*, specsample::i64*, specsample::i64*, specsample::i64*, int*, specsample::i64, "
+    "int, int, int, int, int, specsample::u64, specsample::u64, const specsample::i64*, "
+    "const specsample::i64*, specsample::u64, int)"
 )
 
 
@@ -74,7 +74,8 @@ def test_cluster_size_rule():
 def test_backends_claim_the_tree_rules():
     caps = _cuda_build.KERNEL_CAPABILITIES
     assert set(caps.tree_modes) == {"random", "greedy"}
-    assert caps.tree_sampling == ("target_only",) and caps.tree_rules == ("token",)
+    assert caps.tree_sampling == ("target_only", "with_replacement", "without_replacement")
+    assert caps.tree_rules == ("token",)
 
 
 def _nvcc() -> str | None:
@@ -85,20 +86,22 @@ def _compile(tmp_path, header: str, types: tuple[str, ...]) -> str:
     nvcc = _nvcc()
     lines = [f'#include "{header}"']
     for ctype in types:
-        for aligned in ("true", "false"):
-            lines.append(
-                f"template __global__ void specsample::verify_tree_kernel<{ctype}, {aligned}>{SIG};"
-            )
-            for cl in _cuda_tree.TREE_CLUSTER_SIZES[1:]:
+        for has_p in ("false", "true"):
+            for aligned in ("true", "false"):
+                flags = f"{has_p}, {aligned}"
                 lines.append(
-                    "template __global__ void "
-                    f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {aligned}>{SIG};"
+                    f"template __global__ void specsample::verify_tree_kernel<{ctype}, {flags}>{SIG};"
                 )
+                for cl in _cuda_tree.TREE_CLUSTER_SIZES[1:]:
+                    lines.append(
+                        "template __global__ void "
+                        f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>{SIG};"
+                    )
     src = tmp_path / "tree_wrapper.cu"
     src.write_text("\n".join(lines) + "\n")
     cmd = [nvcc, "-arch=sm_90", "-cubin", "-std=c++17", "-DSPECSAMPLE_CLUSTERS=1", f"-I{CSRC}",
            "-Xptxas", "-v", "-o", str(tmp_path / "tree.cubin"), str(src)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stderr
 
@@ -116,14 +119,17 @@ def _resources(log: str) -> list[tuple[int, int, int]]:
     return found
 
 
+@pytest.mark.slow  # about a minute per case on two idle cores
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (the CUDA toolkit compiles the kernel)")
 @pytest.mark.parametrize(
-    ("header", "types"), [("verify_kernel.cuh", TYPES), ("kernel_tree.cuh", ("float",))]
+    ("header", "types"),
+    [("verify_kernel.cuh", (t,)) for t in TYPES] + [("kernel_tree.cuh", ("float",))],
 )
 def test_tree_kernel_compiles_for_sm90_without_spills(tmp_path, header, types):
-    """Every instantiation through the extension's header; float32 through the header alone."""
+    """Every instantiation (cluster size x draft probabilities x load path) of each dtype through
+    the extension's header; float32 through the header alone."""
     found = _resources(_compile(tmp_path, header, types))
-    assert len(found) == 2 * len(types) * len(_cuda_tree.TREE_CLUSTER_SIZES), found
+    assert len(found) == 4 * len(types) * len(_cuda_tree.TREE_CLUSTER_SIZES), found
     for regs, stores, loads in found:
         assert stores == 0 and loads == 0, found
         assert regs <= 128, found  # 512 threads per block: at most 128 registers each
