@@ -236,6 +236,13 @@ struct TreeDrawSiblings {
   }
 };
 
+// Vectors in flight per lane in a row pass: kTreeBatch for one row; for two rows (draft
+// probabilities) 2 of float32, 1 of 16-bit types (8 elements each), within 128 registers.
+template <typename T, bool TWO_ROWS>
+__device__ __forceinline__ constexpr int tree_batch() {
+  return TWO_ROWS ? (VecTraits<T>::N == 4 ? kTreeBatch / 4 : kTreeBatch / 8) : kTreeBatch;
+}
+
 // Waves of 32 vectors per super-wave (slot) of a row of NV vectors: a multiple of kTreeBatch.
 __device__ __forceinline__ int tree_waves_per_slot(i64 NV) {
   const i64 waves = (NV + 31) / 32;
@@ -270,7 +277,7 @@ template <typename T, bool ALIGNED, class Elem>
 __device__ void tree_row_sums(TreeSmem& s, const T* qrow, const T* prow, i64 V, Elem f, int G,
                               int s_lo, int s_hi, bool& qbad, bool& pbad) {
   constexpr int VEC = VecTraits<T>::N;
-  constexpr int NB = Elem::kNeedsP ? kTreeBatch / 4 : kTreeBatch;  // vectors in flight per lane
+  constexpr int NB = tree_batch<T, Elem::kNeedsP>();  // vectors in flight per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   for (int sl = s_lo + warp; sl < s_hi; sl += kTreeWarps) {
@@ -310,7 +317,7 @@ template <typename T, bool ALIGNED, class Elem>
 __device__ i64 tree_pick(TreeSmem& s, const T* qrow, const T* prow, i64 V, Elem f, int G,
                          int s_lo, int s_hi, double base0, double thr) {
   constexpr int VEC = VecTraits<T>::N;
-  constexpr int NB = Elem::kNeedsP ? kTreeBatch / 4 : kTreeBatch;
+  constexpr int NB = tree_batch<T, Elem::kNeedsP>();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   // level 1: contiguous slots per thread, a block scan over the threads
@@ -503,7 +510,7 @@ template <typename T, int CL, bool ALIGNED>
 __device__ void tree_sibling_pass(TreeSmem& s, const T* qrow, const T* prow, i64 V, int j,
                                   bool without, u32 rank, int parity) {
   constexpr int VEC = VecTraits<T>::N;
-  constexpr int NB = kTreeBatch / 4;  // two rows: 2 x 2 loads in flight per lane
+  constexpr int NB = tree_batch<T, true>();
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const i64 NV = (V + VEC - 1) / VEC;
   i64 g_lo, g_hi;
