@@ -48,6 +48,8 @@ KERNEL_CAPABILITIES = Capabilities(
     status_flags=True,
     rules=("token", "block"),
     serving=True,  # verify_serving_kernel (csrc/kernel_serving.cuh)
+    # Tree verification (csrc/kernel_tree.cuh, one launch per call) is built and wired to
+    # verify_tree, but not claimed until it has passed the tree checks on a GPU: tree_modes=() here.
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

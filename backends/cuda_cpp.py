@@ -137,3 +137,10 @@ class CudaCppBackend(Backend):
         from ._cuda_serving import serving_op
 
         return ServingOutput(*serving_op(inputs))
+
+    def _verify_tree(self, inputs):
+        """Tree verification (greedy, target-only): one launch of the tree kernel
+        (``csrc/kernel_tree.cuh``, ``backends/_cuda_tree.py``)."""
+        from . import _cuda_tree
+
+        return _cuda_tree.verify_tree_cuda_cpp(inputs)

@@ -530,3 +530,10 @@ class CupyBackend(Backend):
         from ._cupy_serving import launch_serving
 
         return ServingOutput(*launch_serving(inputs))
+
+    def _verify_tree(self, inputs):
+        """Tree verification (greedy, target-only): one launch of the tree kernel compiled by
+        NVRTC (``csrc/kernel_tree.cuh``, ``backends/_cupy_tree.py``)."""
+        from . import _cupy_tree
+
+        return _cupy_tree.verify_tree_cupy(inputs)

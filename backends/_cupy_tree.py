@@ -1,0 +1,155 @@
+"""The tree kernel launched through CuPy (backend ``cupy``): ``csrc/kernel_tree.cuh`` by NVRTC.
+
+The same kernel source as ``cuda-cpp``'s ``specsample::verify_tree`` op, compiled on its own (the
+tree kernel needs only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``) into one module per
+device (through ``_nvrtc``: float32 subnormals kept), launched on torch's current stream with raw device pointers, one block per request. The
+generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
+capture a device-resident key is drawn by a graph-safe torch op instead), so one generator state
+gives the same tokens in both backends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from . import _cuda_build, _cuda_tree, _nvrtc
+
+TREE_HEADER = "kernel_tree.cuh"
+TREE_THREADS = 512  # kTreeThreads
+_KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
+
+_lock = threading.Lock()
+# device -> (module, {(dtype, cluster, has_p, aligned): kernel}, SM count, clusters available)
+_modules: dict[int, tuple[object, dict[tuple[str, int, bool, bool], object], int, bool]] = {}
+# CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED (CUDA driver API enum CUfunction_attribute)
+_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+
+
+def _module(device_id: int):
+    """``(module, kernels, SM count, clusters)`` of ``device_id``, compiled on first use."""
+    entry = _modules.get(device_id)
+    if entry is not None:
+        return entry
+    with _lock:
+        entry = _modules.get(device_id)
+        if entry is None:
+            import cupy
+
+            digest = _cuda_build.sources_hash(*_cuda_build.kernel_sources())
+            # the hash is in the code so that the compile cache (keyed by code and options, not by
+            # the included files) recompiles when a header changes
+            code = f'// specsample tree kernel, sources sha256 {digest}\n#include "{TREE_HEADER}"\n'
+            props = cupy.cuda.runtime.getDeviceProperties(device_id)
+            clusters = int(props["major"]) >= 9
+            options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
+            if clusters:
+                options.append("-DSPECSAMPLE_CLUSTERS=1")
+            names = {}
+            sizes = _cuda_tree.TREE_CLUSTER_SIZES if clusters else (1,)
+            for (dtype, ctype), cl, has_p, aligned in itertools.product(
+                _KERNEL_TYPES.items(), sizes, (False, True), (False, True)
+            ):
+                flags = f"{'true' if has_p else 'false'}, {'true' if aligned else 'false'}"
+                names[(dtype, cl, has_p, aligned)] = (
+                    f"specsample::verify_tree_kernel<{ctype}, {flags}>"
+                    if cl == 1
+                    else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>"
+                )
+            module, lowered = _nvrtc.compile_module(code, options, list(names.values()), device_id)
+            with cupy.cuda.Device(device_id):
+                kernels = {key: module.get_function(lowered[name]) for key, name in names.items()}
+                for (_, cl, _, _), kern in kernels.items():
+                    if cl > 8:
+                        cupy.cuda.driver.funcSetAttribute(
+                            kern.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+                        )
+            num_sms = int(props["multiProcessorCount"])
+            entry = _modules[device_id] = (module, kernels, num_sms, clusters)
+    return entry
+
+
+def verify_tree_cupy(inputs, cluster: int = 0):
+    """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
+
+    Greedy mode, the target-only rule (``draft_probs=None``) or recursive rejection sampling
+    with or without replacement (token rule); the coins are ``inputs.uniforms`` or drawn in the
+    kernel from the generator's Philox state (no host sync).
+    ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: automatic, as cuda-cpp).
+    """
+    import cupy
+    import numpy as np
+    import torch
+    from specsample.contract_tree import TreeVerifyOutput
+    from specsample.rng import is_capturing, philox_seed_offset
+    from specsample.validation import default_generator
+
+    from .cupy_backend import _external_stream
+
+    B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
+    device = inputs.device
+    device_id = device.index if device.index is not None else torch.cuda.current_device()
+    q = inputs.target_probs
+    greedy = inputs.mode == "greedy"
+    has_u = inputs.uniforms is not None and not greedy
+    has_p = inputs.draft_probs is not None and not greedy and N > 0
+    p_ptr = inputs.draft_probs.data_ptr() if has_p else 0
+    # one allocation: tokens [B, D+1], num [B], nodes [B, D], the capture key slot, then status
+    # (int32, two per int64)
+    n_tok, n_nodes = B * (D + 1), B * D
+    head = n_tok + B + n_nodes
+    buf = torch.empty(head + 2 + (B + 1) // 2, dtype=torch.int64, device=device)
+    tokens = buf[:n_tok].view(B, D + 1)
+    num = buf[n_tok : n_tok + B]
+    nodes = buf[n_tok + B : head].view(B, D)
+    status = buf[head + 2 :].view(torch.int32)[:B]
+    seed = offset = seed_ptr = offset_ptr = 0
+    captured = False
+    if not greedy and not has_u:
+        gen = inputs.generator if inputs.generator is not None else default_generator(device)
+        if is_capturing(device):
+            slot = buf[head : head + 2]
+            torch.randint(0, 2**62, (2,), generator=gen, device=device, dtype=torch.int64, out=slot)
+            seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, True
+        else:
+            seed, offset = philox_seed_offset(gen, N + 1)
+    dtype = str(q.dtype).removeprefix("torch.")
+    elem = q.element_size()
+    aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), p_ptr, False)
+    _, kernels, num_sms, clusters = _module(device_id)
+    cl = cluster or _cuda_tree.tree_cluster_size(B, num_sms, clusters)
+    if (dtype, cl, has_p, aligned) not in kernels:
+        raise ValueError(
+            f"cluster must be 1, 2, 4, 8 or 16 (more than 1 needs compute capability 9.0), got {cl}"
+        )
+    ids = inputs.draft_token_ids
+    args = (
+        np.uint64(ids.data_ptr()),
+        np.int32(1 if ids.dtype == torch.int64 else 0),
+        np.uint64(inputs.parents.data_ptr()),
+        np.uint64(inputs.num_nodes.data_ptr()),
+        np.uint64(q.data_ptr()),
+        np.uint64(p_ptr),
+        np.uint64(inputs.uniforms.data_ptr() if has_u else 0),
+        np.uint64(tokens.data_ptr()),
+        np.uint64(nodes.data_ptr()),
+        np.uint64(num.data_ptr()),
+        np.uint64(status.data_ptr()),
+        np.int64(V),
+        np.int32(N),
+        np.int32(D),
+        np.int32(1 if greedy else 0),
+        np.int32(1 if inputs.needs_distinct_siblings else 0),
+        np.int32(1 if inputs.draft_sampling == "without_replacement" else 0),
+        np.uint64(seed & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(offset & 0xFFFFFFFFFFFFFFFF),
+        np.uint64(seed_ptr),
+        np.uint64(offset_ptr),
+        np.uint64(0),
+        np.int32(1 if captured else 0),
+    )
+    stream_ptr = torch.cuda.current_stream(device).cuda_stream
+    kern = kernels[(dtype, cl, has_p, aligned)]
+    with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+        kern((B * cl,), (TREE_THREADS,), args)
+    return TreeVerifyOutput(tokens, num, nodes, status)

@@ -1,0 +1,135 @@
+"""The tree kernel (``csrc/kernel_tree.cuh``) without a GPU: its constants against the Python side,
+and an sm_90 compile with nvcc of every instantiation the backends launch (skipped without nvcc).
+
+The compile goes through ``verify_kernel.cuh`` (what the cuda-cpp extension compiles) and through
+``kernel_tree.cuh`` alone (what the cupy backend hands NVRTC); ptxas must report no spills and at
+most the registers that 512-thread blocks allow.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+from specsample import Status
+from specsample.backends import _cuda_build, _cuda_tree, _cupy_tree
+
+CSRC = _cuda_build.csrc_dir()
+TREE = (CSRC / "kernel_tree.cuh").read_text()
+TYPES = ("float", "specsample::f16", "specsample::bf16")
+SIG = (
+    "(const void*, int, const specsample::i64*, const specsample::i64*, const void*, const void*, "
+    "const float*, specsample::i64*, specsample::i64*, specsample::i64*, int*, specsample::i64, "
+    "int, int, int, int, int, specsample::u64, specsample::u64, const specsample::i64*, "
+    "const specsample::i64*, specsample::u64, int)"
+)
+
+
+def _constant(name: str) -> int:
+    m = re.search(rf"constexpr (?:int|u32) {name} = (\w+);", TREE)
+    assert m, f"{name} not found in kernel_tree.cuh"
+    return int(m.group(1), 0)
+
+
+def test_constants_match_the_python_side():
+    assert _constant("kMaxTreeNodes") == _cuda_tree.MAX_TREE_NODES == _cuda_build.MAX_K
+    assert _constant("kTreeThreads") == _cupy_tree.TREE_THREADS
+    assert _constant("kTreeBadTree") == int(Status.BAD_TREE)
+    assert _constant("kTreeRepeated") == int(Status.REPEATED_SIBLING)
+    # 1024 slots of super-wave sums, a whole number of warps per block
+    assert _constant("kTreeThreads") % 32 == 0 and _constant("kTreeSlots") >= 1
+
+
+def test_tree_header_includes_no_system_header():
+    """NVRTC compiles kernel_tree.cuh alone (cupy): only the kernel's own headers."""
+    includes = re.findall(r'#include\s+([<"][^>"]+[>"])', TREE)
+    want = ['"kernel_cluster.cuh"', '"kernel_common.cuh"', '"kernel_philox.cuh"']
+    assert includes == want, includes
+
+
+def test_op_schema_matches_the_binding():
+    """The schema the binding registers is the one the Python side documents."""
+    source = (CSRC / "verify_torch.cu").read_text()
+    m = re.search(r'm\.def\(\s*((?:"[^"]*"\s*)+)\);\s*}\s*TORCH_LIBRARY_IMPL\(specsample, CUDA, m\) '
+                  r'{ m\.impl\("verify_tree"', source)  # fmt: skip
+    assert m, "verify_tree's m.def not found in verify_torch.cu"
+    schema = "".join(re.findall(r'"([^"]*)"', m.group(1)))
+    assert schema == _cuda_tree.TREE_OP_SCHEMA
+
+
+def test_cluster_size_rule():
+    """Blocks per request: 16 up to B = 4, then as many as one block per SM allows (132 SMs)."""
+    pick = _cuda_tree.tree_cluster_size
+    got = {B: pick(B, 132, True) for B in (1, 4, 5, 8, 16, 17, 33, 66, 67, 256)}
+    assert got == {1: 16, 4: 16, 5: 8, 8: 8, 16: 8, 17: 4, 33: 4, 66: 2, 67: 1, 256: 1}
+    assert pick(1, 132, False) == 1
+    assert set(got.values()) <= set(_cuda_tree.TREE_CLUSTER_SIZES)
+    # the C++ copy states the same rule
+    source = (CSRC / "verify_torch.cu").read_text()
+    assert "if (B <= 4) return 16;" in source and "for (int cl = 8; cl > 1; cl /= 2)" in source
+
+
+def test_tree_kernel_is_not_claimed_before_a_gpu_run():
+    """The kernel is wired to verify_tree but not claimed until the tree checks pass on a GPU:
+    a conformance run must report the tree checks not claimed, not run unproven code."""
+    caps = _cuda_build.KERNEL_CAPABILITIES
+    assert caps.tree_modes == () and caps.tree_sampling == () and caps.tree_rules == ()
+
+
+def _nvcc() -> str | None:
+    return _cuda_build.find_nvcc() or shutil.which("nvcc")
+
+
+def _compile(tmp_path, header: str, types: tuple[str, ...]) -> str:
+    nvcc = _nvcc()
+    lines = [f'#include "{header}"']
+    for ctype in types:
+        for has_p in ("false", "true"):
+            for aligned in ("true", "false"):
+                flags = f"{has_p}, {aligned}"
+                lines.append(
+                    f"template __global__ void specsample::verify_tree_kernel<{ctype}, {flags}>{SIG};"
+                )
+                for cl in _cuda_tree.TREE_CLUSTER_SIZES[1:]:
+                    lines.append(
+                        "template __global__ void "
+                        f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>{SIG};"
+                    )
+    src = tmp_path / "tree_wrapper.cu"
+    src.write_text("\n".join(lines) + "\n")
+    cmd = [nvcc, "-arch=sm_90", "-cubin", "-std=c++17", "-DSPECSAMPLE_CLUSTERS=1", f"-I{CSRC}",
+           "-Xptxas", "-v", "-o", str(tmp_path / "tree.cubin"), str(src)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out.stderr
+
+
+def _resources(log: str) -> list[tuple[int, int, int]]:
+    """``(registers, spill stores, spill loads)`` of each tree kernel in a ptxas -v log."""
+    found = []
+    for block in log.split("Compiling entry function")[1:]:
+        if "verify_tree" not in block.split("\n", 1)[0]:
+            continue
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        regs = re.search(r"Used (\d+) registers", block)
+        assert spill and regs, block
+        found.append((int(regs.group(1)), int(spill.group(1)), int(spill.group(2))))
+    return found
+
+
+@pytest.mark.slow  # about a minute per case on two idle cores
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (the CUDA toolkit compiles the kernel)")
+@pytest.mark.parametrize(
+    ("header", "types"),
+    [("verify_kernel.cuh", (t,)) for t in TYPES] + [("kernel_tree.cuh", ("float",))],
+)
+def test_tree_kernel_compiles_for_sm90_without_spills(tmp_path, header, types):
+    """Every instantiation (cluster size x draft probabilities x load path) of each dtype through
+    the extension's header; float32 through the header alone."""
+    found = _resources(_compile(tmp_path, header, types))
+    assert len(found) == 4 * len(types) * len(_cuda_tree.TREE_CLUSTER_SIZES), found
+    for regs, stores, loads in found:
+        assert stores == 0 and loads == 0, found
+        assert regs <= 128, found  # 512 threads per block: at most 128 registers each
