@@ -10,6 +10,7 @@ torch's headers. Both skip, saying why, where nvcc (or the headers) are missing,
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -134,8 +135,13 @@ _STUBS = {
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SPECSAMPLE_NVCC_FULL") != "1",
+    reason="set SPECSAMPLE_NVCC_FULL=1: 4-7 minutes of nvcc on two cores (specsample build "
+    "compiles the same file on every GPU machine)",
+)
 def test_torch_binding_compiles_for_sm90(tmp_path: Path):
-    """``verify_torch.cu`` (both ops) compiles for sm_90 against the installed torch's headers."""
+    """``verify_torch.cu`` (every op) compiles for sm_90 against the installed torch's headers."""
     nvcc = _nvcc()
     inc = _torch_include()
     stubs = tmp_path / "stubs"
