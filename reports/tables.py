@@ -357,7 +357,8 @@ def _metric_value(metric: str, s: dict[str, Any], c: dict[str, Any]) -> str:
 
 def backend_summary(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Per backend: cells run/skipped/errored/noisy, geometric-mean speedup vs torch-loop and vs
-    the fastest peer of each cell (:func:`speedups`' ``vs_third_party``), ratio to the floor, fastest and slowest median, kernel launches and host syncs per call.
+    the fastest peer of each cell (:func:`speedups`' ``vs_third_party``), ratio to the floor,
+    fastest and slowest median, kernel launches and host syncs per call.
 
     Noisy cells (:func:`is_noisy`) are left out of the geomeans and of ``fastest_in`` (a workload
     counts there only when none of its cells is noisy); ``fastest_in`` is None when only one
