@@ -136,3 +136,66 @@ inline T __shfl_up_sync(unsigned, T x, int o) {
   const int lane = threadIdx.x & 31;
   return emu_shuffle(x, lane - o, lane < o);
 }
+
+// ---- what the tree kernels add (csrc/kernel_tree.cuh, csrc/kernel_traversal.cuh) ---------------
+// One block runs at a time and its fibers switch only at barriers, so the shared-memory atomics
+// are plain read-modify-writes.
+inline int atomicMin(int* a, int v) {
+  const int old = *a;
+  if (v < old) *a = v;
+  return old;
+}
+inline int atomicMax(int* a, int v) {
+  const int old = *a;
+  if (v > old) *a = v;
+  return old;
+}
+inline unsigned atomicOr(unsigned* a, unsigned v) {
+  const unsigned old = *a;
+  *a = old | v;
+  return old;
+}
+
+inline int emu_or_flag = 0;
+// Three barriers: every vote is in before any is read, every read is done before the reset, and
+// the reset is done before the next call's votes.
+inline int __syncthreads_or(int pred) {
+  if (pred) emu_or_flag = 1;
+  __syncthreads();
+  const int r = emu_or_flag;
+  __syncthreads();
+  if (threadIdx.x == 0) emu_or_flag = 0;
+  __syncthreads();
+  return r;
+}
+
+inline unsigned __ballot_sync(unsigned, int pred) {
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  emu_exchange[warp][lane] = pred ? 1u : 0u;
+  emu_warp_barrier[warp].wait(32);
+  unsigned mask = 0;
+  for (int l = 0; l < 32; ++l) mask |= emu_exchange[warp][l] ? (1u << l) : 0u;
+  emu_warp_barrier[warp].wait(32);
+  return mask;
+}
+template <typename T>
+inline T __shfl_sync(unsigned, T x, int src) {
+  return emu_shuffle(x, src & 31, false);
+}
+inline int __ffs(unsigned x) { return x == 0 ? 0 : __builtin_ctz(x) + 1; }
+inline int __clz(unsigned x) { return x == 0 ? 32 : __builtin_clz(x); }
+inline double __longlong_as_double(long long i) {
+  double d;
+  std::memcpy(&d, &i, 8);
+  return d;
+}
+inline long long __double_as_longlong(double d) {
+  long long i;
+  std::memcpy(&i, &d, 8);
+  return i;
+}
+// Round-to-nearest double arithmetic (the harness is built with -ffp-contract=off: never an FMA).
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }

@@ -1,0 +1,101 @@
+// Runs csrc/kernel_tree.cuh's verify_tree_kernel (the token rule) or csrc/kernel_traversal.cuh's
+// verify_traversal_kernel on the CPU (cuda_host.h), one block per request, over inputs that
+// tests/test_cuda_tree_emulated.py writes as raw little-endian arrays into a folder:
+//   meta.txt   B N V dtype(f32|bf16) D traversal greedy has_p distinct without ids64
+//   ids.bin parents.bin (int64 [B, N]) num.bin (int64 [B]) target.bin [draft.bin] uniforms.bin
+// and writes tokens.bin (int64 [B, D+1]), nodes.bin (int64 [B, D]), num_out.bin (int64 [B]),
+// status.bin (int32 [B]). The coins are always explicit (uniforms.bin, float32 [B, N+1]).
+#include "cuda_host.h"
+
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kernel_traversal.cuh"
+
+using namespace specsample;
+
+static std::vector<char> slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+struct Meta {
+  long long B = 0, V = 0;
+  int N = 0, D = 0, traversal = 0, greedy = 0, has_p = 0, distinct = 0, without = 0, ids64 = 1;
+  std::string dtype;
+};
+
+template <typename T, bool HAS_P, bool ALIGNED>
+static void launch(const Meta& m, const void* ids, const i64* par, const i64* num, const void* q,
+                   const void* p, const float* u, i64* tok, i64* nodes, i64* out_num, int* st) {
+  static std::function<void()> body;
+  for (long long b = 0; b < m.B; ++b) {
+    blockIdx.x = (unsigned)b;
+    body = [&] {
+      if (m.traversal) {
+        verify_traversal_kernel<T, ALIGNED>(ids, m.ids64, par, num, q, p, u, tok, nodes, out_num, st,
+                                            m.V, m.N, m.D, m.greedy, m.distinct, m.without, 0, 0,
+                                            nullptr, nullptr, 0, 0);
+      } else {
+        verify_tree_kernel<T, HAS_P, ALIGNED>(ids, m.ids64, par, num, q, p, u, tok, nodes, out_num,
+                                              st, m.V, m.N, m.D, m.greedy, m.distinct, m.without, 0,
+                                              0, nullptr, nullptr, 0, 0);
+      }
+    };
+    emu_run_block([] { body(); });
+  }
+}
+
+template <typename T>
+static void run(const std::string& dir, const Meta& m) {
+  auto ids = slurp(dir + "/ids.bin"), par = slurp(dir + "/parents.bin");
+  auto num = slurp(dir + "/num.bin"), target = slurp(dir + "/target.bin");
+  auto draft = m.has_p ? slurp(dir + "/draft.bin") : std::vector<char>();
+  auto u = m.greedy ? std::vector<char>() : slurp(dir + "/uniforms.bin");
+  std::vector<i64> tok(m.B * (m.D + 1)), nodes(m.B * (m.D > 0 ? m.D : 1)), out_num(m.B);
+  std::vector<int> st(m.B);
+  const bool aligned = (m.V * (long long)sizeof(T)) % 16 == 0;
+  const void* p = m.has_p ? (const void*)draft.data() : nullptr;
+  const float* uu = u.empty() ? nullptr : (const float*)u.data();
+  auto go = [&](auto kernel) {
+    kernel(m, ids.data(), (const i64*)par.data(), (const i64*)num.data(), target.data(), p, uu,
+           tok.data(), nodes.data(), out_num.data(), st.data());
+  };
+  if (m.has_p && aligned) go(launch<T, true, true>);
+  if (m.has_p && !aligned) go(launch<T, true, false>);
+  if (!m.has_p && aligned) go(launch<T, false, true>);
+  if (!m.has_p && !aligned) go(launch<T, false, false>);
+  std::ofstream(dir + "/tokens.bin", std::ios::binary).write((const char*)tok.data(), tok.size() * 8);
+  std::ofstream(dir + "/nodes.bin", std::ios::binary).write((const char*)nodes.data(), m.B * m.D * 8);
+  std::ofstream(dir + "/num_out.bin", std::ios::binary).write((const char*)out_num.data(), m.B * 8);
+  std::ofstream(dir + "/status.bin", std::ios::binary).write((const char*)st.data(), m.B * 4);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
+    return 2;
+  }
+  const std::string dir = argv[1];
+  std::ifstream f(dir + "/meta.txt");
+  Meta m;
+  f >> m.B >> m.N >> m.V >> m.dtype >> m.D >> m.traversal >> m.greedy >> m.has_p >> m.distinct >>
+      m.without >> m.ids64;
+  if (!f || m.N > kMaxTreeNodes) {
+    std::fprintf(stderr, "bad meta.txt\n");
+    return 2;
+  }
+  blockDim.x = kTreeThreads;
+  if (m.dtype == "f32") {
+    run<float>(dir, m);
+  } else if (m.dtype == "bf16") {
+    run<bf16>(dir, m);
+  } else {
+    std::fprintf(stderr, "dtype must be f32 or bf16\n");
+    return 2;
+  }
+  return 0;
+}
