@@ -243,6 +243,28 @@ def test_traversal_status(program, tmp_path):
         assert (ref.num_emitted[flagged] == 0).all()
 
 
+def test_traversal_zero_residual_falls_back_to_the_row(program, tmp_path):
+    """Target rows below the draft row everywhere (unnormalized, as rows may be): the first
+    rejection at the root leaves a zero residual, so the root keeps its row, normalized by its
+    sum, and weight 1; the next sibling's weight becomes min(1, (q(x) / sum q) / p(x)) = 1 and it
+    is accepted whatever its coin."""
+    B, V = 8, 5
+    g = torch.Generator().manual_seed(31)
+    p = torch.softmax(torch.randn(B, 3, V, generator=g), -1)
+    q = torch.rand(B, 4, V, generator=g)
+    scale = torch.tensor([0.5, 0.25, 0.9, 0.1, 0.5, 0.25, 0.9, 0.1]).reshape(B, 1)
+    q[:, 0] = scale * p[:, 0]
+    ids = torch.multinomial(p[:, 0], 3, replacement=True, generator=g)
+    parents = trees.star(3).expand(B, 3).contiguous()
+    u = torch.rand(B, 4, generator=g)
+    u[:, 0] = 0.95  # above every first weight (the scale)
+    u[:, 1] = torch.linspace(0.0, 0.99, B)
+    for dtype in (torch.float32, torch.bfloat16):
+        ref = _exact(program, tmp_path, ids, parents, p.to(dtype), q.to(dtype), f"fallback {dtype}",
+                     uniforms=u, draft_sampling="with_replacement", rule="traversal")  # fmt: skip
+        assert ref.accepted_nodes[:, 0].tolist() == [1] * B, ref.accepted_nodes.tolist()
+
+
 def _token_batch(B, N, V, seed, dtype=torch.float32):
     """Random trees with distinct sibling tokens and full draft rows (every rule of the token
     walk can read them)."""
