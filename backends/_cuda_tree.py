@@ -16,7 +16,8 @@ TREE_OP_NAME = "specsample::verify_tree"
 TREE_OP_SCHEMA = (
     "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor? draft_probs, "
     "Tensor target_probs, Tensor? uniforms, Generator? generator, bool greedy, bool distinct, "
-    "bool without, int max_depth, int cluster=0) -> (Tensor, Tensor, Tensor, Tensor)"
+    "bool without, int max_depth, int cluster=0, bool traversal=False) -> "
+    "(Tensor, Tensor, Tensor, Tensor)"
 )
 #: nodes per request the kernel holds (kMaxTreeNodes in csrc/kernel_tree.cuh)
 MAX_TREE_NODES = 128
@@ -37,6 +38,12 @@ def tree_cluster_size(batch_size: int, num_sms: int, clusters: bool) -> int:
     return 1
 
 
+def is_traversal(inputs) -> bool:
+    """True when a call runs the traversal kernel: ``rule="traversal"`` in random mode (greedy
+    mode is the token rule's walk)."""
+    return inputs.rule == "traversal" and inputs.mode == "random"
+
+
 _lock = threading.Lock()
 _op = None
 
@@ -47,7 +54,7 @@ def _register_fake() -> None:
     @torch.library.register_fake(TREE_OP_NAME)
     def _verify_tree_fake(
         draft_token_ids, parents, num_nodes, draft_probs, target_probs, uniforms, generator, greedy,
-        distinct, without, max_depth, cluster=0,
+        distinct, without, max_depth, cluster=0, traversal=False,
     ):  # fmt: skip
         B = target_probs.shape[0]
         tokens = target_probs.new_empty((B, max_depth + 1), dtype=torch.int64)
@@ -81,7 +88,9 @@ def verify_tree_cuda_cpp(inputs, cluster: int = 0):
     for tests and tuning.
 
     Greedy mode, the target-only rule (``draft_probs=None``) or recursive rejection sampling
-    with or without replacement (token rule). The coins are ``inputs.uniforms`` or, without them,
+    with or without replacement (token rule); ``rule="traversal"`` in random mode runs the
+    traversal kernel (``csrc/kernel_traversal.cuh``, one block per request: ``cluster`` 0 or 1),
+    in greedy mode the token rule's walk. The coins are ``inputs.uniforms`` or, without them,
     drawn in the kernel from the generator's Philox state (node i's coin is the chain kernel's
     i-th uniform of subsequence b; no host sync).
     """
@@ -103,5 +112,6 @@ def verify_tree_cuda_cpp(inputs, cluster: int = 0):
         inputs.draft_sampling == "without_replacement",
         inputs.max_depth,
         cluster,
+        is_traversal(inputs),
     )
     return TreeVerifyOutput(tokens, num, nodes, status)

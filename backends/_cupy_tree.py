@@ -1,7 +1,8 @@
-"""The tree kernel launched through CuPy (backend ``cupy``): ``csrc/kernel_tree.cuh`` by NVRTC.
+"""The tree kernels launched through CuPy (backend ``cupy``): ``csrc/kernel_tree.cuh`` (the token
+rule) and ``csrc/kernel_traversal.cuh`` (``rule="traversal"`` in random mode) by NVRTC.
 
 The same kernel source as ``cuda-cpp``'s ``specsample::verify_tree`` op, compiled on its own (the
-tree kernel needs only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``) into one module per
+tree kernels need only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``) into one module per
 device (through ``_nvrtc``: float32 subnormals kept), launched on torch's current stream with raw device pointers, one block per request. The
 generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
 capture a device-resident key is drawn by a graph-safe torch op instead), so one generator state
@@ -15,13 +16,14 @@ import threading
 
 from . import _cuda_build, _cuda_tree, _nvrtc
 
-TREE_HEADER = "kernel_tree.cuh"
+TREE_HEADER = "kernel_traversal.cuh"  # includes kernel_tree.cuh
 TREE_THREADS = 512  # kTreeThreads
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 
 _lock = threading.Lock()
-# device -> (module, {(dtype, cluster, has_p, aligned): kernel}, SM count, clusters available)
-_modules: dict[int, tuple[object, dict[tuple[str, int, bool, bool], object], int, bool]] = {}
+# device -> (module, {(dtype, cluster, has_p, aligned, traversal): kernel}, SM count, clusters
+# available); the traversal kernel is keyed with cluster 1 and has_p True
+_modules: dict[int, tuple[object, dict[tuple[str, int, bool, bool, bool], object], int, bool]] = {}
 # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED (CUDA driver API enum CUfunction_attribute)
 _NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
@@ -51,15 +53,19 @@ def _module(device_id: int):
                 _KERNEL_TYPES.items(), sizes, (False, True), (False, True)
             ):
                 flags = f"{'true' if has_p else 'false'}, {'true' if aligned else 'false'}"
-                names[(dtype, cl, has_p, aligned)] = (
+                names[(dtype, cl, has_p, aligned, False)] = (
                     f"specsample::verify_tree_kernel<{ctype}, {flags}>"
                     if cl == 1
                     else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>"
                 )
+            for (dtype, ctype), aligned in itertools.product(_KERNEL_TYPES.items(), (False, True)):
+                names[(dtype, 1, True, aligned, True)] = (
+                    f"specsample::verify_traversal_kernel<{ctype}, {'true' if aligned else 'false'}>"
+                )
             module, lowered = _nvrtc.compile_module(code, options, list(names.values()), device_id)
             with cupy.cuda.Device(device_id):
                 kernels = {key: module.get_function(lowered[name]) for key, name in names.items()}
-                for (_, cl, _, _), kern in kernels.items():
+                for (_, cl, _, _, _), kern in kernels.items():
                     if cl > 8:
                         cupy.cuda.driver.funcSetAttribute(
                             kern.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
@@ -73,9 +79,11 @@ def verify_tree_cupy(inputs, cluster: int = 0):
     """One launch of the tree kernel on validated ``TreeVerifyInputs``; ``TreeVerifyOutput``.
 
     Greedy mode, the target-only rule (``draft_probs=None``) or recursive rejection sampling
-    with or without replacement (token rule); the coins are ``inputs.uniforms`` or drawn in the
-    kernel from the generator's Philox state (no host sync).
-    ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: automatic, as cuda-cpp).
+    with or without replacement (token rule); ``rule="traversal"`` in random mode runs the
+    traversal kernel (one block per request), in greedy mode the token rule's walk. The coins
+    are ``inputs.uniforms`` or drawn in the kernel from the generator's Philox state (no host
+    sync). ``cluster`` forces the blocks per request (1, 2, 4, 8 or 16; 0: automatic, as
+    cuda-cpp; the traversal kernel takes 0 or 1).
     """
     import cupy
     import numpy as np
@@ -117,8 +125,17 @@ def verify_tree_cupy(inputs, cluster: int = 0):
     elem = q.element_size()
     aligned = _cuda_build.rows_aligned(V, elem, q.data_ptr(), p_ptr, False)
     _, kernels, num_sms, clusters = _module(device_id)
-    cl = cluster or _cuda_tree.tree_cluster_size(B, num_sms, clusters)
-    if (dtype, cl, has_p, aligned) not in kernels:
+    traversal = _cuda_tree.is_traversal(inputs)
+    if traversal:
+        if cluster > 1:
+            raise ValueError(
+                f"rule='traversal' runs one block per request: cluster must be 0 or 1, got {cluster}"
+            )
+        cl = 1
+    else:
+        cl = cluster or _cuda_tree.tree_cluster_size(B, num_sms, clusters)
+    key = (dtype, cl, has_p or traversal, aligned, traversal)
+    if key not in kernels:
         raise ValueError(
             f"cluster must be 1, 2, 4, 8 or 16 (more than 1 needs compute capability 9.0), got {cl}"
         )
@@ -149,7 +166,7 @@ def verify_tree_cupy(inputs, cluster: int = 0):
         np.int32(1 if captured else 0),
     )
     stream_ptr = torch.cuda.current_stream(device).cuda_stream
-    kern = kernels[(dtype, cl, has_p, aligned)]
+    kern = kernels[key]
     with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
         kern((B * cl,), (TREE_THREADS,), args)
     return TreeVerifyOutput(tokens, num, nodes, status)

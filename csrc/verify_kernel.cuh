@@ -14,6 +14,8 @@
 //   kernel_block.cuh         block verification, rule="block" (verify_block_kernel)
 //   kernel_serving.cuh       the serving entry point, one block per request (verify_serving_kernel)
 //   kernel_tree.cuh          tree verification, one block per request (verify_tree_kernel)
+//   kernel_traversal.cuh     traversal verification of trees, rule="traversal"
+//                            (verify_traversal_kernel)
 //   verify_kernel.cuh        this file: the entry points (__global__ kernels) both hosts launch
 // Compile-time A/B knobs (SPECSAMPLE_*, each #ifndef-guarded where it is used; every non-default
 // value is built and checked by tests/test_kernel_knobs.py): GREEDY_STEP_BYTES,
@@ -67,6 +69,7 @@
 #include "kernel_random.cuh"
 #include "kernel_serving.cuh"  // the serving entry point (verify_serving_kernel)
 #include "kernel_tree.cuh"
+#include "kernel_traversal.cuh"  // rule="traversal" (verify_traversal_kernel)
 
 namespace specsample {
 

@@ -648,7 +648,7 @@ TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify_serving", &specsample::
 //   specsample::verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes,
 //                           Tensor? draft_probs, Tensor target_probs, Tensor? uniforms,
 //                           Generator? generator, bool greedy, bool distinct, bool without,
-//                           int max_depth, int cluster=0)
+//                           int max_depth, int cluster=0, bool traversal=False)
 //                           -> (Tensor token_ids, Tensor num_emitted, Tensor accepted_nodes,
 //                               Tensor status)
 //
@@ -657,6 +657,8 @@ TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify_serving", &specsample::
 // siblings, drawn without replacement when `without` is set; None the target-only rule. Random mode without uniforms advances the generator by 4 * ceil((N+1)/4).
 // cluster = 0 picks the blocks per request with tree_cluster_size (below; _cuda_tree.py holds the
 // Python copy the cupy backend uses); 1, 2, 4, 8 or 16 force it (tests, tuning).
+// traversal (random mode, draft_probs given): traversal verification (kernel_traversal.cuh), one
+// block per request (cluster must be 0 or 1); the generator is advanced as for the token rule.
 // ---------------------------------------------------------------------------------------------
 namespace specsample {
 namespace {
@@ -688,6 +690,25 @@ struct TreeLaunch {
   int N, D;
   bool greedy, distinct, without;
 };
+
+// Traversal verification: one block per request, one instantiation per dtype and load path.
+template <typename T>
+void launch_traversal(bool aligned, int64_t B, cudaStream_t stream, const TreeLaunch& a,
+                      const at::PhiloxCudaState& rng) {
+  const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
+  const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
+  const int64_t* seed_ptr = rng.captured_ ? rng.seed_.ptr : nullptr;
+  const int64_t* offset_ptr = rng.captured_ ? rng.offset_.ptr : nullptr;
+  const uint64_t intragraph = rng.captured_ ? rng.offset_intragraph_ : 0;
+  auto kernel = aligned ? verify_traversal_kernel<T, true> : verify_traversal_kernel<T, false>;
+  kernel<<<dim3((unsigned)B), dim3(kTreeThreads), 0, stream>>>(
+      a.ids, a.ids64, reinterpret_cast<const i64*>(a.par), reinterpret_cast<const i64*>(a.cnt), a.q,
+      a.p, a.u, reinterpret_cast<i64*>(a.tok), reinterpret_cast<i64*>(a.acc),
+      reinterpret_cast<i64*>(a.num), a.st, (i64)a.V, a.N, a.D, 0, 0, 0, (u64)seed, (u64)offset,
+      reinterpret_cast<const i64*>(seed_ptr), reinterpret_cast<const i64*>(offset_ptr),
+      (u64)intragraph, rng.captured_ ? 1 : 0);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 template <typename T, int CL, bool HAS_P, bool ALIGNED>
 void launch_tree_cl(int64_t B, cudaStream_t stream, const TreeLaunch& a, const at::PhiloxCudaState& rng) {
@@ -756,7 +777,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     const at::Tensor& draft_token_ids, const at::Tensor& parents, const at::Tensor& num_nodes,
     const std::optional<at::Tensor>& draft_probs, const at::Tensor& target_probs,
     const std::optional<at::Tensor>& uniforms, std::optional<at::Generator> generator, bool greedy,
-    bool distinct, bool without, int64_t max_depth, int64_t cluster) {
+    bool distinct, bool without, int64_t max_depth, int64_t cluster, bool traversal) {
   TORCH_CHECK(target_probs.is_cuda() && target_probs.dim() == 3,
               "specsample::verify_tree: target_probs must be a CUDA tensor [B, N+1, V]");
   const int64_t B = target_probs.size(0), N = target_probs.size(1) - 1, V = target_probs.size(2);
@@ -797,6 +818,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
     TORCH_CHECK(u.scalar_type() == at::kFloat && u.dim() == 2 && u.size(0) == B && u.size(1) == N + 1,
                 "specsample::verify_tree: uniforms must be float32 [B, N+1]");
   }
+  const bool trav = traversal && !greedy;
+  TORCH_CHECK(!trav || N == 0 || p.defined(),
+              "specsample::verify_tree: traversal=True in random mode needs draft_probs");
+  TORCH_CHECK(!trav || cluster <= 1,
+              "specsample::verify_tree: traversal runs one block per request (cluster 0 or 1), got ",
+              cluster);
   const int64_t D = max_depth;
   auto opts = q.options().dtype(at::kLong);
   at::Tensor tokens = at::empty({B, D + 1}, opts);
@@ -847,6 +874,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
   a.greedy = greedy;
   a.distinct = distinct;
   a.without = without;
+  if (trav) {
+    switch (st) {
+      case at::kFloat: launch_traversal<float>(aligned, B, stream, a, rng); break;
+      case at::kHalf: launch_traversal<f16>(aligned, B, stream, a, rng); break;
+      default: launch_traversal<bf16>(aligned, B, stream, a, rng); break;
+    }
+    return {tokens, num, nodes, status};
+  }
   switch (st) {
     case at::kFloat:
       launch_tree_typed<float>(cl, aligned, B, stream, a, rng);
@@ -868,7 +903,8 @@ TORCH_LIBRARY_FRAGMENT(specsample, m) {
   m.def(
       "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor? draft_probs, "
       "Tensor target_probs, Tensor? uniforms, Generator? generator, bool greedy, bool distinct, "
-      "bool without, int max_depth, int cluster=0) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool without, int max_depth, int cluster=0, bool traversal=False) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify_tree", &specsample::verify_tree_cuda); }

@@ -138,3 +138,58 @@ def test_tree_kernel_compiles_for_sm90_without_spills(tmp_path, header, types):
     for regs, stores, loads in found:
         assert stores == 0 and loads == 0, found
         assert regs <= 128, found  # 512 threads per block: at most 128 registers each
+
+
+# ---- the traversal kernel (csrc/kernel_traversal.cuh) ---------------------------------------------
+TRAVERSAL = (CSRC / "kernel_traversal.cuh").read_text()
+
+
+def test_traversal_header_includes_only_the_tree_kernel():
+    """NVRTC compiles kernel_traversal.cuh alone (cupy): the tree kernel and nothing else."""
+    includes = re.findall(r'#include\s+([<"][^>"]+[>"])', TRAVERSAL)
+    assert includes == ['"kernel_tree.cuh"'], includes
+    assert _cupy_tree.TREE_HEADER == "kernel_traversal.cuh"
+
+
+def _traversal_wrapper(tmp_path, types: tuple[str, ...]):
+    lines = ['#include "kernel_traversal.cuh"']
+    for ctype in types:
+        for aligned in ("true", "false"):
+            lines.append(
+                f"template __global__ void specsample::verify_traversal_kernel<{ctype}, {aligned}>{SIG};"
+            )
+    src = tmp_path / "traversal_wrapper.cu"
+    src.write_text("\n".join(lines) + "\n")
+    return src
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found (the CUDA toolkit compiles the kernel)")
+def test_traversal_kernel_compiles_for_sm90_without_spills_or_double_fma(tmp_path):
+    """Both load paths of every dtype through the header alone (what NVRTC compiles): no spills,
+    at most 128 registers (512-thread blocks), and no fused multiply-add in double anywhere in the
+    PTX, so every ``w * q - p`` is rounded twice, as the float64 reference rounds it."""
+    src = _traversal_wrapper(tmp_path, TYPES)
+    base = [_nvcc(), "-arch=sm_90", "-std=c++17", f"-I{CSRC}"]
+    out = subprocess.run(
+        [*base, "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "t.cubin"), str(src)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    found = []
+    for block in out.stderr.split("Compiling entry function")[1:]:
+        if "verify_traversal" not in block.split("\n", 1)[0]:
+            continue
+        spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", block)
+        regs = re.search(r"Used (\d+) registers", block)
+        assert spill and regs, block
+        found.append((int(regs.group(1)), int(spill.group(1)), int(spill.group(2))))
+    assert len(found) == 2 * len(TYPES), found
+    for regs, stores, loads in found:
+        assert stores == 0 and loads == 0 and regs <= 128, found
+    ptx = tmp_path / "t.ptx"
+    out = subprocess.run([*base, "-ptx", "-o", str(ptx), str(src)], capture_output=True, text=True,
+                         timeout=1200)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-4000:]
+    text = ptx.read_text()
+    assert "mul.rn.f64" in text and "fma.rn.f64" not in text

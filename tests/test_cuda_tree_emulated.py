@@ -84,7 +84,11 @@ def _run(program, tmp_path, ids, parents, p, q, **kw):
 
     def get(name, dtype, shape):
         raw = bytearray((tmp_path / f"{name}.bin").read_bytes())
-        return torch.frombuffer(raw, dtype=dtype).reshape(shape) if raw else torch.empty(shape, dtype=dtype)
+        return (
+            torch.frombuffer(raw, dtype=dtype).reshape(shape)
+            if raw
+            else torch.empty(shape, dtype=dtype)
+        )
 
     return (
         get("tokens", torch.int64, (B, D + 1)),
@@ -102,7 +106,9 @@ def _exact(program, tmp_path, ids, parents, p, q, what, **kw):
                       ("token_ids", tokens)):  # fmt: skip
         want = getattr(ref, name)
         bad = torch.nonzero((got != want).reshape(got.shape[0], -1).any(dim=1)).flatten().tolist()
-        assert not bad, f"{what}: {name} differs in requests {bad}: {got[bad].tolist()} != {want[bad].tolist()}"
+        assert not bad, (
+            f"{what}: {name} differs in requests {bad}: {got[bad].tolist()} != {want[bad].tolist()}"
+        )
     return ref
 
 
@@ -142,7 +148,9 @@ def _traversal_batch(B, N, V, seed, kinds=("chain", "star", "random", "random"),
             ids[b, kids] = torch.multinomial(row, len(kids), replacement=True, generator=g)
             mix = float(torch.rand((), generator=g))
             q[b, a] = mix * row + (1 - mix) * q[b, a] / q[b, a].sum()
-            q[b, a, ids[b, kids]] *= 0.3 + 1.4 * torch.rand(len(kids), generator=g, dtype=torch.float64)
+            q[b, a, ids[b, kids]] *= 0.3 + 1.4 * torch.rand(
+                len(kids), generator=g, dtype=torch.float64
+            )
     q = (q / q.sum(-1, keepdim=True)).to(dtype)
     p = p.to(dtype)
     u = torch.rand(B, N + 1, generator=g)
