@@ -33,7 +33,7 @@ DEV = "cuda"
 TREE_CLAIMS = dict(
     tree_modes=("random", "greedy"),
     tree_sampling=("target_only", "with_replacement", "without_replacement"),
-    tree_rules=("token",),
+    tree_rules=("token", "traversal"),
 )
 
 
@@ -412,8 +412,181 @@ def test_draft_probs_chain_equals_verify(backend, sampling):
 
 
 def test_traversal_rule_not_claimed(backend):
-    """The traversal rule is not claimed: a ValueError names the claim."""
+    """The backend as registered does not claim the traversal rule (nor trees) yet: a ValueError
+    names the claim."""
     ids, parents, p, q, _ = _draft_trees(2, 4, 50, 18, "star")
+    registered = specsample.get_backend(backend.name)
     with pytest.raises(ValueError, match="claims"):
-        backend.verify_tree(ids.to(DEV), parents.to(DEV), p.to(DEV), q.to(DEV),
-                            draft_sampling="with_replacement", rule="traversal")  # fmt: skip
+        registered.verify_tree(ids.to(DEV), parents.to(DEV), p.to(DEV), q.to(DEV),
+                               draft_sampling="with_replacement", rule="traversal")  # fmt: skip
+
+
+# ---- traversal verification (csrc/kernel_traversal.cuh) -----------------------------------------
+TRAVERSAL = dict(draft_sampling="with_replacement", rule="traversal")
+
+
+def _traversal_trees(B: int, N: int, V: int, seed: int, dtype=torch.float32, padded=True):
+    """``ids, parents, num_nodes, p, q, u`` (CPU): chains, stars and random trees (``num_nodes``
+    0..N with garbage padding when ``padded``), siblings drawn with replacement from their first
+    sibling's draft row, target rows between that row and noise with the drafted tokens' entries
+    scaled up or down, so that acceptances deep in the tree, rejections, re-weighted siblings and
+    parents tried after their children all occur. Every draft row but a first child's is NaN:
+    the rule never reads them."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((B, N), -5, dtype=torch.int64)
+    parents = torch.full((B, N), 77, dtype=torch.int64)
+    counts = torch.zeros(B, dtype=torch.int64)
+    p = torch.full((B, N, V), float("nan"), dtype=torch.float64)
+    q = torch.rand(B, N + 1, V, generator=g, dtype=torch.float64) ** 2
+    for b in range(B):
+        n = int(torch.randint(0, N + 1, (1,), generator=g)) if padded else N
+        kind = b % 4
+        tree = (
+            trees.chain(n) if kind == 0
+            else trees.star(n) if kind == 1
+            else trees.random_tree(n, generator=g)
+        )  # fmt: skip
+        counts[b] = n
+        parents[b, :n] = tree
+        for a, kids in enumerate(trees.children(tree) if n else [[]]):
+            if not kids:
+                continue
+            row = torch.rand(V, generator=g, dtype=torch.float64) ** 3 + 1e-3
+            row /= row.sum()
+            p[b, kids[0]] = row
+            ids[b, kids] = torch.multinomial(row, len(kids), replacement=True, generator=g)
+            mix = float(torch.rand((), generator=g))
+            q[b, a] = mix * row + (1 - mix) * q[b, a] / q[b, a].sum()
+            bend = 0.3 + 1.4 * torch.rand(len(kids), generator=g, dtype=torch.float64)
+            q[b, a, ids[b, kids]] *= bend
+    q = (q / q.sum(-1, keepdim=True)).to(dtype)
+    return ids, parents, counts, p.to(dtype), q, torch.rand(B, N + 1, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("B", "N", "V", "dtype", "seed"),
+    [(48, 6, 3, torch.float32, 21), (32, 9, 8, torch.bfloat16, 22), (24, 12, 300, torch.float16, 23),
+     (16, 20, 4099, torch.float32, 24), (8, 64, 32000, torch.bfloat16, 25),
+     (4, 24, 128256, torch.float32, 26), (2, 128, 1000, torch.float32, 27)],
+)  # fmt: skip
+def test_traversal_trees_exact(backend, B, N, V, dtype, seed):
+    """Traversal verification, exactly the float64 reference: every tree shape, padded; V from a
+    partial vector to a full vocabulary (odd V: the element-wise load path), 128 nodes."""
+    ids, parents, counts, p, q, u = _traversal_trees(B, N, V, seed, dtype)
+    what = f"traversal N={N} V={V} {dtype}"
+    ref = _check(backend, ids, parents, q, what, p=p, num_nodes=counts, uniforms=u, **TRAVERSAL)
+    assert (ref.status == 0).all() and int(ref.num_emitted.max()) >= 2
+
+
+def test_traversal_status(backend):
+    """Every status bit as the traversal reference sets it: a bad tree, a bad id with a bad coin,
+    bad values in an inner target row and a first child's draft row (both bits, read up front),
+    a bad root row, a bad accepted leaf row and a bad leaf row never read, a zero row, row sums
+    past float32 (a residual, a leaf row), an empty tree."""
+    V, N = 4, 3
+    ids = torch.tensor([[1, 2, 3]] * 10)
+    parents = torch.tensor([[-1, 0, 0]] * 10)
+    p = torch.full((10, N, V), 0.25)
+    q = torch.full((10, N + 1, V), 0.25)
+    u = torch.full((10, N + 1), 0.5)
+    u[:, 1] = 0.0
+    parents[0, 2] = 2
+    ids[1, 0] = 4
+    u[1, 3] = 1.0
+    q[2, 1, 0] = float("nan")
+    p[2, 1, 0] = float("inf")
+    q[3, 0, 3] = -1.0
+    q[4, 2, 0] = float("inf")
+    q[5, 2, 0] = float("nan")
+    q[5, 1, 2] = 0.05
+    u[5, 1] = 0.99
+    q[6] = 0.0
+    parents[7] = torch.tensor([-1, 0, 1])
+    q[7, 0] = 3e38
+    q[7, 0, 1] = 0.0
+    q[8, 2] = 2e38
+    counts = torch.tensor([3, 3, 3, 3, 3, 3, 3, 3, 3, 0])
+    S = Status
+    want = [S.BAD_TREE, S.BAD_DRAFT_ID | S.BAD_UNIFORM, S.BAD_TARGET_VALUE | S.BAD_DRAFT_VALUE,
+            S.BAD_TARGET_VALUE, S.BAD_TARGET_VALUE, 0, S.ZERO_ROW, S.ROW_SUM_OVERFLOW,
+            S.ROW_SUM_OVERFLOW, 0]  # fmt: skip
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        qd = q.to(dtype) if dtype != torch.float16 else q.clamp(max=6e4).to(dtype)
+        ref = _check(backend, ids, parents, qd, f"traversal status {dtype}", p=p.to(dtype),
+                     num_nodes=counts, uniforms=u, **TRAVERSAL)  # fmt: skip
+        if dtype != torch.float16:  # float16 cannot hold the rows past float32
+            assert ref.status.tolist() == [int(x) for x in want], ref.status.tolist()
+
+
+def test_traversal_generator_coins_and_chain_is_block(backend):
+    """Without uniforms node i's coin is the i-th Philox uniform of request b and the generator
+    advances by 4 * ceil((N+1)/4); on a chain, one generator state gives verify(rule="block")'s
+    tokens."""
+    ids, parents, counts, p, q, _ = _traversal_trees(16, 10, 3000, 28)
+    g = torch.Generator(device=DEV).manual_seed(11)
+    seed, offset = g.initial_seed(), g.get_offset()
+    out = backend.verify_tree(ids.to(DEV), parents.to(DEV), p.to(DEV), q.to(DEV),
+                              num_nodes=counts.to(DEV), generator=g, **TRAVERSAL)  # fmt: skip
+    assert g.get_offset() == offset + _cuda_build.philox_increment(10)
+    coins = _cuda_build.philox_uniforms(seed, offset, 16, 10)
+    ref = reference_verify_tree(ids, parents, p, q, num_nodes=counts, uniforms=coins, **TRAVERSAL)
+    for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
+        assert torch.equal(getattr(out, name).cpu(), getattr(ref, name)), name
+
+    B, K, V = 64, 5, 500
+    gq = torch.Generator().manual_seed(13)
+    logits = torch.randn(B, K + 1, V, generator=gq) * 2
+    qc = torch.softmax(logits, -1)
+    pc = torch.softmax(logits[:, :K] + torch.randn(B, K, V, generator=gq), -1)
+    idc = torch.multinomial(pc.reshape(B * K, V), 1, generator=gq).reshape(B, K)
+    qc, pc, idc = qc.to(DEV), pc.to(DEV), idc.to(DEV)
+    chain = trees.chain(K).expand(B, K).contiguous().to(DEV)
+    want = backend.verify(idc, pc, qc, rule="block",
+                          generator=torch.Generator(device=DEV).manual_seed(5))  # fmt: skip
+    got = backend.verify_tree(idc, chain, pc, qc, generator=torch.Generator(device=DEV).manual_seed(5),
+                              **TRAVERSAL)  # fmt: skip
+    assert torch.equal(got.token_ids, want.token_ids)
+    assert torch.equal(got.num_emitted, want.num_emitted)
+    assert int(want.num_emitted.min()) == 1 and int(want.num_emitted.max()) == K + 1
+
+
+def test_traversal_cuda_graph_replay(backend):
+    """Captured in a CUDA graph (coins from the generator): each replay draws fresh coins and
+    every request stays valid."""
+    ids, parents, counts, p, q, _ = _traversal_trees(8, 16, 4096, 29)
+    ids, parents, counts, p, q = (t.to(DEV) for t in (ids, parents, counts, p, q))
+    backend.verify_tree(ids, parents, p, q, num_nodes=counts, **TRAVERSAL)  # build first
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        out = backend.verify_tree(ids, parents, p, q, num_nodes=counts, **TRAVERSAL)
+    torch.cuda.current_stream().wait_stream(stream)
+    seen = []
+    for _ in range(4):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert int(out.status.abs().sum()) == 0
+        seen.append(out.token_ids.clone())
+    assert any(not torch.equal(seen[0], s) for s in seen[1:])  # fresh coins per replay
+
+
+def test_traversal_backends_agree_and_one_block(backend):
+    """cuda-cpp and cupy launch the same traversal kernel: one generator state gives one output;
+    the kernel runs one block per request (cluster 1 accepted, 2 refused)."""
+    ids, parents, counts, p, q, u = _traversal_trees(16, 12, 2000, 30)
+    ids, parents, counts, p, q, u = (t.to(DEV) for t in (ids, parents, counts, p, q, u))
+    one = _launch(backend, 1, ids, parents, q, p, num_nodes=counts, uniforms=u, **TRAVERSAL)
+    auto = backend.verify_tree(ids, parents, p, q, num_nodes=counts, uniforms=u, **TRAVERSAL)
+    assert torch.equal(one.token_ids, auto.token_ids)
+    with pytest.raises((ValueError, RuntimeError), match="one block per request"):
+        _launch(backend, 2, ids, parents, q, p, num_nodes=counts, uniforms=u, **TRAVERSAL)
+    other_name = "cupy" if backend.name == "cuda-cpp" else "cuda-cpp"
+    if not _available(other_name):
+        pytest.skip(f"{other_name} unavailable: {_reason(other_name)}")
+    other = _with_tree_claims(other_name)
+    a = backend.verify_tree(ids, parents, p, q, num_nodes=counts,
+                            generator=torch.Generator(device=DEV).manual_seed(3), **TRAVERSAL)  # fmt: skip
+    b = other.verify_tree(ids, parents, p, q, num_nodes=counts,
+                          generator=torch.Generator(device=DEV).manual_seed(3), **TRAVERSAL)  # fmt: skip
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.status, b.status)
