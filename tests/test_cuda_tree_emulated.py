@@ -50,8 +50,9 @@ def program(tmp_path_factory):
     return exe
 
 
-def _run(program, tmp_path, ids, parents, p, q, **kw):
-    """Validate like ``verify_tree``, run the kernel on the CPU: ``(tokens, num, nodes, status)``."""
+def _run(program, tmp_path, ids, parents, p, q, philox=None, **kw):
+    """Validate like ``verify_tree``, run the kernel on the CPU: ``(tokens, num, nodes, status)``.
+    The coins are ``kw["uniforms"]``, or with ``philox=(seed, offset)`` the kernel's own draws."""
     inputs = validate_tree_inputs(ids, parents, p, q, **kw)
     B, N, V, D = inputs.batch_size, inputs.num_nodes_max, inputs.vocab_size, inputs.max_depth
     dtype = {torch.float32: "f32", torch.bfloat16: "bf16"}[inputs.target_probs.dtype]
@@ -71,13 +72,14 @@ def _run(program, tmp_path, ids, parents, p, q, **kw):
     put("target", inputs.target_probs)
     if has_p:
         put("draft", inputs.draft_probs)
-    if not greedy:
-        assert inputs.uniforms is not None, "the emulation runs explicit coins"
+    if not greedy and philox is None:
+        assert inputs.uniforms is not None, "explicit coins or philox=(seed, offset)"
         put("uniforms", inputs.uniforms)
+    seed, offset = philox or (0, 0)
     meta = [
         B, N, V, dtype, D, int(traversal), int(greedy), int(has_p),
         int(inputs.needs_distinct_siblings), int(inputs.draft_sampling == "without_replacement"),
-        int(inputs.draft_token_ids.dtype == torch.int64),
+        int(inputs.draft_token_ids.dtype == torch.int64), int(philox is None), seed, offset,
     ]  # fmt: skip
     (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
     subprocess.run([str(program), str(tmp_path)], check=True, timeout=600)
@@ -271,6 +273,23 @@ def test_traversal_zero_residual_falls_back_to_the_row(program, tmp_path):
         ref = _exact(program, tmp_path, ids, parents, p.to(dtype), q.to(dtype), f"fallback {dtype}",
                      uniforms=u, draft_sampling="with_replacement", rule="traversal")  # fmt: skip
         assert ref.accepted_nodes[:, 0].tolist() == [1] * B, ref.accepted_nodes.tolist()
+
+
+def test_traversal_philox_coins_and_int32_ids(program, tmp_path):
+    """Without uniforms node i's coin is the kernel's Philox draw ``(seed, offset, b, i)`` and the
+    last coin ``i = N``, as ``_cuda_build.philox_uniforms`` computes them: the reference with those
+    coins gives the same output (int32 ids)."""
+    B, N, V = 24, 8, 6
+    ids, parents, counts, p, q, _ = _traversal_batch(B, N, V, 41)
+    seed, offset = 0x1234_5678_9ABC, 40
+    kw = dict(num_nodes=counts, draft_sampling="with_replacement", rule="traversal")
+    tokens, num, nodes, status = _run(program, tmp_path, ids.to(torch.int32), parents, p, q,
+                                      philox=(seed, offset), **kw)  # fmt: skip
+    coins = _cuda_build.philox_uniforms(seed, offset, B, N)
+    ref = reference_verify_tree(ids, parents, p, q, uniforms=coins, **kw)
+    assert torch.equal(status, ref.status) and torch.equal(num, ref.num_emitted)
+    assert torch.equal(nodes, ref.accepted_nodes) and torch.equal(tokens, ref.token_ids)
+    assert len(set(num.tolist())) > 1
 
 
 def _token_batch(B, N, V, seed, dtype=torch.float32):

@@ -1,10 +1,12 @@
 // Runs csrc/kernel_tree.cuh's verify_tree_kernel (the token rule) or csrc/kernel_traversal.cuh's
 // verify_traversal_kernel on the CPU (cuda_host.h), one block per request, over inputs that
 // tests/test_cuda_tree_emulated.py writes as raw little-endian arrays into a folder:
-//   meta.txt   B N V dtype(f32|bf16) D traversal greedy has_p distinct without ids64
-//   ids.bin parents.bin (int64 [B, N]) num.bin (int64 [B]) target.bin [draft.bin] uniforms.bin
+//   meta.txt   B N V dtype(f32|bf16) D traversal greedy has_p distinct without ids64 has_u seed
+//              offset
+//   ids.bin parents.bin (int64 [B, N]) num.bin (int64 [B]) target.bin [draft.bin] [uniforms.bin]
 // and writes tokens.bin (int64 [B, D+1]), nodes.bin (int64 [B, D]), num_out.bin (int64 [B]),
-// status.bin (int32 [B]). The coins are always explicit (uniforms.bin, float32 [B, N+1]).
+// status.bin (int32 [B]). The coins are uniforms.bin (float32 [B, N+1]) when has_u, else the
+// kernel's Philox draws with key `seed` and base counter `offset`.
 #include "cuda_host.h"
 
 #include <cstdio>
@@ -25,6 +27,8 @@ static std::vector<char> slurp(const std::string& path) {
 struct Meta {
   long long B = 0, V = 0;
   int N = 0, D = 0, traversal = 0, greedy = 0, has_p = 0, distinct = 0, without = 0, ids64 = 1;
+  int has_u = 1;
+  unsigned long long seed = 0, offset = 0;
   std::string dtype;
 };
 
@@ -37,12 +41,12 @@ static void launch(const Meta& m, const void* ids, const i64* par, const i64* nu
     body = [&] {
       if (m.traversal) {
         verify_traversal_kernel<T, ALIGNED>(ids, m.ids64, par, num, q, p, u, tok, nodes, out_num, st,
-                                            m.V, m.N, m.D, m.greedy, m.distinct, m.without, 0, 0,
-                                            nullptr, nullptr, 0, 0);
+                                            m.V, m.N, m.D, m.greedy, m.distinct, m.without, m.seed,
+                                            m.offset, nullptr, nullptr, 0, 0);
       } else {
         verify_tree_kernel<T, HAS_P, ALIGNED>(ids, m.ids64, par, num, q, p, u, tok, nodes, out_num,
-                                              st, m.V, m.N, m.D, m.greedy, m.distinct, m.without, 0,
-                                              0, nullptr, nullptr, 0, 0);
+                                              st, m.V, m.N, m.D, m.greedy, m.distinct, m.without,
+                                              m.seed, m.offset, nullptr, nullptr, 0, 0);
       }
     };
     emu_run_block([] { body(); });
@@ -54,7 +58,7 @@ static void run(const std::string& dir, const Meta& m) {
   auto ids = slurp(dir + "/ids.bin"), par = slurp(dir + "/parents.bin");
   auto num = slurp(dir + "/num.bin"), target = slurp(dir + "/target.bin");
   auto draft = m.has_p ? slurp(dir + "/draft.bin") : std::vector<char>();
-  auto u = m.greedy ? std::vector<char>() : slurp(dir + "/uniforms.bin");
+  auto u = (m.greedy || !m.has_u) ? std::vector<char>() : slurp(dir + "/uniforms.bin");
   std::vector<i64> tok(m.B * (m.D + 1)), nodes(m.B * (m.D > 0 ? m.D : 1)), out_num(m.B);
   std::vector<int> st(m.B);
   const bool aligned = (m.V * (long long)sizeof(T)) % 16 == 0;
@@ -83,7 +87,7 @@ int main(int argc, char** argv) {
   std::ifstream f(dir + "/meta.txt");
   Meta m;
   f >> m.B >> m.N >> m.V >> m.dtype >> m.D >> m.traversal >> m.greedy >> m.has_p >> m.distinct >>
-      m.without >> m.ids64;
+      m.without >> m.ids64 >> m.has_u >> m.seed >> m.offset;
   if (!f || m.N > kMaxTreeNodes) {
     std::fprintf(stderr, "bad meta.txt\n");
     return 2;
