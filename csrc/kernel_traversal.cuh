@@ -36,6 +36,8 @@
 
 namespace specsample {
 
+constexpr int kTravCheckBatch = 4;  // step 2: vectors of each row in flight per thread
+
 struct TravSmem {
   double w[kMaxTreeNodes + 1];   // each position's current acceptance weight (0: the root)
   double cx[kMaxTreeNodes];      // node i's entry in its parent position's current row
@@ -75,9 +77,12 @@ __device__ __forceinline__ double trav_step(double w, double total, int fell, bo
 
 // A position's row entry after its m recorded rejections (gw, gt, gf), from its target entry q
 // and draft entry p; with `last`, its last unnormalized residual (q itself when m = 0).
-__device__ __forceinline__ double trav_row(const TravSmem& t, int m, bool last, double q, double p) {
+__device__ __forceinline__ double trav_row(const TravSmem& t, int m, bool last, double q,
+                                           double p) {
   double cur = q;
-  for (int k = 0; k < m; ++k) cur = trav_step(t.gw[k], t.gt[k], t.gf[k], last && k == m - 1, cur, p);
+  for (int k = 0; k < m; ++k) {
+    cur = trav_step(t.gw[k], t.gt[k], t.gf[k], last && k == m - 1, cur, p);
+  }
   return cur;
 }
 
@@ -104,6 +109,30 @@ __device__ __forceinline__ void trav_gather(const TreeSmem& s, TravSmem& t, int 
   t.gm = m;
 }
 
+// Every vector of a q row and a p row, block-wide, NB vectors of each in flight per thread:
+// f(vq, vp) on the unpacked values of each pair (elements past V read as 0).
+template <typename T, bool ALIGNED, int NB, class F>
+__device__ __forceinline__ void trav_stream(const T* qrow, const T* prow, i64 V, F&& f) {
+  constexpr int VEC = VecTraits<T>::N;
+  const i64 NV = (V + VEC - 1) / VEC;
+  for (i64 g0 = threadIdx.x; g0 < NV; g0 += (i64)kTreeThreads * NB) {
+    uint4 wq[NB], wp[NB];
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      const i64 g = g0 + (i64)i * kTreeThreads;
+      wq[i] = g < NV ? load_raw(qrow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+      wp[i] = g < NV ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      float vq[VEC], vp[VEC];
+      VecTraits<T>::unpack(wq[i], vq);
+      VecTraits<T>::unpack(wp[i], vp);
+      f(vq, vp);
+    }
+  }
+}
+
 // The whole request (parameters: SPECSAMPLE_TREE_PARAMS; greedy, distinct and without unused).
 template <typename T, bool ALIGNED>
 __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids, int ids64,
@@ -116,7 +145,6 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const i64 b = (i64)blockIdx.x;
   const i64 N1 = (i64)N + 1;
-  const i64 NV = (V + VEC - 1) / VEC;
 
   // ---- 1. structure, ids, coins -----------------------------------------------------------------
   if (tid == 0) {
@@ -200,16 +228,14 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
       if (c < 0) continue;
       const T* qrow = q + (b * N1 + a) * V;
       const T* prow = p + (b * (i64)N + c) * V;
-      for (i64 g = tid; g < NV; g += kTreeThreads) {
-        float vq[VEC], vp[VEC];
-        VecTraits<T>::unpack(load_raw(qrow, g, V, ALIGNED), vq);
-        VecTraits<T>::unpack(load_raw(prow, g, V, ALIGNED), vp);
+      auto check = [&](const float* vq, const float* vp) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           if (bad_prob(vq[e])) f |= kBadTarget;
           if (bad_prob(vp[e])) f |= kBadDraft;
         }
-      }
+      };
+      trav_stream<T, ALIGNED, kTravCheckBatch>(qrow, prow, V, check);
     }
     f = warp_or(f);
     if (lane == 0 && f) atomicOr(&s.flags, f);
@@ -258,10 +284,7 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
     const T* qrow = q + (b * N1 + a) * V;
     const T* prow = p + (b * (i64)N + s.first[a]) * V;
     double z = 0.0, cs = 0.0;
-    for (i64 g = tid; g < NV; g += kTreeThreads) {
-      float vq[VEC], vp[VEC];
-      VecTraits<T>::unpack(load_raw(qrow, g, V, ALIGNED), vq);
-      VecTraits<T>::unpack(load_raw(prow, g, V, ALIGNED), vp);
+    auto mass = [&](const float* vq, const float* vp) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {  // elements past V read as 0: they add 0
         const double pe = (double)vp[e];
@@ -270,7 +293,8 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
         z += d > 0.0 ? d : 0.0;
         cs += cur;
       }
-    }
+    };
+    trav_stream<T, ALIGNED, tree_batch<T, true>()>(qrow, prow, V, mass);
     z = warp_sum(z);
     cs = warp_sum(cs);
     if (lane == 0) {
@@ -359,7 +383,8 @@ __global__ void __launch_bounds__(kTreeThreads, 1) verify_traversal_kernel(SPECS
   verify_traversal_block<T, ALIGNED>(s, t, ids, ids64, parents, num_nodes,
                                      reinterpret_cast<const T*>(q), reinterpret_cast<const T*>(p),
                                      uniforms, out_tokens, out_nodes, out_num, out_status, V, N, D,
-                                     seed, offset, seed_ptr, offset_ptr, offset_intragraph, captured);
+                                     seed, offset, seed_ptr, offset_ptr, offset_intragraph,
+                                     captured);
 }
 
 }  // namespace specsample
