@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from specsample.contract import Capabilities
@@ -157,6 +159,46 @@ def extension_name(major: int, minor: int) -> str:
     return f"specsample_verify_sm{major}{minor}_{digest}"
 
 
+@contextlib.contextmanager
+def _exclusive_build(build_dir: str) -> Iterator[None]:
+    """Hold an OS file lock on ``build_dir`` for the build, and clear a stale torch build lock.
+
+    torch marks a build in progress with a ``lock`` file that only a finished build removes: after
+    a build is killed (Ctrl-C, a timeout) every later build waits on it forever. The OS releases
+    this lock when its process dies, so while it is held no other specsample build is running in
+    ``build_dir`` (the directory's name is specsample's own) and a ``lock`` file left there is
+    stale. Without ``fcntl`` (Windows) torch's lock alone applies.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    os.makedirs(build_dir, exist_ok=True)
+    with open(os.path.join(build_dir, "specsample-build.lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(
+                f"specsample: waiting for another specsample build in {build_dir}…",
+                file=sys.stderr,
+                flush=True,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                os.remove(stale)
+                print(
+                    f"specsample: removed the lock of an interrupted build in {build_dir}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def build_extension(verbose: bool = False) -> str:
     """Build (first use only) and load the torch extension; return the shared library's path.
 
@@ -180,16 +222,17 @@ def build_extension(verbose: bool = False) -> str:
                 flush=True,
             )
         try:
-            path = cpp_extension.load(
-                name=name,
-                sources=[str(source_path(TORCH_SOURCE))],
-                extra_include_paths=[str(csrc_dir())],
-                extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", *arch_flags(major, minor)],
-                build_directory=build_dir,
-                is_python_module=False,
-                verbose=verbose,
-            )
+            with _exclusive_build(build_dir):
+                path = cpp_extension.load(
+                    name=name,
+                    sources=[str(source_path(TORCH_SOURCE))],
+                    extra_include_paths=[str(csrc_dir())],
+                    extra_cflags=["-O3", "-std=c++17"],
+                    extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", *arch_flags(major, minor)],
+                    build_directory=build_dir,
+                    is_python_module=False,
+                    verbose=verbose,
+                )
         except Exception as exc:
             raise RuntimeError(
                 f"specsample: building the CUDA extension {name!r} failed; the compiler's output "

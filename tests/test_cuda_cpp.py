@@ -391,3 +391,39 @@ def test_torch_compile_fullgraph():
     f = torch.compile(lambda a, b, c, d: op(a, b, c, d, None, False, 0, 0, 0), fullgraph=True)
     tok, num, status = f(w.draft_token_ids, w.draft_probs, w.target_probs, u)
     assert torch.equal(tok.cpu(), _ref(w, "random", u)[0])
+
+
+def test_build_clears_a_stale_torch_lock(tmp_path, capsys):
+    """A build killed mid-way leaves torch's ``lock`` file; the next build must not wait on it."""
+    (tmp_path / "lock").write_text("")
+    with _cuda_build._exclusive_build(str(tmp_path)):
+        assert not (tmp_path / "lock").exists()
+    assert "interrupted build" in capsys.readouterr().err
+
+
+def test_build_waits_for_a_live_build(tmp_path):
+    """A second build in the same directory waits for the first (its lock is not stale)."""
+    fcntl = pytest.importorskip("fcntl")
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"h = open({str(tmp_path / 'specsample-build.lock')!r}, 'a+')\n"
+            "fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    (tmp_path / "lock").write_text("")  # the live build's own torch lock
+    start = time.monotonic()
+    with _cuda_build._exclusive_build(str(tmp_path)):
+        waited = time.monotonic() - start
+    holder.wait()
+    assert waited > 0.5, f"entered after {waited:.2f} s while another build held the lock"
+    assert fcntl  # the test is meaningful only where the OS lock exists
