@@ -177,3 +177,30 @@ def test_the_conform_command_runs_through_the_adapter(fresh_registry, tmp_path, 
     assert checks["contract.padding"]["outcome"] == "pass"
     assert checks["stats.losslessness"]["outcome"] == "pass"
     assert checks["exact.random"]["outcome"] == "not-claimed"
+
+
+def test_graph_capture_advances_an_offset_created_outside_the_capture(monkeypatch):
+    """Under capture the adapter passes seed/offset tensors and advances the offset in the graph.
+    The offset must exist before the capture: a tensor created (filled) during it would be reset
+    by every replay, and every replay would repeat its tokens."""
+    from specsample_flashinfer import backend as adapter
+
+    with installed("flashinfer"):
+        backend = cpu_backend_class()()
+        ids, p, q = _workload(B=4)
+        gen = torch.Generator().manual_seed(9)
+        monkeypatch.setattr(adapter, "_capturing", lambda device: True)
+        with pytest.raises(RuntimeError, match="outside CUDA-graph capture"):
+            backend.verify(ids, p, q, generator=gen)
+        monkeypatch.setattr(adapter, "_capturing", lambda device: False)
+        backend.verify(ids, p, q, generator=gen)  # the eager warm-up creates the offset
+        offset = backend._graph_offsets[torch.device("cpu")]
+        assert int(offset) == adapter.GRAPH_OFFSET_START
+        assert CALLS[-1]["seed"] is None and CALLS[-1]["generator"] is gen
+        monkeypatch.setattr(adapter, "_capturing", lambda device: True)
+        step = adapter.philox_increment(4, 4)
+        for n in (1, 2):
+            backend.verify(ids, p, q, generator=gen)
+            assert CALLS[-1]["offset"] is offset, "a captured call must reuse the eager offset"
+            assert int(offset) == adapter.GRAPH_OFFSET_START + n * step
+            assert int(CALLS[-1]["seed"]) == gen.initial_seed()

@@ -18,7 +18,10 @@ What the adapter maps (docs/peers.md has the whole table):
   statistical checks decide correctness.
 - Under CUDA-graph capture the seed and offset go in as device tensors that the captured call
   advances itself, so every replay draws new numbers (FlashInfer reads the generator on the host
-  otherwise, once, at capture, and every replay would repeat the same tokens).
+  otherwise, once, at capture, and every replay would repeat the same tokens). The offset tensor
+  is created by the first call outside a capture: created inside one, its zero fill would be part
+  of the graph and reset the offset on every replay. Capturing before any eager call on the
+  device is refused with a RuntimeError that says so.
 
 FlashInfer is imported on the first call, never at registration.
 """
@@ -71,6 +74,15 @@ def _chain_function() -> Any:
     return fn
 
 
+#: where the Philox offset of captured calls starts (eager calls use the generator's own offset)
+GRAPH_OFFSET_START = 1 << 62
+
+
+def _capturing(device: torch.device) -> bool:
+    """Whether the current stream of ``device`` is capturing a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def philox_increment(batch: int, num_draft: int) -> int:
     """How far FlashInfer advances its Philox offset per call: ``B * (K+1)`` numbers rounded up to
     a multiple of 4 (one Philox draw gives four)."""
@@ -96,8 +108,8 @@ class FlashInferBackend(Backend):
     )
 
     def __init__(self) -> None:
-        # Per device: the (seed, offset) int64 tensors a captured call advances itself.
-        self._graph_rng: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per device: the int64 Philox offset every captured call advances (created eagerly).
+        self._graph_offsets: dict[torch.device, torch.Tensor] = {}
 
     @classmethod
     def is_available(cls) -> tuple[bool, str]:
@@ -122,10 +134,14 @@ class FlashInferBackend(Backend):
         accepted = torch.zeros(B, dtype=torch.int32, device=dev)
         emitted = torch.zeros(B, dtype=torch.int32, device=dev)
         rng: dict[str, Any] = {"generator": inputs.generator}
-        if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            seed, offset = self._capture_rng(inputs, dev)
-            offset.add_(philox_increment(B, K))  # captured: every replay advances it
-            rng = {"seed": seed, "offset": offset}
+        if _capturing(dev):
+            rng = self._captured_rng(inputs, dev)
+            rng["offset"].add_(philox_increment(B, K))  # captured: every replay advances it
+        elif dev not in self._graph_offsets:
+            # Far past any offset an eager generator reaches: replays do not reuse its numbers.
+            self._graph_offsets[dev] = torch.full(
+                (1,), GRAPH_OFFSET_START, dtype=torch.int64, device=dev
+            )
         result = chain_speculative_sampling(
             p, ids32, q, accepted, emitted, deterministic=True, **rng
         )
@@ -134,18 +150,17 @@ class FlashInferBackend(Backend):
         num_emitted = emitted.to(torch.int64) + 1
         return VerifyOutput(tokens.to(torch.int64), num_emitted)
 
-    def _capture_rng(
-        self, inputs: VerifyInputs, dev: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        state = self._graph_rng.get(dev)
-        if state is None:
-            gen = inputs.generator
-            seed_value = gen.initial_seed() if gen is not None else torch.cuda.initial_seed()
-            # Filled on the device (no host-to-device copy, which a capture forbids); allocated
-            # in the graph's private pool, they stay valid for its replays.
-            state = (
-                torch.full((1,), seed_value & (2**63 - 1), dtype=torch.int64, device=dev),
-                torch.zeros(1, dtype=torch.int64, device=dev),
+    def _captured_rng(self, inputs: VerifyInputs, dev: torch.device) -> dict[str, torch.Tensor]:
+        """``seed`` and ``offset`` device tensors for a call being captured in a CUDA graph."""
+        offset = self._graph_offsets.get(dev)
+        if offset is None:
+            raise RuntimeError(
+                f"flashinfer: call verify once on {dev} outside CUDA-graph capture before "
+                "capturing it (that call creates the Philox offset the graph advances on every "
+                "replay; created during the capture, its reset would be replayed too)"
             )
-            self._graph_rng[dev] = state
-        return state
+        gen = inputs.generator
+        seed_value = gen.initial_seed() if gen is not None else torch.cuda.initial_seed()
+        # A fill captured with the graph: replays rewrite the same seed, which is harmless.
+        seed = torch.full((1,), seed_value & (2**63 - 1), dtype=torch.int64, device=dev)
+        return {"seed": seed, "offset": offset}
