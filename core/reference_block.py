@@ -24,6 +24,7 @@ from .status import FLOAT32_MAX, Status
 from .validation import empty_output
 
 Row = Sequence[Any]  # one distribution over the vocabulary: floats or Fractions
+_VECTOR_MIN = 64  # rows at least this long are summed by torch (floats only; same bits)
 
 
 def _one_hot(token: int, like: Row) -> list[Any]:
@@ -64,7 +65,15 @@ def block_weights(
 
 
 def residual_mass(weight: Any, p_row: Row, q_row: Row) -> Any:
-    """``Z = sum_x max(0, weight * q_row[x] - p_row[x])``."""
+    """``Z = sum_x max(0, weight * q_row[x] - p_row[x])``, summed in index order."""
+    if isinstance(weight, float) and len(q_row) >= _VECTOR_MIN:
+        # The same float64 products, differences and left-to-right sum as the loop below (a CPU
+        # cumsum accumulates in order), bit for bit, without a Python step per vocabulary entry.
+        if len(p_row) != len(q_row):
+            raise ValueError(f"p_row has {len(p_row)} entries but q_row has {len(q_row)}")
+        q = torch.tensor(q_row, dtype=torch.float64)
+        terms = (q * weight - torch.tensor(p_row, dtype=torch.float64)).clamp_min_(0.0)
+        return float(torch.cumsum(terms, 0)[-1])
     zero = weight * 0
     return sum((max(zero, weight * q - p) for p, q in zip(p_row, q_row, strict=True)), zero)
 

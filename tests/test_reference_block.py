@@ -530,3 +530,26 @@ def test_the_rules_page_example_runs_and_matches_its_comments():
     ids, p, q, u = (namespace[k] for k in ("ids", "p", "q", "u"))
     assert reference_verify_block(ids, p, q, uniforms=u).token_ids.tolist() == [[0, 0, 1]]
     assert specsample.reference_verify(ids, p, q, uniforms=u).token_ids.tolist() == [[1, -1, -1]]
+
+
+def test_residual_mass_vector_path_equals_the_loop_bit_for_bit():
+    """Long float rows are summed by torch; the result must be the loop's, bit for bit (the same
+    float64 products and differences, added left to right), zeros and p = q rows included."""
+    from specsample import reference_block as rb
+
+    def loop(weight, p_row, q_row):
+        zero = weight * 0
+        return sum((max(zero, weight * q - p) for p, q in zip(p_row, q_row, strict=True)), zero)
+
+    g = torch.Generator().manual_seed(7)
+    for trial in range(300):
+        V = (rb._VECTOR_MIN, 100, 1001, 32000)[trial % 4]
+        q = torch.softmax(torch.randn(V, generator=g, dtype=torch.float64) * (1 + trial % 7), -1)
+        p = q.clone() if trial % 3 == 0 else torch.softmax(torch.randn(V, generator=g), -1).double()
+        if trial % 5 == 0:
+            q[torch.rand(V, generator=g) < 0.5] = 0.0
+        w = (1.0, 0.37, 1e-300, 0.0, float(torch.rand((), generator=g)))[trial % 5]
+        p_row, q_row = p.float().double().tolist(), q.float().double().tolist()
+        assert rb.residual_mass(w, p_row, q_row).hex() == loop(w, p_row, q_row).hex(), (trial, V, w)
+    with pytest.raises(ValueError, match="p_row has 3 entries but q_row has 64"):
+        rb.residual_mass(1.0, [0.0] * 3, [0.0] * 64)
