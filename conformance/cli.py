@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import LEVELS
+from .options import CHECKS_OPTION, LEVELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +18,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write per-backend, per-check results here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("-k", metavar="EXPRESSION", help="only checks matching (pytest -k)")
+    parser.add_argument(
+        "--checks",
+        metavar="NAME[,NAME...]",
+        help="only these checks, by exact name (block.exact,tree.chain); with -k, both apply",
+    )
     parser.add_argument("-x", action="store_true", help="stop at the first failure")
     parser.add_argument(
         "-q",
@@ -35,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1,
         metavar="N",
-        help="check N backends at once, one process each (default 1: all in this process)",
+        help="N processes at once (default 1: all in this process): one per backend, and with "
+        "more processes than backends each backend's checks split over them",
     )
 
 
@@ -51,6 +57,19 @@ def main(args: argparse.Namespace) -> int:
     pytest_args: list[str] = []
     if args.k:
         pytest_args += ["-k", args.k]
+    if args.checks:
+        from .checks import check_names
+
+        known = check_names(args.level)
+        unknown = [n for n in args.checks.split(",") if n.strip() not in known]
+        if unknown:
+            print(
+                f"specsample conform: --checks: no check named {', '.join(map(repr, unknown))} "
+                f"at level {args.level} (known: {', '.join(known)})",
+                file=sys.stderr,
+            )
+            return 2
+        pytest_args += [CHECKS_OPTION, args.checks]
     if args.x:
         pytest_args.append("-x")
     try:

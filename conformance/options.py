@@ -11,6 +11,7 @@ LEVELS = ("fast", "full")
 BACKEND_OPTION = "--specsample-backend"
 LEVEL_OPTION = "--specsample-level"
 JSON_OPTION = "--specsample-json"
+CHECKS_OPTION = "--specsample-checks"
 CONFORMANCE_PACKAGE = "specsample.conformance"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .options import BACKEND_OPTION, JSON_OPTION, LEVEL_OPTION, LEVELS
+from .options import BACKEND_OPTION, CHECKS_OPTION, JSON_OPTION, LEVEL_OPTION, LEVELS
 
 _RESULTS = "specsample-results"
 
@@ -41,6 +41,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="fast",
         dest="specsample_level",
         help="fast (CPU-friendly, the default) or full (more samples and shapes, GPU-only cases)",
+    )
+    group.addoption(
+        CHECKS_OPTION,
+        default=None,
+        dest="specsample_checks",
+        metavar="NAME[,NAME...]",
+        help="only these checks, by exact name (default: every check of the level)",
     )
     group.addoption(
         JSON_OPTION,
@@ -87,6 +94,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from .checks import check_names
 
         checks = check_names(metafunc.config.getoption("specsample_level"))
+        wanted = metafunc.config.getoption("specsample_checks")
+        if wanted:
+            names = [n.strip() for n in wanted.split(",") if n.strip()]
+            unknown = [n for n in names if n not in checks]
+            if unknown:
+                raise pytest.UsageError(
+                    f"{CHECKS_OPTION}: no check named {', '.join(map(repr, unknown))} "
+                    f"(known: {', '.join(checks)})"
+                )
+            checks = [c for c in checks if c in names]
         metafunc.parametrize("specsample_check", checks, ids=checks)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .options import BACKEND_OPTION, CONFORMANCE_PACKAGE, LEVEL_OPTION, LEVELS
+from .options import BACKEND_OPTION, CHECKS_OPTION, CONFORMANCE_PACKAGE, LEVEL_OPTION, LEVELS
 from .results import summarize
 
 
@@ -77,7 +77,7 @@ def run(
     code = 0
     if progress is None:
         progress = quiet and sys.stderr.isatty()
-    if available and jobs > 1 and len(available) > 1:
+    if available and jobs > 1:
         tested, code = _run_parallel(available, level, pytest_args, quiet, jobs, progress)
     elif available:
         # No ini file (-c devnull): the project in the current directory must not change the run
@@ -124,6 +124,78 @@ def run(
     return ConformanceRun(results, code, requested_missing)
 
 
+#: Checks that take minutes at the full level: each runs in a process of its own when a
+#: backend's checks are split (a scheduling hint only; every check runs either way).
+LONG_CHECKS = ("block.exact", "tree.chain", "tree.acceptance-length", "tree.exact", "serving.exact")
+
+
+def check_units(checks: Sequence[str]) -> list[list[str]]:
+    """Split check names into the units of one process each: every long check alone (first, the
+    longest start first), the others by family (the part of the name before the dot)."""
+    units = [[c] for c in LONG_CHECKS if c in checks]
+    families: dict[str, list[str]] = {}
+    for c in checks:
+        if c not in LONG_CHECKS:
+            families.setdefault(c.split(".")[0], []).append(c)
+    return units + list(families.values())
+
+
+class _Collected:
+    """Records the (backend, check) pairs a pytest run selects (used with ``--collect-only``)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, str]] = []
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        for item in session.items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if "specsample_backend" in params and "specsample_check" in params:
+                self.pairs.append((params["specsample_backend"], params["specsample_check"]))
+
+
+def _selected_checks(
+    names: list[str], level: str, pytest_args: Sequence[str]
+) -> dict[str, list[str]]:
+    """Per backend, the checks ``pytest_args`` (``-k``, ``--specsample-checks``) select, found by
+    collecting the suite in this process (no check runs)."""
+    import pytest
+
+    args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
+    args += [LEVEL_OPTION, level, "--collect-only", "-q"]
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        args += ["-p", "specsample.conformance.plugin"]
+    for name in names:
+        args += [BACKEND_OPTION, name]
+    args += [a for a in pytest_args if a != "-x"]
+    collected = _Collected()
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = int(pytest.main(args, plugins=[collected]))
+    if code not in (0, 5):  # 5: nothing selected
+        raise ConformanceRunError(
+            f"pytest could not collect the conformance suite (exit code {code})"
+        )
+    selected: dict[str, list[str]] = {name: [] for name in names}
+    for backend, check in collected.pairs:
+        selected.setdefault(backend, []).append(check)
+    return selected
+
+
+def _units(
+    names: list[str], level: str, pytest_args: Sequence[str], jobs: int
+) -> list[tuple[str, list[str] | None]]:
+    """``(backend, checks)`` per process: one per backend (checks None: all that the arguments
+    select), or, with more processes than backends, each backend's selected checks split by
+    :func:`check_units`, the long checks of every backend first."""
+    if jobs <= len(names):
+        return [(name, None) for name in names]
+    selected = _selected_checks(names, level, pytest_args)
+    per_backend = {name: check_units(selected[name]) for name in names}
+    units: list[tuple[str, list[str] | None]] = []
+    for rank in range(max((len(u) for u in per_backend.values()), default=0)):
+        units += [(name, u[rank]) for name, u in per_backend.items() if rank < len(u)]
+    return units
+
+
 def _run_parallel(
     names: list[str],
     level: str,
@@ -132,18 +204,25 @@ def _run_parallel(
     jobs: int,
     progress: bool = False,
 ) -> tuple[dict[str, dict[str, Any]], int]:
-    """One ``specsample conform`` subprocess per backend, ``jobs`` at a time.
+    """``specsample conform`` subprocesses, ``jobs`` at a time: one per backend, or, with more
+    jobs than backends, one per backend and unit of checks (:func:`check_units`).
 
     Separate processes keep one backend's state (CUDA context, compile caches, a crash) away from
-    the others; on a GPU the checks are latency-bound, so several backends share it well. Each
-    child's output is printed as one block when it ends (unless ``quiet``), with a line per backend
-    on stderr either way; with ``progress``, a bar over the backends (the running ones named).
+    the others; on a GPU the checks are latency-bound, so several processes share it well. Each
+    child's output is printed as one block when it ends (unless ``quiet``), with a line per
+    process on stderr either way; with ``progress``, a bar over the processes (the running ones
+    named). A backend's results are the union of its units', in report order.
     """
     from tqdm.auto import tqdm
 
+    from .checks import check_names
+
+    units = _units(names, level, pytest_args, jobs)
+    split = any(checks is not None for _, checks in units)
+    forwarded = _forward(pytest_args)
     bar = tqdm(
-        total=len(names),
-        unit="backend",
+        total=len(units),
+        unit="process" if split else "backend",
         desc="specsample conform",
         dynamic_ncols=True,
         file=sys.stderr,
@@ -151,55 +230,69 @@ def _run_parallel(
     )
     tested: dict[str, dict[str, Any]] = {}
     worst = 0
-    pending = list(names)
-    running: dict[str, tuple[subprocess.Popen, str, Any, float]] = {}
+    pending = list(enumerate(units))
+    running: dict[int, tuple[subprocess.Popen, str, Any, float]] = {}
+
+    def label(index: int) -> str:
+        name, checks = units[index]
+        if checks is None:
+            return name
+        shown = checks[0] if len(checks) == 1 else checks[0].split(".")[0] + ".*"
+        return f"{name} [{shown}]"
+
     with tempfile.TemporaryDirectory(prefix="specsample-conform-") as tmp:
         try:
             while pending or running:
                 while pending and len(running) < jobs:
-                    name = pending.pop(0)
-                    path = os.path.join(tmp, f"backend-{names.index(name)}.json")
+                    index, (name, checks) = pending.pop(0)
+                    path = os.path.join(tmp, f"unit-{index}.json")
                     log = tempfile.TemporaryFile(mode="w+", dir=tmp)
                     cmd = [sys.executable, "-m", "specsample", "conform", "--backend", name]
-                    cmd += ["--level", level, "--json", path, "-q", *_forward(pytest_args)]
+                    cmd += ["--level", level, "--json", path, "-q", *forwarded]
+                    if checks is not None:
+                        cmd += ["--checks", ",".join(checks)]
                     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-                    running[name] = (proc, path, log, time.perf_counter())
-                    bar.set_postfix_str("running: " + ", ".join(running), refresh=False)
-                finished = [n for n, (p, *_rest) in running.items() if p.poll() is not None]
+                    running[index] = (proc, path, log, time.perf_counter())
+                    bar.set_postfix_str(
+                        "running: " + ", ".join(label(i) for i in running), refresh=False
+                    )
+                finished = [i for i, (p, *_rest) in running.items() if p.poll() is not None]
                 if not finished:
                     time.sleep(0.2)
                     bar.refresh()
                     continue
-                for name in finished:
-                    proc, path, log, t0 = running.pop(name)
+                for index in finished:
+                    name = units[index][0]
+                    proc, path, log, t0 = running.pop(index)
                     log.seek(0)
                     output = log.read()
                     log.close()
                     checks = _read_checks(path, name)
                     if proc.returncode in (2, 3, 4) or checks is None:
                         raise ConformanceRunError(
-                            f"the conformance run of backend {name!r} ended with exit code "
+                            f"the conformance run of {label(index)} ended with exit code "
                             f"{proc.returncode} and no results: {output[-3000:]}"
                         )
-                    tested[name] = checks
+                    tested.setdefault(name, {}).update(checks)
                     worst = max(worst, proc.returncode)
                     counts = summarize(checks)
                     bar.write(
-                        f"conformance {name}: {counts['pass']} pass, {counts['fail']} fail, "
-                        f"{counts['not-claimed']} not claimed, {counts['error']} error "
+                        f"conformance {label(index)}: {counts['pass']} pass, {counts['fail']} "
+                        f"fail, {counts['not-claimed']} not claimed, {counts['error']} error "
                         f"({time.perf_counter() - t0:.0f} s)",
                         file=sys.stderr,
                     )
                     bar.update(1)
                     if not quiet:
-                        print(f"===== {name} =====\n{output}", flush=True)
+                        print(f"===== {label(index)} =====\n{output}", flush=True)
         finally:
             bar.close()
             for proc, *_rest in running.values():
                 proc.terminate()
             for proc, *_rest in running.values():
                 proc.wait()
-    return {n: tested[n] for n in names}, worst
+    order = check_names(level)
+    return {n: {c: tested[n][c] for c in order if c in tested.get(n, {})} for n in names}, worst
 
 
 def _forward(pytest_args: Sequence[str]) -> list[str]:
@@ -212,8 +305,12 @@ def _forward(pytest_args: Sequence[str]) -> list[str]:
             out += ["-k", args.pop(0)]
         elif a == "-x":
             out.append("-x")
+        elif a == CHECKS_OPTION and args:
+            out += ["--checks", args.pop(0)]
         else:
-            raise ValueError(f"pytest argument {a!r} is not supported with jobs > 1 (only -k, -x)")
+            raise ValueError(
+                f"pytest argument {a!r} is not supported with jobs > 1 (only -k, -x, --checks)"
+            )
     return out
 
 
@@ -248,9 +345,10 @@ def run_conformance(
         json_path: also write the document there.
         pytest_args: extra pytest arguments (``["-k", "stats"]``, ``["-x"]``...).
         quiet: suppress pytest's output.
-        jobs: check this many backends at once, each in its own process (``specsample conform``);
-            1 (the default) runs every backend in this process. ``pytest_args`` may then hold only
-            ``-k EXPR`` and ``-x``.
+        jobs: run this many ``specsample conform`` processes at once: one per backend, and with
+            more jobs than backends each backend's checks split over processes
+            (:func:`check_units`); 1 (the default) runs everything in this process.
+            ``pytest_args`` may then hold only ``-k EXPR``, ``-x`` and ``--specsample-checks``.
         progress: with ``quiet``, a progress bar on stderr (checks done, the one running, elapsed
             and estimated time left; with ``jobs`` > 1, backends done); False: one line per
             backend as it starts and ends instead. None (the default): a bar when stderr is a

@@ -41,8 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"conformance: check N backends at once, one process each (default: "
-        f"{GPU_CONFORMANCE_JOBS} with a GPU, 1 without)",
+        help=f"conformance: N processes at once, one per backend, a backend's checks split over "
+        f"them when there are more processes than backends (default: {GPU_CONFORMANCE_JOBS} with "
+        "a GPU, 1 without)",
     )
     parser.add_argument("--no-bench", action="store_true", help="skip the benchmark")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")

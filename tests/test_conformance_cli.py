@@ -69,6 +69,65 @@ def test_parallel_jobs_give_the_same_verdicts_as_one_process(tmp_path, capsys):
         run_conformance(names[:2], "fast", None, quiet=True, jobs=0)
 
 
+def test_more_jobs_than_backends_split_the_checks(tmp_path, capsys):
+    """jobs > backends: each backend's selected checks split over processes (long checks alone,
+    the rest by family); the merged document equals one process's, in report order."""
+    names = ["torch-vectorized"]
+    args = [
+        "-k",
+        "contract or greedy or block.edge",
+        "--specsample-checks",
+        "contract.padding,contract.num-emitted,greedy.ties,block.edge,block.exact",
+    ]
+    serial = run_conformance(names, "fast", None, args, quiet=True)
+    split = run_conformance(names, "fast", None, args, quiet=True, jobs=3)
+    a, b = serial["backends"]["torch-vectorized"], split["backends"]["torch-vectorized"]
+    assert list(a["checks"]) == list(b["checks"])  # report order, whatever finished first
+    assert set(b["checks"]) == {
+        "contract.padding",
+        "contract.num-emitted",
+        "greedy.ties",
+        "block.edge",
+    }
+    assert {c: r["outcome"] for c, r in a["checks"].items()} == {
+        c: r["outcome"] for c, r in b["checks"].items()
+    }
+    err = capsys.readouterr().err
+    # one process per family of the selection; block.exact is not selected by -k: no process
+    assert "torch-vectorized [contract.*]" in err and "torch-vectorized [greedy.ties]" in err
+    assert "block.exact" not in err
+
+
+def test_check_units_put_long_checks_alone():
+    from specsample.conformance.runner import LONG_CHECKS, check_units
+
+    units = check_units(["edge.k-0", "block.exact", "edge.k-1", "block.edge", "tree.chain"])
+    assert units == [["block.exact"], ["tree.chain"], ["edge.k-0", "edge.k-1"], ["block.edge"]]
+    assert all(c.count(".") == 1 for c in LONG_CHECKS)
+
+
+def test_checks_option_names_exact_checks(tmp_path):
+    """--checks selects by exact name; an unknown name is refused before anything runs."""
+    env = {**os.environ, "SPECSAMPLE_PLUGINS": ""}
+    run_cli = [sys.executable, "-m", "specsample", "conform", "--backend", "torch-vectorized"]
+    bad = subprocess.run(
+        [*run_cli, "--checks", "contract.padding,no.such"], capture_output=True, text=True, env=env
+    )
+    assert bad.returncode == 2 and "--checks: no check named 'no.such'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    path = tmp_path / "one.json"
+    ok = subprocess.run(
+        [*run_cli, "--checks", "contract.padding", "--json", str(path), "-q", "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert list(json.loads(path.read_text())["backends"]["torch-vectorized"]["checks"]) == [
+        "contract.padding"
+    ]
+
+
 def test_unknown_backend_is_reported_and_fails_the_cli(tmp_path, capsys):
     outcome = run(["no-such-backend"], "fast", None, (), quiet=True)
     assert not outcome.ok
