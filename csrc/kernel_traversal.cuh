@@ -147,53 +147,8 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
   const i64 N1 = (i64)N + 1;
 
   // ---- 1. structure, ids, coins -----------------------------------------------------------------
-  if (tid == 0) {
-    const i64 n64 = __ldg(num_nodes + b);
-    s.n = (n64 < 0 || n64 > N) ? -1 : (int)n64;
-    s.flags = 0;
-  }
-  __syncthreads();
-  const int n_raw = s.n;
-  const int n = n_raw < 0 ? 0 : n_raw;
-  bool bad = false;
-  for (int i = tid; i < n; i += kTreeThreads) {
-    const i64 pi = __ldg(parents + b * N + i);
-    bad |= pi < -1 || pi >= i;
-    s.par[i] = (pi < -1 || pi >= i) ? -1 : (int)pi;
-    s.tok[i] = load_id(ids, ids64, N, b, i);
-  }
-  int tree_bad = __syncthreads_or(bad ? 1 : 0) || n_raw < 0;
-  if (!tree_bad && D < n) {  // depths: each node climbs at most D + 1 steps
-    bad = false;
-    for (int i = tid; i < n; i += kTreeThreads) {
-      int d = 0;
-      for (int j = i; j >= 0 && d <= D; j = s.par[j]) ++d;
-      bad |= d > D;
-    }
-    tree_bad = __syncthreads_or(bad ? 1 : 0);
-  }
-  u32 flags = tree_bad ? kTreeBadTree : 0u;
-  if (!tree_bad) {  // first child of each position, next sibling of each node
-    for (int i = tid; i <= n; i += kTreeThreads) s.first[i] = kTreeNone;
-    __syncthreads();
-    for (int i = tid; i < n; i += kTreeThreads) {
-      const int pi = s.par[i];
-      atomicMin(&s.first[pi + 1], i);
-      int nx = -1;
-      for (int j = i + 1; j < n; ++j) {
-        if (s.par[j] == pi) {
-          nx = j;
-          break;
-        }
-      }
-      s.next[i] = nx;
-    }
-    __syncthreads();
-    for (int i = tid; i <= n; i += kTreeThreads) {
-      if (s.first[i] == kTreeNone) s.first[i] = -1;
-    }
-    __syncthreads();
-  }
+  int n;
+  u32 flags = load_tree_structure(s, ids, ids64, parents, num_nodes, b, N, D, n);
   if (flags == 0) {
     u64 sd = seed, off = offset;
     if (uniforms == nullptr && captured) {

@@ -626,26 +626,14 @@ __device__ u64 tree_row_key(TreeSmem& s, const T* row, i64 V, i64 g_lo, i64 g_hi
   return m;
 }
 
-// The whole request, in each block of its cluster (parameters: SPECSAMPLE_TREE_PARAMS below).
-// HAS_P: random mode with draft probabilities (p_raw [B, N, V]; `without`: siblings drawn
-// without replacement).
-template <typename T, int CL, bool HAS_P, bool ALIGNED>
-__device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const i64* parents,
-                                  const i64* num_nodes, const T* q, const void* p_raw,
-                                  const float* uniforms, i64* out_tokens, i64* out_nodes,
-                                  i64* out_num, int* out_status, i64 V, int N, int D, int greedy,
-                                  int distinct, int without, u64 seed, u64 offset,
-                                  const i64* seed_ptr, const i64* offset_ptr,
-                                  u64 offset_intragraph, int captured) {
+// Step 1 of the tree and traversal kernels: request b's node count, parents and tokens, the depth
+// bound and the children lists (first child of each position, next sibling of each node) into
+// shared memory. Returns kTreeBadTree for a malformed tree (then only s.n, s.par and s.tok are
+// set), else 0; n is the number of real nodes (0 when num_nodes[b] is out of range).
+__device__ __forceinline__ u32 load_tree_structure(TreeSmem& s, const void* ids, int ids64,
+                                                   const i64* parents, const i64* num_nodes,
+                                                   i64 b, int N, int D, int& n) {
   const int tid = threadIdx.x;
-  const i64 b = (i64)cluster_id<CL>();
-  const u32 rank = cluster_rank<CL>();
-  const i64 N1 = (i64)N + 1;
-  // every block of the cluster has started before any writes into its shared memory; the blocks
-  // repeat steps 1-3 (the same reads, from L2) and split each row between them
-  cluster_barrier<CL>();
-
-  // ---- 1. structure ----------------------------------------------------------------------------
   if (tid == 0) {
     const i64 n64 = __ldg(num_nodes + b);
     s.n = (n64 < 0 || n64 > N) ? -1 : (int)n64;
@@ -653,7 +641,7 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
   }
   __syncthreads();
   const int n_raw = s.n;
-  const int n = n_raw < 0 ? 0 : n_raw;
+  n = n_raw < 0 ? 0 : n_raw;
   bool bad = false;
   for (int i = tid; i < n; i += kTreeThreads) {
     const i64 pi = __ldg(parents + b * N + i);
@@ -671,7 +659,6 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
     }
     tree_bad = __syncthreads_or(bad ? 1 : 0);
   }
-  u32 flags = tree_bad ? kTreeBadTree : 0u;
   if (!tree_bad) {  // the children lists: first child of each position, next sibling of each node
     for (int i = tid; i <= n; i += kTreeThreads) s.first[i] = kTreeNone;
     __syncthreads();
@@ -693,8 +680,34 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
     }
     __syncthreads();
   }
+  return tree_bad ? kTreeBadTree : 0u;
+}
+
+// The whole request, in each block of its cluster (parameters: SPECSAMPLE_TREE_PARAMS below).
+// HAS_P: random mode with draft probabilities (p_raw [B, N, V]; `without`: siblings drawn
+// without replacement).
+template <typename T, int CL, bool HAS_P, bool ALIGNED>
+__device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const i64* parents,
+                                  const i64* num_nodes, const T* q, const void* p_raw,
+                                  const float* uniforms, i64* out_tokens, i64* out_nodes,
+                                  i64* out_num, int* out_status, i64 V, int N, int D, int greedy,
+                                  int distinct, int without, u64 seed, u64 offset,
+                                  const i64* seed_ptr, const i64* offset_ptr,
+                                  u64 offset_intragraph, int captured) {
+  const int tid = threadIdx.x;
+  const i64 b = (i64)cluster_id<CL>();
+  const u32 rank = cluster_rank<CL>();
+  const i64 N1 = (i64)N + 1;
+  // every block of the cluster has started before any writes into its shared memory; the blocks
+  // repeat steps 1-3 (the same reads, from L2) and split each row between them
+  cluster_barrier<CL>();
+
+  // ---- 1. structure ----------------------------------------------------------------------------
+  int n;
+  u32 flags = load_tree_structure(s, ids, ids64, parents, num_nodes, b, N, D, n);
+  const bool tree_bad = flags != 0;
   if (!tree_bad && distinct) {  // an earlier sibling with the same token
-    bad = false;
+    bool bad = false;
     for (int i = tid; i < n; i += kTreeThreads) {
       for (int c = s.first[s.par[i] + 1]; c != i; c = s.next[c]) bad |= s.tok[c] == s.tok[i];
     }
