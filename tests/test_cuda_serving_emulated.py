@@ -14,36 +14,22 @@ races between real threads (the fibers switch only at barriers), the device's ``
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import specsample
 import torch
-from specsample.backends import _cuda_build
+from emulation_host import CXX, build_host_program, write_tensor
 from specsample.reference_serving import reference_verify_serving
 from specsample.serving import validate_serving
 
-HERE = Path(__file__).parent / "cuda_emulation"
-CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
 THREADS = 64
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("serving_host") / "serving_host"
-    result = subprocess.run(
-        [
-            CXX, "-std=c++17", "-O1", "-w", f"-I{_cuda_build.csrc_dir()}", f"-I{HERE}",
-            str(HERE / "serving_host.cpp"), "-o", str(exe),
-        ],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return exe
+    return build_host_program("serving_host.cpp", tmp_path_factory.mktemp("serving_host"))
 
 
 def _run(program, tmp_path, ids, **kwargs):
@@ -55,10 +41,7 @@ def _run(program, tmp_path, ids, **kwargs):
     assert coins != 2, "the emulation runs explicit coins or seeds"
 
     def put(name, t):
-        raw = t.contiguous()
-        if raw.dtype == torch.bfloat16:
-            raw = raw.view(torch.int16)
-        (tmp_path / f"{name}.bin").write_bytes(raw.numpy().tobytes())
+        write_tensor(tmp_path, name, t)
 
     put("ids", inputs.draft_token_ids)
     put("num", inputs.num_draft_tokens)

@@ -17,13 +17,11 @@ IEEE double operations the kernels use, and speed. Skipped without a C++ compile
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
+from emulation_host import CXX, build_host_program, write_tensor
 from specsample import trees
 from specsample.backends import _cuda_build
 from specsample.reference import reference_verify
@@ -31,23 +29,14 @@ from specsample.reference_tree import reference_verify_tree
 from specsample.status import Status
 from specsample.validation_tree import validate_tree_inputs
 
-HERE = Path(__file__).parent / "cuda_emulation"
-CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
 
 
 @pytest.fixture(scope="module")
 def program(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("tree_host") / "tree_host"
-    result = subprocess.run(
-        [
-            CXX, "-std=c++17", "-O1", "-w", "-ffp-contract=off", f"-I{_cuda_build.csrc_dir()}",
-            f"-I{HERE}", str(HERE / "tree_host.cpp"), "-o", str(exe),
-        ],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
-    return exe
+    return build_host_program(
+        "tree_host.cpp", tmp_path_factory.mktemp("tree_host"), "-ffp-contract=off"
+    )
 
 
 def _run(program, tmp_path, ids, parents, p, q, philox=None, **kw):
@@ -61,10 +50,7 @@ def _run(program, tmp_path, ids, parents, p, q, philox=None, **kw):
     traversal = inputs.rule == "traversal" and not greedy
 
     def put(name, t):
-        raw = t.contiguous()
-        if raw.dtype == torch.bfloat16:
-            raw = raw.view(torch.int16)
-        (tmp_path / f"{name}.bin").write_bytes(raw.numpy().tobytes())
+        write_tensor(tmp_path, name, t)
 
     put("ids", inputs.draft_token_ids)
     put("parents", inputs.parents)
