@@ -19,6 +19,7 @@ from specsample.backends import _cuda_build, _cuda_tree
 from specsample.reference_tree import reference_verify_tree
 from specsample.status import Status
 from specsample.validation_tree import validate_tree_inputs
+from traversal_batches import traversal_batch
 
 BACKENDS = [
     pytest.param("cuda-cpp", marks=pytest.mark.gpu),
@@ -425,44 +426,6 @@ def test_traversal_rule_not_claimed(backend):
 TRAVERSAL = dict(draft_sampling="with_replacement", rule="traversal")
 
 
-def _traversal_trees(B: int, N: int, V: int, seed: int, dtype=torch.float32, padded=True):
-    """``ids, parents, num_nodes, p, q, u`` (CPU): chains, stars and random trees (``num_nodes``
-    0..N with garbage padding when ``padded``), siblings drawn with replacement from their first
-    sibling's draft row, target rows between that row and noise with the drafted tokens' entries
-    scaled up or down, so that acceptances deep in the tree, rejections, re-weighted siblings and
-    parents tried after their children all occur. Every draft row but a first child's is NaN:
-    the rule never reads them."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.full((B, N), -5, dtype=torch.int64)
-    parents = torch.full((B, N), 77, dtype=torch.int64)
-    counts = torch.zeros(B, dtype=torch.int64)
-    p = torch.full((B, N, V), float("nan"), dtype=torch.float64)
-    q = torch.rand(B, N + 1, V, generator=g, dtype=torch.float64) ** 2
-    for b in range(B):
-        n = int(torch.randint(0, N + 1, (1,), generator=g)) if padded else N
-        kind = b % 4
-        tree = (
-            trees.chain(n) if kind == 0
-            else trees.star(n) if kind == 1
-            else trees.random_tree(n, generator=g)
-        )  # fmt: skip
-        counts[b] = n
-        parents[b, :n] = tree
-        for a, kids in enumerate(trees.children(tree) if n else [[]]):
-            if not kids:
-                continue
-            row = torch.rand(V, generator=g, dtype=torch.float64) ** 3 + 1e-3
-            row /= row.sum()
-            p[b, kids[0]] = row
-            ids[b, kids] = torch.multinomial(row, len(kids), replacement=True, generator=g)
-            mix = float(torch.rand((), generator=g))
-            q[b, a] = mix * row + (1 - mix) * q[b, a] / q[b, a].sum()
-            bend = 0.3 + 1.4 * torch.rand(len(kids), generator=g, dtype=torch.float64)
-            q[b, a, ids[b, kids]] *= bend
-    q = (q / q.sum(-1, keepdim=True)).to(dtype)
-    return ids, parents, counts, p.to(dtype), q, torch.rand(B, N + 1, generator=g)
-
-
 @pytest.mark.parametrize(
     ("B", "N", "V", "dtype", "seed"),
     [(48, 6, 3, torch.float32, 21), (32, 9, 8, torch.bfloat16, 22), (24, 12, 300, torch.float16, 23),
@@ -472,7 +435,7 @@ def _traversal_trees(B: int, N: int, V: int, seed: int, dtype=torch.float32, pad
 def test_traversal_trees_exact(backend, B, N, V, dtype, seed):
     """Traversal verification, exactly the float64 reference: every tree shape, padded; V from a
     partial vector to a full vocabulary (odd V: the element-wise load path), 128 nodes."""
-    ids, parents, counts, p, q, u = _traversal_trees(B, N, V, seed, dtype)
+    ids, parents, counts, p, q, u = traversal_batch(B, N, V, seed, dtype=dtype)
     what = f"traversal N={N} V={V} {dtype}"
     ref = _check(backend, ids, parents, q, what, p=p, num_nodes=counts, uniforms=u, **TRAVERSAL)
     assert (ref.status == 0).all() and int(ref.num_emitted.max()) >= 2
@@ -522,7 +485,7 @@ def test_traversal_generator_coins_and_chain_is_block(backend):
     """Without uniforms node i's coin is the i-th Philox uniform of request b and the generator
     advances by 4 * ceil((N+1)/4); on a chain, one generator state gives verify(rule="block")'s
     tokens."""
-    ids, parents, counts, p, q, _ = _traversal_trees(16, 10, 3000, 28)
+    ids, parents, counts, p, q, _ = traversal_batch(16, 10, 3000, 28)
     g = torch.Generator(device=DEV).manual_seed(11)
     seed, offset = g.initial_seed(), g.get_offset()
     out = backend.verify_tree(ids.to(DEV), parents.to(DEV), p.to(DEV), q.to(DEV),
@@ -553,7 +516,7 @@ def test_traversal_generator_coins_and_chain_is_block(backend):
 def test_traversal_cuda_graph_replay(backend):
     """Captured in a CUDA graph (coins from the generator): each replay draws fresh coins and
     every request stays valid."""
-    ids, parents, counts, p, q, _ = _traversal_trees(8, 16, 4096, 29)
+    ids, parents, counts, p, q, _ = traversal_batch(8, 16, 4096, 29)
     ids, parents, counts, p, q = (t.to(DEV) for t in (ids, parents, counts, p, q))
     backend.verify_tree(ids, parents, p, q, num_nodes=counts, **TRAVERSAL)  # build first
     graph = torch.cuda.CUDAGraph()
@@ -574,7 +537,7 @@ def test_traversal_cuda_graph_replay(backend):
 def test_traversal_backends_agree_and_one_block(backend):
     """cuda-cpp and cupy launch the same traversal kernel: one generator state gives one output;
     the kernel runs one block per request (cluster 1 accepted, 2 refused)."""
-    ids, parents, counts, p, q, u = _traversal_trees(16, 12, 2000, 30)
+    ids, parents, counts, p, q, u = traversal_batch(16, 12, 2000, 30)
     ids, parents, counts, p, q, u = (t.to(DEV) for t in (ids, parents, counts, p, q, u))
     one = _launch(backend, 1, ids, parents, q, p, num_nodes=counts, uniforms=u, **TRAVERSAL)
     auto = backend.verify_tree(ids, parents, p, q, num_nodes=counts, uniforms=u, **TRAVERSAL)

@@ -28,6 +28,7 @@ from specsample.reference import reference_verify
 from specsample.reference_tree import reference_verify_tree
 from specsample.status import Status
 from specsample.validation_tree import validate_tree_inputs
+from traversal_batches import traversal_batch
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
 
@@ -100,51 +101,6 @@ def _exact(program, tmp_path, ids, parents, p, q, what, **kw):
     return ref
 
 
-def _shape(kind: str, n: int, g: torch.Generator) -> torch.Tensor:
-    if kind == "chain":
-        return trees.chain(n)
-    if kind == "star":
-        return trees.star(n)
-    return trees.random_tree(n, generator=g)
-
-
-def _traversal_batch(B, N, V, seed, kinds=("chain", "star", "random", "random"), dtype=torch.float32,
-                     padded=True):  # fmt: skip
-    """``ids, parents, num_nodes, p, q, u`` (CPU): trees of each kind, ``num_nodes`` from 0 to N
-    with garbage padding (``padded``), siblings drawn with replacement from their first sibling's
-    draft row (so tokens may repeat), target rows that are the draft row bent towards or away
-    from the drafted tokens, so that acceptances, rejections, re-weighted siblings and parents
-    tried after their children all occur. Draft rows other than a first child's are NaN: the
-    traversal rule never reads them."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.full((B, N), -5, dtype=torch.int64)
-    parents = torch.full((B, N), 77, dtype=torch.int64)
-    counts = torch.zeros(B, dtype=torch.int64)
-    p = torch.full((B, N, V), float("nan"), dtype=torch.float64)
-    q = torch.rand(B, N + 1, V, generator=g, dtype=torch.float64) ** 2
-    for b in range(B):
-        n = int(torch.randint(0, N + 1, (1,), generator=g)) if padded else N
-        tree = _shape(kinds[b % len(kinds)], n, g)
-        counts[b] = n
-        parents[b, :n] = tree
-        for a, kids in enumerate(trees.children(tree) if n else [[]]):
-            if not kids:
-                continue
-            row = torch.rand(V, generator=g, dtype=torch.float64) ** 3 + 1e-3
-            row /= row.sum()
-            p[b, kids[0]] = row
-            ids[b, kids] = torch.multinomial(row, len(kids), replacement=True, generator=g)
-            mix = float(torch.rand((), generator=g))
-            q[b, a] = mix * row + (1 - mix) * q[b, a] / q[b, a].sum()
-            q[b, a, ids[b, kids]] *= 0.3 + 1.4 * torch.rand(
-                len(kids), generator=g, dtype=torch.float64
-            )
-    q = (q / q.sum(-1, keepdim=True)).to(dtype)
-    p = p.to(dtype)
-    u = torch.rand(B, N + 1, generator=g)
-    return ids, parents, counts, p, q, u
-
-
 @pytest.mark.parametrize(
     ("B", "N", "V", "dtype", "seed"),
     [(48, 5, 2, torch.float32, 1), (48, 7, 3, torch.bfloat16, 2), (40, 9, 8, torch.float32, 3),
@@ -155,7 +111,7 @@ def test_traversal_exact(program, tmp_path, B, N, V, dtype, seed):
     the element-wise load path; V = 8 and 300 with float32 the 16-byte one): the traversal
     kernel equals the float64 traversal reference; acceptances deep in the tree, at inner nodes
     after their children failed, and empty paths all occur."""
-    ids, parents, counts, p, q, u = _traversal_batch(B, N, V, seed, dtype=dtype)
+    ids, parents, counts, p, q, u = traversal_batch(B, N, V, seed, dtype=dtype)
     kw = dict(num_nodes=counts, uniforms=u, draft_sampling="with_replacement", rule="traversal")
     ref = _exact(program, tmp_path, ids, parents, p, q, f"traversal N={N} V={V} {dtype}", **kw)
     assert (ref.status == 0).all()
@@ -172,7 +128,7 @@ def test_traversal_exact(program, tmp_path, B, N, V, dtype, seed):
 def test_traversal_large_tree(program, tmp_path):
     """128 nodes (the kernel's limit), random trees and stars: long post-order walks with many
     rejections and re-weighted subtrees."""
-    ids, parents, counts, p, q, u = _traversal_batch(4, 128, 6, 6, kinds=("random", "star"),
+    ids, parents, counts, p, q, u = traversal_batch(4, 128, 6, 6, kinds=("random", "star"),
                                                      padded=False)  # fmt: skip
     kw = dict(num_nodes=counts, uniforms=u, draft_sampling="with_replacement", rule="traversal")
     _exact(program, tmp_path, ids, parents, p, q, "traversal N=128", **kw)
@@ -266,7 +222,7 @@ def test_traversal_philox_coins_and_int32_ids(program, tmp_path):
     last coin ``i = N``, as ``_cuda_build.philox_uniforms`` computes them: the reference with those
     coins gives the same output (int32 ids)."""
     B, N, V = 24, 8, 6
-    ids, parents, counts, p, q, _ = _traversal_batch(B, N, V, 41)
+    ids, parents, counts, p, q, _ = traversal_batch(B, N, V, 41)
     seed, offset = 0x1234_5678_9ABC, 40
     kw = dict(num_nodes=counts, draft_sampling="with_replacement", rule="traversal")
     tokens, num, nodes, status = _run(program, tmp_path, ids.to(torch.int32), parents, p, q,
@@ -282,7 +238,7 @@ def _token_batch(B, N, V, seed, dtype=torch.float32):
     """Random trees with distinct sibling tokens and full draft rows (every rule of the token
     walk can read them)."""
     g = torch.Generator().manual_seed(seed)
-    ids, parents, counts, p, q, u = _traversal_batch(B, N, V, seed, dtype=torch.float64)
+    ids, parents, counts, p, q, u = traversal_batch(B, N, V, seed, dtype=torch.float64)
     p = torch.rand(B, N, V, generator=g, dtype=torch.float64) ** 3 + 1e-3
     for b in range(B):
         n = int(counts[b])
