@@ -80,15 +80,9 @@ def run(
     if available and jobs > 1:
         tested, code = _run_parallel(available, level, pytest_args, quiet, jobs, progress)
     elif available:
-        # No ini file (-c devnull): the project in the current directory must not change the run
-        # (its addopts, python_files...); -rfEs lists failures, errors and "not claimed" reasons.
-        args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
-        # --no-header: the run's own header (rootdir, the devnull "configfile") says nothing useful.
-        args += [LEVEL_OPTION, level, "-rfEs", "--no-header"]
-        if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-            args += ["-p", "specsample.conformance.plugin"]
-        for name in available:
-            args += [BACKEND_OPTION, name]
+        # -rfEs lists failures, errors and "not claimed" reasons; --no-header: the run's own
+        # header (rootdir, the devnull "configfile") says nothing useful.
+        args = _suite_args(available, level) + ["-rfEs", "--no-header"]
         if quiet:
             args += ["-q"]
         args += list(pytest_args)
@@ -140,6 +134,18 @@ def check_units(checks: Sequence[str]) -> list[list[str]]:
     return units + list(families.values())
 
 
+def _suite_args(names: Sequence[str], level: str) -> list[str]:
+    """pytest arguments that run the suite on ``names`` at ``level``. No ini file (-c devnull):
+    the project in the current directory must not change the run (its addopts, python_files...)."""
+    args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
+    args += [LEVEL_OPTION, level]
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        args += ["-p", "specsample.conformance.plugin"]
+    for name in names:
+        args += [BACKEND_OPTION, name]
+    return args
+
+
 class _Collected:
     """Records the (backend, check) pairs a pytest run selects (used with ``--collect-only``)."""
 
@@ -160,12 +166,7 @@ def _selected_checks(
     collecting the suite in this process (no check runs)."""
     import pytest
 
-    args = ["-c", os.devnull, "--pyargs", CONFORMANCE_PACKAGE, "-p", "no:cacheprovider"]
-    args += [LEVEL_OPTION, level, "--collect-only", "-q"]
-    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        args += ["-p", "specsample.conformance.plugin"]
-    for name in names:
-        args += [BACKEND_OPTION, name]
+    args = _suite_args(names, level) + ["--collect-only", "-q"]
     args += [a for a in pytest_args if a != "-x"]
     collected = _Collected()
     with contextlib.redirect_stdout(io.StringIO()):

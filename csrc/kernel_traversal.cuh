@@ -158,16 +158,7 @@ __device__ void verify_traversal_block(TreeSmem& s, TravSmem& t, const void* ids
     u32 f = 0;
     for (int i = tid; i <= N; i += kTreeThreads) {
       if (i < n && (s.tok[i] < 0 || s.tok[i] >= V)) f |= kBadDraftId;
-      if (i < n || i == N) {
-        float u;
-        if (uniforms != nullptr) {
-          u = __ldg(uniforms + b * N1 + i);
-          if (!(u >= 0.0f && u < 1.0f)) f |= kBadUniform;
-        } else {
-          u = philox_uniform(sd, off, (u64)b, (u64)i);
-        }
-        s.u[i] = u;
-      }
+      if (i < n || i == N) s.u[i] = tree_coin(uniforms, b * N1 + i, sd, off, b, i, f);
     }
     f = warp_or(f);
     if (lane == 0 && f) atomicOr(&s.flags, f);

@@ -626,6 +626,16 @@ __device__ u64 tree_row_key(TreeSmem& s, const T* row, i64 V, i64 g_lo, i64 g_hi
   return m;
 }
 
+// Coin i of request b: uniforms[at] (flagged kBadUniform in f outside [0, 1)), or without
+// uniforms word i of the request's Philox stream.
+__device__ __forceinline__ float tree_coin(const float* uniforms, i64 at, u64 seed, u64 offset,
+                                           i64 b, int i, u32& f) {
+  if (uniforms == nullptr) return philox_uniform(seed, offset, (u64)b, (u64)i);
+  const float u = __ldg(uniforms + at);
+  if (!(u >= 0.0f && u < 1.0f)) f |= kBadUniform;
+  return u;
+}
+
 // Step 1 of the tree and traversal kernels: request b's node count, parents and tokens, the depth
 // bound and the children lists (first child of each position, next sibling of each node) into
 // shared memory. Returns kTreeBadTree for a malformed tree (then only s.n, s.par and s.tok are
@@ -739,16 +749,7 @@ __device__ void verify_tree_block(TreeSmem& s, const void* ids, int ids64, const
           }
         }
       }
-      if (!greedy && (i < n || i == N)) {
-        float u;
-        if (uniforms != nullptr) {
-          u = __ldg(uniforms + b * N1 + i);
-          if (!(u >= 0.0f && u < 1.0f)) f |= kBadUniform;
-        } else {
-          u = philox_uniform(sd, off, (u64)b, (u64)i);
-        }
-        s.u[i] = u;
-      }
+      if (!greedy && (i < n || i == N)) s.u[i] = tree_coin(uniforms, b * N1 + i, sd, off, b, i, f);
     }
     f = warp_or(f);
     if ((tid & 31) == 0 && f) atomicOr(&s.flags, f);
