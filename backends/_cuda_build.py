@@ -178,13 +178,16 @@ def _exclusive_build(build_dir: str) -> Iterator[None]:
     with open(os.path.join(build_dir, "specsample-build.lock"), "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             print(
                 f"specsample: waiting for another specsample build in {build_dir}…",
                 file=sys.stderr,
                 flush=True,
             )
             fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: torch's lock alone applies
+            yield
+            return
         try:
             stale = os.path.join(build_dir, "lock")
             if os.path.exists(stale):

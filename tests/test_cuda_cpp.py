@@ -427,3 +427,18 @@ def test_build_waits_for_a_live_build(tmp_path):
     holder.wait()
     assert waited > 0.5, f"entered after {waited:.2f} s while another build held the lock"
     assert fcntl  # the test is meaningful only where the OS lock exists
+
+
+def test_build_without_file_locks_leaves_torch_lock_alone(tmp_path, monkeypatch):
+    """A file system without flock (some network mounts): the build goes on under torch's own
+    lock, and a ``lock`` file, which may belong to a live build, is left alone."""
+    fcntl = pytest.importorskip("fcntl")
+    import errno
+
+    def no_locks(*_args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "lock").write_text("")
+    with _cuda_build._exclusive_build(str(tmp_path)):
+        assert (tmp_path / "lock").exists()
