@@ -12,6 +12,7 @@ import math
 import pytest
 import specsample
 import torch
+from serving_batches import check_one_launch_and_graph_replay, mixed_serving_batch
 from specsample.reference_serving import reference_verify_serving, reference_verify_serving_flat
 from specsample.serving_layout import padded_to_flat, padded_to_flat_drafts
 
@@ -21,34 +22,9 @@ BACKENDS = [
 ]
 
 
-def _batch(B, K, V, *, seed, dtype=torch.float32, probs=False, draft="logits"):
-    """A mixed batch on the GPU: greedy and sampling requests, K_b from 0..K, temperatures from
-    tiny to large, top-k and top-p on some requests; drafts mostly the target's argmax."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(B, K + 1, V, generator=g) * 3
-    draft_logits = logits[:, :K] + torch.randn(B, K, V, generator=g)
-    ids = torch.where(
-        torch.rand(B, K, generator=g) < 0.6,
-        logits[:, :K].argmax(-1),
-        torch.randint(0, V, (B, K), generator=g),
-    )
-    temps = torch.tensor([0.0, 1.0, 0.7, 0.05, 3.0, 0.0, 1.3])
-    kwargs = {
-        "num_draft_tokens": torch.randint(0, K + 1, (B,), generator=g),
-        "temperature": temps[torch.randint(0, len(temps), (B,), generator=g)],
-        "top_k": torch.tensor([0, 1, 3, 0, V // 2])[torch.randint(0, 5, (B,), generator=g)],
-        "top_p": torch.tensor([1.0, 0.9, 0.5, 1e-6, 0.99])[torch.randint(0, 5, (B,), generator=g)],
-        "uniforms": torch.rand(B, K + 1, generator=g),
-    }
-    if probs:
-        kwargs["target_probs"] = torch.softmax(logits, -1).to(dtype)
-    else:
-        kwargs["target_logits"] = logits.to(dtype)
-    if draft == "logits":
-        kwargs["draft_logits"] = draft_logits.to(dtype)
-    elif draft == "probs":
-        kwargs["draft_probs"] = torch.softmax(draft_logits, -1).to(dtype)
-    return ids.cuda(), {k: v.cuda() for k, v in kwargs.items()}
+def _cuda_batch(*args, **kwargs):
+    """:func:`serving_batches.mixed_serving_batch` on the GPU."""
+    return mixed_serving_batch(*args, device="cuda", **kwargs)
 
 
 def _exact(name, ids, kwargs):
@@ -83,7 +59,7 @@ def _exact(name, ids, kwargs):
 def test_mixed_batch_exact(name, dtype, probs, draft):
     """Mixed batches (greedy and sampling, K_b from 0..K, top-k / top-p) token for token; both
     outcomes of the accept test occur."""
-    ids, kwargs = _batch(48, 3, 50, seed=1, dtype=dtype, probs=probs, draft=draft)
+    ids, kwargs = _cuda_batch(48, 3, 50, seed=1, dtype=dtype, probs=probs, draft=draft)
     out = _exact(name, ids, kwargs)
     assert (out.status == 0).all()
     assert 0 < int((out.num_emitted < kwargs["num_draft_tokens"] + 1).sum()) < 48
@@ -103,9 +79,9 @@ def test_mixed_batch_exact(name, dtype, probs, draft):
 def test_shapes_exact(name, B, K, V, dtype):
     """Large vocabularies (many vectors per thread), many requests, unaligned rows; logits and
     probabilities, explicit coins and seeds."""
-    ids, kwargs = _batch(B, K, V, seed=B + K, dtype=dtype)
+    ids, kwargs = _cuda_batch(B, K, V, seed=B + K, dtype=dtype)
     _exact(name, ids, kwargs)
-    ids, kwargs = _batch(B, K, V, seed=B + K, dtype=dtype, probs=True, draft="probs")
+    ids, kwargs = _cuda_batch(B, K, V, seed=B + K, dtype=dtype, probs=True, draft="probs")
     _exact(name, ids, kwargs)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(B, device="cuda") + 17
@@ -116,7 +92,7 @@ def test_shapes_exact(name, B, K, V, dtype):
 def test_several_thresholds_in_a_large_row(name):
     """Top-k in the thousands and top-p on a row of 20000, a greedy maximum tied in three places
     (the smallest index wins)."""
-    ids, kwargs = _batch(4, 2, 20000, seed=2)
+    ids, kwargs = _cuda_batch(4, 2, 20000, seed=2)
     kwargs["temperature"] = torch.tensor([0.0, 1.0, 0.8, 1.2], device="cuda")
     kwargs["top_k"] = torch.tensor([0, 0, 9000, 50], device="cuda")
     kwargs["top_p"] = torch.tensor([1.0, 0.95, 0.9, 1.0], device="cuda")
@@ -142,7 +118,7 @@ def test_seeds_are_the_philox_stream(name):
     out = be.verify_serving(ids, target_logits=logits, seeds=seeds, offsets=offsets)
     u = philox_stream_uniforms(seeds.cpu(), offsets.cpu(), 1)[:, 0].to(torch.float64)
     assert out.token_ids[:, 0].cpu().tolist() == torch.floor(u * V).to(torch.int64).tolist()
-    ids, kwargs = _batch(12, 3, 40, seed=3)
+    ids, kwargs = _cuda_batch(12, 3, 40, seed=3)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(12, device="cuda") * 7919 + 1
     kwargs["offsets"] = torch.arange(12, device="cuda") * 4
@@ -152,7 +128,7 @@ def test_seeds_are_the_philox_stream(name):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_generator_reproducible(name):
     """Coins from a generator: the same seed gives the same tokens, another seed others."""
-    ids, kwargs = _batch(64, 3, 400, seed=4)
+    ids, kwargs = _cuda_batch(64, 3, 400, seed=4)
     del kwargs["uniforms"]
     kwargs["temperature"] = torch.ones(64, device="cuda")
     be = specsample.get_backend(name)
@@ -206,7 +182,7 @@ def test_filter_ties(name):
 @pytest.mark.parametrize("name", BACKENDS)
 def test_without_filters_and_flat_layout(name):
     """No top_k / top_p, int32 ids, and the flattened layout."""
-    ids, kwargs = _batch(10, 3, 30, seed=5)
+    ids, kwargs = _cuda_batch(10, 3, 30, seed=5)
     del kwargs["top_k"], kwargs["top_p"]
     _exact(name, ids.to(torch.int32), kwargs)
     flat_ids, cu = padded_to_flat_drafts(ids, kwargs["num_draft_tokens"])
@@ -254,7 +230,7 @@ def test_status(name):
     parameters (``param_flags``) flag their request; flagged requests emit -1 and 0."""
     from specsample.serving import validate_serving
 
-    ids, kwargs = _batch(11, 3, 20, seed=8)
+    ids, kwargs = _cuda_batch(11, 3, 20, seed=8)
     kwargs["num_draft_tokens"] = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3]).cuda()
     kwargs["temperature"] = torch.tensor(
         [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
@@ -289,44 +265,7 @@ def test_status(name):
 def test_one_launch_and_graph_replay(name):
     """One kernel per call; under CUDA-graph capture seeded calls repeat their tokens on replay,
     generator calls draw fresh coins on every replay."""
-    from torch.profiler import ProfilerActivity, profile
-
-    be = specsample.get_backend(name)
-    ids, kwargs = _batch(64, 4, 32000, seed=1, dtype=torch.bfloat16)
-    del kwargs["uniforms"]
-    kwargs["temperature"] = torch.full((64,), 0.9, device="cuda")
-    zeros = torch.zeros(64, dtype=torch.int64, device="cuda")
-    seeded = dict(kwargs, seeds=torch.arange(64, device="cuda"), offsets=zeros)
-    for _ in range(2):
-        be.verify_serving(ids, **seeded)
-        be.verify_serving(ids, **kwargs)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            be.verify_serving(ids, **seeded)
-            be.verify_serving(ids, **kwargs)
-        torch.cuda.synchronize()
-    ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels = [e for e in ops if "verify_serving_kernel" in e.name]
-    assert len(kernels) == 10, sorted({e.name for e in ops})
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        be.verify_serving(ids, **seeded)
-        be.verify_serving(ids, **kwargs)
-    torch.cuda.current_stream().wait_stream(s)
-    for args, fresh in ((seeded, False), (kwargs, True)):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = be.verify_serving(ids, **args)
-        draws = []
-        for _ in range(3):
-            graph.replay()
-            draws.append(out.token_ids.clone())
-        torch.cuda.synchronize()
-        distinct = len({tuple(d.flatten().tolist()) for d in draws})
-        assert distinct == (3 if fresh else 1)
+    check_one_launch_and_graph_replay(name, "verify_serving_kernel", temperature=0.9)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -20,6 +20,7 @@ import pytest
 import specsample
 import torch
 from emulation_host import CXX, build_host_program, write_tensor
+from serving_batches import mixed_serving_batch
 from specsample.reference_serving import reference_verify_serving
 from specsample.serving import validate_serving
 
@@ -82,36 +83,6 @@ def _exact(program, tmp_path, ids, **kwargs):
     return tokens, num, status
 
 
-def _batch(B, K, V, *, seed, dtype=torch.float32, probs=False, draft="logits"):
-    """A mixed batch: greedy and sampling requests, K_b from 0..K, temperatures from tiny to large,
-    top-k and top-p on some requests; drafts mostly the target's argmax."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(B, K + 1, V, generator=g) * 3
-    draft_logits = logits[:, :K] + torch.randn(B, K, V, generator=g)
-    ids = torch.where(
-        torch.rand(B, K, generator=g) < 0.6,
-        logits[:, :K].argmax(-1),
-        torch.randint(0, V, (B, K), generator=g),
-    )
-    temps = torch.tensor([0.0, 1.0, 0.7, 0.05, 3.0, 0.0, 1.3])
-    kwargs = {
-        "num_draft_tokens": torch.randint(0, K + 1, (B,), generator=g),
-        "temperature": temps[torch.randint(0, len(temps), (B,), generator=g)],
-        "top_k": torch.tensor([0, 1, 3, 0, V // 2])[torch.randint(0, 5, (B,), generator=g)],
-        "top_p": torch.tensor([1.0, 0.9, 0.5, 1e-6, 0.99])[torch.randint(0, 5, (B,), generator=g)],
-        "uniforms": torch.rand(B, K + 1, generator=g),
-    }
-    if probs:
-        kwargs["target_probs"] = torch.softmax(logits, -1).to(dtype)
-    else:
-        kwargs["target_logits"] = logits.to(dtype)
-    if draft == "logits":
-        kwargs["draft_logits"] = draft_logits.to(dtype)
-    elif draft == "probs":
-        kwargs["draft_probs"] = torch.softmax(draft_logits, -1).to(dtype)
-    return ids, kwargs
-
-
 @pytest.mark.parametrize(
     "dtype, probs, draft",
     [
@@ -124,7 +95,7 @@ def _batch(B, K, V, *, seed, dtype=torch.float32, probs=False, draft="logits"):
 )
 def test_mixed_batch_exact(program, tmp_path, dtype, probs, draft):
     """Mixed batches token for token; both outcomes of the accept test occur."""
-    ids, kwargs = _batch(16, 3, 300, seed=1, dtype=dtype, probs=probs, draft=draft)
+    ids, kwargs = mixed_serving_batch(16, 3, 300, seed=1, dtype=dtype, probs=probs, draft=draft)
     tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
     assert (status == 0).all()
     assert 0 < int((num < kwargs["num_draft_tokens"] + 1).sum()) < 16
@@ -132,7 +103,7 @@ def test_mixed_batch_exact(program, tmp_path, dtype, probs, draft):
 
 def test_unaligned_rows_and_seeds(program, tmp_path):
     """V * 4 not a multiple of 16 (the element-by-element load path), int32 ids, seeded coins."""
-    ids, kwargs = _batch(8, 2, 1001, seed=2)
+    ids, kwargs = mixed_serving_batch(8, 2, 1001, seed=2)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(8) * 7919 - 3
     kwargs["offsets"] = torch.arange(8) * 5
@@ -191,7 +162,7 @@ def test_zero_residual_falls_back_to_q(program, tmp_path):
 
 def test_status(program, tmp_path):
     """Every status bit as the reference sets it; unowned rows unread; flagged requests emit -1."""
-    ids, kwargs = _batch(11, 3, 20, seed=8)
+    ids, kwargs = mixed_serving_batch(11, 3, 20, seed=8)
     kwargs["num_draft_tokens"] = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3])
     kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     tl, dl, u = kwargs["target_logits"], kwargs["draft_logits"], kwargs["uniforms"]

@@ -12,6 +12,7 @@ import math
 import pytest
 import specsample
 import torch
+from serving_batches import check_one_launch_and_graph_replay, mixed_serving_batch
 from specsample.reference_serving import reference_verify_serving, reference_verify_serving_flat
 from specsample.serving_layout import padded_to_flat, padded_to_flat_drafts
 from triton_interpreter import HAVE_TRITON, in_interpreter, run_interpreter_suite
@@ -24,37 +25,6 @@ def _interp() -> bool:
 INNER = pytest.mark.skipif(
     not _interp(), reason="needs TRITON_INTERPRET=1 (run by test_serving_interpreter_suite)"
 )
-
-
-def _batch(B, K, V, *, seed, dtype=torch.float32, probs=False, draft="logits", device="cpu"):
-    """A mixed batch: greedy and sampling requests, K_b from 0..K, temperatures from tiny to
-    large, top-k and top-p on some requests; drafts mostly the target's argmax."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(B, K + 1, V, generator=g) * 3
-    draft_logits = logits[:, :K] + torch.randn(B, K, V, generator=g)
-    ids = torch.where(
-        torch.rand(B, K, generator=g) < 0.6,
-        logits[:, :K].argmax(-1),
-        torch.randint(0, V, (B, K), generator=g),
-    )
-    temps = torch.tensor([0.0, 1.0, 0.7, 0.05, 3.0, 0.0, 1.3])
-    kwargs = {
-        "num_draft_tokens": torch.randint(0, K + 1, (B,), generator=g),
-        "temperature": temps[torch.randint(0, len(temps), (B,), generator=g)],
-        "top_k": torch.tensor([0, 1, 3, 0, V // 2])[torch.randint(0, 5, (B,), generator=g)],
-        "top_p": torch.tensor([1.0, 0.9, 0.5, 1e-6, 0.99])[torch.randint(0, 5, (B,), generator=g)],
-        "uniforms": torch.rand(B, K + 1, generator=g),
-    }
-    if probs:
-        kwargs["target_probs"] = torch.softmax(logits, -1).to(dtype)
-    else:
-        kwargs["target_logits"] = logits.to(dtype)
-    if draft == "logits":
-        kwargs["draft_logits"] = draft_logits.to(dtype)
-    elif draft == "probs":
-        kwargs["draft_probs"] = torch.softmax(draft_logits, -1).to(dtype)
-    ids = ids.to(device)
-    return ids, {k: v.to(device) for k, v in kwargs.items()}
 
 
 def _exact(ids, kwargs):
@@ -110,7 +80,7 @@ def test_serving_interpreter_suite():
 )
 def test_interp_serving_exact(dtype, probs, draft):
     """Mixed batches (greedy and sampling, K_b from 0..K, top-k / top-p) token for token."""
-    ids, kwargs = _batch(24, 3, 50, seed=1, dtype=dtype, probs=probs, draft=draft)
+    ids, kwargs = mixed_serving_batch(24, 3, 50, seed=1, dtype=dtype, probs=probs, draft=draft)
     out = _exact(ids, kwargs)
     assert (out.status == 0).all()
     # both outcomes of the accept test occur in the batch
@@ -120,7 +90,7 @@ def test_interp_serving_exact(dtype, probs, draft):
 @INNER
 def test_interp_serving_several_tiles():
     """A row of several tiles (V = 20000): thresholds, sums and the inverse CDF across tiles."""
-    ids, kwargs = _batch(4, 2, 20000, seed=2)
+    ids, kwargs = mixed_serving_batch(4, 2, 20000, seed=2)
     kwargs["temperature"] = torch.tensor([0.0, 1.0, 0.8, 1.2])
     kwargs["top_k"] = torch.tensor([0, 0, 9000, 50])
     kwargs["top_p"] = torch.tensor([1.0, 0.95, 0.9, 1.0])
@@ -149,7 +119,7 @@ def test_interp_serving_seeds_are_the_philox_stream():
     u = philox_stream_uniforms(seeds, offsets, 1)[:, 0].to(torch.float64)
     assert out.token_ids[:, 0].tolist() == torch.floor(u * V).to(torch.int64).tolist()
     assert out.token_ids[0, 0] == out.token_ids[3, 0]  # same seed and offset
-    ids, kwargs = _batch(12, 3, 40, seed=3)
+    ids, kwargs = mixed_serving_batch(12, 3, 40, seed=3)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(12) * 7919 + 1
     kwargs["offsets"] = torch.arange(12) * 4
@@ -159,7 +129,7 @@ def test_interp_serving_seeds_are_the_philox_stream():
 @INNER
 def test_interp_serving_generator():
     """Coins from a generator: the same seed gives the same tokens, other seeds others."""
-    ids, kwargs = _batch(16, 3, 40, seed=4)
+    ids, kwargs = mixed_serving_batch(16, 3, 40, seed=4)
     del kwargs["uniforms"]
     kwargs["temperature"] = torch.ones(16)
     be = specsample.get_backend("triton")
@@ -209,7 +179,7 @@ def test_interp_serving_filter_ties():
 @INNER
 def test_interp_serving_without_filters_and_flat_layout():
     """No top_k / top_p given (the filter passes compiled out), and the flattened layout."""
-    ids, kwargs = _batch(10, 3, 30, seed=5)
+    ids, kwargs = mixed_serving_batch(10, 3, 30, seed=5)
     del kwargs["top_k"], kwargs["top_p"]
     _exact(ids, kwargs)
     flat_ids, cu = padded_to_flat_drafts(ids, kwargs["num_draft_tokens"])
@@ -256,7 +226,7 @@ def test_interp_serving_many_requests_per_program():
 
     B, V = 2100, 8
     assert -(-B // blk.block_config(B, V, True)[1]) > 1
-    ids, kwargs = _batch(B, 2, V, seed=7)
+    ids, kwargs = mixed_serving_batch(B, 2, V, seed=7)
     _exact(ids.to(torch.int32), kwargs)
 
 
@@ -267,7 +237,7 @@ def test_interp_serving_status():
     (``param_flags``) flag their request."""
     from specsample.serving import validate_serving
 
-    ids, kwargs = _batch(11, 3, 20, seed=8)
+    ids, kwargs = mixed_serving_batch(11, 3, 20, seed=8)
     num = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3])
     kwargs["num_draft_tokens"] = num
     kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
@@ -309,9 +279,11 @@ def test_interp_serving_status():
     [(1, 8, 128256, torch.bfloat16), (64, 4, 32000, torch.float32), (300, 3, 50, torch.float16)],
 )
 def test_compiled_serving_exact(B, K, V, dtype):
-    ids, kwargs = _batch(B, K, V, seed=B + K, dtype=dtype, device="cuda")
+    ids, kwargs = mixed_serving_batch(B, K, V, seed=B + K, dtype=dtype, device="cuda")
     _exact(ids, kwargs)
-    ids, kwargs = _batch(B, K, V, seed=B + K, dtype=dtype, probs=True, draft="probs", device="cuda")
+    ids, kwargs = mixed_serving_batch(
+        B, K, V, seed=B + K, dtype=dtype, probs=True, draft="probs", device="cuda"
+    )
     _exact(ids, kwargs)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(B, device="cuda") + 17
@@ -323,41 +295,4 @@ def test_compiled_serving_exact(B, K, V, dtype):
 def test_compiled_serving_one_launch_and_graph_replay():
     """One serving-kernel launch per call (seeds, or a generator); under CUDA graph capture with
     seeds the replay repeats the tokens, with the default generator it draws fresh coins."""
-    from torch.profiler import ProfilerActivity, profile
-
-    be = specsample.get_backend("triton")
-    ids, kwargs = _batch(64, 4, 32000, seed=1, dtype=torch.bfloat16, device="cuda")
-    del kwargs["uniforms"]
-    zeros = torch.zeros(64, dtype=torch.int64, device="cuda")  # no host copy under capture
-    seeded = dict(kwargs, seeds=torch.arange(64, device="cuda"), offsets=zeros)
-    for _ in range(2):
-        be.verify_serving(ids, **seeded)
-        be.verify_serving(ids, **kwargs)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            be.verify_serving(ids, **seeded)
-            be.verify_serving(ids, **kwargs)
-        torch.cuda.synchronize()
-    ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    # (the argument checks of verify_serving may add small elementwise kernels of their own)
-    kernels = [e for e in ops if "serving_kernel" in e.name]
-    assert len(kernels) == 10, sorted({e.name for e in ops})
-
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        be.verify_serving(ids, **seeded)
-        be.verify_serving(ids, **kwargs)
-    torch.cuda.current_stream().wait_stream(s)
-    for args, fresh in ((seeded, False), (kwargs, True)):
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = be.verify_serving(ids, **args)
-        draws = []
-        for _ in range(3):
-            graph.replay()
-            draws.append(out.token_ids.clone())
-        torch.cuda.synchronize()
-        distinct = len({tuple(d.flatten().tolist()) for d in draws})
-        assert distinct == (3 if fresh else 1)
+    check_one_launch_and_graph_replay("triton", "serving_kernel")
