@@ -16,12 +16,13 @@ atomically and checked against its recorded digest when read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +57,51 @@ def compile_module(
         path = cache_dir() / f"specsample-{key}.bin"
         cached = _read(path)
         if cached is None:
-            image, lowered = compiler.compile_using_nvrtc(code, opts, name_expressions=list(names))
-            image = image if isinstance(image, bytes) else image.encode()
-            if not image.startswith(b"\x7fELF"):  # PTX (NVRTC cannot emit this arch's cubin)
-                link = function.LinkState()
-                link.add_ptr_data(image, "specsample.ptx")
-                image = link.complete()
-            lowered = dict(lowered or {})
-            _write(path, image, lowered)
-        else:
-            image, lowered = cached
+            with _compile_lock(path):
+                cached = _read(path)  # another process may have compiled it meanwhile
+                if cached is None:
+                    cached = _compile(code, opts, names, compiler, function)
+                    _write(path, *cached)
+        image, lowered = cached
         module = function.Module()
         module.load(image)
     missing = [n for n in names if n not in lowered]
     if missing:
         raise RuntimeError(f"NVRTC returned no lowered name for {missing[:3]}")
     return module, lowered
+
+
+def _compile(code: str, opts: Sequence[str], names: Sequence[str], compiler: Any, function: Any):
+    """``(cubin image, lowered names)`` of ``code`` by NVRTC (PTX is linked to a cubin)."""
+    image, lowered = compiler.compile_using_nvrtc(code, tuple(opts), name_expressions=list(names))
+    image = image if isinstance(image, bytes) else image.encode()
+    if not image.startswith(b"\x7fELF"):  # PTX (NVRTC cannot emit this arch's cubin)
+        link = function.LinkState()
+        link.add_ptr_data(image, "specsample.ptx")
+        image = link.complete()
+    return image, dict(lowered or {})
+
+
+@contextlib.contextmanager
+def _compile_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``'s lock file (across processes): the worker processes of
+    a conformance run or fuzz campaign start together, and without it each compiles the same
+    module at once (minutes of CPU for the tree kernels' instantiations) instead of reading the
+    first one's cache entry. Where the file cannot be locked, the compile goes on unlocked."""
+    try:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_suffix(".lock"), "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
 
 
 def cache_dir() -> Path:

@@ -17,6 +17,7 @@ import importlib.util
 import itertools
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from specsample.contract import Backend, VerifyInputs, VerifyOutput
 
@@ -507,6 +508,22 @@ class CupyBackend(Backend):
         if reason:
             return False, reason
         return True, ""
+
+    @classmethod
+    def build(cls, verbose: bool = False) -> str:
+        """Compile (or read from the cache) every NVRTC module of the current CUDA device now, in
+        parallel threads (NVRTC releases the GIL); return the cache folder. ``verbose`` is
+        accepted for symmetry with ``cuda-cpp`` (NVRTC prints nothing on success)."""
+        import torch
+
+        from . import _cupy_block, _cupy_serving, _cupy_tree
+
+        device_id = torch.cuda.current_device()
+        builders = (_module, _cupy_block._module, _cupy_tree._module, _cupy_serving._module)
+        with ThreadPoolExecutor(max_workers=len(builders)) as pool:
+            for future in [pool.submit(build, device_id) for build in builders]:
+                future.result()
+        return str(_nvrtc.cache_dir())
 
     def _verify(self, inputs: VerifyInputs) -> VerifyOutput:
         if _cuda_block.uses_block_kernel(inputs):

@@ -9,7 +9,7 @@ from .options import CHECKS_OPTION, LEVELS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from specsample.cli_options import add_backend_options, positive_int
+    from specsample.cli_options import add_backend_options, positive_float, positive_int
 
     add_backend_options(parser, "every available backend")
     parser.add_argument(
@@ -42,6 +42,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="N processes at once (default 1: all in this process): one per backend, and with "
         "more processes than backends each backend's checks split over them",
+    )
+
+    parser.add_argument(
+        "--time-budget",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="stop after S seconds: checks still running or not started are reported as errors "
+        "(the finished ones keep their verdicts); runs the suite in child processes",
     )
 
 
@@ -81,6 +90,7 @@ def main(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             jobs=args.jobs,
             progress=False if args.no_progress else None,
+            time_budget=args.time_budget,
         )
     except (ConformanceRunError, ValueError) as exc:
         print(f"specsample conform: {exc}", file=sys.stderr)

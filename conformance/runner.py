@@ -59,6 +59,7 @@ def run(
     quiet: bool = False,
     jobs: int = 1,
     progress: bool | None = None,
+    time_budget: float | None = None,
 ) -> ConformanceRun:
     """Like :func:`run_conformance`, also returning pytest's exit code and the requested backends
     that could not run."""
@@ -71,14 +72,18 @@ def run(
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if time_budget is not None and not time_budget > 0:
+        raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
     available, unavailable = resolve_backends(list(backends) if backends else None)
     order = list(available) + list(unavailable)
     tested: dict[str, dict[str, Any]] = {}
     code = 0
     if progress is None:
         progress = quiet and sys.stderr.isatty()
-    if available and jobs > 1:
-        tested, code = _run_parallel(available, level, pytest_args, quiet, jobs, progress)
+    if available and (jobs > 1 or time_budget is not None):
+        tested, code = _run_parallel(
+            available, level, pytest_args, quiet, jobs, progress, time_budget
+        )
     elif available:
         # -rfEs lists failures, errors and "not claimed" reasons; --no-header: the run's own
         # header (rootdir, the devnull "configfile") says nothing useful.
@@ -204,9 +209,14 @@ def _run_parallel(
     quiet: bool,
     jobs: int,
     progress: bool = False,
+    time_budget: float | None = None,
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """``specsample conform`` subprocesses, ``jobs`` at a time: one per backend, or, with more
     jobs than backends, one per backend and unit of checks (:func:`check_units`).
+
+    With ``time_budget`` (seconds), the processes still running when it is spent are stopped and
+    their checks, with those of the processes never started, are reported as errors that say so;
+    every finished process's verdicts are kept.
 
     Separate processes keep one backend's state (CUDA context, compile caches, a crash) away from
     the others; on a GPU the checks are latency-bound, so several processes share it well. Each
@@ -219,6 +229,7 @@ def _run_parallel(
     from .checks import check_names
 
     units = _units(names, level, pytest_args, jobs)
+    env = child_env(jobs)
     split = any(checks is not None for _, checks in units)
     forwarded = _forward(pytest_args)
     bar = tqdm(
@@ -233,6 +244,8 @@ def _run_parallel(
     worst = 0
     pending = list(enumerate(units))
     running: dict[int, tuple[subprocess.Popen, str, Any, float]] = {}
+    start = time.perf_counter()
+    deadline = None if time_budget is None else start + time_budget
 
     def label(index: int) -> str:
         name, checks = units[index]
@@ -252,11 +265,26 @@ def _run_parallel(
                     cmd += ["--level", level, "--json", path, "-q", *forwarded]
                     if checks is not None:
                         cmd += ["--checks", ",".join(checks)]
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+                    proc = subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env
+                    )
                     running[index] = (proc, path, log, time.perf_counter())
                     bar.set_postfix_str(
                         "running: " + ", ".join(label(i) for i in running), refresh=False
                     )
+                if deadline is not None and time.perf_counter() > deadline:
+                    stopped = _stop_at_deadline(
+                        units, running, pending, names, level, pytest_args, time_budget
+                    )
+                    for name, checks in stopped.items():
+                        tested.setdefault(name, {}).update(checks)
+                    worst = max(worst, 1)
+                    bar.write(
+                        f"conformance: --time-budget of {time_budget:g} s spent: "
+                        f"{sum(map(len, stopped.values()))} checks reported as errors",
+                        file=sys.stderr,
+                    )
+                    break
                 finished = [i for i, (p, *_rest) in running.items() if p.poll() is not None]
                 if not finished:
                     time.sleep(0.2)
@@ -294,6 +322,60 @@ def _run_parallel(
                 proc.wait()
     order = check_names(level)
     return {n: {c: tested[n][c] for c in order if c in tested.get(n, {})} for n in names}, worst
+
+
+def _stop_at_deadline(
+    units: list[tuple[str, list[str] | None]],
+    running: dict[int, tuple[subprocess.Popen, str, Any, float]],
+    pending: list[tuple[int, tuple[str, list[str] | None]]],
+    names: list[str],
+    level: str,
+    pytest_args: Sequence[str],
+    time_budget: float | None,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Stop the running processes; the checks of theirs and of the pending units, per backend,
+    as ``error`` results (a process's own JSON is written only when it ends, so a stopped
+    process's finished checks are lost with it)."""
+    for proc, *_rest in running.values():
+        proc.terminate()
+    whole = [units[i][0] for i in running if units[i][1] is None]
+    whole += [u[0] for _, u in pending if u[1] is None]
+    selected = _selected_checks(sorted(set(whole)), level, pytest_args) if whole else {}
+    stopped: dict[str, dict[str, dict[str, Any]]] = {}
+    now = time.perf_counter()
+    for index, (_proc, _path, _log, t0) in running.items():
+        name, checks = units[index]
+        details = (
+            f"not finished within --time-budget {time_budget:g} s (stopped after {now - t0:.0f} s)"
+        )
+        for check in checks if checks is not None else selected.get(name, []):
+            stopped.setdefault(name, {})[check] = _error(details)
+    for _, (name, checks) in pending:
+        for check in checks if checks is not None else selected.get(name, []):
+            stopped.setdefault(name, {})[check] = _error(
+                f"not started within --time-budget {time_budget:g} s"
+            )
+    pending.clear()
+    return stopped
+
+
+def _error(details: str) -> dict[str, Any]:
+    return {"outcome": "error", "duration_s": 0.0, "details": details}
+
+
+def child_env(jobs: int) -> dict[str, str]:
+    """The environment of ``jobs`` concurrent children: the CPU cores shared out among them.
+
+    torch's default (one intra-op thread per core in every process) oversubscribes the machine
+    ``jobs`` times over, which slows the float64 references of the long checks several-fold; an
+    ``OMP_NUM_THREADS`` the user set is kept.
+    """
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        getaffinity = getattr(os, "sched_getaffinity", None)
+        cores = len(getaffinity(0)) if getaffinity else (os.cpu_count() or 1)
+        env["OMP_NUM_THREADS"] = str(max(1, cores // max(1, jobs)))
+    return env
 
 
 def _forward(pytest_args: Sequence[str]) -> list[str]:
@@ -335,6 +417,7 @@ def run_conformance(
     quiet: bool = False,
     jobs: int = 1,
     progress: bool | None = None,
+    time_budget: float | None = None,
 ) -> dict:
     """Run the conformance suite and return the results document (schema
     ``specsample.conformance/1``, see docs/conformance.md).
@@ -354,8 +437,11 @@ def run_conformance(
             and estimated time left; with ``jobs`` > 1, backends done); False: one line per
             backend as it starts and ends instead. None (the default): a bar when stderr is a
             terminal. Without ``quiet`` pytest's own output shows the progress.
+        time_budget: seconds; the checks still running (or not started) when it is spent are
+            reported as ``error`` with a message that says so. Runs the suite in child processes
+            (as ``jobs`` > 1 does).
 
     Raises:
         ConformanceRunError: pytest could not run the suite.
     """
-    return run(backends, level, json_path, pytest_args, quiet, jobs, progress).results
+    return run(backends, level, json_path, pytest_args, quiet, jobs, progress, time_budget).results

@@ -54,3 +54,9 @@ def test_one_backend_vocabulary_across_commands():
         for form in forms:
             args = parser.parse_args([command, *form])
             assert selected_backends(args) == ["a", "b"], (command, form)
+
+
+def test_build_rejects_an_unknown_backend():
+    out = run("build", "--backend", "triton")
+    assert out.returncode == 2
+    assert "--backend: expected some of cuda-cpp, cupy, got 'triton'" in out.stdout

@@ -128,6 +128,23 @@ def test_checks_option_names_exact_checks(tmp_path):
     ]
 
 
+def test_time_budget_stops_what_runs_late_and_keeps_what_finished(tmp_path):
+    """A quick unit finishes and keeps its verdict; the long one is stopped and reported as an
+    error that names the budget; the run fails."""
+    env = {**os.environ, "SPECSAMPLE_PLUGINS": ""}
+    path = tmp_path / "budget.json"
+    cmd = [sys.executable, "-m", "specsample", "conform", "--backend", "torch-vectorized"]
+    cmd += ["--level", "full", "--checks", "contract.padding,block.exact", "-j", "2"]
+    cmd += ["--time-budget", "20", "--json", str(path), "-q", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out.stderr
+    checks = json.loads(path.read_text())["backends"]["torch-vectorized"]["checks"]
+    assert checks["contract.padding"]["outcome"] == "pass"
+    assert checks["block.exact"]["outcome"] == "error"
+    assert "not finished within --time-budget 20 s" in checks["block.exact"]["details"]
+    assert "--time-budget of 20 s spent" in out.stderr
+
+
 def test_unknown_backend_is_reported_and_fails_the_cli(tmp_path, capsys):
     outcome = run(["no-such-backend"], "fast", None, (), quiet=True)
     assert not outcome.ok
@@ -244,3 +261,14 @@ def test_conform_help_is_cheap_and_lists_the_options():
 def test_level_validation():
     with pytest.raises(ValueError, match="level"):
         run_conformance(["torch-loop"], level="medium")
+
+
+def test_parallel_children_share_out_the_cpu_threads(monkeypatch):
+    from specsample.conformance.runner import child_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert child_env(4)["OMP_NUM_THREADS"] == "4"
+    assert child_env(32)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert child_env(4)["OMP_NUM_THREADS"] == "3"  # the user's choice wins

@@ -98,3 +98,43 @@ def test_ptx_is_linked_to_a_cubin_before_it_is_cached(fake_cupy, monkeypatch):
     _nvrtc.compile_module("k", [], ["f"], 0)
     _nvrtc.compile_module("k", [], ["f"], 0)  # from the cache: the linked image
     assert fake_cupy.loaded == [b"\x7fELF-linked://ptx"] * 2
+
+
+def test_a_process_waiting_on_the_compile_lock_reads_the_cache_instead_of_compiling(
+    fake_cupy, monkeypatch
+):
+    # Simulate the other process: it holds the lock and publishes the entry while we wait.
+    real_lock = _nvrtc._compile_lock
+
+    def lock_then_find_published(path):
+        image = b"\x7fELF-from-another-process"
+        _nvrtc._write(path, image, {"f<1>": "_Z_other"})
+        return real_lock(path)
+
+    monkeypatch.setattr(_nvrtc, "_compile_lock", lock_then_find_published)
+    module, lowered = _nvrtc.compile_module("k", [], ["f<1>"], 0)
+    assert fake_cupy.calls == []  # no compile of our own
+    assert lowered == {"f<1>": "_Z_other"}
+    assert fake_cupy.loaded == [b"\x7fELF-from-another-process"]
+
+
+def test_the_compile_lock_is_exclusive_across_processes(tmp_path):
+    import multiprocessing
+    import time
+
+    path = tmp_path / "specsample-x.bin"
+    with _nvrtc._compile_lock(path):
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=_hold_lock_and_mark, args=(str(path), str(tmp_path / "mark")))
+        child.start()
+        time.sleep(1.0)
+        assert not (tmp_path / "mark").exists()  # the child is still waiting for our lock
+    child.join(30)
+    assert child.exitcode == 0 and (tmp_path / "mark").exists()
+
+
+def _hold_lock_and_mark(path: str, mark: str) -> None:
+    from pathlib import Path
+
+    with _nvrtc._compile_lock(Path(path)):
+        Path(mark).write_text("done")
