@@ -20,7 +20,7 @@ from .cli_options import UsageError
 # command -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("specsample.cli_list", "list the registered backends and whether they are available"),
-    "build": ("specsample.cli_build", "build the CUDA extension ahead of time"),
+    "build": ("specsample.cli_build", "compile the CUDA kernels (cuda-cpp, cupy) ahead of time"),
     "conform": ("specsample.conformance.cli", "run the conformance suite against backends"),
     "bench": ("specsample.reports.cli_bench", "benchmark backends over a grid of shapes"),
     "report": ("specsample.reports.cli_report", "render benchmark/conformance results"),
