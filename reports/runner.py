@@ -463,7 +463,7 @@ class _Sweep:
         kernel_only: dict[str, Any] | None = None
         kernel_call = None
         if cfg.kernel_only and backend.capabilities.fused:
-            kernel_call, kernel_only = self._kernel_only_call(backend, mode, copies)
+            kernel_call, kernel_only = self._kernel_only_call(backend, mode, copies, rule)
         if kernel_call is None:
             m = timer.measure(call, n_inputs=len(copies), on_warmup_output=keep)
         else:
@@ -530,9 +530,10 @@ class _Sweep:
         return result
 
     def _kernel_only_call(
-        self, backend: Any, mode: str, copies: list[Any]
+        self, backend: Any, mode: str, copies: list[Any], rule: str = "token"
     ) -> tuple[Callable[[int], Any] | None, dict[str, Any] | None]:
-        """``backend._verify`` on inputs validated once, outside the timed loop.
+        """``backend._verify`` on inputs validated once (with ``rule``: the kernel-only call of a
+        block-rule cell must time the block kernel), outside the timed loop.
 
         Returns ``(call, None)``, or ``(None, error record)`` when the inputs cannot be prepared.
         """
@@ -550,6 +551,7 @@ class _Sweep:
                     generator=gen,
                     capabilities=backend.capabilities,
                     backend_name=backend.name,
+                    rule=rule,
                 )
                 for w in copies
             ]

@@ -8,14 +8,14 @@ import math
 from specsample.backends.torch_vectorized import TorchVectorizedBackend
 
 
-def _sweep(monkeypatch, fused: bool, peer: str = ""):
+def _sweep(monkeypatch, fused: bool, peer: str = "", rule: tuple[str, ...] = ("token",)):
     from specsample.reports import runner
     from specsample.reports.presets import get_preset
 
     monkeypatch.setattr(runner, "_peer_of", lambda name: peer)
     caps = dataclasses.replace(TorchVectorizedBackend.capabilities, fused=fused)
     monkeypatch.setattr(TorchVectorizedBackend, "capabilities", caps)
-    calls = {"verify": 0, "_verify": 0}
+    calls = {"verify": 0, "_verify": 0, "rules": set()}
     original_verify, original_inner = TorchVectorizedBackend.verify, TorchVectorizedBackend._verify
 
     def verify(self, *args, **kwargs):
@@ -25,6 +25,7 @@ def _sweep(monkeypatch, fused: bool, peer: str = ""):
 
     def inner(self, inputs):
         calls["_verify"] += 1
+        calls["rules"].add(inputs.rule)
         return original_inner(self, inputs)
 
     monkeypatch.setattr(TorchVectorizedBackend, "verify", verify)
@@ -36,6 +37,7 @@ def _sweep(monkeypatch, fused: bool, peer: str = ""):
         vocab=(64,),
         mode=("random", "greedy"),
         accept=("high",),
+        rule=rule,
         device="cpu",
         policy=get_preset("tiny").policy,
     )
@@ -51,6 +53,51 @@ def test_fused_backends_get_a_kernel_only_column(monkeypatch):
         assert ko["status"] == "ok" and ko["median"] > 0 and "alternating" in ko["method"]
         assert ko["interleaved_with"] == 1 and cell["timing"]["interleaved_with"] == 1
         assert math.isclose(ko["default_over_kernel"], cell["timing"]["median"] / ko["median"])
+
+
+def test_the_kernel_only_call_of_a_block_cell_runs_the_block_rule(monkeypatch):
+    """A rule cell's two timings must time the same rule (the kernel-only call once timed the
+    token kernel beside the block rule's default call)."""
+    seen: list[tuple[str, str]] = []
+    in_default_call = [False]
+    original = TorchVectorizedBackend._verify
+
+    def record(self, inputs):
+        seen.append(("default" if in_default_call[0] else "kernel", inputs.rule))
+        return original(self, inputs)
+
+    original_verify = TorchVectorizedBackend.verify
+
+    def verify(self, *args, **kwargs):
+        in_default_call[0] = True
+        try:
+            return original_verify(self, *args, **kwargs)
+        finally:
+            in_default_call[0] = False
+
+    monkeypatch.setattr(TorchVectorizedBackend, "verify", verify)
+    monkeypatch.setattr(TorchVectorizedBackend, "_verify", record)
+    from specsample.reports import runner
+    from specsample.reports.presets import get_preset
+
+    monkeypatch.setattr(runner, "_peer_of", lambda name: "")
+    caps = dataclasses.replace(TorchVectorizedBackend.capabilities, fused=True)
+    monkeypatch.setattr(TorchVectorizedBackend, "capabilities", caps)
+    cfg = runner.BenchConfig(
+        backends=["torch-vectorized"],
+        batch=(2,),
+        k=(3,),
+        vocab=(64,),
+        mode=("random",),
+        accept=("high",),
+        rule=("token", "block"),
+        device="cpu",
+        policy=get_preset("tiny").policy,
+    )
+    doc = runner.run_bench(cfg, progress=False)
+    block = [c for c in doc["rule_cells"] if c["rule"] == "block"]
+    assert block and all(c["kernel_only"]["status"] == "ok" for c in block)
+    assert ("kernel", "block") in seen and ("default", "block") in seen
 
 
 def test_other_backends_time_the_default_call_only(monkeypatch):
