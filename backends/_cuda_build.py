@@ -50,8 +50,11 @@ KERNEL_CAPABILITIES = Capabilities(
     status_flags=True,
     rules=("token", "block"),
     serving=True,  # verify_serving_kernel (csrc/kernel_serving.cuh)
-    # Tree verification (csrc/kernel_tree.cuh, one launch per call) is built and wired to
-    # verify_tree, but not claimed until it has passed the tree checks on a GPU: tree_modes=() here.
+    # verify_tree: csrc/kernel_tree.cuh (token rule) and csrc/kernel_traversal.cuh (traversal
+    # rule, random mode), one launch per call; every tree.* check passes at the full level on sm_90
+    tree_modes=("random", "greedy"),
+    tree_sampling=("target_only", "with_replacement", "without_replacement"),
+    tree_rules=("token", "traversal"),
 )
 MAX_STEP_ROWS = 16  # kMaxStepRows
 CLUSTER_SIZES = (1, 2, 4, 8, 16)

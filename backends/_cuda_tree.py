@@ -97,6 +97,12 @@ def verify_tree_cuda_cpp(inputs, cluster: int = 0):
     from specsample.contract_tree import TreeVerifyOutput
 
     greedy = inputs.mode == "greedy"
+    if cluster > 1 and is_traversal(inputs) and not greedy:
+        # refused here, as cupy does, before the op: the op's own check (a C++ exception) crashed
+        # the process on an H100 instead of raising RuntimeError, and is not yet understood
+        raise ValueError(
+            f"rule='traversal' runs one block per request: cluster must be 0 or 1, got {cluster}"
+        )
     has_u = inputs.uniforms is not None and not greedy
     has_p = inputs.draft_probs is not None and not greedy
     tokens, num, nodes, status = load_tree_op()(

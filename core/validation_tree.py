@@ -19,6 +19,30 @@ from .contract_tree import DRAFT_SAMPLING, TREE_RULES, TreeVerifyInputs, TreeVer
 from .status import Status
 from .validation import VALIDATE_LEVELS, _check_capabilities, _require_tensor, validate_inputs
 
+# num_nodes=None: one read-only [B] tensor of N per (B, N, device), made once (a fill per call is a
+# second kernel launch beside a fused backend's one); at most this many are kept
+_FULL_COUNTS_KEPT = 64
+_full_counts: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def full_tree_counts(B: int, N: int, device: torch.device) -> torch.Tensor:
+    """``num_nodes`` for ``num_nodes=None``: int64 ``[B]`` filled with ``N`` on ``device``.
+
+    Cached, so that calls after the first launch no fill kernel; made anew while a CUDA graph is
+    being captured (a tensor allocated there belongs to the graph's memory pool). Backends read
+    ``num_nodes`` and never write it (as with every input).
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.full((B,), N, dtype=torch.int64, device=device)
+    key = (B, N, device)
+    counts = _full_counts.get(key)
+    if counts is None:
+        if len(_full_counts) >= _FULL_COUNTS_KEPT:
+            _full_counts.clear()
+        counts = _full_counts[key] = torch.full((B,), N, dtype=torch.int64, device=device)
+    return counts
+
+
 _ID_DTYPES = (torch.int32, torch.int64)
 
 
@@ -100,7 +124,7 @@ def validate_tree_inputs(
     if parents.device != device:
         raise ValueError(f"parents is on {parents.device} but target_probs is on {device}")
     if num_nodes is None:
-        counts = torch.full((B,), N, dtype=torch.int64, device=device)
+        counts = full_tree_counts(B, N, device)
     else:
         num_nodes = _require_tensor("num_nodes", num_nodes)
         if num_nodes.dtype not in _ID_DTYPES:

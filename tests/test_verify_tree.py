@@ -138,3 +138,19 @@ def test_the_tree_example_runs_and_matches_its_comments(page):
     assert parents.tolist() == [[-1, -1, 0]]
     assert out.accepted_nodes.tolist() == [[0, 2]] and out.token_ids.tolist() == [[2, 5, 3]]
     assert specsample.trees.to_retrieve_indices(parents[0]).tolist() == [[0, 2, -1], [0, 1, 3]]
+
+
+def test_default_num_nodes_is_made_once_per_shape():
+    """``num_nodes=None`` gives the same cached tensor on every call of one shape (a fill per call
+    would be a second kernel launch beside a fused backend's one), and inputs are not modified."""
+    from specsample.validation_tree import full_tree_counts, validate_tree_inputs
+
+    ids = torch.tensor([[1, 2, 3]])
+    parents = torch.tensor([[-1, 0, 0]])
+    q = torch.full((1, 4, 5), 0.2)
+    a = validate_tree_inputs(ids, parents, None, q)
+    b = validate_tree_inputs(ids, parents, None, q)
+    assert a.num_nodes is b.num_nodes and a.num_nodes.tolist() == [3]
+    assert full_tree_counts(2, 3, q.device) is not a.num_nodes  # another shape, another tensor
+    out = specsample.get_backend("torch-vectorized").verify_tree(ids, parents, None, q)
+    assert a.num_nodes.tolist() == [3] and out.num_emitted.shape == (1,)
