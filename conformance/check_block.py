@@ -9,6 +9,8 @@
 - ``block.dominance``: the exact expected number of accepted drafts of block >= token's on the
   same instances, equal at K = 1 and for p = q, and the paper's binary example gives 10/9 and 11/9.
 - ``block.chi-square``: the backend's own randomness (a seeded generator) reproduces the exact law.
+- ``block.repeated-calls``: small batches called many times with one generator, as a decoding loop
+  calls them: each request's emitted count follows the exact law of its fixed draft.
 - ``block.edge`` and ``block.status``: edge cases, and bad values flagged as docs/rules.md says.
 - ``block.unclaimed`` (every backend): a backend that does not claim the rule refuses it with a
   ValueError naming itself and the rule.
@@ -40,6 +42,10 @@ from .checks import CheckFailed, Target, check
 
 ALPHA = 1e-4  # false-alarm rate of block.chi-square (as the stats.* checks)
 CHI_SAMPLES = {"fast": 20_000, "full": 200_000}
+# block.repeated-calls: calls per shape, and (B, K, V) shapes; at the full level B = 1 with a full
+# vocabulary takes the fused kernels' many-blocks-per-request path
+REPEAT_CALLS = {"fast": 500, "full": 4_000}
+REPEAT_SHAPES = {"fast": ((1, 4, 64), (3, 4, 61)), "full": ((1, 8, 128256), (3, 8, 4099))}
 
 
 def _require(target: Target) -> None:
@@ -244,6 +250,77 @@ def chi_square(target: Target) -> str:
             f"({res.describe()} < false-alarm rate {ALPHA:g}; {n} samples, {len(keys)} outcomes)"
         )
     return f"{n} samples, {len(keys)} outcomes: {res.describe()}"
+
+
+def emitted_law(h: list[float]) -> list[float]:
+    """``P(num_emitted = t + 1)`` for ``t = 0..K`` of one request whose coins meet thresholds
+    ``h`` (``tau = max{k + 1 : u[k] < h[k]}``, independent uniform coins)."""
+    K = len(h)
+    return [
+        (1.0 if t == 0 else h[t - 1]) * math.prod(1.0 - h[k] for k in range(t, K))
+        for t in range(K + 1)
+    ]
+
+
+def _spread_workload(target: Target, B: int, K: int, V: int, calls: int):
+    """The first workload (seeds from 300) whose every request has at least three emitted counts
+    of expected frequency >= 20 over ``calls`` (a law on one outcome cannot fail the test), with
+    each request's law."""
+    dtype = DTYPES[target.capabilities.dtypes[0]]
+    for seed in range(300, 400):
+        w = workload(target, B, K, V, seed=seed, acceptance="high", dtype=dtype)
+        ids = w.draft_token_ids.cpu().tolist()
+        p = w.draft_probs.cpu().double()
+        q = w.target_probs.cpu().double()
+        laws = [
+            emitted_law(block_thresholds(ids[b], p[b].tolist(), q[b].tolist())) for b in range(B)
+        ]
+        if all(sum(x * calls >= 20 for x in law) >= 3 for law in laws):
+            return w, laws
+    raise RuntimeError(f"block.repeated-calls: no spread workload for B={B}, K={K}, V={V}")
+
+
+@check("block.repeated-calls")
+def repeated_calls(target: Target) -> str:
+    """Small batches called many times with one seeded generator: each request's number of
+    emitted tokens follows the exact law of its fixed draft (Pearson chi-square, false-alarm
+    rate 1e-4 over all requests). Catches coins that repeat or correlate from call to call and
+    small-batch kernel paths that the one-call checks do not reach."""
+    _require(target)
+    calls = REPEAT_CALLS[target.level]
+    shapes = REPEAT_SHAPES[target.level]
+    alpha = ALPHA / sum(B for B, _, _ in shapes)  # Bonferroni over every request tested
+    notes = []
+    for B, K, V in shapes:
+        w, laws = _spread_workload(target, B, K, V, calls)
+        g = torch.Generator(device=target.device).manual_seed(7 + B)
+        emitted = []
+        for _ in range(calls):
+            out = target.verify(
+                w.draft_token_ids, w.draft_probs, w.target_probs, generator=g, rule="block"
+            )
+            emitted.append(out.num_emitted)
+        ne = torch.stack(emitted).cpu().to(torch.int64)  # [calls, B]
+        if int(ne.min()) < 1 or int(ne.max()) > K + 1:
+            raise CheckFailed(
+                f"block repeated calls (B={B}, K={K}, V={V}): num_emitted outside [1, K+1]: "
+                f"{sorted(set(ne.flatten().tolist()))}"
+            )
+        worst = 1.0
+        for b in range(B):
+            counts = torch.bincount(ne[:, b] - 1, minlength=K + 1)
+            res = st.chisquare_gof(counts, laws[b])
+            worst = min(worst, res.pvalue)
+            if res.pvalue < alpha:
+                expected = [round(x * calls, 1) for x in laws[b]]
+                raise CheckFailed(
+                    f"block repeated calls (B={B}, K={K}, V={V}), request {b}: over {calls} "
+                    f"calls with one generator the emitted counts t+1 = 1..{K + 1} were "
+                    f"{counts.tolist()}, expected {expected} ({res.describe()} < false-alarm "
+                    f"rate {alpha:g})"
+                )
+        notes.append(f"B={B} K={K} V={V}: {calls} calls, smallest p={worst:.3g}")
+    return "; ".join(notes)
 
 
 @check("block.edge")

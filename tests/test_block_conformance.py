@@ -13,7 +13,9 @@ def _target(bug: str) -> Target:
     return Target(f"block-mutant-{bug}", make_block_mutant(bug), "fast", torch.device("cpu"))
 
 
-@pytest.mark.parametrize("name", ["block.lossless-exact", "block.exact", "block.dominance"])
+@pytest.mark.parametrize(
+    "name", ["block.lossless-exact", "block.exact", "block.dominance", "block.repeated-calls"]
+)
 def test_a_correct_block_backend_passes(name):
     get_check(name).func(_target("correct"))
 
@@ -44,3 +46,41 @@ def test_checks_are_not_claimed_without_the_rule():
     with pytest.raises(NotClaimed, match="rule 'block' not claimed"):
         get_check("block.lossless-exact").func(target)
     assert "refused" in get_check("block.unclaimed").func(target)
+
+
+def _torch_vectorized_target(name: str, verify) -> Target:
+    import specsample
+
+    base = type(specsample.get_backend("torch-vectorized"))
+    backend = type(name, (base,), {"name": name, "verify": verify})()
+    return Target(name, backend, "fast", torch.device("cpu"))
+
+
+def test_repeated_calls_pass_on_a_correct_backend():
+    import specsample
+
+    backend = specsample.get_backend("torch-vectorized")
+    target = Target(backend.name, backend, "fast", torch.device("cpu"))
+    assert "500 calls" in get_check("block.repeated-calls").func(target)
+
+
+def test_repeated_calls_catch_coins_that_repeat_from_call_to_call():
+    """A backend that reseeds its coins on every call (the generator never advances) emits the
+    same tokens each call: one outcome, where the law is spread."""
+    import specsample
+
+    base = type(specsample.get_backend("torch-vectorized"))
+
+    def stale(self, *args, generator=None, **kwargs):
+        fresh = torch.Generator(device="cpu").manual_seed(5)
+        return base.verify(self, *args, generator=fresh, **kwargs)
+
+    with pytest.raises(CheckFailed, match="block repeated calls .*emitted counts"):
+        get_check("block.repeated-calls").func(_torch_vectorized_target("stale-coins", stale))
+
+
+def test_repeated_calls_catch_a_rule_that_stops_at_the_first_failed_coin():
+    """The token rule's stopping under block thresholds (a published mistake) shifts the law
+    towards short outputs; the test sees it from the backend's own randomness."""
+    with pytest.raises(CheckFailed, match="block repeated calls"):
+        get_check("block.repeated-calls").func(_target("stop-at-first-failure"))
