@@ -257,7 +257,8 @@ def _run_parallel(
     with tempfile.TemporaryDirectory(prefix="specsample-conform-") as tmp:
         try:
             while pending or running:
-                while pending and len(running) < jobs:
+                late = deadline is not None and time.perf_counter() > deadline
+                while pending and len(running) < jobs and not late:
                     index, (name, checks) = pending.pop(0)
                     path = os.path.join(tmp, f"unit-{index}.json")
                     log = tempfile.TemporaryFile(mode="w+", dir=tmp)
@@ -272,7 +273,9 @@ def _run_parallel(
                     bar.set_postfix_str(
                         "running: " + ", ".join(label(i) for i in running), refresh=False
                     )
-                if deadline is not None and time.perf_counter() > deadline:
+                finished = [i for i, (p, *_rest) in running.items() if p.poll() is not None]
+                if not finished and late:
+                    # what finished before the deadline has been read; the rest is stopped
                     stopped = _stop_at_deadline(
                         units, running, pending, names, level, pytest_args, time_budget
                     )
@@ -285,7 +288,6 @@ def _run_parallel(
                         file=sys.stderr,
                     )
                     break
-                finished = [i for i, (p, *_rest) in running.items() if p.poll() is not None]
                 if not finished:
                     time.sleep(0.2)
                     bar.refresh()
