@@ -521,7 +521,7 @@ class CupyBackend(Backend):
         device_id = torch.cuda.current_device()
         builders = (_module, _cupy_block._module, _cupy_tree._module, _cupy_serving._module)
         with ThreadPoolExecutor(max_workers=len(builders)) as pool:
-            for future in [pool.submit(build, device_id) for build in builders]:
+            for future in [pool.submit(make, device_id) for make in builders]:
                 future.result()
         return str(_nvrtc.cache_dir())
 
