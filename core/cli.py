@@ -27,7 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("specsample.reports.cli_compare", "compare two benchmark result files"),
     "run": ("specsample.reports.cli_run", "conformance + benchmark + report in one go"),
     "fuzz": ("specsample.cli_fuzz", "fuzz backends against the float64 reference"),
-    "e2e": ("specsample.cli_e2e", "speculative generation end to end: what a sampler buys in tokens/s"),
+    "e2e": (
+        "specsample.cli_e2e",
+        "speculative generation end to end: what a sampler buys in tokens/s",
+    ),
 }
 
 

@@ -248,7 +248,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         f"softmax + filter in PyTorch then verify: preset {', '.join(SERVING_PRESETS)} "
         "(default serving); --batch and --vocab override it (docs/serving.md)",
     )
-    tr.add_argument("--nodes", type=int_list_arg(1), default=None, help="tree sizes N, e.g. 8,32,64")
+    tr.add_argument(
+        "--nodes", type=int_list_arg(1), default=None, help="tree sizes N, e.g. 8,32,64"
+    )
     tr.add_argument(
         "--kind",
         type=_choices(KINDS),
@@ -330,8 +332,12 @@ def _tree_main(args: argparse.Namespace, out: Any) -> int:
     preset = TREE_PRESETS[name]
     overrides = {
         key: tuple(value)
-        for key, value in (("batch", args.batch), ("vocab", args.vocab), ("nodes", args.nodes),
-                           ("kinds", args.kind))  # fmt: skip
+        for key, value in (
+            ("batch", args.batch),
+            ("vocab", args.vocab),
+            ("nodes", args.nodes),
+            ("kinds", args.kind),
+        )  # fmt: skip
         if value is not None
     }
     preset = dataclasses.replace(preset, **overrides)

@@ -120,9 +120,7 @@ def test_readme_commands_install_offline_with_stock_pip(tmp_path):
         argv = shlex.split(command)
         assert argv[:4] == ["python", "-m", "pip", "install"], command
         argv = [str(python), *argv[1:], "--no-index", "--no-build-isolation"]
-        proc = subprocess.run(
-            argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600
-        )
+        proc = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{command!r} failed:\n{proc.stdout[-3000:]}{proc.stderr}"
 
     probe = (

@@ -214,6 +214,7 @@ def test_sigterm_keeps_finished_cells(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+
     def saved() -> bool:  # the sweep saves under a hidden partial name after each workload
         return any(p.stat().st_size > 0 for p in tmp_path.glob(".r.json.*.partial"))
 

@@ -56,7 +56,15 @@ def test_cli_serving_run_and_errors(tmp_path, capsys):
     from specsample import cli
 
     out = tmp_path / "serving.json"
-    argv = ["bench", "--serving", "serving-tiny", "--backend", "torch-vectorized", "--out", str(out)]
+    argv = [
+        "bench",
+        "--serving",
+        "serving-tiny",
+        "--backend",
+        "torch-vectorized",
+        "--out",
+        str(out),
+    ]
     assert cli.main([*argv, "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == "specsample.serving-bench/1" and doc["preset"] == "serving-tiny"

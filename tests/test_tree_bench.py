@@ -50,7 +50,15 @@ def test_floor_counts_the_rows_each_rule_needs():
 
 def test_cli_tree_run_and_errors(tmp_path, capsys):
     out = tmp_path / "tree.json"
-    argv = ["bench", "--tree", "tree-tiny", "--backend", "torch-vectorized,numpy", "--out", str(out)]
+    argv = [
+        "bench",
+        "--tree",
+        "tree-tiny",
+        "--backend",
+        "torch-vectorized,numpy",
+        "--out",
+        str(out),
+    ]
     assert cli.main([*argv, "--no-progress", "--kind", "greedy,target-only"]) == 0
     doc = json.loads(out.read_text())
     assert doc["schema"] == "specsample.tree-bench/1" and doc["preset"] == "tree-tiny"

@@ -17,7 +17,9 @@ try:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 except ImportError:  # pragma: no cover - a triton without the offline compile API
-    pytest.skip("this triton has no offline compile API (ASTSource, GPUTarget)", allow_module_level=True)
+    pytest.skip(
+        "this triton has no offline compile API (ASTSource, GPUTarget)", allow_module_level=True
+    )
 
 HOPPER = GPUTarget("cuda", 90, 32)
 
@@ -71,7 +73,12 @@ def _cubin(kernel) -> bool:
 
 @pytest.mark.parametrize(
     "greedy, has_p, has_u, chunks",
-    [(False, True, True, 1), (False, False, False, 4), (True, False, False, 1), (True, False, False, 8)],
+    [
+        (False, True, True, 1),
+        (False, False, False, 4),
+        (True, False, False, 1),
+        (True, False, False, 8),
+    ],
 )
 def test_chain_kernel(greedy, has_p, has_u, chunks):
     from specsample.backends import _triton_kernels as k
@@ -93,8 +100,12 @@ def test_block_kernel(has_p, has_u, rows):
 
 @pytest.mark.parametrize(
     "greedy, has_p, without, has_u",
-    [(True, False, False, False), (False, False, False, True), (False, True, False, False),
-     (False, True, True, True)],  # fmt: skip
+    [
+        (True, False, False, False),
+        (False, False, False, True),
+        (False, True, False, False),
+        (False, True, True, True),
+    ],  # fmt: skip
 )
 def test_tree_kernel(greedy, has_p, without, has_u):
     from specsample.backends import _triton_tree as k
@@ -115,8 +126,11 @@ def test_traversal_kernel(has_u):
 
 @pytest.mark.parametrize(
     "dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins",
-    [("bf16", True, True, True, True, True, 1), ("fp32", False, True, False, True, True, 0),
-     ("fp16", True, False, False, False, False, 2)],  # fmt: skip
+    [
+        ("bf16", True, True, True, True, True, 1),
+        ("fp32", False, True, False, True, True, 0),
+        ("fp16", True, False, False, False, False, 2),
+    ],  # fmt: skip
 )
 def test_serving_kernel(dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins):
     from specsample.backends import _triton_serving as k

@@ -30,7 +30,17 @@ def run_interpreter_suite(test_file: str, selector: str = "interp_", timeout: in
     subprocess; fail (with the subprocess's output) unless every selected test ran and passed."""
     start = time.time()
     env = dict(os.environ, TRITON_INTERPRET="1")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", selector]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        test_file,
+        "-k",
+        selector,
+    ]
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
     print(r.stdout[-3000:], f"\n(interpreter suite: {time.time() - start:.1f} s)")
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
