@@ -157,9 +157,17 @@ def arch_flags(major: int, minor: int) -> list[str]:
     return flags
 
 
+HOST_HEADER = "launch_config.h"
+CUDA_CFLAGS = ("-O3", "-std=c++17", "-lineinfo")
+
+
 def extension_name(major: int, minor: int) -> str:
-    digest = sources_hash(*kernel_sources(), TORCH_SOURCE)[:12]
-    return f"specsample_verify_sm{major}{minor}_{digest}"
+    """The extension's name: the architecture and a hash of every source file it is built from
+    and of the nvcc flags, so a library of that name is exactly this build (and is loaded as it
+    is, without running ninja, by :func:`build_extension`)."""
+    h = hashlib.sha256(sources_hash(*kernel_sources(), HOST_HEADER, TORCH_SOURCE).encode())
+    h.update(" ".join((*CUDA_CFLAGS, *arch_flags(major, minor))).encode())
+    return f"specsample_verify_sm{major}{minor}_{h.hexdigest()[:12]}"
 
 
 @contextlib.contextmanager
@@ -205,6 +213,18 @@ def _exclusive_build(build_dir: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _load_built(library: str) -> bool:
+    """Load an extension library built earlier; False (and nothing loaded) when it cannot be
+    loaded, e.g. a file cut short by an interrupted link, so that the caller rebuilds it."""
+    import torch
+
+    try:
+        torch.ops.load_library(library)
+    except (OSError, RuntimeError):
+        return False
+    return True
+
+
 def build_extension(verbose: bool = False) -> str:
     """Build (first use only) and load the torch extension; return the shared library's path.
 
@@ -221,6 +241,10 @@ def build_extension(verbose: bool = False) -> str:
         name = extension_name(major, minor)
         build_dir = cpp_extension._get_build_directory(name, verbose)
         library = os.path.join(build_dir, f"{name}.so")
+        if os.path.exists(library) and _load_built(library):
+            # built before for exactly these sources (the name holds their hash): no ninja run
+            _built_path = library
+            return _built_path
         if not os.path.exists(library):
             print(
                 f"specsample: building the CUDA extension (first use only, sm_{major}{minor})…",
@@ -234,7 +258,7 @@ def build_extension(verbose: bool = False) -> str:
                     sources=[str(source_path(TORCH_SOURCE))],
                     extra_include_paths=[str(csrc_dir())],
                     extra_cflags=["-O3", "-std=c++17"],
-                    extra_cuda_cflags=["-O3", "-std=c++17", "-lineinfo", *arch_flags(major, minor)],
+                    extra_cuda_cflags=[*CUDA_CFLAGS, *arch_flags(major, minor)],
                     build_directory=build_dir,
                     is_python_module=False,
                     verbose=verbose,

@@ -16,6 +16,8 @@ from specsample.contract import VerifyInputs, VerifyOutput
 
 from . import _cuda_block, _cuda_build, _nvrtc
 
+SPLIT_THREADS = 256  # the split kernel's __launch_bounds__ (csrc/kernel_block.cuh)
+
 _lock = threading.Lock()
 _modules: dict[int, _BlockModule] = {}
 
@@ -43,13 +45,16 @@ class _BlockModule:
             if self.clusters:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
             options.extend(extra_options)
-            # (dtype, cluster, aligned) -> name
+            # (dtype, cluster, aligned) -> name; cluster 0: the split kernel
             self.names: dict[tuple[str, int, bool], str] = {}
             for dtype, ctype in _KERNEL_TYPES.items():
                 for aligned in (False, True):
                     flag = _cpp_bool(aligned)
                     self.names[(dtype, 1, aligned)] = (
                         f"specsample::verify_block_kernel<{ctype}, {flag}>"
+                    )
+                    self.names[(dtype, 0, aligned)] = (
+                        f"specsample::verify_block_split_kernel<{ctype}, {flag}>"
                     )
                     if self.clusters:
                         for cl in _cuda_build.CLUSTER_SIZES[1:]:
@@ -97,13 +102,16 @@ def verify_block_torch(
     uniforms=None,
     cluster: int = 0,
     threads: int = 0,
+    split: int = -1,
     module: _BlockModule | None = None,
 ):
     """Block verification on contiguous torch CUDA tensors, no validation:
     ``(token_ids [B, K+1] int64, num_emitted [B] int64, status [B] int32)``.
 
     Arguments as :func:`specsample.backends._cuda_block.verify_block_op` (``K >= 1``);
-    ``cluster``/``threads`` 0 take :func:`~specsample.backends._cuda_block.block_launch_config`'s.
+    ``cluster``/``threads`` 0 take :func:`~specsample.backends._cuda_block.block_launch_config`'s,
+    ``split`` -1 :func:`~specsample.backends._cuda_block.block_split_chunks`'s (the cluster
+    kernel while the stream is being captured).
     ``module`` (tests and tuning) launches from another compiled module, e.g. one built with
     ``-D`` knobs.
     """
@@ -112,7 +120,12 @@ def verify_block_torch(
     from specsample.rng import is_capturing, philox_seed_offset
     from specsample.validation import default_generator
 
-    from .cupy_backend import _elem_bytes, _external_stream
+    from .cupy_backend import (
+        _elem_bytes,
+        _external_stream,
+        _split_workspace,
+        _stream_is_capturing,
+    )
 
     device = target_probs.device
     device_id = device.index if device.index is not None else torch.cuda.current_device()
@@ -136,8 +149,16 @@ def verify_block_torch(
             seed_ptr, offset_ptr, captured = slot.data_ptr(), slot.data_ptr() + 8, True
         else:
             seed, offset = philox_seed_offset(gen, K + 1)
+    if split < -1:
+        raise ValueError(f"split must be -1 (automatic), 0 (off) or a chunk count, got {split}")
     mod = module if module is not None else _module(device_id)
     auto = _cuda_block.block_launch_config(B, mod.num_sms, mod.clusters)
+    if split < 0:
+        automatic = not (cluster or threads)
+        split = _cuda_block.block_split_chunks(B, V, mod.num_sms, mod.clusters) if automatic else 0
+    stream_ptr = torch.cuda.current_stream(device).cuda_stream
+    if split > 0 and (captured or _stream_is_capturing(stream_ptr)):
+        split = 0  # the workspace belongs to one stream; a graph may replay on any
     cl = cluster or auto[0]
     nt = threads or auto[1]
     if cl not in _cuda_build.CLUSTER_SIZES or (cl > 1 and not mod.clusters):
@@ -151,7 +172,7 @@ def verify_block_torch(
     p_ptr = 0 if draft_probs is None else draft_probs.data_ptr()
     q_ptr = target_probs.data_ptr()
     aligned = _cuda_build.rows_aligned(V, _elem_bytes(dtype), q_ptr, p_ptr, False)
-    kern = mod.kernel(dtype, cl, aligned)
+    kern = mod.kernel(dtype, 0 if split > 0 else cl, aligned)
     args = (
         np.uint64(draft_token_ids.data_ptr()),
         np.uint64(p_ptr),
@@ -175,9 +196,14 @@ def verify_block_torch(
     )
     import cupy
 
-    stream = _external_stream(torch.cuda.current_stream(device).cuda_stream, device_id)
+    if split > 0:
+        nt = SPLIT_THREADS
+        stride = K + 2 + (K + 1) * (nt // 32)
+        ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * split * stride, B)
+        args = (*args, np.int32(split), np.uint64(ws_ptr), np.uint64(count_ptr))
+    stream = _external_stream(stream_ptr, device_id)
     with cupy.cuda.Device(device_id), stream:
-        kern((B * cl,), (nt,), args)
+        kern((B * (split if split > 0 else cl),), (nt,), args)
     return tokens, num, status
 
 

@@ -254,7 +254,10 @@ def chi_square(target: Target) -> str:
 
 def emitted_law(h: list[float]) -> list[float]:
     """``P(num_emitted = t + 1)`` for ``t = 0..K`` of one request whose coins meet thresholds
-    ``h`` (``tau = max{k + 1 : u[k] < h[k]}``, independent uniform coins)."""
+    ``h`` (``tau = max{k + 1 : u[k] < h[k]}``, independent uniform coins). Thresholds are
+    clipped to [0, 1] first: float64 rounding can leave ``Z / (Z + 1 - w)`` a few ulps above 1,
+    which would make ``1 - h`` and the law negative."""
+    h = [min(1.0, max(0.0, float(x))) for x in h]
     K = len(h)
     return [
         (1.0 if t == 0 else h[t - 1]) * math.prod(1.0 - h[k] for k in range(t, K))

@@ -30,6 +30,17 @@
 //     token is never chosen, and a threshold rounded past the end takes the last positive token.
 //
 // One launch, no workspace, no atomics in global memory, no host sync: CUDA-graph safe.
+//
+// The split variant (verify_block_split_kernel) serves the smallest batches, where a cluster of at
+// most 16 SMs per request leaves most of the GPU idle: each request's vocabulary is cut into
+// `chunks` chunks of one block each (about two blocks per SM over the batch), steps 1-2 run as
+// above, and the cluster exchange of step 3 becomes a workspace in global memory: every block
+// stores its slot sums and warp-segment sums, and the block that brings the request's counter to
+// `chunks` forms the totals, decides, and does step 4 alone (re-reading the crossing segment from
+// L2). That block resets the counter for the next call on the stream. The rows of step 2 are read
+// a group of kBlockSplitRows at a time, every row's loads in flight before the first sum, since a
+// split block's warp segments are a few vectors per lane. The hosts launch it only outside graph
+// capture (the workspace belongs to one stream).
 #pragma once
 
 #include "kernel_common.cuh"
@@ -42,6 +53,13 @@ namespace specsample {
 constexpr int kBlockMaxWarps = 16;        // blockDim.x <= 512
 constexpr int kBlockSlots = kMaxK + 2;    // row slots: 0..K-1 residual rows, K bonus, K+1 fallback
 constexpr int kBlockBadSlot = kBlockSlots;  // the chunk slot carrying the bad-value bits
+
+// Split kernel: rows of step 2 read at once (every row's loads in flight before the first sum).
+#ifndef SPECSAMPLE_BLOCK_SPLIT_ROWS
+#define SPECSAMPLE_BLOCK_SPLIT_ROWS 8
+#endif
+constexpr int kBlockSplitRows = SPECSAMPLE_BLOCK_SPLIT_ROWS;
+static_assert(kBlockSplitRows >= 1 && kBlockSplitRows <= 16, "SPECSAMPLE_BLOCK_SPLIT_ROWS: 1..16");
 
 #ifndef SPECSAMPLE_BLOCK_WAVE
 #define SPECSAMPLE_BLOCK_WAVE 4  // 16-byte vectors per lane in flight, per row read
@@ -70,6 +88,7 @@ struct BlockSmem {
   double tsum[kBlockMaxWarps];                  // step 4: the crossing segment's warp sums
   u32 flags;                                    // step-1 flags, then the request's status
   int tau, slot, pick, lastpos;
+  int is_last;  // split kernel: this block completes the request
   double total;
 };
 
@@ -158,21 +177,69 @@ __device__ __forceinline__ double block_stream(const T* qrow, const T* prow, boo
   return warp_sum(acc);
 }
 
-template <typename T, int CL, bool ALIGNED>
-__device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm) {
+// Rows k0..k0+R-1 (those < K) of one warp's segment [lo, hi) at once, every row's q and p vectors
+// loaded before the first sum: the split kernel's segments are a few vectors per lane, so reading
+// row after row would cost a round trip per row. Per row, the lanes add their vectors in the same
+// order as block_stream, so the sums (`sums`, every lane) are the same bits. Bad values OR into
+// `bad` as kBlockBadQ / kBlockBadP.
+template <typename T, bool ALIGNED, int R>
+__device__ __forceinline__ void block_stream_rows(const T* q, const T* p, i64 b, int K, int k0,
+                                                  const double* w, const i64* x, i64 lo, i64 hi, i64 V,
+                                                  int lane, u32& bad, double (&sums)[R]) {
   constexpr int N = VecTraits<T>::N;
-  cluster_arrive_relaxed<CL>();  // paired with the wait before the first remote store
+  const bool use_p = p != nullptr;
+  const i64 K1 = (i64)K + 1;
+  double acc[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0;
+  for (i64 g = lo + lane; g < hi; g += 32) {
+    uint4 qw[R], pw[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int k = k0 + r;
+      qw[r] = make_uint4(0u, 0u, 0u, 0u);
+      pw[r] = qw[r];
+      if (k < K) {
+        qw[r] = load_raw(q + (b * K1 + k) * V, g, V, ALIGNED);
+        if (use_p) pw[r] = load_raw(p + (b * (i64)K + k) * V, g, V, ALIGNED);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int k = k0 + r;
+      if (k < K) {
+        float qv[N], pv[N];
+        VecTraits<T>::unpack(qw[r], qv);
+        VecTraits<T>::unpack(pw[r], pv);
+        const i64 onehot = use_p ? -1 : x[k];
+        double vs = 0.0;
+#pragma unroll
+        for (int e = 0; e < N; ++e) {
+          if (bad_prob(qv[e])) bad |= kBlockBadQ;
+          if (use_p && bad_prob(pv[e])) bad |= kBlockBadP;
+          vs += block_value(false, w[k], qv[e], pv[e], use_p, g * N + e, onehot);
+        }
+        acc[r] += vs;
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc[r]);
+}
+
+// Steps 1 and 2 for one block's chunk [c_lo, c_hi) (vector indices) of request b: the decisions in
+// shared memory (x, q and p at the drafts, coins, prefix weights, step-1 flags), this block's
+// warp-segment sums of every row slot 0..K in sm.wsum, and each warp's bad-value bits in sm.tsum.
+// SPLIT reads step 2's rows kBlockSplitRows at a time (block_stream_rows). Ends with a barrier.
+template <typename T, int CL, bool ALIGNED, bool SPLIT>
+__device__ __forceinline__ void block_rows(const Params& P, BlockSmem<CL>& sm, i64 b, i64 c_lo,
+                                           i64 c_hi) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const u32 rank = cluster_rank<CL>();
-  const i64 b = (i64)cluster_id<CL>();
   const int K = P.K;
   const i64 V = P.V;
   const i64 K1 = (i64)K + 1;
   const T* q = reinterpret_cast<const T*>(P.q);
   const T* p = reinterpret_cast<const T*>(P.p);
-  const i64 NG = (V + N - 1) / N;  // vectors per row
-  i64 c_lo, c_hi;
-  split_range(0, NG, CL, (int)rank, c_lo, c_hi);
   u32 bad = 0;
   if (SPECSAMPLE_BLOCK_PREFETCH_BYTES > 0 &&
       (i64)P.B * ((p != nullptr ? 2 : 1) * (i64)K + 1) * V * (i64)sizeof(T) <= SPECSAMPLE_BLOCK_PREFETCH_BYTES) {
@@ -261,142 +328,111 @@ __device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm)
   __syncthreads();
 
   // ---- 2. rows 0..K-1 of q and p, in full ---------------------------------------------------------
-  const u32 flags1 = sm.flags;
   {
     i64 lo, hi;
     block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
-    if (flags1) hi = lo;  // a request flagged in step 1 reads no row
-    for (int k = 0; k < K; ++k) {
-      const T* qrow = q + (b * K1 + k) * V;
-      const T* prow = p != nullptr ? p + (b * (i64)K + k) * V : nullptr;
-      const i64 onehot = p != nullptr ? -1 : sm.x[k];
-      const double s = block_stream<T, ALIGNED>(qrow, prow, false, sm.w[k], onehot, lo, hi, V, lane,
-                                                true, kBlockBadQ, bad);
-      if (lane == 0) sm.wsum[k][warp] = s;
+    if (sm.flags) hi = lo;  // a request flagged in step 1 reads no row
+    if constexpr (SPLIT) {
+      for (int k0 = 0; k0 < K; k0 += kBlockSplitRows) {
+        double s[kBlockSplitRows];
+        block_stream_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, k0, sm.w, sm.x, lo, hi, V, lane, bad, s);
+        if (lane == 0) {
+#pragma unroll
+          for (int r = 0; r < kBlockSplitRows; ++r) {
+            if (k0 + r < K) sm.wsum[k0 + r][warp] = s[r];
+          }
+        }
+      }
+    } else {
+      for (int k = 0; k < K; ++k) {
+        const T* qrow = q + (b * K1 + k) * V;
+        const T* prow = p != nullptr ? p + (b * (i64)K + k) * V : nullptr;
+        const i64 onehot = p != nullptr ? -1 : sm.x[k];
+        const double s = block_stream<T, ALIGNED>(qrow, prow, false, sm.w[k], onehot, lo, hi, V, lane,
+                                                  true, kBlockBadQ, bad);
+        if (lane == 0) sm.wsum[k][warp] = s;
+      }
     }
   }
   bad = warp_or(bad);
   if (lane == 0) sm.tsum[warp] = __longlong_as_double((long long)bad);
   __syncthreads();
+}
 
-  // ---- 3. chunk sums to every block of the cluster; totals; tau; status ---------------------------
-  cluster_wait<CL>();  // every block of the cluster has started (its shared memory exists)
-  for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
-    double v = 0.0;
-    if (s <= K) {
-      for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
-    } else {
-      u32 bits = 0;
-      for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
-      v = __longlong_as_double((long long)bits);
-    }
-    const int slot = s <= K ? s : kBlockBadSlot;
-    for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&sm.chunk[slot][rank], (u32)r, v);
-  }
-  cluster_barrier<CL>();
-  for (int s = threadIdx.x; s <= K; s += blockDim.x) {
-    double v = 0.0;
-    for (int r = 0; r < CL; ++r) v += sm.chunk[s][r];
-    sm.tot[s] = v;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    u32 rb = 0;
-    for (int r = 0; r < CL; ++r) rb |= (u32)__double_as_longlong(sm.chunk[kBlockBadSlot][r]);
-    int tau = 0;
-    for (int k0 = 0; k0 < K; k0 += 32) {
-      const int k = k0 + lane;
-      bool pass = false;
-      if (k < K) {
-        double h;
-        if (k == K - 1) {
-          h = sm.w[K];
-        } else {
-          const double z = sm.tot[k + 1];
-          const double denom = __dsub_rn(__dadd_rn(z, 1.0), sm.w[k + 1]);
-          h = denom > 0.0 ? __ddiv_rn(z, denom) : 1.0;
-        }
-        pass = (double)sm.u[k] < h;
+// Warp 0, once sm.tot[0..K] hold the request's slot totals and `rb` its bad-value bits: the
+// thresholds, tau (a later pass overrides an earlier failure), the status and the final slot.
+template <int CL>
+__device__ __forceinline__ void block_decide(BlockSmem<CL>& sm, int K, u32 rb, int lane) {
+  const u32 flags1 = sm.flags;
+  int tau = 0;
+  for (int k0 = 0; k0 < K; k0 += 32) {
+    const int k = k0 + lane;
+    bool pass = false;
+    if (k < K) {
+      double h;
+      if (k == K - 1) {
+        h = sm.w[K];
+      } else {
+        const double z = sm.tot[k + 1];
+        const double denom = __dsub_rn(__dadd_rn(z, 1.0), sm.w[k + 1]);
+        h = denom > 0.0 ? __ddiv_rn(z, denom) : 1.0;
       }
-      const u32 mask = __ballot_sync(0xffffffffu, pass);
-      if (mask) tau = k0 + 32 - __clz(mask);  // a later pass overrides
+      pass = (double)sm.u[k] < h;
     }
-    if (lane == 0) {
-      u32 f = flags1;
-      if (!f) f = ((rb & kBlockBadQ) ? kBadTarget : 0u) | ((rb & kBlockBadP) ? kBadDraft : 0u);
-      if (!f && tau == K && (rb & kBlockBadBonus)) f = kBadTarget;
-      sm.flags = f;
-      sm.tau = tau;
-      sm.slot = tau;
-      sm.total = sm.tot[tau];
-    }
+    const u32 mask = __ballot_sync(0xffffffffu, pass);
+    if (mask) tau = k0 + 32 - __clz(mask);  // a later pass overrides
   }
-  __syncthreads();
-  const int tau = sm.tau;
-  if (!sm.flags && tau < K && sm.total == 0.0) {
-    // the residual sums to zero: draw from q_tau itself (the same decision in every block)
-    i64 lo, hi;
-    block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
-    const double s = block_stream<T, ALIGNED>(q + (b * K1 + tau) * V, nullptr, true, 1.0, -1, lo, hi,
-                                              V, lane, false, 0u, bad);
-    if (lane == 0) sm.wsum[K + 1][warp] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      double v = 0.0;
-      for (int w = 0; w < nwarps; ++w) v += sm.wsum[K + 1][w];
-      for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&sm.chunk[K + 1][rank], (u32)r, v);
-    }
-    cluster_barrier<CL>();
-    if (threadIdx.x == 0) {
-      double v = 0.0;
-      for (int r = 0; r < CL; ++r) v += sm.chunk[K + 1][r];
-      sm.tot[K + 1] = v;
-      sm.total = v;
-      sm.slot = K + 1;
-    }
-    __syncthreads();
+  if (lane == 0) {
+    u32 f = flags1;
+    if (!f) f = ((rb & kBlockBadQ) ? kBadTarget : 0u) | ((rb & kBlockBadP) ? kBadDraft : 0u);
+    if (!f && tau == K && (rb & kBlockBadBonus)) f = kBadTarget;
+    sm.flags = f;
+    sm.tau = tau;
+    sm.slot = tau;
+    sm.total = sm.tot[tau];
   }
-  const int slot = sm.slot;
-  const double total = sm.total;
-  u32 flags = sm.flags;
-  if (!flags) flags = total > kFloatMaxD ? kRowOverflow : total == 0.0 ? kZeroRow : 0u;
-  if (rank == 0 && warp == 0) {
-    if (flags) {
-      write_flagged_outputs(P, b, flags, lane);
-    } else {
-      const i64 base = b * K1;
-      for (int k = lane; k <= K; k += 32) {
-        if (k < tau) P.out_tokens[base + k] = sm.x[k];  // accepted ids are in range
-        if (k > tau) P.out_tokens[base + k] = -1;
-      }
-      if (lane == 0) {
-        P.out_num[b] = tau + 1;
-        P.out_status[b] = 0;
-      }
-    }
-  }
-  if (flags) return;
+}
 
-  // ---- 4. the last token: the crossing block, warp segment, thread, element ----------------------
-  const double t = (double)sm.u[K] * total;
-  double before_chunk = 0.0, before_seg = 0.0;
-  int cwarp = -1;
-  {
-    const double cv = lane < CL ? sm.chunk[slot][lane] : 0.0;
-    const double cincl = warp_inclusive_scan(cv, lane);
-    if (lane_crossing(cv, cincl, exclusive_of(cincl, lane), 0.0, t, before_chunk) != (int)rank) return;
-    const double sv = lane < nwarps ? sm.wsum[slot][lane] : 0.0;
-    const double sincl = warp_inclusive_scan(sv, lane);
-    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), before_chunk, t, before_seg);
+// The request's outputs but the last token (one warp): -1 everywhere when flagged, else the
+// accepted drafts, -1 after the last token, num_emitted and status.
+template <int CL>
+__device__ __forceinline__ void block_write_prefix(const Params& P, const BlockSmem<CL>& sm, i64 b,
+                                                   u32 flags, int tau, int lane) {
+  if (flags) {
+    write_flagged_outputs(P, b, flags, lane);
+    return;
   }
-  if (cwarp < 0) cwarp = 0;  // no positive segment (rounding): the scan below finds nothing either
+  const int K = P.K;
+  const i64 base = b * ((i64)K + 1);
+  for (int k = lane; k <= K; k += 32) {
+    if (k < tau) P.out_tokens[base + k] = sm.x[k];  // accepted ids are in range
+    if (k > tau) P.out_tokens[base + k] = -1;
+  }
+  if (lane == 0) {
+    P.out_num[b] = tau + 1;
+    P.out_status[b] = 0;
+  }
+}
+
+// Step 4 inside the crossing warp segment [lo, hi) of the final slot (every thread of the block):
+// the segment split over the block's threads, the thread sums scanned in thread order from
+// `before_seg`, and the crossing thread's element, every r_j formed exactly as in step 2. A
+// zero-weight token is never chosen; a threshold rounded past the end takes the last positive one.
+template <typename T, bool ALIGNED, int CL>
+__device__ __forceinline__ void block_pick(const Params& P, BlockSmem<CL>& sm, i64 b, int slot,
+                                           int tau, double t, double before_seg, i64 lo, i64 hi) {
+  constexpr int N = VecTraits<T>::N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int K = P.K;
+  const i64 V = P.V;
+  const i64 K1 = (i64)K + 1;
+  const T* q = reinterpret_cast<const T*>(P.q);
+  const T* p = reinterpret_cast<const T*>(P.p);
   const bool plain = slot >= K;
   const T* qrow = q + (b * K1 + (slot == K ? K : tau)) * V;
   const T* prow = (!plain && p != nullptr) ? p + (b * (i64)K + tau) * V : nullptr;
   const i64 onehot = (!plain && p == nullptr) ? sm.x[tau] : -1;
   const double w = plain ? 1.0 : sm.w[tau];
-  i64 lo, hi;
-  block_segment(c_lo, c_hi, nwarps, cwarp, slot == K, lo, hi);
   const i64 per = (hi - lo + blockDim.x - 1) / blockDim.x;
   const i64 my_lo = lo + per * threadIdx.x < hi ? lo + per * threadIdx.x : hi;
   const i64 my_hi = my_lo + per < hi ? my_lo + per : hi;
@@ -453,15 +489,269 @@ __device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm)
   P.out_tokens[b * K1 + tau] = token >= 0 ? token : (last >= 0 ? last : 0);
 }
 
+// The residual sums to zero (probability zero in exact arithmetic): the final slot becomes q_tau
+// itself, streamed over [c_lo, c_hi) into sm.wsum[K + 1]; returns this block's sum of it.
+template <typename T, bool ALIGNED, int CL>
+__device__ __forceinline__ double block_fallback_sums(const Params& P, BlockSmem<CL>& sm, i64 b, int tau,
+                                                      i64 c_lo, i64 c_hi) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const T* q = reinterpret_cast<const T*>(P.q);
+  u32 unused = 0;
+  i64 lo, hi;
+  block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
+  const double s = block_stream<T, ALIGNED>(q + (b * ((i64)P.K + 1) + tau) * P.V, nullptr, true, 1.0,
+                                            -1, lo, hi, P.V, lane, false, 0u, unused);
+  if (lane == 0) sm.wsum[P.K + 1][warp] = s;
+  __syncthreads();
+  double v = 0.0;
+  for (int w = 0; w < nwarps; ++w) v += sm.wsum[P.K + 1][w];
+  return v;
+}
+
+template <typename T, int CL, bool ALIGNED>
+__device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm) {
+  cluster_arrive_relaxed<CL>();  // paired with the wait before the first remote store
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const u32 rank = cluster_rank<CL>();
+  const i64 b = (i64)cluster_id<CL>();
+  const int K = P.K;
+  const i64 NG = (P.V + VecTraits<T>::N - 1) / VecTraits<T>::N;  // vectors per row
+  i64 c_lo, c_hi;
+  split_range(0, NG, CL, (int)rank, c_lo, c_hi);
+  block_rows<T, CL, ALIGNED, false>(P, sm, b, c_lo, c_hi);
+
+  // ---- 3. chunk sums to every block of the cluster; totals; tau; status ---------------------------
+  cluster_wait<CL>();  // every block of the cluster has started (its shared memory exists)
+  for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
+    double v = 0.0;
+    if (s <= K) {
+      for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
+    } else {
+      u32 bits = 0;
+      for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
+      v = __longlong_as_double((long long)bits);
+    }
+    const int slot = s <= K ? s : kBlockBadSlot;
+    for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&sm.chunk[slot][rank], (u32)r, v);
+  }
+  cluster_barrier<CL>();
+  for (int s = threadIdx.x; s <= K; s += blockDim.x) {
+    double v = 0.0;
+    for (int r = 0; r < CL; ++r) v += sm.chunk[s][r];
+    sm.tot[s] = v;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    u32 rb = 0;
+    for (int r = 0; r < CL; ++r) rb |= (u32)__double_as_longlong(sm.chunk[kBlockBadSlot][r]);
+    block_decide<CL>(sm, K, rb, lane);
+  }
+  __syncthreads();
+  const int tau = sm.tau;
+  if (!sm.flags && tau < K && sm.total == 0.0) {
+    // the residual sums to zero: draw from q_tau itself (the same decision in every block)
+    const double v = block_fallback_sums<T, ALIGNED, CL>(P, sm, b, tau, c_lo, c_hi);
+    if (threadIdx.x == 0) {
+      for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&sm.chunk[K + 1][rank], (u32)r, v);
+    }
+    cluster_barrier<CL>();
+    if (threadIdx.x == 0) {
+      double tot = 0.0;
+      for (int r = 0; r < CL; ++r) tot += sm.chunk[K + 1][r];
+      sm.tot[K + 1] = tot;
+      sm.total = tot;
+      sm.slot = K + 1;
+    }
+    __syncthreads();
+  }
+  const int slot = sm.slot;
+  const double total = sm.total;
+  u32 flags = sm.flags;
+  if (!flags) flags = total > kFloatMaxD ? kRowOverflow : total == 0.0 ? kZeroRow : 0u;
+  if (rank == 0 && warp == 0) block_write_prefix<CL>(P, sm, b, flags, tau, lane);
+  if (flags) return;
+
+  // ---- 4. the last token: the crossing block, warp segment, thread, element ----------------------
+  const double t = (double)sm.u[K] * total;
+  double before_chunk = 0.0, before_seg = 0.0;
+  int cwarp = -1;
+  {
+    const double cv = lane < CL ? sm.chunk[slot][lane] : 0.0;
+    const double cincl = warp_inclusive_scan(cv, lane);
+    if (lane_crossing(cv, cincl, exclusive_of(cincl, lane), 0.0, t, before_chunk) != (int)rank) return;
+    const double sv = lane < nwarps ? sm.wsum[slot][lane] : 0.0;
+    const double sincl = warp_inclusive_scan(sv, lane);
+    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), before_chunk, t, before_seg);
+  }
+  if (cwarp < 0) cwarp = 0;  // no positive segment (rounding): the scan below finds nothing either
+  i64 lo, hi;
+  block_segment(c_lo, c_hi, nwarps, cwarp, slot == K, lo, hi);
+  block_pick<T, ALIGNED, CL>(P, sm, b, slot, tau, t, before_seg, lo, hi);
+}
+
+// Doubles of one split block's workspace record: its slot sums 0..K, its bad-value bits, and its
+// warp-segment sums of every slot (slot-major).
+__device__ __forceinline__ i64 block_split_stride(int K, int nwarps) {
+  return (i64)K + 2 + ((i64)K + 1) * nwarps;
+}
+
+// The split variant (header comment): block (b, c) of b * chunks + c handles chunk c of request b.
+// ws holds B * chunks records of block_split_stride doubles; ws_count one zeroed counter per request.
+template <typename T, bool ALIGNED>
+__device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>& sm, int chunks,
+                                                   double* ws, u32* ws_count) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const i64 unit = (i64)blockIdx.x;
+  const int rank = (int)(unit % chunks);
+  const i64 b = unit / chunks;
+  const int K = P.K;
+  const i64 NG = (P.V + VecTraits<T>::N - 1) / VecTraits<T>::N;  // vectors per row
+  i64 c_lo, c_hi;
+  split_range(0, NG, chunks, rank, c_lo, c_hi);
+  block_rows<T, 1, ALIGNED, true>(P, sm, b, c_lo, c_hi);
+
+  // ---- 3. this block's record to the workspace; the last block of the request goes on -------------
+  const i64 stride = block_split_stride(K, nwarps);
+  double* rec = ws + unit * stride;
+  for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
+    double v = 0.0;
+    if (s <= K) {
+      for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
+    } else {
+      u32 bits = 0;
+      for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
+      v = __longlong_as_double((long long)bits);
+    }
+    __stcg(rec + s, v);
+  }
+  for (int i = threadIdx.x; i < (K + 1) * nwarps; i += blockDim.x) {
+    __stcg(rec + K + 2 + i, sm.wsum[i / nwarps][i % nwarps]);
+  }
+  __threadfence();  // this thread's stores are visible GPU-wide before the count announces them
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const u32 seen = atomicAdd(&ws_count[b], 1u);
+    sm.is_last = seen == (u32)chunks - 1 ? 1 : 0;
+    if (sm.is_last) ws_count[b] = 0;  // every block of this call has counted: ready for the next
+  }
+  __syncthreads();
+  if (!sm.is_last) return;
+  __threadfence();  // acquire: the other blocks' records, announced by their counts
+
+  // totals in a fixed order (whichever block comes last): warp w takes slots w, w + nwarps, ...;
+  // lanes stride over the chunks, then a fixed shuffle tree
+  const double* req = ws + b * chunks * stride;
+  __shared__ u32 rb_s;
+  for (int s = warp; s <= K + 1; s += nwarps) {
+    double v = 0.0;
+    u32 bits = 0;
+    for (int c = lane; c < chunks; c += 32) {
+      const double x = __ldcg(req + c * stride + s);
+      if (s <= K) {
+        v += x;
+      } else {
+        bits |= (u32)__double_as_longlong(x);
+      }
+    }
+    if (s <= K) {
+      v = warp_sum(v);
+      if (lane == 0) sm.tot[s] = v;
+    } else {
+      bits = warp_or(bits);
+      if (lane == 0) rb_s = bits;
+    }
+  }
+  __syncthreads();
+  if (warp == 0) block_decide<1>(sm, K, rb_s, lane);
+  __syncthreads();
+  const int tau = sm.tau;
+  bool whole_row = false;
+  if (!sm.flags && tau < K && sm.total == 0.0) {
+    // the residual sums to zero: draw from q_tau itself, streamed whole by this block
+    const double v = block_fallback_sums<T, ALIGNED, 1>(P, sm, b, tau, 0, NG);
+    if (threadIdx.x == 0) {
+      sm.tot[K + 1] = v;
+      sm.total = v;
+      sm.slot = K + 1;
+    }
+    __syncthreads();
+    whole_row = true;
+  }
+  const int slot = sm.slot;
+  const double total = sm.total;
+  u32 flags = sm.flags;
+  if (!flags) flags = total > kFloatMaxD ? kRowOverflow : total == 0.0 ? kZeroRow : 0u;
+  if (warp == 0) block_write_prefix<1>(P, sm, b, flags, tau, lane);
+  if (flags) return;
+
+  // ---- 4. the last token: the crossing chunk, warp segment, thread, element (every warp computes
+  // the same scans, so no broadcast is needed) -------------------------------------------------------
+  const double t = (double)sm.u[K] * total;
+  double before_seg = 0.0;
+  int cwarp = -1;
+  i64 lo, hi;
+  if (whole_row) {
+    const double sv = lane < nwarps ? sm.wsum[K + 1][lane] : 0.0;
+    const double sincl = warp_inclusive_scan(sv, lane);
+    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), 0.0, t, before_seg);
+    if (cwarp < 0) cwarp = 0;
+    block_segment(0, NG, nwarps, cwarp, false, lo, hi);
+  } else {
+    // the first chunk whose running sum passes t, 32 chunks at a time; else the last positive one
+    int cchunk = -1, lastpos = -1;
+    double base = 0.0, before_chunk = 0.0, before_last = 0.0;
+    for (int c0 = 0; c0 < chunks; c0 += 32) {
+      const int c = c0 + lane;
+      const double v = c < chunks ? __ldcg(req + c * stride + slot) : 0.0;
+      const double incl = warp_inclusive_scan(v, lane);
+      const double excl = exclusive_of(incl, lane);
+      const u32 hit = __ballot_sync(0xffffffffu, v > 0.0 && base + incl > t);
+      const u32 pos = __ballot_sync(0xffffffffu, v > 0.0);
+      if (hit) {
+        const int l = __ffs(hit) - 1;
+        cchunk = c0 + l;
+        before_chunk = base + __shfl_sync(0xffffffffu, excl, l);
+        break;
+      }
+      if (pos) {
+        const int l = 31 - __clz(pos);
+        lastpos = c0 + l;
+        before_last = base + __shfl_sync(0xffffffffu, excl, l);
+      }
+      base += __shfl_sync(0xffffffffu, incl, 31);
+    }
+    if (cchunk < 0) {
+      cchunk = lastpos < 0 ? 0 : lastpos;  // (rounding past the end: the last positive chunk)
+      before_chunk = before_last;
+    }
+    const double sv = lane < nwarps ? __ldcg(req + cchunk * stride + K + 2 + slot * nwarps + lane) : 0.0;
+    const double sincl = warp_inclusive_scan(sv, lane);
+    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), before_chunk, t, before_seg);
+    if (cwarp < 0) cwarp = 0;  // no positive segment (rounding): the scan below finds nothing either
+    i64 k_lo, k_hi;
+    split_range(0, NG, chunks, cchunk, k_lo, k_hi);
+    block_segment(k_lo, k_hi, nwarps, cwarp, slot == K, lo, hi);
+  }
+  block_pick<T, ALIGNED, 1>(P, sm, b, slot, tau, t, before_seg, lo, hi);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Entry points (the same parameter list as the token kernels, so both hosts pack them alike;
-// greedy and rows_per_step are unused).
+// greedy and rows_per_step are unused; the split kernel adds its chunks and workspace).
 // ---------------------------------------------------------------------------------------------
 template <typename T, bool ALIGNED>
 __global__ void __launch_bounds__(512, 1) verify_block_kernel(SPECSAMPLE_KERNEL_PARAMS) {
   SPECSAMPLE_MAKE_PARAMS
   __shared__ BlockSmem<1> sm;
   verify_block<T, 1, ALIGNED>(P, sm);
+}
+
+template <typename T, bool ALIGNED>
+__global__ void __launch_bounds__(256, 1) verify_block_split_kernel(SPECSAMPLE_KERNEL_PARAMS, int chunks,
+                                                                     double* ws, u32* ws_count) {
+  SPECSAMPLE_MAKE_PARAMS
+  __shared__ BlockSmem<1> sm;
+  verify_block_split<T, ALIGNED>(P, sm, chunks, ws, ws_count);
 }
 
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS

@@ -43,8 +43,8 @@ namespace specsample {
 static_assert(kLaunchMaxStepRows == kMaxStepRows, "launch_config.h and the kernel disagree");
 namespace {
 
-// The split kernel's workspace on one (device, stream): a key per (request, row, chunk) and a
-// counter per request. The counters are zeroed once, when allocated (on the stream, before the
+// The split kernels' workspace on one (device, stream): 8-byte slots (greedy: a key per (request,
+// row, chunk); block: a record of doubles per block) and a counter per request. The counters are zeroed once, when allocated (on the stream, before the
 // kernel), and each request's last block resets its counter, so every call ordered by the stream
 // finds them zero. Other streams get their own workspace; under graph capture the cluster kernel
 // is used instead (a graph may be replayed on any stream). Never freed: the buffers are small, and
@@ -318,12 +318,14 @@ TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify", &specsample::verify_c
 // Block verification (rule="block", random mode): specsample::verify_block
 //
 //   specsample::verify_block(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs,
-//                            Tensor? uniforms, Generator? generator, int cluster, int threads)
-//                            -> (Tensor token_ids, Tensor num_emitted, Tensor status)
+//                            Tensor? uniforms, Generator? generator, int cluster, int threads,
+//                            int split=0) -> (Tensor token_ids, Tensor num_emitted, Tensor status)
 //
 // One launch of verify_block_kernel / verify_block_cluster_kernel (csrc/kernel_block.cuh), one
-// cluster of `cluster` blocks of `threads` threads per request; the Python caller picks both
-// (specsample.backends._cuda_block.block_launch_config). The generator advances as for verify.
+// cluster of `cluster` blocks of `threads` threads per request, or, with split > 0 and outside
+// graph capture, of verify_block_split_kernel with `split` blocks per request; the Python caller
+// picks all three (specsample.backends._cuda_block.block_launch_config and block_split_chunks).
+// The generator advances as for verify.
 // ---------------------------------------------------------------------------------------------
 namespace specsample {
 namespace {
@@ -378,6 +380,26 @@ void launch_block_typed(int cl, int threads, int64_t B, cudaStream_t stream, con
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// The split block kernel (kernel_block.cuh): `chunks` blocks of kBlockSplitThreads threads per
+// request, with the split workspace of this (device, stream) holding one record per block.
+constexpr int kBlockSplitThreads = 256;  // the kernel's __launch_bounds__
+
+template <typename T, bool ALIGNED>
+void launch_block_split(int chunks, int64_t B, cudaStream_t stream, const void* ids, const void* p,
+                        const void* q, const float* u, int64_t* tok, int64_t* num, int* st, int64_t V,
+                        int K, int ids64, const at::PhiloxCudaState& rng, const at::Device& dev) {
+  const int64_t units = B * (int64_t)chunks;
+  const int64_t stride = (int64_t)K + 2 + ((int64_t)K + 1) * (kBlockSplitThreads / 32);
+  auto ws = split_workspace(units * stride, B, dev, stream);
+  const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
+  const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
+  verify_block_split_kernel<T, ALIGNED><<<dim3((unsigned)units), dim3(kBlockSplitThreads), 0, stream>>>(
+      ids, p, q, u, reinterpret_cast<i64*>(tok), reinterpret_cast<i64*>(num), st, (i64)V, (int)B, K,
+      ids64, 0, 1, (u64)seed, (u64)offset, nullptr, nullptr, (u64)0, 0, chunks,
+      reinterpret_cast<double*>(ws.first), ws.second);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename T>
 void launch_block_path(bool aligned, int cl, int threads, int64_t B, cudaStream_t stream,
                        const void* ids, const void* p, const void* q, const float* u, int64_t* tok,
@@ -393,7 +415,7 @@ void launch_block_path(bool aligned, int cl, int threads, int64_t B, cudaStream_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
     const at::Tensor& draft_token_ids, const std::optional<at::Tensor>& draft_probs,
     const at::Tensor& target_probs, const std::optional<at::Tensor>& uniforms,
-    std::optional<at::Generator> generator, int64_t cluster, int64_t threads) {
+    std::optional<at::Generator> generator, int64_t cluster, int64_t threads, int64_t split) {
   TORCH_CHECK(target_probs.is_cuda(), "specsample::verify_block: target_probs must be a CUDA tensor");
   TORCH_CHECK(target_probs.dim() == 3, "specsample::verify_block: target_probs must be [B, K+1, V]");
   TORCH_CHECK(draft_token_ids.dim() == 2, "specsample::verify_block: draft_token_ids must be [B, K]");
@@ -412,6 +434,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
               cluster);
   TORCH_CHECK(threads >= 32 && threads % 32 == 0 && threads <= 512,
               "specsample::verify_block: threads must be a multiple of 32 in [32, 512], got ", threads);
+  TORCH_CHECK(split >= 0 && split <= (int64_t(1) << 16),
+              "specsample::verify_block: split must be 0 (the cluster kernel) or a chunk count <= 65536, got ",
+              split);
+  TORCH_CHECK(B * split < (int64_t(1) << 31), "specsample::verify_block: B * split too large");
   c10::cuda::CUDAGuard guard(target_probs.device());
 
   const at::Tensor q = target_probs.contiguous();
@@ -456,6 +482,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
   int64_t* tok = tokens.data_ptr<int64_t>();
   int64_t* nm = num.data_ptr<int64_t>();
   int* stp = status.data_ptr<int>();
+  // the split kernel's workspace belongs to this stream: under graph capture (a graph may be
+  // replayed on any stream, and its replays would share one counter), the cluster kernel
+  if (split > 0 && !rng.captured_ && !stream_is_capturing(stream)) {
+    const auto dev = target_probs.device();
+    const int chunks = (int)split;
+#define SPECSAMPLE_SPLIT_CALL(T)                                                                     \
+  (aligned ? launch_block_split<T, true>(chunks, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, \
+                                         stp, V, (int)K, ids64, rng, dev)                              \
+           : launch_block_split<T, false>(chunks, B, stream, ids.data_ptr(), pp, q.data_ptr(), up, tok, nm, \
+                                          stp, V, (int)K, ids64, rng, dev))
+    switch (st) {
+      case at::kFloat:
+        SPECSAMPLE_SPLIT_CALL(float);
+        break;
+      case at::kHalf:
+        SPECSAMPLE_SPLIT_CALL(f16);
+        break;
+      default:
+        SPECSAMPLE_SPLIT_CALL(bf16);
+        break;
+    }
+#undef SPECSAMPLE_SPLIT_CALL
+    return {tokens, num, status};
+  }
   switch (st) {
     case at::kFloat:
       launch_block_path<float>(aligned, (int)cluster, (int)threads, B, stream, ids.data_ptr(), pp,
@@ -479,7 +529,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
 TORCH_LIBRARY_FRAGMENT(specsample, m) {
   m.def(
       "verify_block(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, "
-      "Tensor? uniforms, Generator? generator, int cluster, int threads) -> (Tensor, Tensor, Tensor)");
+      "Tensor? uniforms, Generator? generator, int cluster, int threads, int split=0) -> "
+      "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(specsample, CUDA, m) { m.impl("verify_block", &specsample::verify_block_cuda); }

@@ -56,6 +56,16 @@ def _torch_vectorized_target(name: str, verify) -> Target:
     return Target(name, backend, "fast", torch.device("cpu"))
 
 
+def test_emitted_law_of_thresholds_rounded_past_one():
+    """A threshold a few ulps above 1 (float64 rounding of Z / (Z + 1 - w)) is a sure pass: the
+    law stays a distribution, as the full level's shape (3, 8, 4099) needs."""
+    from specsample.conformance.check_block import emitted_law
+
+    law = emitted_law([1.0000000000000002, 0.5, 1.0000000000000002, 0.25])
+    assert min(law) >= 0 and abs(sum(law) - 1) < 1e-12
+    assert law[:2] == [0.0, 0.0] and law[2] == 0.0 and law[3] == 0.75 and law[4] == 0.25
+
+
 def test_repeated_calls_pass_on_a_correct_backend():
     import specsample
 

@@ -35,18 +35,25 @@ def _case(B, K, V, *, seed, with_p=True, dtype=torch.float32):
     return ids.cuda(), p, q.to(dtype).cuda(), u.cuda()
 
 
-def _launch(name, ids, p, q, *, uniforms=None, generator=None, cluster=0, threads=0):
-    """The backend's block path directly (no validation), with an explicit launch shape."""
+def _launch(name, ids, p, q, *, uniforms=None, generator=None, cluster=0, threads=0, split=-1):
+    """The backend's block path directly (no validation), with an explicit launch shape (the
+    cluster kernel's ``cluster``/``threads``, or ``split`` blocks per request)."""
     if name == "cuda-cpp":
-        tok, num, st = _cuda_block.verify_block_op(
-            ids, p, q, uniforms=uniforms, generator=generator, cluster=cluster, threads=threads
-        )
+        launch = _cuda_block.verify_block_op
     else:
         from specsample.backends import _cupy_block
 
-        tok, num, st = _cupy_block.verify_block_torch(
-            ids, p, q, uniforms=uniforms, generator=generator, cluster=cluster, threads=threads
-        )
+        launch = _cupy_block.verify_block_torch
+    tok, num, st = launch(
+        ids,
+        p,
+        q,
+        uniforms=uniforms,
+        generator=generator,
+        cluster=cluster,
+        threads=threads,
+        split=split,
+    )
     return specsample.VerifyOutput(tok, num, st)
 
 
@@ -94,6 +101,72 @@ def test_block_every_launch_shape(name, cluster, threads):
         ids, p, q, u = _case(6, 5, V, seed=seed + cluster)
         out = _launch(name, ids, p, q, uniforms=u, cluster=cluster, threads=threads)
         _exact(out, ids, p, q, u, label=f"{name} cl={cluster} t={threads} V={V}")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("split", [2, 7, 40, 300])
+@pytest.mark.parametrize("with_p", [True, False], ids=["p", "p=None"])
+def test_block_split_kernel_exact(name, split, with_p):
+    """The split kernel (``split`` blocks per request, the last one to finish decides) gives the
+    reference's tokens: a row that does not fill whole vectors (V = 32003), K beyond one group of
+    rows read at once (K = 11), several requests, and more chunks than a warp scans at once (40,
+    300: the crossing search walks them 32 at a time; at V = 1500 some chunks are empty)."""
+    for B, K, V, seed in ((1, 8, 32003, 1), (3, 11, 32000, 2), (2, 3, 1500, 3)):
+        ids, p, q, u = _case(B, K, V, seed=seed + split, with_p=with_p)
+        out = _launch(name, ids, p, q, uniforms=u, split=split)
+        _exact(out, ids, p, q, u, label=f"{name} split={split} B={B} K={K} V={V}")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_block_split_kernel_half_precision_and_generator(name, dtype):
+    """16-bit rows through the split kernel, coins explicit and from the generator (the same
+    Philox stream as the cluster kernel: both give the same tokens for the same generator
+    state)."""
+    ids, p, q, u = _case(2, 6, 50000, seed=5, dtype=dtype)
+    out = _launch(name, ids, p, q, uniforms=u, split=33)
+    _exact(out, ids, p, q, u, label=f"{name} {dtype} split")
+    a, b = (
+        _launch(name, ids, p, q, generator=torch.Generator("cuda").manual_seed(11), split=s)
+        for s in (33, 0)
+    )
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.status, b.status)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_block_split_kernel_repeated_calls(name):
+    """Each call's last block resets its request's counter: calls of different batch sizes and
+    chunk counts one after another on one stream all give the reference's tokens (a counter
+    left behind would make the next call finish early or never, leaving outputs unwritten)."""
+    cases = [_case(B, 5, 20000, seed=20 + B) for B in (1, 4, 2)]
+    for round_ in range(3):
+        for (ids, p, q, u), split in zip(cases, (60, 9, 31), strict=True):
+            out = _launch(name, ids, p, q, uniforms=u, split=split)
+            _exact(out, ids, p, q, u, label=f"{name} round {round_} split={split}")
+
+
+@pytest.mark.parametrize(
+    "batch, vocab, sms, clusters, want",
+    [
+        (1, 128256, 132, True, 132),
+        (4, 128256, 132, True, 33),
+        (8, 128256, 132, True, 0),  # 16 chunks: no more than a cluster of 16
+        (64, 128256, 132, True, 0),
+        (1, 4000, 132, True, 0),  # 7 chunks of at least 512 elements
+        (1, 32000, 132, True, 62),
+        (1, 128256, 132, False, 132),
+        (64, 128256, 132, False, 2),
+        (200, 128256, 132, False, 0),
+    ],
+)
+def test_block_split_chunks(batch, vocab, sms, clusters, want):
+    """When the split kernel is chosen, and its chunks per request (no GPU needed)."""
+    assert _cuda_block.block_split_chunks(batch, vocab, sms, clusters) == want
+
+
+def test_block_split_chunks_rejects_nonsense():
+    with pytest.raises(ValueError, match="batch, vocab and num_sms"):
+        _cuda_block.block_split_chunks(1, 0, 132, True)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -148,10 +221,11 @@ def test_block_greedy_is_token_greedy(name):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("cluster", [1, 4])
-def test_block_zero_residual_falls_back_to_q(name, cluster):
+@pytest.mark.parametrize("cluster, split", [(1, 0), (4, 0), (0, 24)], ids=["cl1", "cl4", "split"])
+def test_block_zero_residual_falls_back_to_q(name, cluster, split):
     """p == q and q(x) = p(x) = 0 at draft 0: w_1 = 0, every coin fails and the residual of row 0
-    is all zero, so the last token is drawn from q_0 (the second exchange of the kernel)."""
+    is all zero, so the last token is drawn from q_0 (the cluster kernel's second exchange; the
+    split kernel's last block streams that row whole)."""
     g = torch.Generator().manual_seed(1)
     B, K, V = 4, 3, 2000
     q = torch.softmax(torch.randn(B, K + 1, V, generator=g), -1)
@@ -160,14 +234,17 @@ def test_block_zero_residual_falls_back_to_q(name, cluster):
     p = q[:, :K].clone()
     u = torch.rand(B, K + 1, generator=g)
     ids, p, q, u = ids.cuda(), p.cuda(), q.cuda(), u.cuda()
-    out = _launch(name, ids, p, q, uniforms=u, cluster=cluster, threads=128)
+    if split:
+        out = _launch(name, ids, p, q, uniforms=u, split=split)
+    else:
+        out = _launch(name, ids, p, q, uniforms=u, cluster=cluster, threads=128, split=0)
     _exact(out, ids, p, q, u, label=name)
     assert (out.num_emitted == 1).all() and (out.status == 0).all()
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("cluster", [1, 8])
-def test_block_status(name, cluster):
+@pytest.mark.parametrize("cluster, split", [(1, 0), (8, 0), (0, 5)], ids=["cl1", "cl8", "split"])
+def test_block_status(name, cluster, split):
     """Bad values in the rows block verification reads flag their request exactly as the
     reference does (docs/rules.md, "Status"); ids outside [0, V) are never dereferenced; clean
     requests in the batch are unaffected."""
@@ -188,7 +265,10 @@ def test_block_status(name, cluster):
     q[7, 3, 0] = float("nan")  # bonus row of a rejecting request: not read
     u[9, :3] = 0.0  # request 9 accepts every draft, and its bonus row sums past float32
     q[9, 3] = 1e38
-    out = _launch(name, ids, p, q, uniforms=u, cluster=cluster, threads=256)
+    if split:
+        out = _launch(name, ids, p, q, uniforms=u, split=split)
+    else:
+        out = _launch(name, ids, p, q, uniforms=u, cluster=cluster, threads=256, split=0)
     _exact(out, ids, p, q, u, label=name, clean=False)
     st = out.status.tolist()
     S = specsample.Status
@@ -204,14 +284,16 @@ def test_block_status(name, cluster):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_block_one_launch_and_graph_replay(name):
+@pytest.mark.parametrize("B", [64, 1], ids=["cluster", "split"])
+def test_block_one_launch_and_graph_replay(name, B):
     """One kernel launch per call; under CUDA graph capture each replay draws fresh coins, and
     each replay's tokens are the reference's for the coins that replay drew (cuda-cpp: the
-    generator's offset as torch advances it)."""
+    generator's offset as torch advances it). At B = 1 the automatic choice is the split kernel
+    outside capture and the cluster kernel under it."""
     from torch.profiler import ProfilerActivity, profile
 
     be = specsample.get_backend(name)
-    B, K, V = 64, 8, 32000
+    K, V = 8, 32000
     ids, p, q, _ = _case(B, K, V, seed=1)
     for _ in range(2):
         be.verify(ids, p, q, rule="block")
@@ -242,7 +324,8 @@ def test_block_one_launch_and_graph_replay(name):
             u = _cuda_build.philox_uniforms(g.initial_seed(), offset, B, K).cuda()
             _exact(out, ids, p, q, u, label="replay")
         draws.append(tuple(out.token_ids.flatten().tolist()))
-    assert len(set(draws)) == 3
+    # (one request of 9 tokens may repeat a draw by chance; 64 requests do not)
+    assert len(set(draws)) >= (3 if B > 1 else 2)
 
 
 @pytest.mark.gpu(needs=("cupy",))

@@ -2,8 +2,9 @@
 
 ``nvcc -cubin`` compiles a wrapper that includes ``csrc/verify_kernel.cuh`` exactly as NVRTC sees it
 (no system header, ``-DSPECSAMPLE_CLUSTERS=1``), instantiating the block kernels of every dtype,
-load path and cluster size the backends launch; ptxas must report no spills and at most 128
-registers per thread (``__launch_bounds__(512, 1)``). A second test compiles the torch binding
+load path and cluster size the backends launch, and the split kernel of every dtype and load path;
+ptxas must report no spills, and at most 128 registers per thread for the cluster kernels
+(``__launch_bounds__(512, 1)``; the split kernel's 256 threads allow 255). A second test compiles the torch binding
 (``csrc/verify_torch.cu``, which holds the ``specsample::verify_block`` op) against the installed
 torch's headers. Both skip, saying why, where nvcc (or the headers) are missing, as on CI.
 """
@@ -42,6 +43,10 @@ def _instantiations() -> str:
                     "template __global__ void specsample::verify_block_cluster_kernel"
                     f"<{t}, {cl}, {aligned}>({params});"
                 )
+            lines.append(
+                f"template __global__ void specsample::verify_block_split_kernel<{t}, {aligned}>"
+                f"({params}, int, double*, specsample::u32*);"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -66,12 +71,13 @@ def test_block_kernel_compiles_for_sm90_without_spills(tmp_path: Path):
     assert res.returncode == 0, res.stderr[-4000:]
     log = res.stderr
     kernels = re.findall(r"Compiling entry function '(\w*verify_block\w*)'", log)
-    assert len(kernels) == len(TYPES) * 2 * len(_cuda_build.CLUSTER_SIZES), kernels
+    assert len(kernels) == len(TYPES) * 2 * (len(_cuda_build.CLUSTER_SIZES) + 1), kernels
     spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", log)]
     registers = [int(n) for n in re.findall(r"Used (\d+) registers", log)]
     assert len(spills) == len(kernels) and len(registers) == len(kernels), log[-4000:]
     assert max(spills) == 0, log[-4000:]
-    assert max(registers) <= 128, registers
+    limits = [255 if "split" in name else 128 for name in kernels]
+    assert all(r <= lim for r, lim in zip(registers, limits, strict=True)), registers
 
 
 @pytest.mark.parametrize(
@@ -79,9 +85,10 @@ def test_block_kernel_compiles_for_sm90_without_spills(tmp_path: Path):
     [
         ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0")),
         ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_WAVE=1")),
+        ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_SPLIT_ROWS=3")),
         ("sm_80", ()),
     ],
-    ids=["no-prefetch", "wave-1", "sm_80-no-clusters"],
+    ids=["no-prefetch", "wave-1", "split-rows-3", "sm_80-no-clusters"],
 )
 def test_block_kernel_variants_compile(tmp_path: Path, arch: str, defines: tuple[str, ...]):
     """The knobs' non-default values, and the one-block kernel for a GPU without clusters."""
@@ -92,6 +99,10 @@ def test_block_kernel_variants_compile(tmp_path: Path, arch: str, defines: tuple
         lines.append(
             f"template __global__ void specsample::verify_block_kernel<{t}, true>"
             "(SPECSAMPLE_KERNEL_PARAMS);"
+        )
+        lines.append(
+            f"template __global__ void specsample::verify_block_split_kernel<{t}, false>"
+            "(SPECSAMPLE_KERNEL_PARAMS, int, double*, specsample::u32*);"
         )
         if defines:
             lines.append(

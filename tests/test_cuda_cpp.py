@@ -33,6 +33,33 @@ def test_sources_ship_with_the_package():
     assert len(_cuda_build.sources_hash(*names)) == 64
 
 
+def test_extension_name_covers_every_source_and_the_flags(monkeypatch, tmp_path):
+    """A built library is loaded by name without a ninja run, so its name must change with any
+    file it is built from (the host header included) and with the nvcc flags."""
+    base = _cuda_build.extension_name(9, 0)
+    assert base.startswith("specsample_verify_sm90_") and base == _cuda_build.extension_name(9, 0)
+    assert _cuda_build.extension_name(8, 0) != base
+    monkeypatch.setattr(_cuda_build, "CUDA_CFLAGS", ("-O2", "-std=c++17", "-lineinfo"))
+    assert _cuda_build.extension_name(9, 0) != base
+    monkeypatch.undo()
+    for name in (_cuda_build.HOST_HEADER, _cuda_build.TORCH_SOURCE, "kernel_block.cuh"):
+        copy = tmp_path / name
+        copy.write_bytes((_cuda_build.csrc_dir() / name).read_bytes() + b"// changed\n")
+        real = _cuda_build.source_path
+        monkeypatch.setattr(
+            _cuda_build, "source_path", lambda n, c=copy, r=real: c if n == c.name else r(n)
+        )
+        assert _cuda_build.extension_name(9, 0) != base, name
+        monkeypatch.undo()
+
+
+def test_a_library_that_cannot_load_is_rebuilt_not_loaded(tmp_path):
+    """A damaged library (a link cut short) makes _load_built answer False, so the build runs."""
+    broken = tmp_path / "specsample_verify_sm90_000000000000.so"
+    broken.write_bytes(b"not an ELF file")
+    assert _cuda_build._load_built(str(broken)) is False
+
+
 def test_kernel_headers_include_only_each_other():
     # NVRTC (the cupy backend) compiles them with no system headers on its include path
     parts = set(_cuda_build.kernel_sources())
