@@ -331,21 +331,27 @@ def test_block_one_launch_and_graph_replay(name, B):
 @pytest.mark.gpu(needs=("cupy",))
 @pytest.mark.parametrize(
     "options",
-    [("-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0",), ("-DSPECSAMPLE_BLOCK_WAVE=1",)],
-    ids=["no-prefetch", "wave-1"],
+    [
+        ("-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0",),
+        ("-DSPECSAMPLE_BLOCK_WAVE=1",),
+        ("-DSPECSAMPLE_BLOCK_SPLIT_ROWS=3",),
+    ],
+    ids=["no-prefetch", "wave-1", "split-rows-3"],
 )
 def test_block_knobs(options):
-    """Every non-default value of the kernel's compile-time knobs gives the reference's tokens."""
+    """Every non-default value of the kernel's compile-time knobs gives the reference's tokens,
+    in the cluster kernel and in the split kernel (K = 7: rows read 3 at a time leave a partial
+    last group)."""
     from specsample.backends import _cupy_block
 
     mod = _cupy_block._BlockModule(torch.cuda.current_device(), options)
-    for cluster, threads in ((1, 256), (16, 512)):
-        ids, p, q, u = _case(3, 6, 32000, seed=cluster)
+    for cluster, threads, split in ((1, 256, 0), (16, 512, 0), (0, 0, 19)):
+        ids, p, q, u = _case(3, 7, 32000, seed=cluster + split)
         tok, num, st = _cupy_block.verify_block_torch(
-            ids, p, q, uniforms=u, cluster=cluster, threads=threads, module=mod
+            ids, p, q, uniforms=u, cluster=cluster, threads=threads, split=split, module=mod
         )
         out = specsample.VerifyOutput(tok, num, st)
-        _exact(out, ids, p, q, u, label=f"{options} cl={cluster}")
+        _exact(out, ids, p, q, u, label=f"{options} cl={cluster} split={split}")
 
 
 @pytest.mark.parametrize(
