@@ -359,6 +359,20 @@ __device__ __forceinline__ void block_rows(const Params& P, BlockSmem<CL>& sm, i
   __syncthreads();
 }
 
+// This block's value of slot s (0..K: the sum of its warp segments; K + 1: the warps' bad-value
+// bits, carried in a double's bits), as step 3 publishes it.
+template <int CL>
+__device__ __forceinline__ double block_chunk_value(const BlockSmem<CL>& sm, int s, int K, int nwarps) {
+  if (s <= K) {
+    double v = 0.0;
+    for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
+    return v;
+  }
+  u32 bits = 0;
+  for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
+  return __longlong_as_double((long long)bits);
+}
+
 // Warp 0, once sm.tot[0..K] hold the request's slot totals and `rb` its bad-value bits: the
 // thresholds, tau (a later pass overrides an earlier failure), the status and the final slot.
 template <int CL>
@@ -523,14 +537,7 @@ __device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm)
   // ---- 3. chunk sums to every block of the cluster; totals; tau; status ---------------------------
   cluster_wait<CL>();  // every block of the cluster has started (its shared memory exists)
   for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
-    double v = 0.0;
-    if (s <= K) {
-      for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
-    } else {
-      u32 bits = 0;
-      for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
-      v = __longlong_as_double((long long)bits);
-    }
+    const double v = block_chunk_value<CL>(sm, s, K, nwarps);
     const int slot = s <= K ? s : kBlockBadSlot;
     for (int r = 0; r < CL; ++r) st_peer_f64<CL>(&sm.chunk[slot][rank], (u32)r, v);
   }
@@ -614,14 +621,7 @@ __device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>
   const i64 stride = block_split_stride(K, nwarps);
   double* rec = ws + unit * stride;
   for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
-    double v = 0.0;
-    if (s <= K) {
-      for (int w = 0; w < nwarps; ++w) v += sm.wsum[s][w];
-    } else {
-      u32 bits = 0;
-      for (int w = 0; w < nwarps; ++w) bits |= (u32)__double_as_longlong(sm.tsum[w]);
-      v = __longlong_as_double((long long)bits);
-    }
+    const double v = block_chunk_value<1>(sm, s, K, nwarps);
     __stcg(rec + s, v);
   }
   for (int i = threadIdx.x; i < (K + 1) * nwarps; i += blockDim.x) {
