@@ -3,7 +3,7 @@
 The kernel is ``csrc/kernel_block.cuh`` (one cluster of blocks per request, or at the smallest
 batches the split variant with many blocks per request; one launch per call; docs/dev/cuda-kernel.md,
 "Block verification"). ``cuda-cpp`` calls it through the torch custom op
-``specsample::verify_block`` (defined in ``csrc/verify_torch.cu``, built with the token op), and
+``specsample::verify_block`` (defined in ``csrc/verify_torch_block.cu``, built with the token op), and
 ``cupy`` launches the same kernels through NVRTC (:mod:`specsample.backends._cupy_block`). Both
 take their launch shape from :func:`block_launch_config`.
 """

@@ -26,7 +26,19 @@ from pathlib import Path
 from specsample.contract import Capabilities
 
 KERNEL_HEADER = "verify_kernel.cuh"
-TORCH_SOURCE = "verify_torch.cu"
+TORCH_SOURCE = "verify_torch.cu"  # the binding's main file (specsample::verify, TORCH_LIBRARY)
+# Every translation unit of the binding: ninja compiles them in parallel (csrc/torch_common.cuh)
+TORCH_SOURCES = (
+    TORCH_SOURCE,
+    "verify_torch_block.cu",
+    "verify_torch_serving.cu",
+    "verify_torch_tree.cu",
+    "verify_torch_tree_float.cu",
+    "verify_torch_tree_half.cu",
+    "verify_torch_tree_bfloat16.cu",
+)
+# The host headers they include besides the kernel's
+HOST_HEADERS = ("launch_config.h", "torch_common.cuh", "torch_tree.cuh")
 OP_NAME = "specsample::verify"
 OP_SCHEMA = (
     "verify(Tensor draft_token_ids, Tensor? draft_probs, Tensor target_probs, Tensor? uniforms, "
@@ -157,7 +169,6 @@ def arch_flags(major: int, minor: int) -> list[str]:
     return flags
 
 
-HOST_HEADER = "launch_config.h"
 CUDA_CFLAGS = ("-O3", "-std=c++17", "-lineinfo")
 
 
@@ -165,7 +176,7 @@ def extension_name(major: int, minor: int) -> str:
     """The extension's name: the architecture and a hash of every source file it is built from
     and of the nvcc flags, so a library of that name is exactly this build (and is loaded as it
     is, without running ninja, by :func:`build_extension`)."""
-    h = hashlib.sha256(sources_hash(*kernel_sources(), HOST_HEADER, TORCH_SOURCE).encode())
+    h = hashlib.sha256(sources_hash(*kernel_sources(), *HOST_HEADERS, *TORCH_SOURCES).encode())
     h.update(" ".join((*CUDA_CFLAGS, *arch_flags(major, minor))).encode())
     return f"specsample_verify_sm{major}{minor}_{h.hexdigest()[:12]}"
 
@@ -255,7 +266,7 @@ def build_extension(verbose: bool = False) -> str:
             with _exclusive_build(build_dir):
                 path = cpp_extension.load(
                     name=name,
-                    sources=[str(source_path(TORCH_SOURCE))],
+                    sources=[str(source_path(name)) for name in TORCH_SOURCES],
                     extra_include_paths=[str(csrc_dir())],
                     extra_cflags=["-O3", "-std=c++17"],
                     extra_cuda_cflags=[*CUDA_CFLAGS, *arch_flags(major, minor)],

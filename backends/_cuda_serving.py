@@ -1,6 +1,6 @@
 """``cuda-cpp``'s serving entry point: the ``specsample::verify_serving`` torch op.
 
-The op is built with the rest of the extension (``csrc/verify_torch.cu``, kernel
+The op is built with the rest of the extension (``csrc/verify_torch_serving.cu``, kernel
 ``csrc/kernel_serving.cuh``); this module registers its fake (meta) implementation, so the op
 works under ``torch.compile`` and inside CUDA graphs, and turns validated
 :class:`specsample.serving.ServingInputs` into one launch. See docs/serving.md and

@@ -2,7 +2,7 @@
 
 The kernel is ``verify_tree_kernel`` in ``csrc/kernel_tree.cuh`` (one thread block per request,
 one launch per call; docs/dev/cuda-kernel.md, "Tree verification"); the op is registered by
-``csrc/verify_torch.cu`` in the same extension as ``specsample::verify``. This module registers
+``csrc/verify_torch_tree.cu`` in the same extension as ``specsample::verify``. This module registers
 its fake (meta) implementation and turns validated
 :class:`~specsample.contract_tree.TreeVerifyInputs` into one call.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 
-#: the op's name and schema (``TORCH_LIBRARY_FRAGMENT`` in ``csrc/verify_torch.cu``)
+#: the op's name and schema (``TORCH_LIBRARY_FRAGMENT`` in ``csrc/verify_torch_tree.cu``)
 TREE_OP_NAME = "specsample::verify_tree"
 TREE_OP_SCHEMA = (
     "verify_tree(Tensor draft_token_ids, Tensor parents, Tensor num_nodes, Tensor? draft_probs, "
@@ -26,7 +26,7 @@ TREE_CLUSTER_SIZES = (1, 2, 4, 8, 16)
 
 
 def tree_cluster_size(batch_size: int, num_sms: int, clusters: bool) -> int:
-    """Blocks per request of a call (``tree_cluster_size`` in ``csrc/verify_torch.cu``): 16 up to
+    """Blocks per request of a call (``tree_cluster_size`` in ``csrc/verify_torch_tree.cu``): 16 up to
     B = 4, then the largest of 8, 4, 2 that keeps ``B * CL`` blocks within one per SM, else 1."""
     if not clusters:
         return 1

@@ -1,6 +1,6 @@
 """``cuda-cpp``: one fused CUDA C++ kernel per call, as a torch custom op.
 
-The kernel (``csrc/verify_kernel.cuh``) and its binding (``csrc/verify_torch.cu``) are compiled just
+The kernel (``csrc/verify_kernel.cuh``) and its binding (``csrc/verify_torch*.cu``) are compiled just
 in time by ``torch.utils.cpp_extension`` on first use, for the device's own architecture, and cached
 in torch's extension directory; ``specsample build`` does it ahead of time. The binding registers
 ``torch.ops.specsample.verify`` (schema in :data:`specsample.backends._cuda_build.OP_SCHEMA`); this

@@ -3,7 +3,7 @@
 // Plain C++17 with no CUDA or torch header, so that the host's C++ compiler can build it alone:
 // tests/test_launch_config.py compiles it into a small program and compares every choice over a
 // grid of shapes with the Python copy the CuPy backend uses (specsample.backends._cuda_build).
-// verify_torch.cu includes it for the cuda-cpp backend.
+// torch_common.cuh includes it for the cuda-cpp backend.
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,7 @@
 
 namespace specsample {
 
-constexpr int kLaunchMaxStepRows = 16;  // kMaxStepRows of the kernel (static_assert in verify_torch.cu)
+constexpr int kLaunchMaxStepRows = 16;  // kMaxStepRows of the kernel (static_assert in torch_common.cuh)
 
 struct LaunchConfig {
   int cluster;

@@ -1,7 +1,7 @@
 // specsample: the fused verification kernel of speculative decoding (rejection sampling + greedy).
 //
 // ONE kernel body, compiled twice:
-//   * by nvcc, inside the torch extension (csrc/verify_torch.cu -> backend `cuda-cpp`);
+//   * by nvcc, inside the torch extension (csrc/verify_torch*.cu -> backend `cuda-cpp`);
 //   * by NVRTC, through cupy.RawModule (backend `cupy`).
 // It therefore includes no system header (no <cstdint>, no cuda_fp16.h, no curand): the types,
 // the half/bfloat16 conversions, Philox4x32-10 and the cluster primitives are written in its parts:
@@ -107,7 +107,7 @@ namespace specsample {
 
 // Every kernel is instantiated per mode (GREEDY) and per load path (ALIGNED: every row the call
 // may stream starts on 16 bytes and V * sizeof(T) is a multiple of 16, so one 16-byte load reads
-// one vector). The host decides both (rows_aligned in _cuda_build.py and verify_torch.cu), so
+// one vector). The host decides both (rows_aligned in _cuda_build.py and launch_config.h), so
 // each instantiation holds one path: leaner registers, and compact code, which matters at small
 // batch, where the kernel's instructions are fetched from DRAM after the L2 has been flushed
 // (~1 us at B = 1 against one kernel holding both load paths; docs/dev/cuda-kernel.md).

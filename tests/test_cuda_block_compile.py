@@ -4,9 +4,10 @@
 (no system header, ``-DSPECSAMPLE_CLUSTERS=1``), instantiating the block kernels of every dtype,
 load path and cluster size the backends launch, and the split kernel of every dtype and load path;
 ptxas must report no spills, and at most 128 registers per thread for the cluster kernels
-(``__launch_bounds__(512, 1)``; the split kernel's 256 threads allow 255). A second test compiles the torch binding
-(``csrc/verify_torch.cu``, which holds the ``specsample::verify_block`` op) against the installed
-torch's headers. Both skip, saying why, where nvcc (or the headers) are missing, as on CI.
+(``__launch_bounds__(512, 1)``; the split kernel's 256 threads allow 255). A second test compiles
+every translation unit of the torch binding (``csrc/verify_torch*.cu``; ``verify_torch_block.cu``
+holds the ``specsample::verify_block`` op) against the installed torch's headers and links them.
+Both skip, saying why, where nvcc (or the headers) are missing, as on CI.
 """
 
 from __future__ import annotations
@@ -148,11 +149,13 @@ _STUBS = {
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("SPECSAMPLE_NVCC_FULL") != "1",
-    reason="set SPECSAMPLE_NVCC_FULL=1: 4-7 minutes of nvcc on two cores (specsample build "
-    "compiles the same file on every GPU machine)",
+    reason="set SPECSAMPLE_NVCC_FULL=1: 7-10 minutes of nvcc on two cores (specsample build "
+    "compiles the same files on every GPU machine)",
 )
 def test_torch_binding_compiles_for_sm90(tmp_path: Path):
-    """``verify_torch.cu`` (every op) compiles for sm_90 against the installed torch's headers."""
+    """Every translation unit of the binding (every op) compiles for sm_90 against the installed
+    torch's headers, and the objects link together: no symbol defined twice, none of specsample's
+    left undefined (torch's and CUDA's stay undefined until the extension is loaded)."""
     nvcc = _nvcc()
     inc = _torch_include()
     stubs = tmp_path / "stubs"
@@ -160,20 +163,35 @@ def test_torch_binding_compiles_for_sm90(tmp_path: Path):
         path = stubs / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    cmd = [
-        nvcc,
-        "-arch=sm_90",
-        "-std=c++17",
-        "-DSPECSAMPLE_CLUSTERS=1",
-        "-D_GLIBCXX_USE_CXX11_ABI=1",
-        f"-I{_cuda_build.csrc_dir()}",
-        f"-I{stubs}",
-        f"-I{inc}",
-        f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}",
-        "-c",
-        str(_cuda_build.source_path(_cuda_build.TORCH_SOURCE)),
-        "-o",
-        str(tmp_path / "verify_torch.o"),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    objects = []
+    for source in _cuda_build.TORCH_SOURCES:
+        obj = tmp_path / source.replace(".cu", ".o")
+        cmd = [
+            nvcc,
+            "-arch=sm_90",
+            "-std=c++17",
+            "-DSPECSAMPLE_CLUSTERS=1",
+            "-D_GLIBCXX_USE_CXX11_ABI=1",
+            f"-I{_cuda_build.csrc_dir()}",
+            f"-I{stubs}",
+            f"-I{inc}",
+            f"-I{inc / 'torch' / 'csrc' / 'api' / 'include'}",
+            "-c",
+            str(_cuda_build.source_path(source)),
+            "-o",
+            str(obj),
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, f"{source}: {res.stderr[-4000:]}"
+        objects.append(str(obj))
+    # a relocatable link of all of them: a symbol defined twice fails it, and no specsample
+    # symbol may stay undefined (the tree launches of each dtype come from their own file)
+    ld = shutil.which("ld")
+    if ld is None:
+        pytest.skip("ld not found (the link check needs binutils)")
+    linked = tmp_path / "binding.o"
+    res = subprocess.run([ld, "-r", *objects, "-o", str(linked)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
+    nm = subprocess.run(["nm", "-C", "-u", str(linked)], capture_output=True, text=True)
+    assert nm.returncode == 0, nm.stderr
+    assert not [line for line in nm.stdout.splitlines() if "specsample::" in line], nm.stdout

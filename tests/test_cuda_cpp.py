@@ -26,23 +26,40 @@ def _kernel_text() -> str:
 
 def test_sources_ship_with_the_package():
     d = _cuda_build.csrc_dir()
-    names = (*_cuda_build.kernel_sources(), _cuda_build.TORCH_SOURCE, "launch_config.h")
+    names = (*_cuda_build.kernel_sources(), *_cuda_build.TORCH_SOURCES, *_cuda_build.HOST_HEADERS)
     for name in names:
         assert (d / name).is_file(), f"{name} missing from {d}"
     assert len(_cuda_build.kernel_sources()) >= 6  # the entry header and its parts
     assert len(_cuda_build.sources_hash(*names)) == 64
 
 
+def test_every_binding_file_is_built_and_hashed():
+    """A .cu file or a torch_*.cuh header added to csrc/ must be in the build's source list (or
+    its op never registers) and in the hash that names the library (or edits to it are not
+    rebuilt)."""
+    d = _cuda_build.csrc_dir()
+    assert {p.name for p in d.glob("*.cu")} == set(_cuda_build.TORCH_SOURCES)
+    assert {p.name for p in d.glob("torch_*.cuh")} | {"launch_config.h"} == set(
+        _cuda_build.HOST_HEADERS
+    )
+    # exactly one file defines the library, the others add to it
+    defs = [
+        n for n in _cuda_build.TORCH_SOURCES if "TORCH_LIBRARY(specsample" in (d / n).read_text()
+    ]
+    assert defs == [_cuda_build.TORCH_SOURCE]
+
+
 def test_extension_name_covers_every_source_and_the_flags(monkeypatch, tmp_path):
     """A built library is loaded by name without a ninja run, so its name must change with any
-    file it is built from (the host header included) and with the nvcc flags."""
+    file it is built from (every translation unit and host header included) and with the nvcc
+    flags."""
     base = _cuda_build.extension_name(9, 0)
     assert base.startswith("specsample_verify_sm90_") and base == _cuda_build.extension_name(9, 0)
     assert _cuda_build.extension_name(8, 0) != base
     monkeypatch.setattr(_cuda_build, "CUDA_CFLAGS", ("-O2", "-std=c++17", "-lineinfo"))
     assert _cuda_build.extension_name(9, 0) != base
     monkeypatch.undo()
-    for name in (_cuda_build.HOST_HEADER, _cuda_build.TORCH_SOURCE, "kernel_block.cuh"):
+    for name in (*_cuda_build.HOST_HEADERS, *_cuda_build.TORCH_SOURCES, "kernel_block.cuh"):
         copy = tmp_path / name
         copy.write_bytes((_cuda_build.csrc_dir() / name).read_bytes() + b"// changed\n")
         real = _cuda_build.source_path

@@ -52,10 +52,10 @@ def test_tree_header_includes_no_system_header():
 
 def test_op_schema_matches_the_binding():
     """The schema the binding registers is the one the Python side documents."""
-    source = (CSRC / "verify_torch.cu").read_text()
+    source = (CSRC / "verify_torch_tree.cu").read_text()
     m = re.search(r'm\.def\(\s*((?:"[^"]*"\s*)+)\);\s*}\s*TORCH_LIBRARY_IMPL\(specsample, CUDA, m\) '
                   r'{ m\.impl\("verify_tree"', source)  # fmt: skip
-    assert m, "verify_tree's m.def not found in verify_torch.cu"
+    assert m, "verify_tree's m.def not found in verify_torch_tree.cu"
     schema = "".join(re.findall(r'"([^"]*)"', m.group(1)))
     assert schema == _cuda_tree.TREE_OP_SCHEMA
 
@@ -68,7 +68,7 @@ def test_cluster_size_rule():
     assert pick(1, 132, False) == 1
     assert set(got.values()) <= set(_cuda_tree.TREE_CLUSTER_SIZES)
     # the C++ copy states the same rule
-    source = (CSRC / "verify_torch.cu").read_text()
+    source = (CSRC / "verify_torch_tree.cu").read_text()
     assert "if (B <= 4) return 16;" in source and "for (int cl = 8; cl > 1; cl /= 2)" in source
 
 

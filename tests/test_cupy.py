@@ -48,7 +48,7 @@ def test_reason_without_gpu():
 
 def test_same_kernel_source_as_cuda_cpp():
     # NVRTC compiles the very header the torch extension includes
-    torch_src = (_cuda_build.csrc_dir() / _cuda_build.TORCH_SOURCE).read_text()
+    torch_src = (_cuda_build.csrc_dir() / "torch_common.cuh").read_text()
     assert f'#include "{_cuda_build.KERNEL_HEADER}"' in torch_src
     assert cupy_backend._KERNEL_TYPES == {
         "float32": "float",

@@ -91,9 +91,12 @@ def test_cpp_and_python_choose_the_same_launch(driver):
 
 
 def test_the_launcher_uses_the_shared_header():
-    text = (_cuda_build.csrc_dir() / _cuda_build.TORCH_SOURCE).read_text()
-    assert '#include "launch_config.h"' in text
-    assert "LaunchConfig choose_config(" not in text and "int choose_split(" not in text
+    common = (_cuda_build.csrc_dir() / "torch_common.cuh").read_text()
+    assert '#include "launch_config.h"' in common
+    for name in _cuda_build.TORCH_SOURCES:
+        text = (_cuda_build.csrc_dir() / name).read_text()
+        assert '#include "torch_common.cuh"' in text or '#include "torch_tree.cuh"' in text, name
+        assert "LaunchConfig choose_config(" not in text and "int choose_split(" not in text
     header = (_cuda_build.csrc_dir() / "launch_config.h").read_text()
     assert f"kLaunchMaxStepRows = {_cuda_build.MAX_STEP_ROWS};" in header
     assert f"kSplitMaxBytes = int64_t({_cuda_build.SPLIT_MAX_BYTES >> 20}) << 20" in header
