@@ -29,7 +29,11 @@ KNOBS = {
 }
 # the block-verification kernel's knobs (kernel_block.cuh), checked by
 # tests/test_cuda_block.py::test_block_knobs
-BLOCK_KNOBS = ("SPECSAMPLE_BLOCK_WAVE", "SPECSAMPLE_BLOCK_PREFETCH_BYTES")
+BLOCK_KNOBS = (
+    "SPECSAMPLE_BLOCK_WAVE",
+    "SPECSAMPLE_BLOCK_PREFETCH_BYTES",
+    "SPECSAMPLE_BLOCK_SPLIT_ROWS",
+)
 
 
 def test_the_knob_list_matches_the_kernel():
