@@ -2,9 +2,10 @@
 rule) and ``csrc/kernel_traversal.cuh`` (``rule="traversal"`` in random mode) by NVRTC.
 
 The same kernel source as ``cuda-cpp``'s ``specsample::verify_tree`` op, compiled on its own (the
-tree kernels need only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``) into one module per
-device (through ``_nvrtc``: float32 subnormals kept), launched on torch's current stream with raw device pointers, one block per request. The
-generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
+tree kernels need only ``kernel_common.cuh``, ``kernel_philox.cuh`` and ``kernel_cluster.cuh``)
+into one module per dtype and device, the three compiled in parallel (through ``_nvrtc``: float32
+subnormals kept), launched on torch's current stream with raw device pointers, one block per
+request. The generator's Philox ``(seed, offset)`` feed the kernel exactly as in ``cuda-cpp`` (under CUDA-graph
 capture a device-resident key is drawn by a graph-safe torch op instead), so one generator state
 gives the same tokens in both backends.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from . import _cuda_build, _cuda_tree, _nvrtc
 
@@ -21,9 +23,9 @@ TREE_THREADS = 512  # kTreeThreads
 _KERNEL_TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 
 _lock = threading.Lock()
-# device -> (module, {(dtype, cluster, has_p, aligned, traversal): kernel}, SM count, clusters
-# available); the traversal kernel is keyed with cluster 1 and has_p True
-_modules: dict[int, tuple[object, dict[tuple[str, int, bool, bool, bool], object], int, bool]] = {}
+# device -> (the modules, one per dtype; {(dtype, cluster, has_p, aligned, traversal): kernel};
+# SM count; clusters available); the traversal kernel is keyed with cluster 1 and has_p True
+_modules: dict[int, tuple[tuple, dict[tuple[str, int, bool, bool, bool], object], int, bool]] = {}
 # CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED (CUDA driver API enum CUfunction_attribute)
 _NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
 
@@ -47,32 +49,51 @@ def _module(device_id: int):
             options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
             if clusters:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
-            names = {}
             sizes = _cuda_tree.TREE_CLUSTER_SIZES if clusters else (1,)
-            for (dtype, ctype), cl, has_p, aligned in itertools.product(
-                _KERNEL_TYPES.items(), sizes, (False, True), (False, True)
-            ):
-                flags = f"{'true' if has_p else 'false'}, {'true' if aligned else 'false'}"
-                names[(dtype, cl, has_p, aligned, False)] = (
-                    f"specsample::verify_tree_kernel<{ctype}, {flags}>"
-                    if cl == 1
-                    else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>"
-                )
-            for (dtype, ctype), aligned in itertools.product(_KERNEL_TYPES.items(), (False, True)):
-                names[(dtype, 1, True, aligned, True)] = (
-                    f"specsample::verify_traversal_kernel<{ctype}, {'true' if aligned else 'false'}>"
-                )
-            module, lowered = _nvrtc.compile_module(code, options, list(names.values()), device_id)
+            per_dtype = {dtype: kernel_names(dtype, sizes) for dtype in _KERNEL_TYPES}
+
+            # one NVRTC program per dtype, compiled in parallel threads (NVRTC releases the GIL):
+            # one dtype's tree kernels take about as long as every other module together
+            def compile_one(names: dict) -> tuple[object, dict[str, str]]:
+                return _nvrtc.compile_module(code, options, list(names.values()), device_id)
+
+            with ThreadPoolExecutor(max_workers=len(per_dtype)) as pool:
+                compiled = list(pool.map(compile_one, per_dtype.values()))
+            kernels = {}
             with cupy.cuda.Device(device_id):
-                kernels = {key: module.get_function(lowered[name]) for key, name in names.items()}
-                for (_, cl, _, _, _), kern in kernels.items():
-                    if cl > 8:
-                        cupy.cuda.driver.funcSetAttribute(
-                            kern.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
-                        )
+                for names, (module, lowered) in zip(per_dtype.values(), compiled, strict=True):
+                    for key, name in names.items():
+                        kernels[key] = kern = module.get_function(lowered[name])
+                        if key[1] > 8:
+                            cupy.cuda.driver.funcSetAttribute(
+                                kern.ptr, _NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1
+                            )
             num_sms = int(props["multiProcessorCount"])
-            entry = _modules[device_id] = (module, kernels, num_sms, clusters)
+            modules = tuple(module for module, _ in compiled)
+            entry = _modules[device_id] = (modules, kernels, num_sms, clusters)
     return entry
+
+
+def kernel_names(
+    dtype: str, sizes: tuple[int, ...]
+) -> dict[tuple[str, int, bool, bool, bool], str]:
+    """The kernels of one dtype: ``(dtype, cluster, has_p, aligned, traversal) -> name`` for every
+    cluster size in ``sizes`` (1: the one-block kernel), with and without draft probabilities,
+    both load paths, and the traversal kernel (keyed with cluster 1 and has_p True)."""
+    ctype = _KERNEL_TYPES[dtype]
+    names = {}
+    for cl, has_p, aligned in itertools.product(sizes, (False, True), (False, True)):
+        flags = f"{'true' if has_p else 'false'}, {'true' if aligned else 'false'}"
+        names[(dtype, cl, has_p, aligned, False)] = (
+            f"specsample::verify_tree_kernel<{ctype}, {flags}>"
+            if cl == 1
+            else f"specsample::verify_tree_cluster_kernel<{ctype}, {cl}, {flags}>"
+        )
+    for aligned in (False, True):
+        names[(dtype, 1, True, aligned, True)] = (
+            f"specsample::verify_traversal_kernel<{ctype}, {'true' if aligned else 'false'}>"
+        )
+    return names
 
 
 def verify_tree_cupy(inputs, cluster: int = 0):

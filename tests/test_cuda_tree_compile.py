@@ -8,6 +8,7 @@ most the registers that 512-thread blocks allow.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -195,3 +196,58 @@ def test_traversal_kernel_compiles_for_sm90_without_spills_or_double_fma(tmp_pat
     assert out.returncode == 0, out.stderr[-4000:]
     text = ptx.read_text()
     assert "mul.rn.f64" in text and "fma.rn.f64" not in text
+
+
+# ---- the cupy backend's tree modules (no GPU: a stand-in for cupy and NVRTC) ------------------------
+def test_cupy_tree_modules_one_per_dtype_compiled_in_parallel(monkeypatch):
+    """The tree kernels are compiled as one NVRTC program per dtype, all three at once, and every
+    kernel the launcher can ask for is taken from its dtype's module (clusters above 8 allowed
+    their non-portable size)."""
+    import sys
+    import threading
+    import types
+    from contextlib import nullcontext
+
+    from specsample.backends import _nvrtc
+
+    programs, attributes, threads = [], [], set()
+    barrier = threading.Barrier(3, timeout=10)  # fails unless the three compile at once
+
+    class Module:
+        def __init__(self, names):
+            self.names = names
+
+        def get_function(self, lowered):
+            assert lowered.startswith("lowered:") and lowered[8:] in self.names
+            return types.SimpleNamespace(ptr=lowered)
+
+    def compile_module(code, options, names, device_id):
+        threads.add(threading.get_ident())
+        programs.append(tuple(names))
+        barrier.wait()
+        return Module(names), {name: "lowered:" + name for name in names}
+
+    cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(
+            getDeviceProperties=lambda i: {"major": 9, "minor": 0, "multiProcessorCount": 132}
+        ),
+        Device=lambda i: nullcontext(),
+        driver=types.SimpleNamespace(funcSetAttribute=lambda ptr, a, v: attributes.append(ptr)),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    monkeypatch.setattr(_nvrtc, "compile_module", compile_module)
+    monkeypatch.setattr(_cupy_tree, "_modules", {})
+    modules, kernels, num_sms, clusters = _cupy_tree._module(0)
+    assert len(modules) == 3 and len(programs) == 3 and len(threads) == 3
+    assert num_sms == 132 and clusters
+    for names in programs:  # each program holds one dtype's kernels only
+        ctypes = {name.split("<")[1].split(",")[0] for name in names}
+        assert len(ctypes) == 1, ctypes
+    sizes = _cuda_tree.TREE_CLUSTER_SIZES
+    assert len(kernels) == 3 * (len(sizes) * 4 + 2)
+    for dtype in _cupy_tree._KERNEL_TYPES:
+        for cl, has_p, aligned in itertools.product(sizes, (False, True), (False, True)):
+            assert (dtype, cl, has_p, aligned, False) in kernels
+        assert (dtype, 1, True, True, True) in kernels and (dtype, 1, True, False, True) in kernels
+    big = [key for key in kernels if key[1] > 8]
+    assert sorted(attributes) == sorted(kernels[key].ptr for key in big) and big
