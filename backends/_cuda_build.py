@@ -266,7 +266,7 @@ def build_extension(verbose: bool = False) -> str:
             with _exclusive_build(build_dir):
                 path = cpp_extension.load(
                     name=name,
-                    sources=[str(source_path(name)) for name in TORCH_SOURCES],
+                    sources=[str(source_path(source)) for source in TORCH_SOURCES],
                     extra_include_paths=[str(csrc_dir())],
                     extra_cflags=["-O3", "-std=c++17"],
                     extra_cuda_cflags=[*CUDA_CFLAGS, *arch_flags(major, minor)],
