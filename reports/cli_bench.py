@@ -337,7 +337,7 @@ def _tree_main(args: argparse.Namespace, out: Any) -> int:
             ("vocab", args.vocab),
             ("nodes", args.nodes),
             ("kinds", args.kind),
-        )  # fmt: skip
+        )
         if value is not None
     }
     preset = dataclasses.replace(preset, **overrides)
