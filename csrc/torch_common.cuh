@@ -71,4 +71,34 @@ inline bool stream_is_capturing(cudaStream_t stream) {
 
 inline bool cluster_size_ok(int cl) { return cl == 1 || cl == 2 || cl == 4 || cl == 8 || cl == 16; }
 
+// Whether the kernels may be launched in thread-block clusters on this device (built for sm_90+
+// and running on it).
+inline bool clusters_available(const cudaDeviceProp* prop) {
+#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
+  return prop->major >= 9;
+#else
+  (void)prop;
+  return false;
+#endif
+}
+
+// The generator's Philox state for a call drawing `coins` uniforms per request: the offset
+// advances by 4 * ceil(coins / 4); no generator: the device's default CUDA generator.
+inline at::PhiloxCudaState philox_for_call(const std::optional<at::Generator>& generator,
+                                           int64_t coins) {
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  return gen->philox_cuda_state((uint64_t)(((coins + 3) / 4) * 4));
+}
+
+// A chain op's outputs on `like`'s device, uninitialized: token_ids [B, K+1] int64, num_emitted
+// [B] int64, status [B] int32.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_outputs(const at::Tensor& like, int64_t B,
+                                                                    int64_t K) {
+  const auto opts = like.options().dtype(at::kLong);
+  return {at::empty({B, K + 1}, opts), at::empty({B}, opts),
+          at::empty({B}, like.options().dtype(at::kInt))};
+}
+
 }  // namespace specsample

@@ -157,26 +157,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_cuda(const at::Tensor& dra
                 "specsample::verify: uniforms must be float32 [B, K+1]");
   }
 
-  auto opts = q.options().dtype(at::kLong);
-  at::Tensor tokens = at::empty({B, K + 1}, opts);
-  at::Tensor num = at::empty({B}, opts);
-  at::Tensor status = at::empty({B}, q.options().dtype(at::kInt));
+  auto [tokens, num, status] = chain_outputs(q, B, K);
   if (B == 0) return {tokens, num, status};
 
   at::PhiloxCudaState rng;
-  if (!greedy && !u.defined()) {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    rng = gen->philox_cuda_state((uint64_t)(((K + 1 + 3) / 4) * 4));
-  }
+  if (!greedy && !u.defined()) rng = philox_for_call(generator, K + 1);
 
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
-  const bool clusters = prop->major >= 9;
-#else
-  const bool clusters = false;
-#endif
+  const bool clusters = clusters_available(prop);
   LaunchConfig cfg = choose_config(B, K, V, greedy, prop->multiProcessorCount, clusters,
                                    (int)target_probs.element_size());
   if (cluster > 0) {

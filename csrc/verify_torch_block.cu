@@ -140,19 +140,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
     TORCH_CHECK(u.scalar_type() == at::kFloat && u.dim() == 2 && u.size(0) == B && u.size(1) == K + 1,
                 "specsample::verify_block: uniforms must be float32 [B, K+1]");
   }
-  auto opts = q.options().dtype(at::kLong);
-  at::Tensor tokens = at::empty({B, K + 1}, opts);
-  at::Tensor num = at::empty({B}, opts);
-  at::Tensor status = at::empty({B}, q.options().dtype(at::kInt));
+  auto [tokens, num, status] = chain_outputs(q, B, K);
   if (B == 0) return {tokens, num, status};
 
   at::PhiloxCudaState rng;
-  if (!u.defined()) {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    rng = gen->philox_cuda_state((uint64_t)(((K + 1 + 3) / 4) * 4));
-  }
+  if (!u.defined()) rng = philox_for_call(generator, K + 1);
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
   TORCH_CHECK(cluster == 1 || at::cuda::getCurrentDeviceProperties()->major >= 9,
               "specsample::verify_block: cluster > 1 needs sm_90");

@@ -109,19 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_serving_cuda(
     coins = kServingCoinsSeeds;
   }
 
-  auto opts = target.options().dtype(at::kLong);
-  at::Tensor tokens = at::empty({B, K + 1}, opts);
-  at::Tensor out_num = at::empty({B}, opts);
-  at::Tensor status = at::empty({B}, target.options().dtype(at::kInt));
+  auto [tokens, out_num, status] = chain_outputs(target, B, K);
   if (B == 0) return {tokens, out_num, status};
 
   at::PhiloxCudaState rng;
-  if (coins == kServingCoinsGenerator) {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    rng = gen->philox_cuda_state((uint64_t)(((K + 1 + 3) / 4) * 4));
-  }
+  if (coins == kServingCoinsGenerator) rng = philox_for_call(generator, K + 1);
   const int eb = (int)target.element_size();
   const bool aligned = (V * eb) % 16 == 0 && reinterpret_cast<uintptr_t>(target.data_ptr()) % 16 == 0 &&
                        (!draft.defined() || reinterpret_cast<uintptr_t>(draft.data_ptr()) % 16 == 0);

@@ -111,18 +111,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
   if (B == 0) return {tokens, num, nodes, status};
 
   at::PhiloxCudaState rng;
-  if (!greedy && !u.defined()) {
-    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
-        generator, at::cuda::detail::getDefaultCUDAGenerator());
-    std::lock_guard<std::mutex> lock(gen->mutex_);
-    rng = gen->philox_cuda_state((uint64_t)(((N + 1 + 3) / 4) * 4));
-  }
+  if (!greedy && !u.defined()) rng = philox_for_call(generator, N + 1);
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-#if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS
-  const bool clusters = prop->major >= 9;
-#else
-  const bool clusters = false;
-#endif
+  const bool clusters = clusters_available(prop);
   int cl = tree_cluster_size(B, prop->multiProcessorCount, clusters);
   if (cluster > 0) {
     TORCH_CHECK(cluster_size_ok((int)cluster) && (cluster == 1 || clusters),
