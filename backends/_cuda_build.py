@@ -169,7 +169,17 @@ def arch_flags(major: int, minor: int) -> list[str]:
     return flags
 
 
-CUDA_CFLAGS = ("-O3", "-std=c++17", "-lineinfo")
+#: nvcc flags of the torch extension. No ``-std=``: torch.utils.cpp_extension then adds the C++
+#: standard torch itself was built with (C++20 in recent releases, whose headers refuse C++17), so
+#: torch's headers compile here exactly as they did for its libraries.
+CUDA_CFLAGS = ("-O3", "-lineinfo")
+
+
+def torch_version() -> str:
+    """The installed torch's version string (``2.11.0+cu130``)."""
+    import torch
+
+    return str(torch.__version__)
 
 
 def extension_name(major: int, minor: int) -> str:
@@ -178,6 +188,9 @@ def extension_name(major: int, minor: int) -> str:
     is, without running ninja, by :func:`build_extension`)."""
     h = hashlib.sha256(sources_hash(*kernel_sources(), *HOST_HEADERS, *TORCH_SOURCES).encode())
     h.update(" ".join((*CUDA_CFLAGS, *arch_flags(major, minor))).encode())
+    # the headers, the C++ standard and the ABI come with torch: a library built against one torch
+    # version is not loaded by another
+    h.update(torch_version().encode())
     return f"specsample_verify_sm{major}{minor}_{h.hexdigest()[:12]}"
 
 
@@ -268,7 +281,7 @@ def build_extension(verbose: bool = False) -> str:
                     name=name,
                     sources=[str(source_path(source)) for source in TORCH_SOURCES],
                     extra_include_paths=[str(csrc_dir())],
-                    extra_cflags=["-O3", "-std=c++17"],
+                    extra_cflags=["-O3"],
                     extra_cuda_cflags=[*CUDA_CFLAGS, *arch_flags(major, minor)],
                     build_directory=build_dir,
                     is_python_module=False,

@@ -56,7 +56,10 @@ def test_extension_name_covers_every_source_and_the_flags(monkeypatch, tmp_path)
     base = _cuda_build.extension_name(9, 0)
     assert base.startswith("specsample_verify_sm90_") and base == _cuda_build.extension_name(9, 0)
     assert _cuda_build.extension_name(8, 0) != base
-    monkeypatch.setattr(_cuda_build, "CUDA_CFLAGS", ("-O2", "-std=c++17", "-lineinfo"))
+    monkeypatch.setattr(_cuda_build, "CUDA_CFLAGS", ("-O2", "-lineinfo"))
+    assert _cuda_build.extension_name(9, 0) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(_cuda_build, "torch_version", lambda: "2.99.0")
     assert _cuda_build.extension_name(9, 0) != base
     monkeypatch.undo()
     for name in (*_cuda_build.HOST_HEADERS, *_cuda_build.TORCH_SOURCES, "kernel_block.cuh"):
@@ -68,6 +71,17 @@ def test_extension_name_covers_every_source_and_the_flags(monkeypatch, tmp_path)
         )
         assert _cuda_build.extension_name(9, 0) != base, name
         monkeypatch.undo()
+
+
+def test_the_extension_leaves_the_cxx_standard_to_torch():
+    """torch.utils.cpp_extension adds the standard torch was built with only when the caller gives
+    none; a pinned older one compiles torch's headers differently from its libraries, or not at all
+    (recent torch headers refuse C++17)."""
+    import inspect
+
+    source = inspect.getsource(_cuda_build.build_extension)
+    assert "std=" not in source
+    assert not any(flag.startswith(("-std", "--std")) for flag in _cuda_build.CUDA_CFLAGS)
 
 
 def test_a_library_that_cannot_load_is_rebuilt_not_loaded(tmp_path):
