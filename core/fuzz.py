@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from .contract import Backend, VerifyOutput
 from .fuzz_cases import FuzzCase, case_claims, make_case
 from .fuzz_shrink import shrink, snippet
 from .reference import reference_verify
+
+if TYPE_CHECKING:
+    from .serving import ServingOutput
 
 
 @dataclass
@@ -89,7 +92,7 @@ def check_case(
     backend: Backend,
     case: FuzzCase,
     device: torch.device,
-    reference: VerifyOutput | None = None,
+    reference: VerifyOutput | ServingOutput | None = None,
 ) -> tuple[str | None, int]:
     """Run ``case`` on ``backend`` and compare with the reference (``reference``: its output for
     ``case``, when already computed).
@@ -105,6 +108,10 @@ def check_case(
         from .fuzz_tree import check_tree_case
 
         return check_tree_case(backend, case, device)
+    if case.serving is not None:
+        from .fuzz_serving import check_serving_case
+
+        return check_serving_case(backend, case, device, reference)
     if case.rule != "token":
         from .fuzz_cases import check_block_case
 
@@ -214,14 +221,19 @@ def run_fuzz_many(
         if time_budget is not None and time.perf_counter() - began > time_budget:
             stopped = f"time budget of {time_budget:g} s"
             break
-        shared: dict[tuple, tuple[FuzzCase, VerifyOutput | None]] = {}
+        shared: dict[tuple, tuple[FuzzCase, VerifyOutput | ServingOutput | None]] = {}
         for i in active:
             backend, dev, result = resolved[i], devices[i], results[i]
             key = case_claims(backend.capabilities)
             if key not in shared:
                 case = make_case(seed, index, backend.capabilities)
                 reference = None
-                if case.tree is None and case.rule == "token":  # others have their own checks
+                if case.serving is not None:
+                    from .fuzz_serving import serving_reference
+
+                    reference = serving_reference(case)
+                # tree and block cases have checks of their own
+                elif case.tree is None and case.rule == "token":
                     reference = reference_verify(
                         case.draft_token_ids,
                         case.draft_probs,

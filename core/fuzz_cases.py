@@ -56,6 +56,10 @@ class FuzzCase:
     #: a tree case (specsample.fuzz_tree): ``parents``, ``num_nodes``, ``sampling``, ``rule``
     tree: dict | None = None
     rule: str = "token"
+    #: a serving case (specsample.fuzz_serving): ``entry`` ("padded" or "flat") and ``kwargs``, the
+    #: padded-layout keyword arguments of ``verify_serving`` (``target_probs`` then holds the
+    #: target rows, logits or probabilities, and ``mode`` is "greedy", "random" or "mixed")
+    serving: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -78,6 +82,15 @@ class FuzzCase:
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.tree.items()
             },
             rule=self.rule,
+            serving=None
+            if self.serving is None
+            else {
+                "entry": self.serving["entry"],
+                "kwargs": {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v
+                    for k, v in self.serving["kwargs"].items()
+                },
+            },
         )
 
 
@@ -163,16 +176,20 @@ def case_claims(capabilities: Capabilities) -> tuple:
         tuple(capabilities.tree_modes),
         tuple(capabilities.tree_sampling),
         tuple(capabilities.tree_rules),
+        capabilities.serving,
         capabilities.max_vocab,
     )
 
 
 def make_case(seed: int, index: int, capabilities: Capabilities) -> FuzzCase:
     """Case ``index`` of the campaign ``seed`` for a backend with ``capabilities`` (CPU tensors)."""
+    from .fuzz_serving import is_serving_index, make_serving_case
     from .fuzz_tree import is_tree_index, make_tree_case
 
     if is_tree_index(index, capabilities):
         return make_tree_case(seed, index, capabilities)
+    if is_serving_index(index, capabilities):
+        return make_serving_case(seed, index, capabilities)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
     tags: list[str] = []
     modes, dtypes, max_k, vocabs = case_claims(capabilities)[:4]

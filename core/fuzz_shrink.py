@@ -83,8 +83,8 @@ def _simpler_values(t: torch.Tensor) -> list[torch.Tensor]:
 def shrink(case: FuzzCase, fails: Callable[[FuzzCase], bool]) -> FuzzCase:
     """The smallest case found that still ``fails``: fewer requests, then fewer drafts, then fewer
     vocabulary entries, then simpler values (greedy, each step kept only if it still fails).
-    A tree case is returned as it is."""
-    if case.tree is not None:
+    A tree or serving case is returned as it is."""
+    if case.tree is not None or case.serving is not None:
         return case
     steps = 0
 
@@ -145,6 +145,10 @@ def snippet(case: FuzzCase, backend: str, seed: int) -> str:
         from .fuzz_tree import tree_snippet
 
         return tree_snippet(case, backend, seed)
+    if case.serving is not None:
+        from .fuzz_serving import serving_snippet
+
+        return serving_snippet(case, backend, seed)
     p = "None" if case.draft_probs is None else _literal(case.draft_probs)
     u = "None" if case.uniforms is None else _literal(case.uniforms)
     return "\n".join(

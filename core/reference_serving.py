@@ -138,7 +138,9 @@ def serving_status(inputs: ServingInputs) -> torch.Tensor:
 
 def _verify_request(
     inputs: ServingInputs, b: int, coins: torch.Tensor, rounding: torch.dtype | None = None
-) -> list[int]:
+) -> tuple[list[int], torch.Tensor | None]:
+    """Request ``b``'s tokens and the float64 distribution its last token was drawn from by
+    inverse CDF with coin ``K_b`` (None for a greedy request)."""
     K_b = int(inputs.num_draft_tokens[b])
     T = float(inputs.temperature[b])
     ids = inputs.draft_token_ids[b, :K_b].tolist()
@@ -148,7 +150,7 @@ def _verify_request(
         for k in range(K_b + 1):
             best = int(torch.argmax(target[k].to(torch.float64)))  # ties -> smallest index
             if k == K_b or ids[k] != best:
-                return out + [best]
+                return out + [best], None
             out.append(ids[k])
         raise AssertionError("unreachable")
     k_top, p_top = int(inputs.top_k[b]), float(inputs.top_p[b])
@@ -172,9 +174,11 @@ def _verify_request(
         q, p = q_row(k), p_row(k)
         p_x = 1.0 if p is None else float(p[x])
         if not u[k] * p_x < float(q[x]):
-            return out + [inverse_cdf(residual(p, q, x), u[K_b])]
+            r = residual(p, q, x)
+            return out + [inverse_cdf(r, u[K_b])], r
         out.append(x)
-    return out + [inverse_cdf(q_row(K_b), u[K_b])]
+    r = q_row(K_b)
+    return out + [inverse_cdf(r, u[K_b])], r
 
 
 class _ReferenceServing(Backend):
@@ -205,7 +209,7 @@ class _ReferenceServing(Backend):
             status[b] = flags
             if flags:
                 continue
-            tokens = _verify_request(host, b, coins, self.rounding)
+            tokens, _ = _verify_request(host, b, coins, self.rounding)
             num_emitted[b] = len(tokens)
             token_ids[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
         device = inputs.device
@@ -229,6 +233,28 @@ def reference_verify_serving(*args: Any, **kwargs: Any) -> ServingOutput:
 def reference_verify_serving_flat(*args: Any, **kwargs: Any) -> ServingOutput:
     """:meth:`specsample.Backend.verify_serving_flat` in float64."""
     return _REFERENCE.verify_serving_flat(*args, **kwargs)
+
+
+def last_token_distributions(*args: Any, **kwargs: Any) -> list[tuple[torch.Tensor, float] | None]:
+    """Per request, ``(r, u)``: the float64 distribution ``r`` [V] the reference draws the last
+    token from (the residual of the rejected position, or the bonus row) and the coin ``u`` that
+    draws it; None for greedy and flagged requests. Same arguments as
+    :func:`reference_verify_serving`. The fuzzer uses it to tell a float32 rounding tie at an
+    inverse-CDF boundary from a wrong token, as the chain checks do."""
+    from .serving import validate_serving
+
+    inputs = validate_serving(*args, **kwargs)
+    coins = serving_coins(inputs).cpu()
+    host = _to_cpu(inputs)
+    rows: list[tuple[torch.Tensor, float] | None] = []
+    for b in range(host.batch_size):
+        if request_flags(host, b, coins):
+            rows.append(None)
+            continue
+        _, r = _verify_request(host, b, coins)
+        k = int(host.num_draft_tokens[b])
+        rows.append(None if r is None else (r, float(coins[b, k])))
+    return rows
 
 
 def float32_sensitive_requests(*args: Any, **kwargs: Any) -> torch.Tensor:
