@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -28,6 +29,21 @@
 
 #include "launch_config.h"
 #include "verify_kernel.cuh"
+
+// Raise c10::Error (RuntimeError in Python) with a printf-formatted message when `cond` is false.
+// The message reaches TORCH_CHECK as one const char*, which libc10 turns into the exception itself.
+// A TORCH_CHECK that formats numbers (c10::str, an ostringstream built in this library) crashed the
+// process with SIGSEGV on Hopper hosts instead of raising, while literal messages raised; see
+// docs/dev/cuda-kernel.md. Every binding check with a number in its message uses this macro.
+#define SPECSAMPLE_CHECK(cond, ...)                                                   \
+  do {                                                                                \
+    if (C10_UNLIKELY(!(cond))) {                                                      \
+      char specsample_check_message_[512];                                            \
+      std::snprintf(specsample_check_message_, sizeof(specsample_check_message_),     \
+                    __VA_ARGS__);                                                     \
+      TORCH_CHECK(false, static_cast<const char*>(specsample_check_message_));        \
+    }                                                                                 \
+  } while (0)
 
 namespace specsample {
 static_assert(kLaunchMaxStepRows == kMaxStepRows, "launch_config.h and the kernel disagree");

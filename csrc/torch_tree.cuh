@@ -73,7 +73,7 @@ void launch_tree_cluster(int cl, int64_t B, cudaStream_t stream, const TreeLaunc
     case 4: launch_tree_cl<T, 4, HAS_P, ALIGNED>(B, stream, a, rng); break;
     case 8: launch_tree_cl<T, 8, HAS_P, ALIGNED>(B, stream, a, rng); break;
     case 16: launch_tree_cl<T, 16, HAS_P, ALIGNED>(B, stream, a, rng); break;
-    default: TORCH_CHECK(false, "specsample::verify_tree: unsupported cluster size ", cl);
+    default: SPECSAMPLE_CHECK(false, "specsample::verify_tree: unsupported cluster size %d", (int)cl);
   }
 }
 

@@ -82,7 +82,7 @@ void launch_typed(const LaunchConfig& cfg, int64_t B, cudaStream_t stream, const
         break;
       }
       default:
-        TORCH_CHECK(false, "specsample::verify: unsupported cluster size ", cfg.cluster);
+        SPECSAMPLE_CHECK(false, "specsample::verify: unsupported cluster size %d", (int)cfg.cluster);
     }
 #else
     TORCH_CHECK(false, "specsample::verify: thread-block clusters need sm_90 or newer");
@@ -131,7 +131,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_cuda(const at::Tensor& dra
   const int64_t B = draft_token_ids.size(0), K = draft_token_ids.size(1), V = target_probs.size(2);
   TORCH_CHECK(target_probs.size(0) == B && target_probs.size(1) == K + 1,
               "specsample::verify: target_probs must be [B, K+1, V]");
-  TORCH_CHECK(K <= kMaxK, "specsample::verify: K=", K, " exceeds the kernel's limit ", kMaxK);
+  SPECSAMPLE_CHECK(K <= kMaxK, "specsample::verify: K=%lld exceeds the kernel's limit %d", (long long)K,
+                   (int)kMaxK);
   TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify: V must be in [1, 2^31)");
   TORCH_CHECK(B < (int64_t(1) << 27), "specsample::verify: B too large");
   const auto st = target_probs.scalar_type();

@@ -55,7 +55,7 @@ void launch_block_typed(int cl, int threads, int64_t B, cudaStream_t stream, con
         break;
       }
       default:
-        TORCH_CHECK(false, "specsample::verify_block: unsupported cluster size ", cl);
+        SPECSAMPLE_CHECK(false, "specsample::verify_block: unsupported cluster size %d", (int)cl);
     }
 #else
     TORCH_CHECK(false, "specsample::verify_block: thread-block clusters need sm_90 or newer");
@@ -107,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
   const int64_t B = draft_token_ids.size(0), K = draft_token_ids.size(1), V = target_probs.size(2);
   TORCH_CHECK(target_probs.size(0) == B && target_probs.size(1) == K + 1,
               "specsample::verify_block: target_probs must be [B, K+1, V]");
-  TORCH_CHECK(K <= kMaxK, "specsample::verify_block: K=", K, " exceeds the kernel's limit ", kMaxK);
+  SPECSAMPLE_CHECK(K <= kMaxK, "specsample::verify_block: K=%lld exceeds the kernel's limit %d",
+                   (long long)K, (int)kMaxK);
   TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify_block: V must be in [1, 2^31)");
   TORCH_CHECK(B < (int64_t(1) << 27), "specsample::verify_block: B too large");
   const auto st = target_probs.scalar_type();
@@ -115,13 +116,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_block_cuda(
               "specsample::verify_block: probabilities must be float32, float16 or bfloat16");
   const auto it = draft_token_ids.scalar_type();
   TORCH_CHECK(it == at::kInt || it == at::kLong, "specsample::verify_block: ids must be int32 or int64");
-  TORCH_CHECK(cluster_size_ok((int)cluster), "specsample::verify_block: cluster must be 1, 2, 4, 8 or 16, got ",
-              cluster);
-  TORCH_CHECK(threads >= 32 && threads % 32 == 0 && threads <= 512,
-              "specsample::verify_block: threads must be a multiple of 32 in [32, 512], got ", threads);
-  TORCH_CHECK(split >= 0 && split <= (int64_t(1) << 16),
-              "specsample::verify_block: split must be 0 (the cluster kernel) or a chunk count <= 65536, got ",
-              split);
+  SPECSAMPLE_CHECK(cluster_size_ok((int)cluster),
+                   "specsample::verify_block: cluster must be 1, 2, 4, 8 or 16, got %lld", (long long)cluster);
+  SPECSAMPLE_CHECK(threads >= 32 && threads % 32 == 0 && threads <= 512,
+                   "specsample::verify_block: threads must be a multiple of 32 in [32, 512], got %lld",
+                   (long long)threads);
+  SPECSAMPLE_CHECK(split >= 0 && split <= (int64_t(1) << 16),
+                   "specsample::verify_block: split must be 0 (the cluster kernel) or a chunk count <= 65536, "
+                   "got %lld",
+                   (long long)split);
   TORCH_CHECK(B * split < (int64_t(1) << 31), "specsample::verify_block: B * split too large");
   c10::cuda::CUDAGuard guard(target_probs.device());
 

@@ -46,9 +46,9 @@ at::Tensor serving_param(const std::optional<at::Tensor>& t) {
 
 void check_serving_vector(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t n,
                           const at::Device& dev) {
-  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == 1 && t.size(0) == n && t.device() == dev,
-              "specsample::verify_serving: ", name, " must be a [B] ", c10::toString(dtype),
-              " tensor on the target's device");
+  SPECSAMPLE_CHECK(t.scalar_type() == dtype && t.dim() == 1 && t.size(0) == n && t.device() == dev,
+                   "specsample::verify_serving: %s must be a [B] %s tensor on the target's device", name,
+                   c10::toString(dtype));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_serving_cuda(
@@ -64,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_serving_cuda(
   const int64_t B = draft_token_ids.size(0), K = draft_token_ids.size(1), V = target_in.size(2);
   TORCH_CHECK(target_in.size(0) == B && target_in.size(1) == K + 1,
               "specsample::verify_serving: target must be [B, K+1, V]");
-  TORCH_CHECK(K <= kMaxK, "specsample::verify_serving: K=", K, " exceeds the kernel's limit ", kMaxK);
+  SPECSAMPLE_CHECK(K <= kMaxK, "specsample::verify_serving: K=%lld exceeds the kernel's limit %d",
+                   (long long)K, (int)kMaxK);
   TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify_serving: V must be in [1, 2^31)");
   TORCH_CHECK(B < (int64_t(1) << 31), "specsample::verify_serving: B too large");
   const auto st = target_in.scalar_type();

@@ -66,8 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
               "specsample::verify_tree: parents must be int64 [B, N]");
   TORCH_CHECK(num_nodes.scalar_type() == at::kLong && num_nodes.dim() == 1 && num_nodes.size(0) == B,
               "specsample::verify_tree: num_nodes must be int64 [B]");
-  TORCH_CHECK(N <= kMaxTreeNodes, "specsample::verify_tree: N=", N, " exceeds the kernel's limit ",
-              kMaxTreeNodes);
+  SPECSAMPLE_CHECK(N <= kMaxTreeNodes, "specsample::verify_tree: N=%lld exceeds the kernel's limit %d",
+                   (long long)N, (int)kMaxTreeNodes);
   TORCH_CHECK(max_depth >= 0 && max_depth < (int64_t(1) << 30),
               "specsample::verify_tree: max_depth must be in [0, 2^30)");
   TORCH_CHECK(V >= 1 && V < (int64_t(1) << 31), "specsample::verify_tree: V must be in [1, 2^31)");
@@ -99,9 +99,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_cuda(
   const bool trav = traversal && !greedy;
   TORCH_CHECK(!trav || N == 0 || p.defined(),
               "specsample::verify_tree: traversal=True in random mode needs draft_probs");
-  TORCH_CHECK(!trav || cluster <= 1,
-              "specsample::verify_tree: traversal runs one block per request (cluster 0 or 1), got ",
-              cluster);
+  SPECSAMPLE_CHECK(!trav || cluster <= 1,
+                   "specsample::verify_tree: traversal runs one block per request (cluster 0 or 1), got %lld",
+                   (long long)cluster);
   const int64_t D = max_depth;
   auto opts = q.options().dtype(at::kLong);
   at::Tensor tokens = at::empty({B, D + 1}, opts);

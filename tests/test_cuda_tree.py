@@ -9,6 +9,8 @@ tolerates proven near-ties.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import specsample
 import torch
@@ -550,13 +552,8 @@ else:
 _OP_ERRORS = [
     pytest.param(
         "tree(ids, parents, counts, p, q, u, None, False, False, False, N, 2, True)",
-        "one block per request",
-        marks=pytest.mark.xfail(
-            reason="SIGSEGV inside this check's throw on an H100 and an H200 (a message with a "
-            "formatted number); Backend.verify_tree refuses the argument in Python first",
-            strict=False,
-        ),
-        id="tree-traversal-cluster",
+        "one block per request (cluster 0 or 1), got 2",
+        id="tree-traversal-cluster-formatted",
     ),
     pytest.param(
         "tree(ids, parents, counts, p, q, u, None, False, False, False, N, 3, False)",
@@ -576,12 +573,46 @@ _OP_ERRORS = [
 ]
 
 
+def test_binding_checks_pass_torch_check_one_message_string():
+    """TORCH_CHECK with more than one message argument builds the message with c10::str, the path
+    that crashed instead of raising; numbers go through SPECSAMPLE_CHECK's snprintf instead."""
+    import re
+
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    offenders = []
+    for path in sorted(csrc.glob("*.cu*")):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"TORCH_CHECK\((.*?)\);", text, re.S):
+            args = _top_level_arguments(match.group(1))
+            if len(args) > 2:
+                line = text[: match.start()].count("\n") + 1
+                offenders.append(f"{path.name}:{line}: {' '.join(match.group(0).split())[:100]}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _top_level_arguments(text: str) -> list[str]:
+    """Split a macro's argument list at the commas outside brackets and string literals."""
+    args, depth, in_string, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"' and (i == 0 or text[i - 1] != "\\"):
+            in_string = not in_string
+        elif not in_string and ch in "([{":
+            depth += 1
+        elif not in_string and ch in ")]}":
+            depth -= 1
+        elif not in_string and ch == "," and depth == 0:
+            args.append(text[start:i])
+            start = i + 1
+    return [*args, text[start:]]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("call, message", _OP_ERRORS)
 def test_op_argument_errors_raise_and_do_not_crash(call, message):
     """The ops' own checks (C++ exceptions) reach Python as RuntimeError. Each runs in a child
-    process, since one of them crashes the process (SIGSEGV) on Hopper GPUs, which would take
-    pytest down; the cases tell messages with a formatted number from literal ones."""
+    process: a TORCH_CHECK that formatted a number crashed the process (SIGSEGV) on Hopper hosts,
+    which would take pytest down. The checks with numbers now format them with SPECSAMPLE_CHECK
+    (csrc/torch_common.cuh); the two "formatted" cases cover that path, the others literal ones."""
     import subprocess
     import sys
 
