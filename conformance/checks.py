@@ -44,6 +44,7 @@ CHECK_MODULES = (
     "tree_length",
     "traversal",
     "block",
+    "fuzz",
 )
 
 

@@ -49,3 +49,16 @@ def test_runner_reports_a_mutant_as_failed_in_json(mutants_registered, tmp_path)
     assert "reused" in checks["stats.independent-streams"]["details"]
     assert checks["contract.padding"]["outcome"] == "pass"
     assert doc["backends"]["mutant-shared-uniform"]["summary"]["fail"] >= 1
+
+
+def test_the_fuzz_check_passes_a_correct_backend_and_fails_a_mutant_with_a_reproducer(
+    mutants_registered,
+):
+    """fuzz.differential (full level only) runs the fuzzer's campaign inside the suite."""
+    assert "fuzz.differential" in check_names("full")
+    assert "fuzz.differential" not in check_names("fast")
+    good = run_check("torch-loop", "fuzz.differential", "full")
+    assert good.outcome == "pass" and "2000 cases" in good.details, good.details
+    bad = run_check("mutant-cdf-ge", "fuzz.differential", "full")
+    assert bad.outcome == "fail", (bad.outcome, bad.details)
+    assert "diverges" in bad.details and "import specsample" in bad.details, bad.details
