@@ -22,6 +22,7 @@ from .contract import Capabilities
 if TYPE_CHECKING:
     from .contract import Backend
     from .fuzz_cases import FuzzCase
+    from .reference_serving import LastDraw
     from .serving import ServingOutput
 
 #: case ``index`` is a serving case when ``index % SERVING_EVERY == SERVING_SLOT`` (tree cases take
@@ -206,10 +207,10 @@ def check_serving_case(
     A request that differs from the reference is excused, and counted as a rounding tie, when the
     reference itself changes once the sampling distributions are rounded to float32
     (:func:`~specsample.reference_serving.float32_sensitive_requests`, as the ``serving.*`` checks
-    excuse it), or when only its last token differs and the reference's inverse-CDF threshold lies
-    within ``cdf_epsilon(V)`` of that token's interval (the chain checks' rounding tie).
+    excuse it), or when only its last token differs as a float32 computation of the same
+    distributions may make it differ (:func:`_float32_tie`).
     """
-    from .reference_serving import float32_sensitive_requests, last_token_distributions
+    from .reference_serving import float32_sensitive_requests, last_draws
 
     serving = case.serving
     assert serving is not None
@@ -245,8 +246,8 @@ def check_serving_case(
         )
         if same_prefix:
             if last_rows is None:
-                last_rows = last_token_distributions(ids, **kwargs)
-            if _near_cdf_boundary(last_rows[b], int(got[b, n - 1])):
+                last_rows = last_draws(ids, **kwargs)
+            if _float32_tie(last_rows[b], int(got[b, n - 1])):
                 continue
         return (
             f"serving case {case.index}: request {b} emitted {got[b].tolist()} "
@@ -255,23 +256,39 @@ def check_serving_case(
     return None, int(differs.sum())
 
 
-def _near_cdf_boundary(row: tuple[torch.Tensor, float] | None, token: int) -> bool:
-    """True when ``token`` has positive weight in the distribution the last token is drawn from
-    and the reference's threshold ``u * sum(r)`` lies within ``cdf_epsilon(V) * sum(r)`` of its
-    interval: the float32 CDF scan the chain contract allows may then draw it (the chain checks'
-    rounding tie)."""
+#: absolute rounding noise of a residual ``max(0, q' - p')`` whose rows a backend computed in
+#: float32 from logits: each row sums to 1 and carries a few float32 ulps (2**-24) of error per
+#: entry, so their difference is known to about 2**-20 in total
+RESIDUAL_NOISE = 2.0**-20
+
+
+def _float32_tie(draw: LastDraw | None, token: int) -> bool:
+    """True when a last token that differs from the reference's is what a float32 computation of
+    the same distributions may draw:
+
+    - the residual's mass is at most :data:`RESIDUAL_NOISE` (the rejection's residual is rounding
+      noise, or all zero so that the draw falls back to ``q'``): any token ``q'`` gives positive
+      weight;
+    - else ``token`` has positive weight in the row drawn from and the reference's threshold
+      ``u * sum(r)`` lies within ``cdf_epsilon(V) * sum(r)`` (plus :data:`RESIDUAL_NOISE` for a
+      residual) of its interval, the chain checks' bracket.
+    """
     from specsample.conformance.check_common import cdf_epsilon
 
-    if row is None:
+    if draw is None:
         return False
-    r, u = row
-    if not 0 <= token < r.numel() or float(r[token]) <= 0.0:
+    r, V = draw.row, draw.row.numel()
+    if not 0 <= token < V:
+        return False
+    if draw.residual_mass is not None and draw.residual_mass <= RESIDUAL_NOISE:
+        return float(draw.target[token]) > 0.0
+    if float(r[token]) <= 0.0:
         return False
     cdf = torch.cumsum(r, 0)
     total = float(cdf[-1])
-    eps = cdf_epsilon(r.numel()) * total
+    eps = cdf_epsilon(V) * total + (RESIDUAL_NOISE if draw.residual_mass is not None else 0.0)
     lo = float(cdf[token - 1]) if token > 0 else 0.0
-    return lo - eps <= u * total < float(cdf[token]) + eps
+    return lo - eps <= draw.coin * total < float(cdf[token]) + eps
 
 
 def serving_snippet(case: FuzzCase, backend: str, seed: int) -> str:

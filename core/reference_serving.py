@@ -15,7 +15,7 @@ Per request ``b`` with ``K_b = num_draft_tokens[b]`` drafts, temperature ``T``, 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -136,11 +136,24 @@ def serving_status(inputs: ServingInputs) -> torch.Tensor:
     )
 
 
+class LastDraw(NamedTuple):
+    """How the reference drew a sampling request's last token (float64, ``[V]`` rows)."""
+
+    #: the row drawn from by inverse CDF: the residual ``max(0, q' - p')`` (``q'`` when that is
+    #: all zero) or the bonus row ``q'``; unnormalized
+    row: torch.Tensor
+    #: the coin that drew it (coin ``K_b``)
+    coin: float
+    #: the target distribution ``q'`` at that position
+    target: torch.Tensor
+    #: the residual's mass ``sum(max(0, q' - p'))`` before any fallback; None for the bonus row
+    residual_mass: float | None
+
+
 def _verify_request(
     inputs: ServingInputs, b: int, coins: torch.Tensor, rounding: torch.dtype | None = None
-) -> tuple[list[int], torch.Tensor | None]:
-    """Request ``b``'s tokens and the float64 distribution its last token was drawn from by
-    inverse CDF with coin ``K_b`` (None for a greedy request)."""
+) -> tuple[list[int], LastDraw | None]:
+    """Request ``b``'s tokens and how its last token was drawn (None for a greedy request)."""
     K_b = int(inputs.num_draft_tokens[b])
     T = float(inputs.temperature[b])
     ids = inputs.draft_token_ids[b, :K_b].tolist()
@@ -175,10 +188,20 @@ def _verify_request(
         p_x = 1.0 if p is None else float(p[x])
         if not u[k] * p_x < float(q[x]):
             r = residual(p, q, x)
-            return out + [inverse_cdf(r, u[K_b])], r
+            mass = float(torch.clamp(q - _one_hot_or(p, q, x), min=0.0).sum())
+            return out + [inverse_cdf(r, u[K_b])], LastDraw(r, u[K_b], q, mass)
         out.append(x)
-    r = q_row(K_b)
-    return out + [inverse_cdf(r, u[K_b])], r
+    q = q_row(K_b)
+    return out + [inverse_cdf(q, u[K_b])], LastDraw(q, u[K_b], q, None)
+
+
+def _one_hot_or(p: torch.Tensor | None, q: torch.Tensor, x: int) -> torch.Tensor:
+    """``p``, or the one-hot row of a deterministic drafter's token ``x`` when ``p`` is None."""
+    if p is not None:
+        return p
+    one_hot = torch.zeros_like(q)
+    one_hot[x] = 1.0
+    return one_hot
 
 
 class _ReferenceServing(Backend):
@@ -235,26 +258,22 @@ def reference_verify_serving_flat(*args: Any, **kwargs: Any) -> ServingOutput:
     return _REFERENCE.verify_serving_flat(*args, **kwargs)
 
 
-def last_token_distributions(*args: Any, **kwargs: Any) -> list[tuple[torch.Tensor, float] | None]:
-    """Per request, ``(r, u)``: the float64 distribution ``r`` [V] the reference draws the last
-    token from (the residual of the rejected position, or the bonus row) and the coin ``u`` that
-    draws it; None for greedy and flagged requests. Same arguments as
-    :func:`reference_verify_serving`. The fuzzer uses it to tell a float32 rounding tie at an
-    inverse-CDF boundary from a wrong token, as the chain checks do."""
+def last_draws(*args: Any, **kwargs: Any) -> list[LastDraw | None]:
+    """Per request, how the reference drew its last token (:class:`LastDraw`); None for greedy
+    and flagged requests. Same arguments as :func:`reference_verify_serving`. The fuzzer uses it to
+    tell a float32 rounding tie from a wrong token (docs/fuzz.md)."""
     from .serving import validate_serving
 
     inputs = validate_serving(*args, **kwargs)
     coins = serving_coins(inputs).cpu()
     host = _to_cpu(inputs)
-    rows: list[tuple[torch.Tensor, float] | None] = []
+    draws: list[LastDraw | None] = []
     for b in range(host.batch_size):
         if request_flags(host, b, coins):
-            rows.append(None)
+            draws.append(None)
             continue
-        _, r = _verify_request(host, b, coins)
-        k = int(host.num_draft_tokens[b])
-        rows.append(None if r is None else (r, float(coins[b, k])))
-    return rows
+        draws.append(_verify_request(host, b, coins)[1])
+    return draws
 
 
 def float32_sensitive_requests(*args: Any, **kwargs: Any) -> torch.Tensor:

@@ -98,3 +98,28 @@ def test_a_last_token_at_a_cdf_boundary_is_a_rounding_tie_not_a_divergence():
     ref = reference_verify_serving(case.draft_token_ids, **case.serving["kwargs"])
     assert not torch.equal(out.token_ids, ref.token_ids)  # the case still holds the tie
     assert check_serving_case(backend, case, torch.device("cpu")) == (None, 1)
+
+
+@pytest.mark.parametrize(
+    "index, mass",
+    [(48269, "noise"), (53773, "zero")],
+    ids=["residual-of-float32-noise", "residual-all-zero"],
+)
+def test_a_residual_below_float32_resolution_is_a_rounding_tie(index, mass):
+    """Seed 100: the rejected position's target and draft distributions agree to float32 precision
+    (temperature 1.6 and a peaked row: residual mass 6e-8; temperature 1000 and draft logits equal
+    to the target's in float16: residual exactly 0 in float64, so the reference falls back to q').
+    A float32 backend's residual is then rounding noise, and any token of q' is a legitimate draw."""
+    from specsample.reference_serving import last_draws
+
+    backend = specsample.get_backend("torch-vectorized")
+    case = make_serving_case(100, index, backend.capabilities)
+    kwargs = case.serving["kwargs"]
+    out = backend.verify_serving(case.draft_token_ids, **kwargs)
+    ref = reference_verify_serving(case.draft_token_ids, **kwargs)
+    differs = (out.token_ids != ref.token_ids).any(dim=1).nonzero().flatten().tolist()
+    assert len(differs) == 1  # the case still holds the tie
+    draw = last_draws(case.draft_token_ids, **kwargs)[differs[0]]
+    assert draw.residual_mass is not None and draw.residual_mass <= 2.0**-20
+    assert (draw.residual_mass == 0.0) == (mass == "zero")
+    assert check_serving_case(backend, case, torch.device("cpu")) == (None, 1)
