@@ -1,5 +1,5 @@
 """Serving cases of the differential fuzzer: ``verify_serving`` / ``verify_serving_flat`` against
-the float64 serving reference (:func:`specsample.reference_verify_serving`).
+the float64 serving reference (:func:`specsample.reference_serving.reference_verify_serving`).
 
 For a backend that claims ``Capabilities.serving``, one case in :data:`SERVING_EVERY` is a serving
 case: a mixed batch where every request draws its own draft count (0 included), temperature (0 =
@@ -160,7 +160,7 @@ def make_serving_case(seed: int, index: int, caps: Capabilities) -> FuzzCase:
         None,
         target.to(dtype),
         None,
-        "mixed" if len(kinds) > 1 else next(iter(kinds)),
+        "mixed" if len(kinds) > 1 else ("greedy" if kinds == {"greedy"} else "random"),
         tuple(tags),
         serving={"entry": entry, "kwargs": kwargs},
     )
