@@ -34,7 +34,7 @@
 // The message reaches TORCH_CHECK as one const char*, which libc10 turns into the exception itself.
 // A TORCH_CHECK that formats numbers (c10::str, an ostringstream built in this library) crashed the
 // process with SIGSEGV on Hopper hosts instead of raising, while literal messages raised; see
-// docs/dev/cuda-kernel.md. Every binding check with a number in its message uses this macro.
+// docs/backends/cuda-cpp.md. Every binding check with a number in its message uses this macro.
 #define SPECSAMPLE_CHECK(cond, ...)                                                   \
   do {                                                                                \
     if (C10_UNLIKELY(!(cond))) {                                                      \
