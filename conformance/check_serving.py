@@ -15,7 +15,7 @@ from specsample.reference_serving import (
     reference_verify_serving,
     transform_row,
 )
-from specsample.serving_layout import padded_to_flat, padded_to_flat_drafts
+from specsample.serving_layout import padded_to_flat, padded_to_flat_call
 
 from .check_stats import ALPHA, _Tests
 from .checks import CheckFailed, NotClaimed, Target, check
@@ -141,13 +141,8 @@ def serving_exact(target: Target) -> str:
         excused = _excused(ids, batch, what)
         _compare(out, ref, labels, what, excused)
         # The flattened layout gives the same tokens, and flat_token_ids in engine order.
-        flat_ids, cu = padded_to_flat_drafts(ids, batch["num_draft_tokens"])
+        flat_ids, cu, flat = padded_to_flat_call(ids, batch)
         T, B = flat_ids.shape[0], len(labels)
-        flat = dict(dev)
-        flat.pop("num_draft_tokens")
-        flat["target_logits"] = padded_to_flat(batch["target_logits"], cu, T + B, bonus=True)
-        flat["draft_logits"] = padded_to_flat(batch["draft_logits"], cu, T, bonus=False)
-        flat["uniforms"] = padded_to_flat(batch["uniforms"], cu, T + B, bonus=True)
         flat = _on(target.device, flat)
         out_flat = target.backend.verify_serving_flat(
             flat_ids.to(target.device), cu.to(target.device), max_num_draft_tokens=K, **flat

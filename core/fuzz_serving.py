@@ -168,20 +168,11 @@ def make_serving_case(seed: int, index: int, caps: Capabilities) -> FuzzCase:
 
 def _flat_call(backend: Backend, ids: torch.Tensor, kwargs: dict[str, Any], K: int):
     """``backend.verify_serving_flat`` on the padded case converted to the engine layout."""
-    from .serving_layout import padded_to_flat, padded_to_flat_drafts
+    from .serving_layout import padded_to_flat, padded_to_flat_call
 
-    num = kwargs["num_draft_tokens"]
-    flat_ids, cu = padded_to_flat_drafts(ids, num)
-    T, B = flat_ids.shape[0], ids.shape[0]
-    flat = {k: v for k, v in kwargs.items() if k != "num_draft_tokens"}
-    for name in ("target_logits", "target_probs", "uniforms"):
-        if name in flat:
-            flat[name] = padded_to_flat(flat[name], cu, T + B, bonus=True)
-    for name in ("draft_logits", "draft_probs"):
-        if name in flat:
-            flat[name] = padded_to_flat(flat[name], cu, T, bonus=False)
+    flat_ids, cu, flat = padded_to_flat_call(ids, kwargs)
     out = backend.verify_serving_flat(flat_ids, cu, max_num_draft_tokens=K, **flat)
-    want = padded_to_flat(out.token_ids, cu, T + B, bonus=True, fill=-1)
+    want = padded_to_flat(out.token_ids, cu, flat_ids.shape[0] + ids.shape[0], bonus=True, fill=-1)
     if not torch.equal(out.flat_token_ids, want):
         raise AssertionError("flat_token_ids is not the padded output in engine order")
     return out

@@ -116,3 +116,29 @@ def padded_to_flat_drafts(
     cu = torch.cumsum(num_draft_tokens.to(torch.int64), dim=0)
     total = int(cu[-1]) if cu.numel() else 0
     return padded_to_flat(draft_token_ids, cu, total, bonus=False), cu
+
+
+#: keyword arguments of a serving call laid out like the target rows (``T + B`` flat rows) and like
+#: the draft rows (``T``); the others are per request and keep their ``[B]`` layout
+_TARGET_LIKE = ("target_probs", "target_logits", "uniforms")
+_DRAFT_LIKE = ("draft_probs", "draft_logits")
+
+
+def padded_to_flat_call(
+    draft_token_ids: torch.Tensor, kwargs: dict
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A padded-layout ``verify_serving`` call in the flattened layout: ``(draft_token_ids [T],
+    cu_num_draft_tokens [B] int64, kwargs)`` for ``verify_serving_flat``. ``kwargs`` must hold
+    ``num_draft_tokens``; its target-shaped and draft-shaped tensors are scattered to flat rows,
+    the per-request ones kept. Reads ``T`` on the host (one sync when the counts are on a GPU)."""
+    flat_ids, cu = padded_to_flat_drafts(draft_token_ids, kwargs["num_draft_tokens"])
+    T, B = flat_ids.shape[0], draft_token_ids.shape[0]
+    flat = {}
+    for name, value in kwargs.items():
+        if name in _TARGET_LIKE and value is not None:
+            value = padded_to_flat(value, cu.to(value.device), T + B, bonus=True)
+        elif name in _DRAFT_LIKE and value is not None:
+            value = padded_to_flat(value, cu.to(value.device), T, bonus=False)
+        if name != "num_draft_tokens":
+            flat[name] = value
+    return flat_ids, cu, flat
