@@ -20,6 +20,20 @@ def accept_draft(u: float, p: float, q: float) -> bool:
     return u * p < q
 
 
+def residual_positive_part(
+    p_row: torch.Tensor | None, q_row: torch.Tensor, draft_token: int
+) -> torch.Tensor:
+    """``max(0, q - p)`` in float64, ``[V]``, with no fallback (p one-hot at ``draft_token`` when
+    ``p_row`` is None). Its sum is the residual's mass, the probability of a rejection."""
+    q = q_row.to(torch.float64)
+    if p_row is None:
+        p = torch.zeros_like(q)
+        p[draft_token] = 1.0
+    else:
+        p = p_row.to(torch.float64)
+    return torch.clamp(q - p, min=0.0)
+
+
 def residual(p_row: torch.Tensor | None, q_row: torch.Tensor, draft_token: int) -> torch.Tensor:
     """Rule 2: ``max(0, q - p)`` over the vocabulary, falling back to ``q`` when it sums to zero.
 
@@ -32,15 +46,9 @@ def residual(p_row: torch.Tensor | None, q_row: torch.Tensor, draft_token: int) 
     Returns:
         ``[V]`` float64, unnormalized.
     """
-    q = q_row.to(torch.float64)
-    if p_row is None:
-        p = torch.zeros_like(q)
-        p[draft_token] = 1.0
-    else:
-        p = p_row.to(torch.float64)
-    r = torch.clamp(q - p, min=0.0)
+    r = residual_positive_part(p_row, q_row, draft_token)
     if r.sum().item() == 0.0:
-        r = q
+        r = q_row.to(torch.float64)
     return r
 
 

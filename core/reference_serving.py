@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .contract import Backend, Capabilities, VerifyInputs, VerifyOutput
-from .reference import inverse_cdf, residual
+from .reference import inverse_cdf, residual, residual_positive_part
 from .serving import ServingInputs, ServingOutput, serving_coins
 from .status import Status
 
@@ -188,20 +188,11 @@ def _verify_request(
         p_x = 1.0 if p is None else float(p[x])
         if not u[k] * p_x < float(q[x]):
             r = residual(p, q, x)
-            mass = float(torch.clamp(q - _one_hot_or(p, q, x), min=0.0).sum())
+            mass = float(residual_positive_part(p, q, x).sum())
             return out + [inverse_cdf(r, u[K_b])], LastDraw(r, u[K_b], q, mass)
         out.append(x)
     q = q_row(K_b)
     return out + [inverse_cdf(q, u[K_b])], LastDraw(q, u[K_b], q, None)
-
-
-def _one_hot_or(p: torch.Tensor | None, q: torch.Tensor, x: int) -> torch.Tensor:
-    """``p``, or the one-hot row of a deterministic drafter's token ``x`` when ``p`` is None."""
-    if p is not None:
-        return p
-    one_hot = torch.zeros_like(q)
-    one_hot[x] = 1.0
-    return one_hot
 
 
 class _ReferenceServing(Backend):
