@@ -56,14 +56,18 @@ def transform_row(
         kth = torch.sort(x, descending=True).values[top_k - 1]
         keep = x >= kth
     top = x.max().item()
+    # Each weight is computed once per distinct value, so equal values get equal weights, as the
+    # top-p tie rule below requires: torch's vectorized float64 pow on the CPU can round an
+    # element in a loop's tail one ulp away from an equal element of the vectorized body.
+    values, inverse = torch.unique(x, return_inverse=True)
     if is_logits:
         if top == -math.inf:
             return torch.zeros(V, dtype=torch.float64)
-        w = torch.exp((x - top) / temperature)
+        w = torch.exp((values - top) / temperature)[inverse]
     else:
         if top <= 0.0:
             return torch.zeros(V, dtype=torch.float64)
-        w = torch.pow(x / top, 1.0 / temperature)
+        w = torch.pow(values / top, 1.0 / temperature)[inverse]
     w = torch.where(keep, w, 0.0)
     pi = w / w.sum()
     if top_p < 1.0:

@@ -123,3 +123,15 @@ def test_a_residual_below_float32_resolution_is_a_rounding_tie(index, mass):
     assert draw.residual_mass is not None and draw.residual_mass <= 2.0**-20
     assert (draw.residual_mass == 0.0) == (mass == "zero")
     assert check_serving_case(backend, case, torch.device("cpu")) == (None, 1)
+
+
+def test_tokens_tied_at_the_top_p_boundary_are_all_kept():
+    """Case 892597 of seed 748 (a GPU campaign): temperature 0.3 and top-p 0.3 on a row where four
+    tokens share the probability at the top-p boundary. Every backend kept all four and drew token
+    28; the reference kept one (its float64 pow rounded equal values apart by their position) and
+    drew 29. tests/test_serving_reference.py pins the rule; here the case passes the fuzzer."""
+    backend = specsample.get_backend("torch-loop")
+    case = make_serving_case(748, 892597, backend.capabilities)
+    ref = reference_verify_serving(case.draft_token_ids, **case.serving["kwargs"])
+    assert ref.token_ids[7, 0].item() == 28
+    assert check_serving_case(backend, case, torch.device("cpu")) == (None, 0)

@@ -54,6 +54,29 @@ def test_transform_row_hand_examples():
     assert transform_row(torch.full((3,), -math.inf), True, 1.0, 0, 1.0).sum() == 0
 
 
+def test_equal_values_get_equal_weights_wherever_they_sit_in_the_row():
+    """Top-p keeps every token tied with its last member, so equal values must get equal weights.
+    torch's vectorized float64 pow on the CPU can round an element in a loop's tail one ulp away
+    from an equal element of the vectorized body: in a row of 31, (0.8125 / 0.9375) ** (1 / 0.3)
+    came out 0.6206407957288201 at index 5 and 0.62064079572882 at 21, 23 and 28, and top-p kept
+    only index 5 of the four tied tokens."""
+    T = float(torch.tensor(0.3, dtype=torch.float32))
+    sixteenths = [10, 5, 9, 0, 5, 13, 11, 10, 0, 12, 3, 9, 5, 11, 0, 8, 10, 10, 15, 12, 6, 13, 14]
+    row = torch.tensor(sixteenths + [13, 8, 2, 4, 4, 13, 14, 10], dtype=torch.float32) / 16
+    got = transform_row(row, False, T, 0, T)
+    assert got.nonzero().flatten().tolist() == [5, 18, 21, 22, 23, 28, 29]
+    assert len(set(got[[5, 21, 23, 28]].tolist())) == 1
+    g = torch.Generator().manual_seed(5)
+    for V in (17, 31, 33, 47, 130):
+        levels = torch.rand(6, generator=g, dtype=torch.float64)
+        x = levels[torch.randint(0, 6, (V,), generator=g)]
+        for is_logits in (False, True):
+            for T in (0.3, 0.7, 1.6):
+                pi = transform_row(x.log() if is_logits else x, is_logits, T, 0, 1.0)
+                for level in levels:
+                    assert len(set(pi[x == level].tolist())) <= 1, (V, is_logits, T)
+
+
 def test_unfiltered_random_requests_equal_the_chain_reference():
     ids, logits, draft, u = _batch()
     q, p = logits.softmax(-1), draft.softmax(-1)
