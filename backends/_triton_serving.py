@@ -5,7 +5,7 @@ because it imports triton. It runs compiled or under the CPU interpreter dependi
 ``TRITON_INTERPRET`` when :mod:`specsample.backends._triton_kernels` is imported.
 
 Grid: ``(ceil(B / ROWS),)``; each program serves ``ROWS`` requests in ``[ROWS, BLOCK]`` tiles
-(:func:`specsample.backends._triton_block.block_config`). Logits or probabilities are read in
+(:func:`serving_config`: compiled, the constexprs follow the vocabulary, not the batch). Logits or probabilities are read in
 their dtype and widened to float32; no probability row is ever written. Per request:
 
 1. the draft ids, the parameters and the coins (explicit ``uniforms``; the request's own Philox
@@ -44,7 +44,7 @@ from ._triton_status import BAD_DRAFT, BAD_ID, BAD_TARGET, BAD_UNIFORM, ZERO_ROW
 _FMAX = tl.constexpr(3.4028234663852886e38)  # largest float32
 _KEY_MIN = tl.constexpr(-2147483648)  # below every value's key: "keep everything"
 
-# coin sources (the COINS constexpr)
+# coin sources (the runtime ``coins`` argument)
 COINS_UNIFORMS = 0  # explicit [B, K+1] float32
 COINS_SEEDS = 1  # per-request seeds / offsets, the serving Philox stream
 COINS_KEY = 2  # one generator key: the token kernel's stream, counter offset + b * (K+1) + i
@@ -237,7 +237,11 @@ def _uniform_token(key_lo, key_hi, ctr):
     return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
+# Batch size, draft count and coin source are runtime values, not specialized: a server's batch
+# changes every step, and each new value would otherwise compile a new variant.
+@triton.jit(
+    do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "B", "K", "coins", "key_in_seeds"]
+)
 def serving_kernel(
     ids_ptr,  # [B, K] int32/int64 (unused when K = 0)
     num_draft_ptr,  # [B] int64 draft counts in [0, K]
@@ -247,8 +251,8 @@ def serving_kernel(
     top_k_ptr,  # [B] int64 (0 = off)
     top_p_ptr,  # [B] float32 (1 = off)
     pflags_ptr,  # [B] int32 status bits found by validation (BAD_PARAMETER)
-    u_ptr,  # [B, K+1] float32 (COINS_UNIFORMS)
-    seeds_ptr,  # [B] int64 (COINS_SEEDS); [1] int64 key (COINS_KEY with SEED_FROM_PTR)
+    u_ptr,  # [B, K+1] float32 (COINS_UNIFORMS; a float32 stand-in otherwise)
+    seeds_ptr,  # [B] int64 (COINS_SEEDS); [1] int64 key (COINS_KEY with key_in_seeds)
     offsets_ptr,  # [B] int64 (COINS_SEEDS)
     tok_ptr,  # [B, K+1] int64 out
     num_ptr,  # [B] int64 out
@@ -260,6 +264,8 @@ def serving_kernel(
     B,
     V,
     K,
+    coins,  # COINS_UNIFORMS, COINS_SEEDS or COINS_KEY
+    key_in_seeds,  # COINS_KEY: 1 = the key is seeds_ptr[0], counter 0; 0 = seed_lo..off_hi
     K_P2: tl.constexpr,  # power of two > K
     ROWS: tl.constexpr,  # requests per program
     BLOCK: tl.constexpr,
@@ -268,8 +274,6 @@ def serving_kernel(
     DRAFT_LOGITS: tl.constexpr,
     USE_TOP_K: tl.constexpr,
     USE_TOP_P: tl.constexpr,
-    COINS: tl.constexpr,
-    SEED_FROM_PTR: tl.constexpr,
 ):
     rb = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)  # [R] requests
     rmask = rb < B
@@ -291,19 +295,20 @@ def serving_kernel(
     flags = flags | tl.where(_anyr(owned & ((ids < 0) | (ids >= V))) > 0, BAD_ID, 0)
     ids = tl.where(owned & (ids >= 0) & (ids < V), ids, 0)
     umask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] coins 0..K_b
-    if COINS == 0:
+    if coins == 0:
         u = tl.load(u_ptr + rb[:, None] * (K + 1) + kr[None, :], mask=umask, other=0.0)
         u_bad = (u != u) | (u < 0.0) | (u >= 1.0)
         flags = flags | tl.where(rand & (_anyr(umask & u_bad) > 0), BAD_UNIFORM, 0)
-    elif COINS == 1:
+    elif coins == 1:
         seed = tl.load(seeds_ptr + rb, mask=rmask, other=0)
         off = tl.load(offsets_ptr + rb, mask=rmask, other=0)
         n = off[:, None] + kr[None, :].to(tl.int64)  # [R, K_P2] stream positions
-        key_lo = tl.broadcast_to(seed.to(tl.uint32)[:, None], [ROWS, K_P2])
-        key_hi = tl.broadcast_to((seed >> 32).to(tl.uint32)[:, None], [ROWS, K_P2])
-        u = _uniform_serving(key_lo, key_hi, n)
+        # names of their own: a runtime branch may not give one name two types
+        row_key_lo = tl.broadcast_to(seed.to(tl.uint32)[:, None], [ROWS, K_P2])
+        row_key_hi = tl.broadcast_to((seed >> 32).to(tl.uint32)[:, None], [ROWS, K_P2])
+        u = _uniform_serving(row_key_lo, row_key_hi, n)
     else:
-        if SEED_FROM_PTR:
+        if key_in_seeds != 0:
             s = tl.load(seeds_ptr)
             key_lo = s.to(tl.uint32)
             key_hi = (s >> 32).to(tl.uint32)
@@ -516,6 +521,32 @@ def _last_tile(
 
 INTERPRET = type(serving_kernel).__name__ == "InterpretedFunction"
 
+#: most requests one compiled program serves; the tile is ``[ROWS, BLOCK]`` and the per-request
+#: state ``[ROWS, K_P2]`` (a dozen such arrays), so more rows would spill registers
+MAX_ROWS = 16
+#: smallest ``K_P2``: every draft count up to 7 shares one compiled variant
+MIN_K_P2 = 8
+
+
+def serving_config(batch: int, vocab: int, num_draft: int, interpret: bool) -> tuple[int, ...]:
+    """``(BLOCK, ROWS, num_warps, K_P2)`` of a serving launch.
+
+    Compiled, the constexprs depend on the vocabulary only (and ``K_P2`` on the draft count past
+    7): a server's batch size and draft count change from step to step, and each new constexpr
+    value would stall a step on the compiler. ``ROWS`` is the most rows of ``BLOCK`` tokens that
+    fill a 2048-element tile (at most :data:`MAX_ROWS`); a smaller batch leaves rows masked off.
+    Under the interpreter nothing compiles, and the batch sets ``ROWS``
+    (:func:`specsample.backends._triton_block.block_config`).
+    """
+    from ._triton_block import block_config
+
+    k_p2 = max(MIN_K_P2, 1 << num_draft.bit_length())
+    if interpret:
+        return (*block_config(batch, vocab, True), k_p2)
+    block, rows, warps = block_config(1 << 30, vocab, False)
+    rows = min(rows, MAX_ROWS)
+    return block, rows, (8 if block * rows >= 2048 else 4), k_p2
+
 
 def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
     """Run :func:`serving_kernel` on validated :class:`specsample.serving.ServingInputs` (B > 0) on
@@ -527,7 +558,6 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
     import torch
     from specsample.serving import ServingOutput
 
-    from ._triton_block import block_config
     from .triton_backend import philox_key
 
     B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
@@ -535,7 +565,9 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
     tok = torch.empty((B, K + 1), dtype=torch.int64, device=device)
     num = torch.empty((B,), dtype=torch.int64, device=device)
     status = torch.empty((B,), dtype=torch.int32, device=device)
-    seeds, offsets, uniforms = dummy, dummy, dummy
+    seeds, offsets = dummy, dummy
+    # uniforms keep one pointer type whatever the coin source, so that source stays a runtime value
+    uniforms = dummy.view(torch.float32)
     key, from_ptr, seed, offset = dummy, False, 0, 0
     if inputs.uniforms is not None:
         coins, uniforms = COINS_UNIFORMS, inputs.uniforms
@@ -545,7 +577,7 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         coins = COINS_KEY
         key, from_ptr, seed, offset = philox_key(inputs.generator, device, B * (K + 1), dummy)
         seeds = key
-    block, rows, warps = block_config(B, V, INTERPRET)
+    block, rows, warps, k_p2 = serving_config(B, V, K, INTERPRET)
     serving_kernel[(-(-B // rows),)](
         inputs.draft_token_ids if K > 0 else dummy,
         inputs.num_draft_tokens,
@@ -566,7 +598,9 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         B,
         V,
         K,
-        K_P2=1 << K.bit_length(),
+        coins,
+        int(from_ptr),
+        K_P2=k_p2,
         ROWS=rows,
         BLOCK=block,
         TARGET_LOGITS=inputs.target_is_logits,
@@ -574,8 +608,6 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         DRAFT_LOGITS=inputs.draft_is_logits,
         USE_TOP_K=inputs.uses_top_k,
         USE_TOP_P=inputs.uses_top_p,
-        COINS=coins,
-        SEED_FROM_PTR=from_ptr,
         num_warps=warps,
     )
     return ServingOutput(tok, num, status)

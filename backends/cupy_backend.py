@@ -152,12 +152,33 @@ def _stream_is_capturing(stream_ptr: int) -> bool:
         return True
 
 
+class _StreamHandle:
+    """A raw ``cudaStream_t`` under the CUDA stream protocol, for ``cupy.cuda.Stream.from_external``."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.ptr)
+
+
 def _external_stream(ptr: int, device_id: int):
+    """A cached CuPy stream object for torch's stream ``ptr`` on device ``device_id``.
+
+    CuPy 14 deprecates ``ExternalStream`` for ``Stream.from_external`` (the stream protocol);
+    older CuPy has only the former.
+    """
     stream = _streams.get((ptr, device_id))
     if stream is None:
         import cupy
 
-        stream = _streams[(ptr, device_id)] = cupy.cuda.ExternalStream(ptr, device_id)
+        from_external = getattr(cupy.cuda.Stream, "from_external", None)
+        if from_external is None:
+            stream = cupy.cuda.ExternalStream(ptr, device_id)
+        else:
+            with cupy.cuda.Device(device_id):
+                stream = from_external(_StreamHandle(ptr))
+        _streams[(ptr, device_id)] = stream
     return stream
 
 

@@ -125,18 +125,18 @@ def test_traversal_kernel(has_u):
 
 
 @pytest.mark.parametrize(
-    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins",
+    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block",
     [
-        ("bf16", True, True, True, True, True, 1),
-        ("fp32", False, True, False, True, True, 0),
-        ("fp16", True, False, False, False, False, 2),
+        ("bf16", True, True, True, True, True, 1, 2048),
+        ("fp32", False, True, False, True, True, 4, 512),
+        ("fp16", True, False, False, False, False, 16, 32),
     ],  # fmt: skip
 )
-def test_serving_kernel(dtype, target_logits, has_draft, draft_logits, top_k, top_p, coins):
+def test_serving_kernel(dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block):
     from specsample.backends import _triton_serving as k
 
-    const = dict(K_P2=16, ROWS=1, BLOCK=2048, TARGET_LOGITS=target_logits, HAS_DRAFT=has_draft,
-                 DRAFT_LOGITS=draft_logits, USE_TOP_K=top_k, USE_TOP_P=top_p, COINS=coins,
-                 SEED_FROM_PTR=coins == 2)  # fmt: skip
-    rows = {"q_ptr": "*" + dtype, "d_ptr": "*" + dtype}
-    assert _cubin(compile_for_hopper(k.serving_kernel, const, rows, warps=8))
+    const = dict(K_P2=8, ROWS=rows, BLOCK=block, TARGET_LOGITS=target_logits,
+                 HAS_DRAFT=has_draft, DRAFT_LOGITS=draft_logits, USE_TOP_K=top_k,
+                 USE_TOP_P=top_p)  # fmt: skip
+    pointers = {"q_ptr": "*" + dtype, "d_ptr": "*" + dtype}
+    assert _cubin(compile_for_hopper(k.serving_kernel, const, pointers, warps=8))

@@ -296,3 +296,33 @@ def test_compiled_serving_one_launch_and_graph_replay():
     """One serving-kernel launch per call (seeds, or a generator); under CUDA graph capture with
     seeds the replay repeats the tokens, with the default generator it draws fresh coins."""
     check_one_launch_and_graph_replay("triton", "serving_kernel")
+
+
+@pytest.mark.gpu(needs=("triton",))
+@pytest.mark.skipif(_interp(), reason="the compiled kernel (not under the interpreter)")
+def test_compiled_serving_compiles_once_per_vocabulary_and_dtypes():
+    """Batch size, draft count (up to 7) and coin source are runtime values of the compiled kernel:
+    after the first call for a vocabulary and dtypes, calls that change only those compile
+    nothing new (a server would otherwise stall a step on the compiler), and stay exact."""
+    from specsample.backends import _triton_serving
+
+    V = 1000
+    backend = specsample.get_backend("triton")
+    ids, kwargs = mixed_serving_batch(1, 1, V, seed=3, dtype=torch.bfloat16, device="cuda")
+    _exact(ids, kwargs)
+    cache = _triton_serving.serving_kernel.device_caches[torch.cuda.current_device()][0]
+    variants = len(cache)
+    assert variants >= 1
+    for B, K in [(2, 3), (5, 7), (16, 2), (33, 5), (300, 4)]:
+        ids, kwargs = mixed_serving_batch(B, K, V, seed=B * K, dtype=torch.bfloat16, device="cuda")
+        _exact(ids, kwargs)
+        del kwargs["uniforms"]
+        kwargs["seeds"] = torch.arange(B, device="cuda") * 7919 - 3
+        kwargs["offsets"] = torch.arange(B, device="cuda") % 5
+        _exact(ids, kwargs)
+        del kwargs["seeds"], kwargs["offsets"]
+        out = backend.verify_serving(
+            ids, **kwargs, generator=torch.Generator("cuda").manual_seed(B)
+        )
+        assert int((out.status != 0).sum()) == 0
+    assert len(cache) == variants, f"{len(cache) - variants} new compiled variant(s)"
