@@ -55,6 +55,25 @@ def test_serving_interpreter_suite():
     run_interpreter_suite(__file__, timeout=900)
 
 
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("V", [1, 5, 31, 100, 257, 1000, 2048, 32000, 128256])
+def test_compiled_launch_constants_follow_the_vocabulary_not_the_batch(V):
+    """The compiled kernel's constexprs (BLOCK, ROWS, warps, K_P2) are one set per vocabulary for
+    every batch size and every draft count up to 7, so a server's changing batch never compiles a
+    new variant (the GPU test below checks the kernel cache itself)."""
+    from specsample.backends._triton_serving import MAX_ROWS, MIN_K_P2, serving_config
+
+    configs = {
+        serving_config(B, V, K, False) for B in (1, 2, 3, 7, 16, 64, 300, 4096) for K in range(8)
+    }
+    assert len(configs) == 1, configs
+    block, rows, warps, k_p2 = configs.pop()
+    assert block == max(32, min(2048, 1 << (V - 1).bit_length()))
+    assert 1 <= rows <= MAX_ROWS and (rows == 1 or rows * block <= 2048)
+    assert warps in (4, 8) and k_p2 == MIN_K_P2 == 8
+    assert serving_config(5, V, 8, False)[3] == 16  # K = 8 needs 9 columns
+
+
 # ----------------------------------------------------------------------------- interpreter (CPU)
 
 
