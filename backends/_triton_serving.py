@@ -528,24 +528,23 @@ MAX_ROWS = 16
 MIN_K_P2 = 8
 
 
-def serving_config(batch: int, vocab: int, num_draft: int, interpret: bool) -> tuple[int, ...]:
+def serving_config(
+    batch: int, vocab: int, num_draft: int, interpret: bool
+) -> tuple[int, int, int, int]:
     """``(BLOCK, ROWS, num_warps, K_P2)`` of a serving launch.
 
     Compiled, the constexprs depend on the vocabulary only (and ``K_P2`` on the draft count past
     7): a server's batch size and draft count change from step to step, and each new constexpr
-    value would stall a step on the compiler. ``ROWS`` is the most rows of ``BLOCK`` tokens that
-    fill a 2048-element tile (at most :data:`MAX_ROWS`); a smaller batch leaves rows masked off.
-    Under the interpreter nothing compiles, and the batch sets ``ROWS``
-    (:func:`specsample.backends._triton_block.block_config`).
+    value would stall a step on the compiler. The block kernel's packing
+    (:func:`specsample.backends._triton_block.block_config`) is asked for a batch of
+    :data:`MAX_ROWS` whatever the real one, so ``ROWS`` is the most rows of ``BLOCK`` tokens that
+    fill a 2048-element tile, at most :data:`MAX_ROWS`; a smaller batch leaves rows masked off.
+    Under the interpreter nothing compiles, and the real batch sets ``ROWS``.
     """
     from ._triton_block import block_config
 
     k_p2 = max(MIN_K_P2, 1 << num_draft.bit_length())
-    if interpret:
-        return (*block_config(batch, vocab, True), k_p2)
-    block, rows, warps = block_config(1 << 30, vocab, False)
-    rows = min(rows, MAX_ROWS)
-    return block, rows, (8 if block * rows >= 2048 else 4), k_p2
+    return (*block_config(batch if interpret else MAX_ROWS, vocab, interpret), k_p2)
 
 
 def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
