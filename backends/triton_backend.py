@@ -236,6 +236,13 @@ def _plan(cfg: LaunchConfig, batch: int, num_draft: int, vocab: int, greedy: boo
     )
 
 
+def _plan_workspace(plan: _Plan, batch: int) -> tuple[int, int, int]:
+    """The token kernel's workspace ``(float64, int32, counters)`` elements for ``batch``."""
+    if plan.chunks == 1:
+        return 0, 0, 0
+    return batch * plan.chunks * plan.fslot, batch * plan.chunks * plan.islot, batch
+
+
 def philox_key(gen: Any, device: Any, numbers: int, dummy: Any) -> tuple[Any, bool, int, int]:
     """The Philox key and base counter of a call drawing ``numbers`` coins from ``gen``.
 
@@ -313,22 +320,29 @@ class TritonBackend(Backend):
             )
 
         if inputs.rule == "block" and not greedy and K > 0:
-            # Block verification (random mode): its own one-program-per-request kernel. In greedy
-            # mode the rules coincide and the token kernel serves both.
+            # Block verification (random mode): its own kernel. In greedy mode the rules coincide
+            # and the token kernel serves both.
             from . import _triton_block as blk
 
-            q = inputs.target_probs
-            halves = (_split32(seed), _split32(offset))
+            plan_key = ("block", B, K, V, blk.INTERPRET)
+            bplan = _state.plans.get(plan_key)
+            if bplan is None:
+                bplan = blk.block_split_config(B, K, V, self._n_sm(device), blk.INTERPRET)
+                _state.plans[plan_key] = bplan
+            bws = self._workspace(torch, device, *bplan.workspace(B, K, V), capturing, stream)
             blk.launch_block(
                 ids,
                 p,
-                q,
+                inputs.target_probs,
                 u,
                 seed_t,
                 tok,
                 num,
                 status,
-                *halves,
+                bws,
+                bplan,
+                _split32(seed),
+                _split32(offset),
                 B,
                 K,
                 V,
@@ -343,7 +357,7 @@ class TritonBackend(Backend):
         plan = _state.plans.get(plan_key)
         if plan is None:
             plan = _state.plans[plan_key] = _plan(cfg, B, K, V, greedy)
-        ws = self._workspace(torch, device, plan, B, capturing, stream)
+        ws = self._workspace(torch, device, *_plan_workspace(plan, B), capturing, stream)
 
         args = (
             ids,
@@ -478,11 +492,10 @@ class TritonBackend(Backend):
 
     @staticmethod
     def _workspace(
-        torch: Any, device: Any, plan: _Plan, B: int, capturing: bool, stream: int
+        torch: Any, device: Any, nf: int, ni: int, nc: int, capturing: bool, stream: int
     ) -> _Workspace:
-        nf = B * plan.chunks * plan.fslot if plan.chunks > 1 else 0
-        ni = B * plan.chunks * plan.islot if plan.chunks > 1 else 0
-        nc = B if plan.chunks > 1 else 0
+        """Scratch of at least ``nf`` float64, ``ni`` int32 and ``nc`` zeroed counters, shared by
+        the calls on one (device, stream), or owned by the graph being captured."""
         if capturing:
             # Memory of the graph's own pool, zeroed by a node of the graph: never shared with
             # eager calls (which could otherwise see counters a capture never ran).
@@ -560,7 +573,7 @@ class TritonBackend(Backend):
         for cfg in _candidates(B, V, greedy, n_sm):
             plan = _plan(cfg, B, K, V, greedy)
             stream = torch.cuda.current_stream(device).cuda_stream
-            ws = self._workspace(torch, device, plan, B, False, stream)
+            ws = self._workspace(torch, device, *_plan_workspace(plan, B), False, stream)
             args = (
                 inputs.draft_token_ids if K > 0 else dummy,
                 inputs.draft_probs if has_p else inputs.target_probs,

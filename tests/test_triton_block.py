@@ -91,9 +91,52 @@ def test_interp_block_many_requests_per_program():
     from specsample.backends import _triton_block as blk
 
     B, V = 3000, 8
-    assert -(-B // blk.block_config(B, V, True)[1]) > 1
+    plan = blk.block_split_config(B, 3, V, 4, True)
+    assert plan.rows > 1 and plan.groups(B) > 1
     ids, p, q, u = _case(B, 3, V, seed=5)
     _exact(ids.to(torch.int32), p, q, u)
+
+
+@INNER
+@pytest.mark.parametrize(
+    "B, K, V, block, tpc, group",
+    [
+        (1, 8, 300, 16, 1, 1),
+        (3, 3, 301, 16, 3, 2),
+        (5, 5, 1000, 32, 4, 4),
+        (2, 1, 77, 16, 2, 1),
+        (9, 2, 50, 16, 1, 1),
+        (2, 4, 700, 16, 7, 2),
+    ],
+)
+def test_interp_block_many_chunks(monkeypatch, B, K, V, block, tpc, group):
+    """The combine across chunk programs (the GPU's layout): many chunks of a few small tiles, a
+    ragged last chunk and tile, the final row's chunk read again ``group`` tiles at a time, several
+    requests per program, against the reference; every counter is back to zero after the call."""
+    import dataclasses
+
+    from specsample.backends import _triton_block as blk
+    from specsample.backends import triton_backend as tb
+
+    tiles = -(-V // block)
+    base = blk.block_split_config(B, K, V, 4, True)
+    plan = dataclasses.replace(
+        base,
+        block=block,
+        rows=2,
+        chunks=-(-tiles // tpc),
+        tiles_per_chunk=tpc,
+        tile_group=group,
+        c_p2=1 << (-(-tiles // tpc) - 1).bit_length(),
+    )
+    assert plan.chunks > 1
+    monkeypatch.setattr(blk, "block_split_config", lambda *a: plan)
+    monkeypatch.setattr(tb._state, "plans", {})
+    for seed in range(3):
+        for with_p in (True, False):
+            _exact(*_case(B, K, V, seed=seed, with_p=with_p))
+    for ws in tb._state.workspaces.values():
+        assert int(ws.counters.abs().sum()) == 0
 
 
 @INNER

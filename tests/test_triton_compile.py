@@ -39,6 +39,8 @@ POINTERS = {
     "st_ptr": "*i32",
     "wsf_ptr": "*fp64",
     "wsi_ptr": "*i32",
+    "tot_ptr": "*fp64",
+    "bad_ptr": "*i32",
     "num_draft_ptr": "*i64",
     "temp_ptr": "*fp32",
     "top_k_ptr": "*i64",
@@ -49,7 +51,9 @@ POINTERS = {
 }
 
 
-def compile_for_hopper(fn, constexprs: dict, pointer_types: dict | None = None, warps: int = 4):
+def compile_for_hopper(
+    fn, constexprs: dict, pointer_types: dict | None = None, warps: int = 4, **options
+):
     """Compile the ``@triton.jit`` kernel ``fn`` for sm_90 with these constexpr values; every other
     non-pointer argument is a runtime int32. Returns the compiled kernel (it holds the cubin)."""
     names = list(fn.arg_names)
@@ -64,7 +68,7 @@ def compile_for_hopper(fn, constexprs: dict, pointer_types: dict | None = None, 
         signature=signature,
         constexprs={(names.index(k),): v for k, v in constexprs.items()},
     )
-    return triton.compile(source, target=HOPPER, options={"num_warps": warps})
+    return triton.compile(source, target=HOPPER, options={"num_warps": warps, **options})
 
 
 def _cubin(kernel) -> bool:
@@ -89,13 +93,57 @@ def test_chain_kernel(greedy, has_p, has_u, chunks):
     assert _cubin(compile_for_hopper(k.verify_kernel, const, warps=8))
 
 
-@pytest.mark.parametrize("has_p, has_u, rows", [(True, True, 1), (False, False, 8)])
-def test_block_kernel(has_p, has_u, rows):
+def _ptxas_usage(kernel, tmp_path) -> tuple[int, int] | None:
+    """``(registers, spill-store bytes)`` of a compiled kernel, from triton's own ptxas run again
+    with ``-v`` on its PTX (None when this triton does not say where its ptxas is)."""
+    import re
+    import subprocess
+
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+    except ImportError:
+        return None
+    try:
+        tool = get_ptxas(90)  # the ptxas triton itself runs for sm_90 (newer triton)
+    except TypeError:
+        tool = get_ptxas()
+    ptxas = getattr(tool, "path", None)
+    if not ptxas:
+        return None
+    src = tmp_path / "kernel.ptx"
+    src.write_text(kernel.asm["ptx"])
+    cmd = [ptxas, "-v", "--gpu-name", "sm_90a", str(src), "-o", str(tmp_path / "kernel.cubin")]
+    log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores", log)
+    assert regs and spills, log
+    return int(regs.group(1)), int(spills.group(1))
+
+
+@pytest.mark.parametrize(
+    "has_p, has_u, batch, num_draft",
+    [(True, True, 1, 8), (False, False, 64, 8), (True, False, 1, 3), (True, True, 4, 40)],
+)
+def test_block_kernel(tmp_path, has_p, has_u, batch, num_draft):
+    """The block kernel as the GPU launches it (block_split_config on an H100's 132 SMs), within
+    its register budget: no more than a few bytes of spill (a tile of 16 elements per thread took
+    255 registers and spilled; picking step 4's tile out of registers spilled 30 KB), and up to
+    K = 8 registers for at least two programs per SM (half the register file each)."""
     from specsample.backends import _triton_block as k
 
-    const = dict(K_P2=8, ROWS=rows, BLOCK=256 if rows > 1 else 2048, HAS_P=has_p, HAS_U=has_u,
+    plan = k.block_split_config(batch, num_draft, 128256, 132, interpret=False)
+    const = dict(K_P2=plan.k_p2, KR_P2=plan.kr_p2, TG=plan.tile_group, ROWS=plan.rows,
+                 BLOCK=plan.block, C_P2=plan.c_p2, HAS_P=has_p, HAS_U=has_u,
                  SEED_FROM_PTR=not has_u)  # fmt: skip
-    assert _cubin(compile_for_hopper(k.block_kernel, const))
+    kernel = compile_for_hopper(k.block_kernel, const, warps=plan.num_warps, enable_fp_fusion=False)
+    assert _cubin(kernel)
+    usage = _ptxas_usage(kernel, tmp_path)
+    if usage is not None:
+        regs, spill = usage
+        threads = 32 * plan.num_warps
+        assert spill <= 8, f"{regs} registers, {spill} bytes of spill stores"
+        if num_draft <= 8:
+            assert regs * threads <= 32768, f"{regs} registers x {threads} threads per program"
 
 
 @pytest.mark.parametrize(
