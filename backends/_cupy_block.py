@@ -198,8 +198,8 @@ def verify_block_torch(
 
     if split > 0:
         nt = SPLIT_THREADS
-        stride = K + 2 + (K + 1) * (nt // 32)
-        ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * split * stride, B)
+        # (K + 2) doubles per block: csrc/kernel_block.cuh, block_split_request_doubles
+        ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * split * (K + 2), B)
         args = (*args, np.int32(split), np.uint64(ws_ptr), np.uint64(count_ptr))
     stream = _external_stream(stream_ptr, device_id)
     with cupy.cuda.Device(device_id), stream:

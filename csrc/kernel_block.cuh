@@ -25,22 +25,24 @@
 //     final row's total. A residual summing to 0 falls back to q_tau: one more pass over that row
 //     and one more exchange (probability zero in exact arithmetic).
 //  4. The block whose chunk holds the threshold u_K * total finds the warp segment holding it,
-//     re-reads that segment (from L2) split over all its threads, scans the thread sums, and the
-//     crossing thread picks the element with every r_j formed exactly as in step 2; a zero-weight
-//     token is never chosen, and a threshold rounded past the end takes the last positive token.
+//     re-reads that segment (from L2) split over all its threads (kept in registers), scans the
+//     thread sums, and the crossing thread picks the element with every r_j formed exactly as in
+//     step 2; a zero-weight token is never chosen, and a threshold rounded past the end takes the
+//     last positive token.
 //
 // One launch, no workspace, no atomics in global memory, no host sync: CUDA-graph safe.
 //
 // The split variant (verify_block_split_kernel) serves the smallest batches, where a cluster of at
 // most 16 SMs per request leaves most of the GPU idle: each request's vocabulary is cut into
-// `chunks` chunks of one block each (about two blocks per SM over the batch), steps 1-2 run as
+// `chunks` chunks of one block each (about one block per SM over the batch), steps 1-2 run as
 // above, and the cluster exchange of step 3 becomes a workspace in global memory: every block
-// stores its slot sums and warp-segment sums, and the block that brings the request's counter to
-// `chunks` forms the totals, decides, and does step 4 alone (re-reading the crossing segment from
-// L2). That block resets the counter for the next call on the stream. The rows of step 2 are read
-// a group of kBlockSplitRows at a time, every row's loads in flight before the first sum, since a
-// split block's warp segments are a few vectors per lane. The hosts launch it only outside graph
-// capture (the workspace belongs to one stream).
+// stores its slot sums (slot-major per request), and the block that brings the request's counter
+// to `chunks` copies the request's records into shared memory at once, forms the totals, decides,
+// and does step 4 alone over the whole crossing chunk (re-read from L2). That block resets the
+// counter for the next call on the stream. The rows of step 2 are read a group of kBlockSplitRows
+// at a time, every row's loads in flight before the first sum, since a split block's warp
+// segments are a few vectors per lane. The hosts launch it only outside graph capture (the
+// workspace belongs to one stream).
 #pragma once
 
 #include "kernel_common.cuh"
@@ -60,6 +62,18 @@ constexpr int kBlockBadSlot = kBlockSlots;  // the chunk slot carrying the bad-v
 #endif
 constexpr int kBlockSplitRows = SPECSAMPLE_BLOCK_SPLIT_ROWS;
 static_assert(kBlockSplitRows >= 1 && kBlockSplitRows <= 16, "SPECSAMPLE_BLOCK_SPLIT_ROWS: 1..16");
+
+// Step 4: 16-byte vectors per thread of the crossing segment kept in registers between its sum and
+// the crossing thread's walk (more are read again by that thread).
+#ifndef SPECSAMPLE_BLOCK_PICK_VECS
+#define SPECSAMPLE_BLOCK_PICK_VECS 4
+#endif
+static_assert(SPECSAMPLE_BLOCK_PICK_VECS >= 1 && SPECSAMPLE_BLOCK_PICK_VECS <= 16,
+              "SPECSAMPLE_BLOCK_PICK_VECS: 1..16");
+
+// Split kernel: the request's workspace records the last block copies into shared memory (all
+// loads in flight at once) when they fit, K = 8 needing 10 per chunk; more are read from L2.
+constexpr int kBlockSplitRecords = 2048;
 
 #ifndef SPECSAMPLE_BLOCK_WAVE
 #define SPECSAMPLE_BLOCK_WAVE 4  // 16-byte vectors per lane in flight, per row read
@@ -436,6 +450,7 @@ template <typename T, bool ALIGNED, int CL>
 __device__ __forceinline__ void block_pick(const Params& P, BlockSmem<CL>& sm, i64 b, int slot,
                                            int tau, double t, double before_seg, i64 lo, i64 hi) {
   constexpr int N = VecTraits<T>::N;
+  constexpr int PV = SPECSAMPLE_BLOCK_PICK_VECS;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int K = P.K;
   const i64 V = P.V;
@@ -450,15 +465,43 @@ __device__ __forceinline__ void block_pick(const Params& P, BlockSmem<CL>& sm, i
   const i64 per = (hi - lo + blockDim.x - 1) / blockDim.x;
   const i64 my_lo = lo + per * threadIdx.x < hi ? lo + per * threadIdx.x : hi;
   const i64 my_hi = my_lo + per < hi ? my_lo + per : hi;
+  // Up to PV vectors per thread stay in registers from the sum to the walk (one round trip to L2
+  // instead of two); more are read again by the crossing thread.
+  const bool in_regs = per <= PV;
+  uint4 qs[PV], ps[PV];
   double mine = 0.0;
-  for (i64 g = my_lo; g < my_hi; ++g) {
-    const uint4 qw = load_raw(qrow, g, V, ALIGNED);
-    const uint4 pw = prow != nullptr ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
-    float qv[N], pv[N];
-    VecTraits<T>::unpack(qw, qv);
-    VecTraits<T>::unpack(pw, pv);
+  if (in_regs) {
 #pragma unroll
-    for (int e = 0; e < N; ++e) mine += block_value(plain, w, qv[e], pv[e], prow != nullptr, g * N + e, onehot);
+    for (int v = 0; v < PV; ++v) {
+      const i64 g = my_lo + v;
+      qs[v] = make_uint4(0u, 0u, 0u, 0u);
+      ps[v] = qs[v];
+      if (g < my_hi) {
+        qs[v] = load_raw(qrow, g, V, ALIGNED);
+        if (prow != nullptr) ps[v] = load_raw(prow, g, V, ALIGNED);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < PV; ++v) {
+      const i64 g = my_lo + v;
+      if (g < my_hi) {
+        float qv[N], pv[N];
+        VecTraits<T>::unpack(qs[v], qv);
+        VecTraits<T>::unpack(ps[v], pv);
+#pragma unroll
+        for (int e = 0; e < N; ++e) mine += block_value(plain, w, qv[e], pv[e], prow != nullptr, g * N + e, onehot);
+      }
+    }
+  } else {
+    for (i64 g = my_lo; g < my_hi; ++g) {
+      const uint4 qw = load_raw(qrow, g, V, ALIGNED);
+      const uint4 pw = prow != nullptr ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+      float qv[N], pv[N];
+      VecTraits<T>::unpack(qw, qv);
+      VecTraits<T>::unpack(pw, pv);
+#pragma unroll
+      for (int e = 0; e < N; ++e) mine += block_value(plain, w, qv[e], pv[e], prow != nullptr, g * N + e, onehot);
+    }
   }
   // block-wide exclusive prefix of the thread sums, in thread order
   const double wincl = warp_inclusive_scan(mine, lane);
@@ -484,9 +527,7 @@ __device__ __forceinline__ void block_pick(const Params& P, BlockSmem<CL>& sm, i
   const double tt = crossing ? t : __longlong_as_double(0x7ff0000000000000LL);  // +inf: last positive
   double a = before;
   i64 token = -1, last = -1;
-  for (i64 g = my_lo; g < my_hi && token < 0; ++g) {
-    const uint4 qw = load_raw(qrow, g, V, ALIGNED);
-    const uint4 pw = prow != nullptr ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+  auto walk = [&](const uint4& qw, const uint4& pw, i64 g) {
     float qv[N], pv[N];
     VecTraits<T>::unpack(qw, qv);
     VecTraits<T>::unpack(pw, pv);
@@ -498,6 +539,18 @@ __device__ __forceinline__ void block_pick(const Params& P, BlockSmem<CL>& sm, i
         last = g * N + e;
         if (token < 0 && a > tt) token = g * N + e;
       }
+    }
+  };
+  if (in_regs) {
+#pragma unroll
+    for (int v = 0; v < PV; ++v) {
+      if (my_lo + v < my_hi && token < 0) walk(qs[v], ps[v], my_lo + v);
+    }
+  } else {
+    for (i64 g = my_lo; g < my_hi && token < 0; ++g) {
+      const uint4 qw = load_raw(qrow, g, V, ALIGNED);
+      const uint4 pw = prow != nullptr ? load_raw(prow, g, V, ALIGNED) : make_uint4(0u, 0u, 0u, 0u);
+      walk(qw, pw, g);
     }
   }
   P.out_tokens[b * K1 + tau] = token >= 0 ? token : (last >= 0 ? last : 0);
@@ -596,17 +649,18 @@ __device__ __forceinline__ void verify_block(const Params& P, BlockSmem<CL>& sm)
   block_pick<T, ALIGNED, CL>(P, sm, b, slot, tau, t, before_seg, lo, hi);
 }
 
-// Doubles of one split block's workspace record: its slot sums 0..K, its bad-value bits, and its
-// warp-segment sums of every slot (slot-major).
-__device__ __forceinline__ i64 block_split_stride(int K, int nwarps) {
-  return (i64)K + 2 + ((i64)K + 1) * nwarps;
+// Doubles of one request's split workspace: slot-major, the chunk sums of slots 0..K and the
+// chunks' bad-value bits (slot K + 1), one per chunk: (K + 2) * chunks.
+__device__ __forceinline__ i64 block_split_request_doubles(int K, int chunks) {
+  return ((i64)K + 2) * chunks;
 }
 
 // The split variant (header comment): block (b, c) of b * chunks + c handles chunk c of request b.
-// ws holds B * chunks records of block_split_stride doubles; ws_count one zeroed counter per request.
+// ws holds B requests' records (block_split_request_doubles each); ws_count one zeroed counter
+// per request; rec_s kBlockSplitRecords doubles of shared memory (the last block's copy).
 template <typename T, bool ALIGNED>
-__device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>& sm, int chunks,
-                                                   double* ws, u32* ws_count) {
+__device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>& sm, double* rec_s,
+                                                   int chunks, double* ws, u32* ws_count) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const i64 unit = (i64)blockIdx.x;
   const int rank = (int)(unit % chunks);
@@ -617,15 +671,10 @@ __device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>
   split_range(0, NG, chunks, rank, c_lo, c_hi);
   block_rows<T, 1, ALIGNED, true>(P, sm, b, c_lo, c_hi);
 
-  // ---- 3. this block's record to the workspace; the last block of the request goes on -------------
-  const i64 stride = block_split_stride(K, nwarps);
-  double* rec = ws + unit * stride;
+  // ---- 3. this block's chunk sums to the workspace; the last block of the request goes on ---------
+  double* req = ws + b * block_split_request_doubles(K, chunks);
   for (int s = threadIdx.x; s <= K + 1; s += blockDim.x) {
-    const double v = block_chunk_value<1>(sm, s, K, nwarps);
-    __stcg(rec + s, v);
-  }
-  for (int i = threadIdx.x; i < (K + 1) * nwarps; i += blockDim.x) {
-    __stcg(rec + K + 2 + i, sm.wsum[i / nwarps][i % nwarps]);
+    __stcg(req + (i64)s * chunks + rank, block_chunk_value<1>(sm, s, K, nwarps));
   }
   __threadfence();  // this thread's stores are visible GPU-wide before the count announces them
   __syncthreads();
@@ -638,15 +687,39 @@ __device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>
   if (!sm.is_last) return;
   __threadfence();  // acquire: the other blocks' records, announced by their counts
 
+  // Every record into shared memory at once when they fit (one round trip to L2, not one per
+  // 32 chunks and slot); else each is read from L2 where it is used.
+  const int n_rec = (K + 2) * chunks;
+  const bool staged = n_rec <= kBlockSplitRecords;
+  if (staged) {
+    constexpr int L = 8;
+    for (int i0 = threadIdx.x; i0 < n_rec; i0 += L * (int)blockDim.x) {
+      double v[L];
+#pragma unroll
+      for (int l = 0; l < L; ++l) {
+        const int i = i0 + l * (int)blockDim.x;
+        v[l] = i < n_rec ? __ldcg(req + i) : 0.0;
+      }
+#pragma unroll
+      for (int l = 0; l < L; ++l) {
+        const int i = i0 + l * (int)blockDim.x;
+        if (i < n_rec) rec_s[i] = v[l];
+      }
+    }
+    __syncthreads();
+  }
+  auto record = [&](int s, int c) -> double {
+    return staged ? rec_s[s * chunks + c] : __ldcg(req + (i64)s * chunks + c);
+  };
+
   // totals in a fixed order (whichever block comes last): warp w takes slots w, w + nwarps, ...;
   // lanes stride over the chunks, then a fixed shuffle tree
-  const double* req = ws + b * chunks * stride;
   __shared__ u32 rb_s;
   for (int s = warp; s <= K + 1; s += nwarps) {
     double v = 0.0;
     u32 bits = 0;
     for (int c = lane; c < chunks; c += 32) {
-      const double x = __ldcg(req + c * stride + s);
+      const double x = record(s, c);
       if (s <= K) {
         v += x;
       } else {
@@ -684,55 +757,50 @@ __device__ __forceinline__ void verify_block_split(const Params& P, BlockSmem<1>
   if (warp == 0) block_write_prefix<1>(P, sm, b, flags, tau, lane);
   if (flags) return;
 
-  // ---- 4. the last token: the crossing chunk, warp segment, thread, element (every warp computes
-  // the same scans, so no broadcast is needed) -------------------------------------------------------
+  // ---- 4. the last token: the crossing chunk (every warp computes the same scan, so no broadcast
+  // is needed), then the crossing thread and element of that chunk -----------------------------------
   const double t = (double)sm.u[K] * total;
-  double before_seg = 0.0;
-  int cwarp = -1;
-  i64 lo, hi;
   if (whole_row) {
     const double sv = lane < nwarps ? sm.wsum[K + 1][lane] : 0.0;
     const double sincl = warp_inclusive_scan(sv, lane);
-    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), 0.0, t, before_seg);
+    double before_seg = 0.0;
+    int cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), 0.0, t, before_seg);
     if (cwarp < 0) cwarp = 0;
+    i64 lo, hi;
     block_segment(0, NG, nwarps, cwarp, false, lo, hi);
-  } else {
-    // the first chunk whose running sum passes t, 32 chunks at a time; else the last positive one
-    int cchunk = -1, lastpos = -1;
-    double base = 0.0, before_chunk = 0.0, before_last = 0.0;
-    for (int c0 = 0; c0 < chunks; c0 += 32) {
-      const int c = c0 + lane;
-      const double v = c < chunks ? __ldcg(req + c * stride + slot) : 0.0;
-      const double incl = warp_inclusive_scan(v, lane);
-      const double excl = exclusive_of(incl, lane);
-      const u32 hit = __ballot_sync(0xffffffffu, v > 0.0 && base + incl > t);
-      const u32 pos = __ballot_sync(0xffffffffu, v > 0.0);
-      if (hit) {
-        const int l = __ffs(hit) - 1;
-        cchunk = c0 + l;
-        before_chunk = base + __shfl_sync(0xffffffffu, excl, l);
-        break;
-      }
-      if (pos) {
-        const int l = 31 - __clz(pos);
-        lastpos = c0 + l;
-        before_last = base + __shfl_sync(0xffffffffu, excl, l);
-      }
-      base += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    if (cchunk < 0) {
-      cchunk = lastpos < 0 ? 0 : lastpos;  // (rounding past the end: the last positive chunk)
-      before_chunk = before_last;
-    }
-    const double sv = lane < nwarps ? __ldcg(req + cchunk * stride + K + 2 + slot * nwarps + lane) : 0.0;
-    const double sincl = warp_inclusive_scan(sv, lane);
-    cwarp = lane_crossing(sv, sincl, exclusive_of(sincl, lane), before_chunk, t, before_seg);
-    if (cwarp < 0) cwarp = 0;  // no positive segment (rounding): the scan below finds nothing either
-    i64 k_lo, k_hi;
-    split_range(0, NG, chunks, cchunk, k_lo, k_hi);
-    block_segment(k_lo, k_hi, nwarps, cwarp, slot == K, lo, hi);
+    block_pick<T, ALIGNED, 1>(P, sm, b, slot, tau, t, before_seg, lo, hi);
+    return;
   }
-  block_pick<T, ALIGNED, 1>(P, sm, b, slot, tau, t, before_seg, lo, hi);
+  // the first chunk whose running sum passes t, 32 chunks at a time; else the last positive one
+  int cchunk = -1, lastpos = -1;
+  double base = 0.0, before_chunk = 0.0, before_last = 0.0;
+  for (int c0 = 0; c0 < chunks; c0 += 32) {
+    const int c = c0 + lane;
+    const double v = c < chunks ? record(slot, c) : 0.0;
+    const double incl = warp_inclusive_scan(v, lane);
+    const double excl = exclusive_of(incl, lane);
+    const u32 hit = __ballot_sync(0xffffffffu, v > 0.0 && base + incl > t);
+    const u32 pos = __ballot_sync(0xffffffffu, v > 0.0);
+    if (hit) {
+      const int l = __ffs(hit) - 1;
+      cchunk = c0 + l;
+      before_chunk = base + __shfl_sync(0xffffffffu, excl, l);
+      break;
+    }
+    if (pos) {
+      const int l = 31 - __clz(pos);
+      lastpos = c0 + l;
+      before_last = base + __shfl_sync(0xffffffffu, excl, l);
+    }
+    base += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  if (cchunk < 0) {
+    cchunk = lastpos < 0 ? 0 : lastpos;  // (rounding past the end: the last positive chunk)
+    before_chunk = before_last;
+  }
+  i64 k_lo, k_hi;
+  split_range(0, NG, chunks, cchunk, k_lo, k_hi);
+  block_pick<T, ALIGNED, 1>(P, sm, b, slot, tau, t, before_chunk, k_lo, k_hi);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,7 +819,8 @@ __global__ void __launch_bounds__(256, 1) verify_block_split_kernel(SPECSAMPLE_K
                                                                      double* ws, u32* ws_count) {
   SPECSAMPLE_MAKE_PARAMS
   __shared__ BlockSmem<1> sm;
-  verify_block_split<T, ALIGNED>(P, sm, chunks, ws, ws_count);
+  __shared__ double rec_s[kBlockSplitRecords];
+  verify_block_split<T, ALIGNED>(P, sm, rec_s, chunks, ws, ws_count);
 }
 
 #if defined(SPECSAMPLE_CLUSTERS) && SPECSAMPLE_CLUSTERS

@@ -66,7 +66,8 @@ void launch_block_typed(int cl, int threads, int64_t B, cudaStream_t stream, con
 }
 
 // The split block kernel (kernel_block.cuh): `chunks` blocks of kBlockSplitThreads threads per
-// request, with the split workspace of this (device, stream) holding one record per block.
+// request, with the split workspace of this (device, stream) holding (K + 2) doubles per block
+// (block_split_request_doubles per request).
 constexpr int kBlockSplitThreads = 256;  // the kernel's __launch_bounds__
 
 template <typename T, bool ALIGNED>
@@ -74,8 +75,7 @@ void launch_block_split(int chunks, int64_t B, cudaStream_t stream, const void* 
                         const void* q, const float* u, int64_t* tok, int64_t* num, int* st, int64_t V,
                         int K, int ids64, const at::PhiloxCudaState& rng, const at::Device& dev) {
   const int64_t units = B * (int64_t)chunks;
-  const int64_t stride = (int64_t)K + 2 + ((int64_t)K + 1) * (kBlockSplitThreads / 32);
-  auto ws = split_workspace(units * stride, B, dev, stream);
+  auto ws = split_workspace(units * ((int64_t)K + 2), B, dev, stream);
   const uint64_t seed = rng.captured_ ? 0 : rng.seed_.val;
   const uint64_t offset = rng.captured_ ? 0 : rng.offset_.val;
   verify_block_split_kernel<T, ALIGNED><<<dim3((unsigned)units), dim3(kBlockSplitThreads), 0, stream>>>(

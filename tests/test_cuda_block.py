@@ -335,8 +335,9 @@ def test_block_one_launch_and_graph_replay(name, B):
         ("-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0",),
         ("-DSPECSAMPLE_BLOCK_WAVE=1",),
         ("-DSPECSAMPLE_BLOCK_SPLIT_ROWS=3",),
+        ("-DSPECSAMPLE_BLOCK_PICK_VECS=1",),
     ],
-    ids=["no-prefetch", "wave-1", "split-rows-3"],
+    ids=["no-prefetch", "wave-1", "split-rows-3", "pick-vecs-1"],
 )
 def test_block_knobs(options):
     """Every non-default value of the kernel's compile-time knobs gives the reference's tokens,

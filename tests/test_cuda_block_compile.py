@@ -87,9 +87,10 @@ def test_block_kernel_compiles_for_sm90_without_spills(tmp_path: Path):
         ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_PREFETCH_BYTES=0")),
         ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_WAVE=1")),
         ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_SPLIT_ROWS=3")),
+        ("sm_90", ("-DSPECSAMPLE_CLUSTERS=1", "-DSPECSAMPLE_BLOCK_PICK_VECS=1")),
         ("sm_80", ()),
     ],
-    ids=["no-prefetch", "wave-1", "split-rows-3", "sm_80-no-clusters"],
+    ids=["no-prefetch", "wave-1", "split-rows-3", "pick-vecs-1", "sm_80-no-clusters"],
 )
 def test_block_kernel_variants_compile(tmp_path: Path, arch: str, defines: tuple[str, ...]):
     """The knobs' non-default values, and the one-block kernel for a GPU without clusters."""
