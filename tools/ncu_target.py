@@ -5,6 +5,7 @@ A warm-up call (which builds, compiles or tunes) runs first; only the calls afte
 (tools/ncu_profile.sh does).
 
     python tools/ncu_target.py --backend cuda-cpp --batch 1 --mode random
+    python tools/ncu_target.py --backend cuda-cpp --batch 1 --mode random --rule block
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("random", "greedy", "both"),
         default="both",
         help="verification mode; both profiles one call of each",
+    )
+    ap.add_argument(
+        "--rule",
+        choices=("token", "block"),
+        default="token",
+        help="verification rule (block: docs/rules.md; greedy mode is the same for both)",
     )
     return ap.parse_args(argv)
 
@@ -58,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def call(m: str):
         w = workloads[m]
-        return backend.verify(w.draft_token_ids, w.draft_probs, w.target_probs, mode=m)
+        return backend.verify(
+            w.draft_token_ids, w.draft_probs, w.target_probs, mode=m, rule=args.rule
+        )
 
     for m in modes:
         call(m)
