@@ -88,6 +88,19 @@ def _widen(y, kr2, kr):
 
 
 @triton.jit
+def _pick_in_rows(r, m, base, thr, ar, BLOCK: tl.constexpr):
+    """Per request (row of the ``[ROWS, BLOCK]`` tile ``r``, valid where ``m``): the index of the
+    smallest j with ``base + cumsum(r)[j] > thr``, stepped back to the last positive entry at or
+    before it (the tile's last positive entry if none crosses)."""
+    csum = base[:, None] + tl.cumsum(r, axis=1)
+    j = tl.min(tl.where(m & (csum > thr[:, None]), ar[None, :], BLOCK), axis=1)
+    jj = tl.minimum(j, BLOCK - 1)
+    pos = r > 0
+    pick = tl.max(tl.where(pos & (ar[None, :] <= jj[:, None]), ar[None, :], -1), axis=1)
+    return tl.where(pick < 0, tl.max(tl.where(pos, ar[None, :], 0), axis=1), pick)
+
+
+@triton.jit
 def _draw_q_rows(q_rows, V, todo, u, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """Inverse-CDF draws from whole rows of ``q`` (the rare fallback: a residual that sums to 0),
     one per request where ``todo``: two passes (the row's float64 sum, then up to the crossing
@@ -115,12 +128,7 @@ def _draw_q_rows(q_rows, V, todo, u, ROWS: tl.constexpr, BLOCK: tl.constexpr):
         s = tl.sum(q, axis=1)
         cross = left & (running + s > thr)
         if tl.max(cross.to(tl.int32), axis=0) > 0:
-            csum = running[:, None] + tl.cumsum(q, axis=1)
-            j = tl.min(tl.where(m & (csum > thr[:, None]), ar[None, :], BLOCK), axis=1)
-            jj = tl.minimum(j, BLOCK - 1)
-            pos = q > 0
-            pick = tl.max(tl.where(pos & (ar[None, :] <= jj[:, None]), ar[None, :], -1), axis=1)
-            pick = tl.where(pick < 0, tl.max(tl.where(pos, ar[None, :], 0), axis=1), pick)
+            pick = _pick_in_rows(q, m, running, thr, ar, BLOCK)
             token = tl.where(cross, t * BLOCK + pick, token)
             left = left & ~cross
         running += s
@@ -407,12 +415,7 @@ def block_kernel(
         else:
             pt64 = tl.where(offs2 == x_tau[:, None], 1.0, 0.0).to(tl.float64)
         rt = tl.where(use_res[:, None], tl.maximum(w_tau[:, None] * qt - pt64, 0.0), qt)
-        csum = sel_base[:, None] + tl.cumsum(rt, axis=1)
-        j = tl.min(tl.where(m2 & (csum > thr_l[:, None]), ar[None, :], BLOCK), axis=1)
-        jj = tl.minimum(j, BLOCK - 1)
-        pos = rt > 0
-        pick = tl.max(tl.where(pos & (ar[None, :] <= jj[:, None]), ar[None, :], -1), axis=1)
-        pick = tl.where(pick < 0, tl.max(tl.where(pos, ar[None, :], 0), axis=1), pick)
+        pick = _pick_in_rows(rt, m2, sel_base, thr_l, ar, BLOCK)
         token = tl.where(draw, (sel_t * BLOCK + pick).to(tl.int32), token)
 
         # Outputs; a flagged request gets all -1, 0 emitted and its status bits.
