@@ -21,7 +21,8 @@
 // value is built and checked by tests/test_kernel_knobs.py): GREEDY_STEP_BYTES,
 // GREEDY_STEP_GROWTH, GREEDY_MIN_BLOCKS, GREEDY_GROUP_MIN_CL (kernel_greedy.cuh); WAVE_SMALL,
 // WAVE_LARGE, RANDOM_MIN_BLOCKS (kernel_random.cuh); ASYNC_EXCHANGE (kernel_cluster.cuh);
-// BLOCK_WAVE, BLOCK_PREFETCH_BYTES (kernel_block.cuh, checked by tests/test_cuda_block.py).
+// BLOCK_WAVE, BLOCK_PREFETCH_BYTES, BLOCK_SPLIT_ROWS, BLOCK_PICK_VECS (kernel_block.cuh, checked
+// by tests/test_cuda_block.py).
 //
 // Semantics (docs/contract.md; specsample.reference is the float64 definition):
 //   1. for k < K with x = ids[b,k]: accept iff u[b,k] * p[b,k,x] < q[b,k,x]  (p = 1 without draft
