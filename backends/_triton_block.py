@@ -69,12 +69,6 @@ def _at(x, idx, kr):
 
 
 @triton.jit
-def _any3(cond):
-    """Per request (axis 0 of a ``[ROWS, K_P2, BLOCK]`` tile): 1 (int32) where any entry is true."""
-    return tl.max(tl.max(tl.where(cond, 1, 0), axis=2), axis=1)
-
-
-@triton.jit
 def _narrow(x, kr, kr2):
     """Columns ``0..KR_P2-1`` (indexed by ``kr2``) of the ``[ROWS, K_P2]`` block ``x``."""
     return tl.sum(tl.where(kr[None, None, :] == kr2[None, :, None], x[:, None, :], 0), axis=2)
@@ -242,20 +236,20 @@ def block_kernel(
     mb = live[:, None]
     t0 = c * TPC
     t1 = tl.minimum(t0 + TPC, NT)
-    lim = t1 * BLOCK  # this chunk's end (a token index)
+    end = tl.minimum(t1 * BLOCK, V)  # this chunk's end (a token index)
     acc = tl.zeros([ROWS, KR_P2, BLOCK], tl.float64)
     acc_b = tl.zeros([ROWS, BLOCK], tl.float64)
     bad_q = tl.zeros([ROWS, KR_P2, BLOCK], tl.int32)
     bad_p = tl.zeros([ROWS, KR_P2, BLOCK], tl.int32)
     bad_b = tl.zeros([ROWS, BLOCK], tl.int32)
     offs = t0 * BLOCK + ar
-    in3 = (offs < tl.minimum(lim, V))[None, None, :]
+    in3 = (offs < end)[None, None, :]
     qn = tl.load(q3 + offs[None, None, :], mask=m3 & in3, other=0.0)
     if HAS_P:
         pn = tl.load(p3 + offs[None, None, :], mask=m3 & in3, other=0.0)
     else:
         pn = qn
-    bn = tl.load(qbonus + offs[None, :], mask=mb & (offs < tl.minimum(lim, V))[None, :], other=0.0)
+    bn = tl.load(qbonus + offs[None, :], mask=mb & (offs < end)[None, :], other=0.0)
     for t in range(t0, t1):
         offs = t * BLOCK + ar
         q = _f32(qn)
@@ -264,7 +258,7 @@ def block_kernel(
             p = _f32(pn)
         # the next tile's loads (masked off past this chunk) before this tile's arithmetic
         nxt = offs + BLOCK
-        in_n = nxt < tl.minimum(lim, V)
+        in_n = nxt < end
         qn = tl.load(q3 + nxt[None, None, :], mask=m3 & in_n[None, None, :], other=0.0)
         if HAS_P:
             pn = tl.load(p3 + nxt[None, None, :], mask=m3 & in_n[None, None, :], other=0.0)
@@ -488,10 +482,7 @@ class BlockPlan:
     def groups(self, batch: int) -> int:
         return -(-batch // self.rows)
 
-    def tiles(self, vocab: int) -> int:
-        return -(-vocab // self.block)
-
-    def workspace(self, batch: int, num_draft: int, vocab: int) -> tuple[int, int, int]:
+    def workspace(self, batch: int) -> tuple[int, int, int]:
         """``(float64, int32, counters)`` elements the launch needs: every chunk's sums of every
         row slot, its bad-value bits, one counter per group (none with one chunk)."""
         if self.chunks == 1:
@@ -563,7 +554,7 @@ def launch_block(
     """Launch :func:`block_kernel` on ``(groups, chunks)`` programs of ``plan`` (the caller chose
     the device; triton launches on the current stream). Arguments as the token kernel's launch in
     ``triton_backend``; ``workspace`` has float64 ``f``, int32 ``i`` and zeroed int32
-    ``counters`` of at least ``plan.workspace(B, K, V)`` elements; ``seed_halves`` and
+    ``counters`` of at least ``plan.workspace(B)`` elements; ``seed_halves`` and
     ``offset_halves`` are ``(low, high)`` int32 pairs."""
     block_kernel[(plan.groups(B), plan.chunks)](
         ids,

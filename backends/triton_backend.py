@@ -329,7 +329,7 @@ class TritonBackend(Backend):
             if bplan is None:
                 bplan = blk.block_split_config(B, K, V, self._n_sm(device), blk.INTERPRET)
                 _state.plans[plan_key] = bplan
-            bws = self._workspace(torch, device, *bplan.workspace(B, K, V), capturing, stream)
+            bws = self._workspace(torch, device, *bplan.workspace(B), capturing, stream)
             blk.launch_block(
                 ids,
                 p,
