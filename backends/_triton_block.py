@@ -24,7 +24,7 @@ at once. Each program:
    (1 where the denominator is 0), ``h_{K-1} = w_K``, ``tau = max{k + 1 : u_k < h_k}``, the
    status and the final row's total ``Z_tau`` (the bonus row's sum when ``tau = K``);
 4. finds the chunk whose running sum crosses ``u_K * total`` from the chunk sums, reads that chunk
-   of the final row again (usually from L2) ``KR_P2`` tiles at a time until the tile holding the
+   of the final row again (usually from L2) ``TG`` tiles at a time until the tile holding the
    threshold, and scans that tile with ``tl.cumsum``; a zero-weight token is never chosen, and a
    threshold rounded past the end takes the last positive token. A residual summing to 0 falls
    back to ``q_tau``, read whole by that program.
@@ -382,7 +382,10 @@ def block_kernel(
                 pg64 = tl.where(offs3 == x_g, 1.0, 0.0).to(tl.float64)
             rg = tl.where(res_g, tl.maximum(w_g * qg - pg64, 0.0), qg)
             ts = tl.where(tm, tl.sum(rg, axis=2), 0.0)  # [R, TG] tile sums
-            cts = run[:, None] + tl.cumsum(ts, axis=1)
+            # running sums through each tile of the group, as a masked sum: triton 3.6 cannot
+            # lower tl.cumsum over this [R, TG] layout (an assertion in its scan lowering)
+            upto = gr[None, None, :] <= gr[None, :, None]  # [1, TG, TG]: tile i at or before j
+            cts = run[:, None] + tl.sum(tl.where(upto, ts[:, None, :], 0.0), axis=2)
             gh = tl.min(tl.where(tm & (ts > 0) & (cts > thr_l[:, None]), gr[None, :], TG), axis=1)
             found = todo & (gh < TG)
             sel_t = tl.where(found, first + i + gh, sel_t)
