@@ -136,14 +136,17 @@ __device__ __forceinline__ void block_segment(i64 c_lo, i64 c_hi, int nwarps, in
 }
 
 // L2 prefetch of the 128-byte lines of vectors [lo, hi) (16 bytes each) of one row of
-// `row_bytes` bytes, over a warp; every address prefetched lies inside the row.
+// `row_bytes` bytes, over a warp; every address prefetched lies inside the row. (A hint only: the
+// host build of tests/cuda_emulation leaves it out.)
 __device__ __forceinline__ void block_prefetch_l2(const void* row, i64 lo, i64 hi, i64 row_bytes,
                                                   int lane) {
+#if defined(__CUDA_ARCH__)
   const char* base = reinterpret_cast<const char*>(row);
   const i64 end = hi * 16 < row_bytes ? hi * 16 : row_bytes;
   for (i64 off = lo * 16 + (i64)lane * 128; off < end; off += 32 * 128) {
     asm volatile("{ .reg .u64 a;\n\tcvta.to.global.u64 a, %0;\n\tprefetch.global.L2 [a]; }" ::"l"(base + off));
   }
+#endif
 }
 
 // One warp's segment [lo, hi) of one row: the sum of its values (every lane gets it) and, with

@@ -182,6 +182,37 @@ struct Params {
   int captured;
 };
 
+// The chain kernels' parameter list: passed one by one (not as a struct) so that CuPy, which packs
+// scalars and pointers but not structs, launches the very same kernels as the torch extension;
+// SPECSAMPLE_MAKE_PARAMS packs them into `P`.
+#define SPECSAMPLE_KERNEL_PARAMS                                                                   \
+  const void *ids, const void *p, const void *q, const float *uniforms, i64 *out_tokens,           \
+      i64 *out_num, int *out_status, i64 V, int B, int K, int ids64, int greedy,                   \
+      int rows_per_step, u64 seed, u64 offset, const i64 *seed_ptr, const i64 *offset_ptr,         \
+      u64 offset_intragraph, int captured
+
+#define SPECSAMPLE_MAKE_PARAMS                                                                     \
+  Params P;                                                                                        \
+  P.ids = ids;                                                                                     \
+  P.p = p;                                                                                         \
+  P.q = q;                                                                                         \
+  P.uniforms = uniforms;                                                                           \
+  P.out_tokens = out_tokens;                                                                       \
+  P.out_num = out_num;                                                                             \
+  P.out_status = out_status;                                                                       \
+  P.V = V;                                                                                         \
+  P.B = B;                                                                                         \
+  P.K = K;                                                                                         \
+  P.ids64 = ids64;                                                                                 \
+  P.greedy = greedy;                                                                               \
+  P.rows_per_step = rows_per_step;                                                                 \
+  P.seed = seed;                                                                                   \
+  P.offset = offset;                                                                               \
+  P.seed_ptr = seed_ptr;                                                                           \
+  P.offset_ptr = offset_ptr;                                                                       \
+  P.offset_intragraph = offset_intragraph;                                                         \
+  P.captured = captured;
+
 // Draft id k of request b (int32 or int64 ids, [B, K]).
 __device__ __forceinline__ i64 load_id(const void* ids, int ids64, int K, i64 b, int k) {
   return ids64 ? __ldg(reinterpret_cast<const i64*>(ids) + b * K + k)

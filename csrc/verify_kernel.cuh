@@ -75,36 +75,8 @@
 namespace specsample {
 
 // ---------------------------------------------------------------------------------------------
-// Entry points. The parameters are passed one by one (not as a struct) so that CuPy, which packs
-// scalars and pointers but not structs, launches the very same kernels as the torch extension.
+// Entry points, with the parameter list SPECSAMPLE_KERNEL_PARAMS (kernel_common.cuh).
 // ---------------------------------------------------------------------------------------------
-#define SPECSAMPLE_KERNEL_PARAMS                                                                   \
-  const void *ids, const void *p, const void *q, const float *uniforms, i64 *out_tokens,           \
-      i64 *out_num, int *out_status, i64 V, int B, int K, int ids64, int greedy,                   \
-      int rows_per_step, u64 seed, u64 offset, const i64 *seed_ptr, const i64 *offset_ptr,         \
-      u64 offset_intragraph, int captured
-
-#define SPECSAMPLE_MAKE_PARAMS                                                                     \
-  Params P;                                                                                        \
-  P.ids = ids;                                                                                     \
-  P.p = p;                                                                                         \
-  P.q = q;                                                                                         \
-  P.uniforms = uniforms;                                                                           \
-  P.out_tokens = out_tokens;                                                                       \
-  P.out_num = out_num;                                                                             \
-  P.out_status = out_status;                                                                       \
-  P.V = V;                                                                                         \
-  P.B = B;                                                                                         \
-  P.K = K;                                                                                         \
-  P.ids64 = ids64;                                                                                 \
-  P.greedy = greedy;                                                                               \
-  P.rows_per_step = rows_per_step;                                                                 \
-  P.seed = seed;                                                                                   \
-  P.offset = offset;                                                                               \
-  P.seed_ptr = seed_ptr;                                                                           \
-  P.offset_ptr = offset_ptr;                                                                       \
-  P.offset_intragraph = offset_intragraph;                                                         \
-  P.captured = captured;
 
 // Every kernel is instantiated per mode (GREEDY) and per load path (ALIGNED: every row the call
 // may stream starts on 16 bytes and V * sizeof(T) is a multiple of 16, so one 16-byte load reads
@@ -160,5 +132,5 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(512, (MinBlocks<CL,
 }  // namespace specsample
 
 // Block verification (rule="block"): its own kernels, with the same parameter list
-// (SPECSAMPLE_KERNEL_PARAMS above).
+// (SPECSAMPLE_KERNEL_PARAMS, kernel_common.cuh).
 #include "kernel_block.cuh"

@@ -1,8 +1,9 @@
-// A host-side stand-in for the CUDA built-ins the serving kernel uses, so that the very source of
-// csrc/kernel_serving.cuh runs on a CPU. Every CUDA thread of a block is a fiber (ucontext) of one
+// A host-side stand-in for the CUDA built-ins the serving, tree and block kernels use, so that the
+// very source of csrc/kernel_serving.cuh, kernel_tree.cuh, kernel_traversal.cuh and
+// kernel_block.cuh runs on a CPU. Every CUDA thread of a block is a fiber (ucontext) of one
 // OS thread; __syncthreads and the warp shuffles are barriers at which a fiber yields until its
 // block (or warp) has arrived; __shared__ variables are function statics (one block runs at a
-// time). It is a test harness (tests/test_cuda_serving_emulated.py), not a CUDA implementation:
+// time). It is a test harness (tests/test_cuda_*_emulated.py), not a CUDA implementation:
 // only what the kernel calls is here, and float16 conversions (inline PTX) are not emulated.
 #pragma once
 
@@ -199,3 +200,23 @@ inline long long __double_as_longlong(double d) {
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+
+// ---- what the block kernels add (csrc/kernel_block.cuh) -----------------------------------------
+// The split kernel's blocks meet in global memory: here they run one after another, so the
+// workspace's cache hints and fences are plain accesses and the counter a plain add.
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_warp_barrier[threadIdx.x >> 5].wait(32); }
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+template <typename T>
+inline void __stcg(T* p, T v) {
+  *p = v;
+}
+inline unsigned atomicAdd(unsigned* a, unsigned v) {
+  const unsigned old = *a;
+  *a = old + v;
+  return old;
+}
