@@ -41,8 +41,9 @@
 // and does step 4 alone over the whole crossing chunk (re-read from L2). That block resets the
 // counter for the next call on the stream. The rows of step 2 are read a group of kBlockSplitRows
 // at a time, every row's loads in flight before the first sum, since a split block's warp
-// segments are a few vectors per lane. The hosts launch it only outside graph capture (the
-// workspace belongs to one stream).
+// segments are a few vectors per lane; the first group's first vectors are requested before step
+// 1, so that the DRAM works while warp 0 decides (at B = 1 they are the whole chunk). The hosts
+// launch it only outside graph capture (the workspace belongs to one stream).
 #pragma once
 
 #include "kernel_common.cuh"
@@ -79,8 +80,9 @@ constexpr int kBlockSplitRecords = 2048;
 #define SPECSAMPLE_BLOCK_WAVE 4  // 16-byte vectors per lane in flight, per row read
 #endif
 
-// Small calls (every row of the call fitting in this many bytes, well inside the L2) ask for all
-// rows 0..K-1 of their warp segments at once with L2 prefetches before streaming them: a request
+// Cluster kernel: small calls (every row of the call fitting in this many bytes, well inside the
+// L2) ask for all rows 0..K-1 of their warp segments at once with L2 prefetches before streaming
+// them: a request
 // reads 2K rows, and the loads in flight alone (U vectors of q and of p per lane) would leave the
 // DRAM idle between rows at small batch. 0 disables it.
 #ifndef SPECSAMPLE_BLOCK_PREFETCH_BYTES
@@ -194,33 +196,41 @@ __device__ __forceinline__ double block_stream(const T* qrow, const T* prow, boo
   return warp_sum(acc);
 }
 
+// Vector g of rows k0..k0+R-1 of q and p (zero for rows >= K and for g >= hi).
+template <typename T, bool ALIGNED, int R>
+__device__ __forceinline__ void block_load_rows(const T* q, const T* p, i64 b, int K, int k0, i64 g,
+                                                i64 hi, i64 V, uint4 (&qw)[R], uint4 (&pw)[R]) {
+  const i64 K1 = (i64)K + 1;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int k = k0 + r;
+    qw[r] = make_uint4(0u, 0u, 0u, 0u);
+    pw[r] = qw[r];
+    if (k < K && g < hi) {
+      qw[r] = load_raw(q + (b * K1 + k) * V, g, V, ALIGNED);
+      if (p != nullptr) pw[r] = load_raw(p + (b * (i64)K + k) * V, g, V, ALIGNED);
+    }
+  }
+}
+
 // Rows k0..k0+R-1 (those < K) of one warp's segment [lo, hi) at once, every row's q and p vectors
 // loaded before the first sum: the split kernel's segments are a few vectors per lane, so reading
-// row after row would cost a round trip per row. Per row, the lanes add their vectors in the same
-// order as block_stream, so the sums (`sums`, every lane) are the same bits. Bad values OR into
-// `bad` as kBlockBadQ / kBlockBadP.
+// row after row would cost a round trip per row. `qw` / `pw` come holding each lane's first
+// vectors (g = lo + lane, requested by block_load_rows: the caller issues that request early);
+// each next vector is requested after the current one is added. Per row, the lanes add their
+// vectors in the same order as block_stream, so the sums (`sums`, every lane) are the same bits.
+// Bad values OR into `bad` as kBlockBadQ / kBlockBadP.
 template <typename T, bool ALIGNED, int R>
 __device__ __forceinline__ void block_stream_rows(const T* q, const T* p, i64 b, int K, int k0,
                                                   const double* w, const i64* x, i64 lo, i64 hi, i64 V,
-                                                  int lane, u32& bad, double (&sums)[R]) {
+                                                  int lane, u32& bad, double (&sums)[R], uint4 (&qw)[R],
+                                                  uint4 (&pw)[R]) {
   constexpr int N = VecTraits<T>::N;
   const bool use_p = p != nullptr;
-  const i64 K1 = (i64)K + 1;
   double acc[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0;
   for (i64 g = lo + lane; g < hi; g += 32) {
-    uint4 qw[R], pw[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const int k = k0 + r;
-      qw[r] = make_uint4(0u, 0u, 0u, 0u);
-      pw[r] = qw[r];
-      if (k < K) {
-        qw[r] = load_raw(q + (b * K1 + k) * V, g, V, ALIGNED);
-        if (use_p) pw[r] = load_raw(p + (b * (i64)K + k) * V, g, V, ALIGNED);
-      }
-    }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const int k = k0 + r;
@@ -239,6 +249,7 @@ __device__ __forceinline__ void block_stream_rows(const T* q, const T* p, i64 b,
         acc[r] += vs;
       }
     }
+    if (g + 32 < hi) block_load_rows<T, ALIGNED, R>(q, p, b, K, k0, g + 32, hi, V, qw, pw);
   }
 #pragma unroll
   for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc[r]);
@@ -258,7 +269,18 @@ __device__ __forceinline__ void block_rows(const Params& P, BlockSmem<CL>& sm, i
   const T* q = reinterpret_cast<const T*>(P.q);
   const T* p = reinterpret_cast<const T*>(P.p);
   u32 bad = 0;
-  if (SPECSAMPLE_BLOCK_PREFETCH_BYTES > 0 &&
+  // Split: each lane's first vectors of rows 0..kBlockSplitRows-1 are requested before step 1, so
+  // that their DRAM round trip overlaps the decisions' (the ids, then the drafted entries): at
+  // B = 1 that is the whole chunk. A request flagged in step 1 ignores them.
+  uint4 row_q[kBlockSplitRows], row_p[kBlockSplitRows];
+  if constexpr (SPLIT) {
+    i64 lo, hi;
+    block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
+    block_load_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, 0, lo + lane, hi, V, row_q, row_p);
+  }
+  // Cluster kernel: small calls ask for their rows with L2 prefetches first (the split kernel's
+  // request above does this job there: prefetching too cost it 4-5 us at B = 1).
+  if (!SPLIT && SPECSAMPLE_BLOCK_PREFETCH_BYTES > 0 &&
       (i64)P.B * ((p != nullptr ? 2 : 1) * (i64)K + 1) * V * (i64)sizeof(T) <= SPECSAMPLE_BLOCK_PREFETCH_BYTES) {
     // a 16-byte vector holds N elements, so vector g starts g * 16 bytes into its row
     i64 lo, hi;
@@ -351,8 +373,10 @@ __device__ __forceinline__ void block_rows(const Params& P, BlockSmem<CL>& sm, i
     if (sm.flags) hi = lo;  // a request flagged in step 1 reads no row
     if constexpr (SPLIT) {
       for (int k0 = 0; k0 < K; k0 += kBlockSplitRows) {
+        if (k0 > 0) block_load_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, k0, lo + lane, hi, V, row_q, row_p);
         double s[kBlockSplitRows];
-        block_stream_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, k0, sm.w, sm.x, lo, hi, V, lane, bad, s);
+        block_stream_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, k0, sm.w, sm.x, lo, hi, V, lane, bad, s,
+                                                       row_q, row_p);
         if (lane == 0) {
 #pragma unroll
           for (int r = 0; r < kBlockSplitRows; ++r) {
