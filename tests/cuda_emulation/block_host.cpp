@@ -9,20 +9,13 @@
 // and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]).
 #include "cuda_host.h"
 
-#include <cstdio>
-#include <fstream>
+#include <cstdlib>
 #include <functional>
-#include <string>
-#include <vector>
 
 #include "kernel_block.cuh"
+#include "host_io.h"
 
 using namespace specsample;
-
-static std::vector<char> slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 struct Meta {
   long long B = 0, V = 0;
@@ -74,31 +67,20 @@ static void run(const std::string& dir, const Meta& m) {
   };
   if (aligned) go(launch<T, true>);
   if (!aligned) go(launch<T, false>);
-  std::ofstream(dir + "/tokens.bin", std::ios::binary).write((const char*)tok.data(), tok.size() * 8);
-  std::ofstream(dir + "/num_out.bin", std::ios::binary).write((const char*)out_num.data(), m.B * 8);
-  std::ofstream(dir + "/status.bin", std::ios::binary).write((const char*)st.data(), m.B * 4);
+  write_array(dir + "/tokens.bin", tok, tok.size());
+  write_array(dir + "/num_out.bin", out_num, m.B);
+  write_array(dir + "/status.bin", st, m.B);
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
-    return 2;
-  }
-  const std::string dir = argv[1];
-  std::ifstream f(dir + "/meta.txt");
-  Meta m;
-  f >> m.B >> m.K >> m.V >> m.dtype >> m.has_p >> m.chunks >> m.threads >> m.order;
-  if (!f || m.K < 1 || m.K > kMaxK || m.threads < 32 || m.threads > 512 || m.threads % 32) {
-    std::fprintf(stderr, "bad meta.txt\n");
-    return 2;
-  }
-  if (m.dtype == "f32") {
-    run<float>(dir, m);
-  } else if (m.dtype == "bf16") {
-    run<bf16>(dir, m);
-  } else {
-    std::fprintf(stderr, "dtype must be f32 or bf16\n");
-    return 2;
-  }
-  return 0;
+  return host_main(argc, argv, [](const std::string& dir) {
+    std::ifstream f(dir + "/meta.txt");
+    Meta m;
+    f >> m.B >> m.K >> m.V >> m.dtype >> m.has_p >> m.chunks >> m.threads >> m.order;
+    if (!f || m.K < 1 || m.K > kMaxK || m.threads < 32 || m.threads > 512 || m.threads % 32) {
+      std::fprintf(stderr, "bad meta.txt\n");
+      return 2;
+    }
+    return by_dtype(m.dtype, [&](auto t) { run<decltype(t)>(dir, m); });
+  });
 }

@@ -6,20 +6,12 @@
 // and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]).
 #include "cuda_host.h"
 
-#include <cstdio>
-#include <fstream>
-#include <string>
 #include <functional>
-#include <vector>
 
 #include "kernel_serving.cuh"
+#include "host_io.h"
 
 using namespace specsample;
-
-static std::vector<char> slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::vector<char>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
 
 template <typename T>
 static void run(const std::string& dir, long long B, int K, long long V, int tl, int hd, int dl,
@@ -59,33 +51,22 @@ static void run(const std::string& dir, long long B, int K, long long V, int tl,
     };
     emu_run_block([] { body(); });
   }
-  std::ofstream(dir + "/tokens.bin", std::ios::binary).write((const char*)tokens.data(), tokens.size() * 8);
-  std::ofstream(dir + "/num_out.bin", std::ios::binary).write((const char*)out_num.data(), out_num.size() * 8);
-  std::ofstream(dir + "/status.bin", std::ios::binary).write((const char*)status.data(), status.size() * 4);
+  write_array(dir + "/tokens.bin", tokens, tokens.size());
+  write_array(dir + "/num_out.bin", out_num, out_num.size());
+  write_array(dir + "/status.bin", status, status.size());
 }
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s DIR\n", argv[0]);
-    return 2;
-  }
-  const std::string dir = argv[1];
-  std::ifstream m(dir + "/meta.txt");
-  long long B, V;
-  int K, tl, hd, dl, coins, threads;
-  std::string dtype;
-  m >> B >> K >> V >> dtype >> tl >> hd >> dl >> coins >> threads;
-  if (!m || threads % 32 != 0 || threads / 32 > kServingWarps) {
-    std::fprintf(stderr, "bad meta.txt\n");
-    return 2;
-  }
-  if (dtype == "f32") {
-    run<float>(dir, B, K, V, tl, hd, dl, coins, threads);
-  } else if (dtype == "bf16") {
-    run<bf16>(dir, B, K, V, tl, hd, dl, coins, threads);
-  } else {
-    std::fprintf(stderr, "dtype must be f32 or bf16\n");
-    return 2;
-  }
-  return 0;
+  return host_main(argc, argv, [](const std::string& dir) {
+    std::ifstream m(dir + "/meta.txt");
+    long long B, V;
+    int K, tl, hd, dl, coins, threads;
+    std::string dtype;
+    m >> B >> K >> V >> dtype >> tl >> hd >> dl >> coins >> threads;
+    if (!m || threads % 32 != 0 || threads / 32 > kServingWarps) {
+      std::fprintf(stderr, "bad meta.txt\n");
+      return 2;
+    }
+    return by_dtype(dtype, [&](auto t) { run<decltype(t)>(dir, B, K, V, tl, hd, dl, coins, threads); });
+  });
 }
