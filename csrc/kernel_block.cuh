@@ -16,7 +16,8 @@
 //     in double with the reference's rounding (__dmul_rn then __dsub_rn: never contracted into an
 //     FMA), summed in double: the residual mass Z_k of row k (for row 0, w_0 = 1, the token-wise
 //     residual), which is also the final row's sum when tau = k. Every element is checked
-//     (NaN, infinite, negative). A request flagged in step 1 reads none of these rows.
+//     (NaN, infinite, negative). A request flagged in step 1 reads none of these rows (the split
+//     kernel's first vectors, requested before step 1, excepted).
 //  3. The warps' segment sums of every row make the block's chunk sums, which every block pushes
 //     into the shared memory of every block of the cluster (remote stores, one cluster barrier);
 //     the bad-value bits travel in one more slot. Every block then forms the same totals in the
@@ -82,9 +83,8 @@ constexpr int kBlockSplitRecords = 2048;
 
 // Cluster kernel: small calls (every row of the call fitting in this many bytes, well inside the
 // L2) ask for all rows 0..K-1 of their warp segments at once with L2 prefetches before streaming
-// them: a request
-// reads 2K rows, and the loads in flight alone (U vectors of q and of p per lane) would leave the
-// DRAM idle between rows at small batch. 0 disables it.
+// them: a request reads 2K rows, and the loads in flight alone (U vectors of q and of p per lane)
+// would leave the DRAM idle between rows at small batch. 0 disables it.
 #ifndef SPECSAMPLE_BLOCK_PREFETCH_BYTES
 #define SPECSAMPLE_BLOCK_PREFETCH_BYTES (32ll << 20)
 #endif
@@ -370,7 +370,7 @@ __device__ __forceinline__ void block_rows(const Params& P, BlockSmem<CL>& sm, i
   {
     i64 lo, hi;
     block_segment(c_lo, c_hi, nwarps, warp, false, lo, hi);
-    if (sm.flags) hi = lo;  // a request flagged in step 1 reads no row
+    if (sm.flags) hi = lo;  // a request flagged in step 1 reads no (further) row
     if constexpr (SPLIT) {
       for (int k0 = 0; k0 < K; k0 += kBlockSplitRows) {
         if (k0 > 0) block_load_rows<T, ALIGNED, kBlockSplitRows>(q, p, b, K, k0, lo + lane, hi, V, row_q, row_p);

@@ -21,6 +21,7 @@ import subprocess
 import pytest
 import torch
 from emulation_host import CXX, build_host_program, write_tensor
+from specsample import VerifyOutput
 from specsample.conformance.block_common import compare_block_to_reference
 from specsample.reference_block import reference_verify_block
 from specsample.status import Status
@@ -68,8 +69,6 @@ def _run(program, tmp_path, ids, p, q, u, *, chunks, threads=256, descending=Fal
 
 
 def _exact(got, ids, p, q, u, label):
-    from specsample import VerifyOutput
-
     tok, num, st = got
     ref = reference_verify_block(ids, p, q, uniforms=u)
     assert torch.equal(st, ref.status), (label, st, ref.status)
