@@ -1,8 +1,10 @@
-"""``cupy``'s serving entry point: ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``)
+"""``cupy``'s serving entry point: ``verify_serving_split_kernel``
+(``csrc/kernel_serving_split.cuh``, one block per row, with this stream's workspace), or under
+CUDA-graph capture ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one block per request),
 compiled by NVRTC and launched on torch's current stream with raw device pointers.
 
 The serving kernels live in a module of their own (same sources and options as the verify kernels,
-only the three serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
+only the serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
 subnormals kept), compiled on the first serving call per device.
 Coins as in ``cuda-cpp``: explicit uniforms, per-request seeds, or the torch generator's Philox
 ``(seed, offset)`` (under CUDA-graph capture a device-resident key drawn by a graph-safe
@@ -18,6 +20,10 @@ from . import _cuda_build, _nvrtc
 
 SERVING_THREADS = 512  # kServingThreads in csrc/kernel_serving.cuh
 COINS_UNIFORMS, COINS_SEEDS, COINS_GENERATOR = 0, 1, 2  # kServingCoins* in the kernel
+RECORD_WORDS = 4  # kServingRecordWords in csrc/kernel_serving_split.cuh: u64 per row record
+HIST_BYTES = (32768 + 32768 // 64) * 4  # kServingHistBytes: the split kernel's 16-bit histogram
+# CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (CUDA driver API enum CUfunction_attribute)
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
 _TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 _lock = threading.Lock()
@@ -25,8 +31,13 @@ _modules: dict[int, Any] = {}
 
 
 def kernel_names() -> dict[str, str]:
-    """torch dtype name -> the kernel's name expression."""
+    """torch dtype name -> the one-block kernel's name expression."""
     return {dtype: f"specsample::verify_serving_kernel<{ct}>" for dtype, ct in _TYPES.items()}
+
+
+def split_kernel_names() -> dict[str, str]:
+    """torch dtype name -> the split kernel's name expression."""
+    return {dtype: f"specsample::verify_serving_split_kernel<{ct}>" for dtype, ct in _TYPES.items()}
 
 
 class _ServingModule:
@@ -43,11 +54,19 @@ class _ServingModule:
             options = ["-std=c++17", f"-I{_cuda_build.csrc_dir()}"]
             if int(props["major"]) >= 9:
                 options.append("-DSPECSAMPLE_CLUSTERS=1")
-            self.names = kernel_names()
+            names, split_names = kernel_names(), split_kernel_names()
             self.module, lowered = _nvrtc.compile_module(
-                code, options, list(self.names.values()), device_id
+                code, options, [*names.values(), *split_names.values()], device_id
             )
-            self.kernels = {d: self.module.get_function(lowered[n]) for d, n in self.names.items()}
+            self.kernels = {d: self.module.get_function(lowered[n]) for d, n in names.items()}
+            self.split_kernels = {
+                d: self.module.get_function(lowered[n]) for d, n in split_names.items()
+            }
+            for dtype in ("float16", "bfloat16"):
+                cupy.cuda.driver.funcSetAttribute(
+                    self.split_kernels[dtype].ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    HIST_BYTES,
+                )  # fmt: skip
 
 
 def _module(device_id: int) -> _ServingModule:
@@ -68,7 +87,7 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
     import torch
     from specsample.rng import is_capturing, philox_seed_offset
 
-    from .cupy_backend import _external_stream
+    from .cupy_backend import _external_stream, _split_workspace, _stream_is_capturing
 
     B, K, V = inputs.batch_size, inputs.num_draft, inputs.vocab_size
     device = inputs.device
@@ -137,8 +156,21 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
         np.int32(coins),
         np.int32(1 if aligned else 0),
     )
-    kern = _module(device_id).kernels[dtype]
+    mod = _module(device_id)
     stream_ptr = torch.cuda.current_stream(device).cuda_stream
-    with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
-        kern((B,), (SERVING_THREADS,), args)
+    # the split kernel's workspace belongs to this stream: under graph capture (a graph may be
+    # replayed on any stream) the one-block kernel, which needs none
+    split = not captured and not _stream_is_capturing(stream_ptr)
+    if split:
+        rows = 2 * K + 1
+        ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * rows * RECORD_WORDS, B)
+        smem = HIST_BYTES if elem == 2 else 0
+        with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+            mod.split_kernels[dtype](
+                (B, rows), (SERVING_THREADS,), (*args, np.uint64(ws_ptr), np.uint64(count_ptr)),
+                shared_mem=smem,
+            )  # fmt: skip
+    else:
+        with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
+            mod.kernels[dtype]((B,), (SERVING_THREADS,), args)
     return tokens, num, status

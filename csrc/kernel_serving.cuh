@@ -339,18 +339,227 @@ __device__ __forceinline__ double serving_last(float xq, float xd, i64 j, const 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The request
+// Steps shared by the one-block kernel below and the split kernel (kernel_serving_split.cuh)
+// ---------------------------------------------------------------------------------------------
+// Where a request's coins come from (kServingCoins*), with the pointers each source reads.
+struct ServingCoins {
+  int source;
+  const float* uniforms;  // [B, K+1]
+  const i64* seeds;       // [B]
+  const i64* offsets;     // [B]
+  u64 seed, offset;       // the generator's key (when not captured)
+  const i64* seed_ptr;    // ... read here under graph capture
+  const i64* offset_ptr;
+  u64 offset_intragraph;
+  int captured;
+};
+
+// Step 1: request b's ids into sm.ids (a bad id is flagged and replaced by 0) and, for a sampling
+// request, its coins 0..nd into sm.coin. Returns this thread's bad bits (kBadDraftId,
+// kBadUniform); the caller ORs them over the block, which also orders the shared-memory writes.
+__device__ __forceinline__ u32 serving_ids_coins(const void* ids, int ids64, int K, i64 b, int nd,
+                                                 bool greedy, const ServingCoins& c, i64 V,
+                                                 ServingSmem& sm) {
+  const int tid = threadIdx.x;
+  u32 bad = 0;
+  for (int k = tid; k < nd; k += blockDim.x) {
+    const i64 x = load_id(ids, ids64, K, b, k);
+    if (x < 0 || x >= V) bad |= kBadDraftId;
+    sm.ids[k] = (x >= 0 && x < V) ? x : 0;
+  }
+  if (!greedy) {
+    u64 key = c.seed, base = c.offset;
+    if (c.source == kServingCoinsGenerator && c.captured) {
+      key = (u64)*c.seed_ptr;
+      base = (u64)*c.offset_ptr + c.offset_intragraph;
+    }
+    for (int k = tid; k <= nd; k += blockDim.x) {
+      float u;
+      if (c.source == kServingCoinsUniforms) {
+        u = __ldg(c.uniforms + b * (K + 1) + k);
+        if (!(u >= 0.0f && u < 1.0f)) bad |= kBadUniform;
+      } else if (c.source == kServingCoinsSeeds) {
+        u = philox_uniform((u64)__ldg(c.seeds + b), (u64)__ldg(c.offsets + b), 0, (u64)k);
+      } else {
+        u = philox_uniform(key, base, (u64)b, (u64)k);
+      }
+      sm.coin[k] = u;
+    }
+  }
+  return bad;
+}
+
+// Step 2 for one row: its bad values (`bad_bit`), NaN, maximum and the first index holding it,
+// as block-wide values. Eight 16-byte vectors per thread are requested before any is used.
+template <typename T>
+__device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool aligned, bool logits,
+                                                 u32 bad_bit, float& top, i64& arg, u32& bad,
+                                                 u32& nan, ServingSmem& sm) {
+  constexpr int N = VecTraits<T>::N;
+  constexpr int L = 8;
+  const i64 nvec = (V + N - 1) / N;
+  float t = -__int_as_float(0x7f800000);
+  i64 a = V;
+  u32 b = 0, n = 0;
+  const i64 step = blockDim.x;
+  for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
+    uint4 raw[L];
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      const i64 g = g0 + l * step;
+      raw[l] = g < nvec ? load_raw<T>(row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      const i64 g = g0 + l * step;
+      if (g >= nvec) break;
+      float v[N];
+      VecTraits<T>::unpack(raw[l], v);
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const i64 j = g * N + e;
+        const float x = v[e];
+        if (j >= V) break;
+        if (serving_bad(x, logits)) b = bad_bit;
+        if (x != x) {
+          n = 1;
+        } else if (x > t) {  // j grows within a thread: the first index of a tie stays
+          t = x;
+          a = j;
+        }
+      }
+    }
+  }
+  nan = serving_block_or(n, sm);
+  bad = serving_block_or(b, sm);
+  serving_block_argmax(t, a, sm);
+  top = t;
+  arg = a < V ? a : 0;
+}
+
+// Step 5: the last token, drawn from row tau: the residual max(0, q' - p') (q' when that sums to
+// zero; `residual` false: the bonus row q'), summed in float64, then the inverse CDF tile by tile
+// (smallest j with cumsum(r)[j] > coin * sum(r), never a zero-weight token; a threshold rounded
+// past the end takes the last positive token). d_row is the draft row tau (null without one).
+template <typename T>
+__device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDist& qd,
+                                 const ServingDist& dd, double temp, bool tlogits, bool has_draft,
+                                 bool dlogits, i64 x_tau, bool residual, float coin, i64 V,
+                                 bool aligned, ServingSmem& sm) {
+  constexpr int N = VecTraits<T>::N;
+  const int tid = threadIdx.x;
+  const i64 nvec = (V + N - 1) / N;
+  auto elems = [&](i64 g, double* r) {
+    float vq[N], vd[N];
+    VecTraits<T>::unpack(load_raw<T>(q_row, g, V, aligned), vq);
+    if (d_row != nullptr && residual) {
+      VecTraits<T>::unpack(load_raw<T>(d_row, g, V, aligned), vd);
+    } else {
+#pragma unroll
+      for (int e = 0; e < N; ++e) vd[e] = 0.0f;
+    }
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const i64 j = g * N + e;
+      r[e] = j < V ? serving_last<T>(vq[e], vd[e], j, qd, dd, temp, tlogits, has_draft, dlogits,
+                                     x_tau, residual)
+                   : 0.0;
+    }
+  };
+  double total = 0.0;
+  for (int pass = 0; pass < 2; ++pass) {
+    double acc = 0.0;
+    for (i64 g = tid; g < nvec; g += blockDim.x) {
+      double r[N];
+      elems(g, r);
+#pragma unroll
+      for (int e = 0; e < N; ++e) acc += r[e];
+    }
+    total = serving_block_sum(acc, sm);
+    if (!(residual && !(total > 0.0))) break;
+    residual = false;  // an empty residual falls back to q'
+  }
+
+  // The inverse CDF, tile by tile (a tile: one vector per thread, in index order).
+  const double thr = (double)coin * total;
+  const int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+  double running = 0.0;
+  i64 token = -1, last_pos = -1;
+  for (i64 g0 = 0; g0 < nvec; g0 += blockDim.x) {
+    const i64 g = g0 + tid;
+    double r[N];
+    if (g < nvec) {
+      elems(g, r);
+    } else {
+#pragma unroll
+      for (int e = 0; e < N; ++e) r[e] = 0.0;
+    }
+    double s = 0.0;
+    i64 pos = -1;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      s += r[e];
+      if (r[e] > 0.0) pos = g * N + e;
+    }
+    // inclusive scan of the thread sums over the warp, then over the warps in order
+    double incl = s;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const double y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == 31) sm.red[warp][0] = incl;
+    __syncthreads();
+    double before = running, tile = 0.0;
+    for (int w = 0; w < nw; ++w) {
+      if (w == warp) before += tile;
+      tile += sm.red[w][0];
+    }
+    double c = before + (incl - s);
+    i64 cross = (i64)1 << 62;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      c += r[e];
+      if (r[e] > 0.0 && c > thr && cross == ((i64)1 << 62)) cross = g * N + e;
+    }
+    __syncthreads();
+    cross = serving_block_min(cross, sm);
+    const i64 tile_last = serving_block_max(pos, sm);
+    if (tile_last >= 0) last_pos = tile_last;
+    if (cross != ((i64)1 << 62)) {
+      token = cross;
+      break;
+    }
+    running += tile;
+  }
+  return token >= 0 ? token : (last_pos >= 0 ? last_pos : 0);
+}
+
+// The outputs of request b: drafts 0..n_out-1, then `last` (n_out + 1 tokens, -1 after), or a
+// flagged request's -1s and its status.
+__device__ __forceinline__ void serving_write(i64 b, int K, u32 flags, int n_out, i64 last,
+                                              i64* out_tokens, i64* out_num, int* out_status,
+                                              const ServingSmem& sm) {
+  i64* tok = out_tokens + b * (i64)(K + 1);
+  for (int k = threadIdx.x; k <= K; k += blockDim.x) {
+    tok[k] = flags ? -1 : (k < n_out ? sm.ids[k] : (k == n_out ? last : -1));
+  }
+  if (threadIdx.x == 0) {
+    out_num[b] = flags ? 0 : n_out + 1;
+    out_status[b] = (int)flags;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request, one block
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft, const T* target,
                                const T* draft, const float* temperature, const i64* top_k_ptr,
-                               const float* top_p_ptr, const int* param_flags, const float* uniforms,
-                               const i64* seeds, const i64* offsets, u64 seed, u64 offset,
-                               const i64* seed_ptr, const i64* offset_ptr, u64 offset_intragraph,
-                               int captured, i64* out_tokens, i64* out_num, int* out_status, i64 V,
-                               int K, bool tlogits, bool has_draft, bool dlogits, int coins,
-                               bool aligned, ServingSmem& sm) {
-  constexpr int N = VecTraits<T>::N;
+                               const float* top_p_ptr, const int* param_flags,
+                               const ServingCoins& coins, i64* out_tokens, i64* out_num,
+                               int* out_status, i64 V, int K, bool tlogits, bool has_draft,
+                               bool dlogits, bool aligned, ServingSmem& sm) {
   const i64 b = blockIdx.x;
   const int tid = threadIdx.x;
   const int nd = (int)__ldg(num_draft + b);
@@ -362,65 +571,29 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
   u32 flags = (u32)__ldg(param_flags + b);
 
   // Step 1: ids and coins.
-  u32 bad = 0;
-  for (int k = tid; k < nd; k += blockDim.x) {
-    const i64 x = load_id(ids, ids64, K, b, k);
-    if (x < 0 || x >= V) bad |= kBadDraftId;
-    sm.ids[k] = (x >= 0 && x < V) ? x : 0;
-  }
-  if (!greedy) {
-    u64 key = seed, base = offset;
-    if (coins == kServingCoinsGenerator && captured) {
-      key = (u64)*seed_ptr;
-      base = (u64)*offset_ptr + offset_intragraph;
-    }
-    for (int k = tid; k <= nd; k += blockDim.x) {
-      float u;
-      if (coins == kServingCoinsUniforms) {
-        u = __ldg(uniforms + b * (K + 1) + k);
-        if (!(u >= 0.0f && u < 1.0f)) bad |= kBadUniform;
-      } else if (coins == kServingCoinsSeeds) {
-        u = philox_uniform((u64)__ldg(seeds + b), (u64)__ldg(offsets + b), 0, (u64)k);
-      } else {
-        u = philox_uniform(key, base, (u64)b, (u64)k);
-      }
-      sm.coin[k] = u;
-    }
-  }
+  u32 bad = serving_ids_coins(ids, ids64, K, b, nd, greedy, coins, V, sm);
 
   // Step 2: every owned row once.
   const T* q_base = target + b * (i64)(K + 1) * V;
   const T* d_base = has_draft ? draft + b * (i64)K * V : nullptr;
   u32 empty = 0;
   for (int k = 0; k <= nd; ++k) {
-    float top = -__int_as_float(0x7f800000);
-    i64 arg = V;
-    u32 nan = 0;
-    serving_row_for_each(q_base + (i64)k * V, V, aligned, [&](i64 j, float x) {
-      if (serving_bad(x, tlogits)) bad |= kBadTarget;
-      if (x != x) {
-        nan = 1;
-      } else if (x > top || (x == top && j < arg)) {
-        top = x;
-        arg = j;
-      }
-    });
-    nan = serving_block_or(nan, sm);
-    serving_block_argmax(top, arg, sm);
+    float top;
+    i64 arg;
+    u32 row_bad, nan;
+    serving_scan_row(q_base + (i64)k * V, V, aligned, tlogits, kBadTarget, top, arg, row_bad, nan, sm);
+    bad |= row_bad;
     const bool no_mass = tlogits ? !(top >= -kFloatMax) : !(top > 0.0f);
     if (!nan && no_mass) empty = 1;
     if (tid == 0) {
       sm.top[k] = top;
-      sm.amax[k] = arg < V ? arg : 0;
+      sm.amax[k] = arg;
     }
     if (has_draft && !greedy && k < nd) {
-      float dtop = -__int_as_float(0x7f800000);
-      serving_row_for_each(d_base + (i64)k * V, V, aligned, [&](i64, float x) {
-        if (serving_bad(x, dlogits)) bad |= kBadDraft;
-        if (x > dtop) dtop = x;
-      });
-      i64 unused = 0;
-      serving_block_argmax(dtop, unused, sm);
+      float dtop;
+      u32 dnan;
+      serving_scan_row(d_base + (i64)k * V, V, aligned, dlogits, kBadDraft, dtop, arg, row_bad, dnan, sm);
+      bad |= row_bad;
       if (tid == 0) sm.dtop[k] = dtop;
     }
   }
@@ -430,13 +603,8 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
     flags |= bad & (kBadUniform | kBadDraft);
     if (empty) flags |= kZeroRow;
   }
-  i64* tok = out_tokens + b * (i64)(K + 1);
   if (flags) {
-    for (int k = tid; k <= K; k += blockDim.x) tok[k] = -1;
-    if (tid == 0) {
-      out_num[b] = 0;
-      out_status[b] = (int)flags;
-    }
+    serving_write(b, K, flags, 0, 0, out_tokens, out_num, out_status, sm);
     return;
   }
 
@@ -481,105 +649,12 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
     n_out = tau;
 
     // Step 5: the last row.
-    const T* q_row = q_base + (i64)tau * V;
     const T* d_row = (has_draft && tau < nd) ? d_base + (i64)tau * V : nullptr;
-    const i64 x_tau = tau < nd ? sm.ids[tau] : -1;
-    bool residual = tau < nd;
-    const i64 nvec = (V + N - 1) / N;
-    auto elems = [&](i64 g, double* r) {
-      float vq[N], vd[N];
-      VecTraits<T>::unpack(load_raw<T>(q_row, g, V, aligned), vq);
-      if (d_row != nullptr && residual) {
-        VecTraits<T>::unpack(load_raw<T>(d_row, g, V, aligned), vd);
-      } else {
-#pragma unroll
-        for (int e = 0; e < N; ++e) vd[e] = 0.0f;
-      }
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        const i64 j = g * N + e;
-        r[e] = j < V ? serving_last<T>(vq[e], vd[e], j, qd, dd, temp, tlogits, has_draft, dlogits,
-                                       x_tau, residual)
-                     : 0.0;
-      }
-    };
-    double total = 0.0;
-    for (int pass = 0; pass < 2; ++pass) {
-      double acc = 0.0;
-      for (i64 g = tid; g < nvec; g += blockDim.x) {
-        double r[N];
-        elems(g, r);
-#pragma unroll
-        for (int e = 0; e < N; ++e) acc += r[e];
-      }
-      total = serving_block_sum(acc, sm);
-      if (!(residual && !(total > 0.0))) break;
-      residual = false;  // an empty residual falls back to q'
-    }
-
-    // The inverse CDF, tile by tile (a tile: one vector per thread, in index order).
-    const double thr = (double)sm.coin[nd] * total;
-    const int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-    double running = 0.0;
-    i64 token = -1, last_pos = -1;
-    for (i64 g0 = 0; g0 < nvec; g0 += blockDim.x) {
-      const i64 g = g0 + tid;
-      double r[N];
-      if (g < nvec) {
-        elems(g, r);
-      } else {
-#pragma unroll
-        for (int e = 0; e < N; ++e) r[e] = 0.0;
-      }
-      double s = 0.0;
-      i64 pos = -1;
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        s += r[e];
-        if (r[e] > 0.0) pos = g * N + e;
-      }
-      // inclusive scan of the thread sums over the warp, then over the warps in order
-      double incl = s;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const double y = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += y;
-      }
-      if (lane == 31) sm.red[warp][0] = incl;
-      __syncthreads();
-      double before = running, tile = 0.0;
-      for (int w = 0; w < nw; ++w) {
-        if (w == warp) before += tile;
-        tile += sm.red[w][0];
-      }
-      double c = before + (incl - s);
-      i64 cross = (i64)1 << 62;
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        c += r[e];
-        if (r[e] > 0.0 && c > thr && cross == ((i64)1 << 62)) cross = g * N + e;
-      }
-      __syncthreads();
-      cross = serving_block_min(cross, sm);
-      const i64 tile_last = serving_block_max(pos, sm);
-      if (tile_last >= 0) last_pos = tile_last;
-      if (cross != ((i64)1 << 62)) {
-        token = cross;
-        break;
-      }
-      running += tile;
-    }
-    last = token >= 0 ? token : (last_pos >= 0 ? last_pos : 0);
+    last = serving_draw_last<T>(q_base + (i64)tau * V, d_row, qd, dd, temp, tlogits, has_draft,
+                                dlogits, tau < nd ? sm.ids[tau] : -1, tau < nd, sm.coin[nd], V,
+                                aligned, sm);
   }
-
-  // Outputs.
-  for (int k = tid; k <= K; k += blockDim.x) {
-    tok[k] = k < n_out ? sm.ids[k] : (k == n_out ? last : -1);
-  }
-  if (tid == 0) {
-    out_num[b] = n_out + 1;
-    out_status[b] = 0;
-  }
+  serving_write(b, K, 0, n_out, last, out_tokens, out_num, out_status, sm);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,10 +671,11 @@ __global__ void __launch_bounds__(kServingThreads) verify_serving_kernel(
     i64* out_num, int* out_status, i64 V, int K, int target_logits, int has_draft, int draft_logits,
     int coins, int aligned) {
   __shared__ ServingSmem sm;
-  verify_serving<T>(ids, ids64, num_draft, target, draft, temperature, top_k, top_p, param_flags,
-                    uniforms, seeds, offsets, seed, offset, seed_ptr, offset_ptr, offset_intragraph,
-                    captured, out_tokens, out_num, out_status, V, K, target_logits != 0,
-                    has_draft != 0, draft_logits != 0, coins, aligned != 0, sm);
+  const ServingCoins c{coins,  uniforms,   seeds,      offsets,           seed,
+                       offset, seed_ptr,   offset_ptr, offset_intragraph, captured};
+  verify_serving<T>(ids, ids64, num_draft, target, draft, temperature, top_k, top_p, param_flags, c,
+                    out_tokens, out_num, out_status, V, K, target_logits != 0, has_draft != 0,
+                    draft_logits != 0, aligned != 0, sm);
 }
 
 }  // namespace specsample

@@ -13,6 +13,7 @@
 //   kernel_greedy_split.cuh  greedy mode at the smallest batches (verify_greedy_split)
 //   kernel_block.cuh         block verification, rule="block" (verify_block_kernel)
 //   kernel_serving.cuh       the serving entry point, one block per request (verify_serving_kernel)
+//   kernel_serving_split.cuh the serving entry point, one block per row (verify_serving_split_kernel)
 //   kernel_tree.cuh          tree verification, one block per request (verify_tree_kernel)
 //   kernel_traversal.cuh     traversal verification of trees, rule="traversal"
 //                            (verify_traversal_kernel)
@@ -69,6 +70,7 @@
 #include "kernel_greedy_split.cuh"
 #include "kernel_random.cuh"
 #include "kernel_serving.cuh"  // the serving entry point (verify_serving_kernel)
+#include "kernel_serving_split.cuh"  // ... one block per row (verify_serving_split_kernel)
 #include "kernel_tree.cuh"
 #include "kernel_traversal.cuh"  // rule="traversal" (verify_traversal_kernel)
 

@@ -1,6 +1,7 @@
 // ---------------------------------------------------------------------------------------------
-// specsample::verify_serving: the serving entry point (docs/serving.md; kernel_serving.cuh), one
-// launch of verify_serving_kernel, B blocks. Inputs are the validated padded layout of
+// specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the split
+// kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one per row, with this stream's workspace),
+// or under CUDA-graph capture the one-block kernel (kernel_serving.cuh; B blocks, no workspace). Inputs are the validated padded layout of
 // specsample.serving.ServingInputs (contiguous, on one device): ids [B, K] int32/int64,
 // num_draft [B] int64 in [0, K], target [B, K+1, V] and draft [B, K, V] (float32/float16/bfloat16
 // logits or probabilities), temperature / top_p [B] float32, top_k [B] int64, param_flags [B]
@@ -22,21 +23,41 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
   const bool captured = coins == kServingCoinsGenerator && rng.captured_;
   const uint64_t seed = coins == kServingCoinsGenerator && !captured ? rng.seed_.val : 0;
   const uint64_t offset = coins == kServingCoinsGenerator && !captured ? rng.offset_.val : 0;
-  verify_serving_kernel<T><<<dim3((unsigned)B), dim3(kServingThreads), 0, stream>>>(
-      ids.data_ptr(), ids.scalar_type() == at::kLong ? 1 : 0,
-      reinterpret_cast<const i64*>(num.data_ptr<int64_t>()),
-      reinterpret_cast<const T*>(target.data_ptr()),
-      draft.defined() ? reinterpret_cast<const T*>(draft.data_ptr()) : nullptr,
-      temp.data_ptr<float>(), reinterpret_cast<const i64*>(top_k.data_ptr<int64_t>()),
-      top_p.data_ptr<float>(), pflags.data_ptr<int>(), u.defined() ? u.data_ptr<float>() : nullptr,
-      seeds.defined() ? reinterpret_cast<const i64*>(seeds.data_ptr<int64_t>()) : nullptr,
-      offsets.defined() ? reinterpret_cast<const i64*>(offsets.data_ptr<int64_t>()) : nullptr,
-      (u64)seed, (u64)offset, captured ? reinterpret_cast<const i64*>(rng.seed_.ptr) : nullptr,
-      captured ? reinterpret_cast<const i64*>(rng.offset_.ptr) : nullptr,
-      captured ? (u64)rng.offset_intragraph_ : (u64)0, captured ? 1 : 0,
-      reinterpret_cast<i64*>(tokens.data_ptr<int64_t>()),
-      reinterpret_cast<i64*>(out_num.data_ptr<int64_t>()), status.data_ptr<int>(), (i64)V, K,
-      target_logits ? 1 : 0, draft.defined() ? 1 : 0, draft_logits ? 1 : 0, coins, aligned ? 1 : 0);
+#define SPECSAMPLE_SERVING_KERNEL_ARGS                                                              \
+  ids.data_ptr(), ids.scalar_type() == at::kLong ? 1 : 0,                                           \
+      reinterpret_cast<const i64*>(num.data_ptr<int64_t>()),                                        \
+      reinterpret_cast<const T*>(target.data_ptr()),                                                \
+      draft.defined() ? reinterpret_cast<const T*>(draft.data_ptr()) : nullptr,                     \
+      temp.data_ptr<float>(), reinterpret_cast<const i64*>(top_k.data_ptr<int64_t>()),              \
+      top_p.data_ptr<float>(), pflags.data_ptr<int>(), u.defined() ? u.data_ptr<float>() : nullptr, \
+      seeds.defined() ? reinterpret_cast<const i64*>(seeds.data_ptr<int64_t>()) : nullptr,          \
+      offsets.defined() ? reinterpret_cast<const i64*>(offsets.data_ptr<int64_t>()) : nullptr,      \
+      (u64)seed, (u64)offset, captured ? reinterpret_cast<const i64*>(rng.seed_.ptr) : nullptr,      \
+      captured ? reinterpret_cast<const i64*>(rng.offset_.ptr) : nullptr,                           \
+      captured ? (u64)rng.offset_intragraph_ : (u64)0, captured ? 1 : 0,                            \
+      reinterpret_cast<i64*>(tokens.data_ptr<int64_t>()),                                           \
+      reinterpret_cast<i64*>(out_num.data_ptr<int64_t>()), status.data_ptr<int>(), (i64)V, K,       \
+      target_logits ? 1 : 0, draft.defined() ? 1 : 0, draft_logits ? 1 : 0, coins, aligned ? 1 : 0
+  // the split kernel's workspace belongs to this stream: under graph capture (a graph may be
+  // replayed on any stream) the one-block kernel, which needs none
+  if (!captured && !stream_is_capturing(stream)) {
+    const int rows = 2 * K + 1;
+    auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
+    const int smem = VecTraits<T>::N == 8 ? kServingHistBytes : 0;  // the 16-bit histogram
+    if (smem > 0) {
+      static std::once_flag once;
+      std::call_once(once, [smem] {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(verify_serving_split_kernel<T>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+      });
+    }
+    verify_serving_split_kernel<T><<<dim3((unsigned)B, (unsigned)rows), dim3(kServingThreads), smem, stream>>>(
+        SPECSAMPLE_SERVING_KERNEL_ARGS, ws.first, ws.second);
+  } else {
+    verify_serving_kernel<T><<<dim3((unsigned)B), dim3(kServingThreads), 0, stream>>>(
+        SPECSAMPLE_SERVING_KERNEL_ARGS);
+  }
+#undef SPECSAMPLE_SERVING_KERNEL_ARGS
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

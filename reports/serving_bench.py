@@ -151,8 +151,22 @@ def baseline_step(args: dict) -> torch.Tensor:
     return out.token_ids
 
 
+def _unusable(name: str) -> str | None:
+    """Why backend ``name`` cannot time the serving step here (None: it can)."""
+    from specsample import list_backends
+
+    info = {i.name: i for i in list_backends()}[name]
+    if not info.available:
+        return f"unavailable: {info.reason}"
+    if not (info.capabilities and info.capabilities.serving):
+        return "serving not claimed"
+    return None
+
+
 def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[dict[str, Any]]:
-    """Time every cell of ``preset``; one result dict per (cell, backend or ``baseline``)."""
+    """Time every cell of ``preset``; one result dict per (cell, backend or ``baseline``):
+    ``status`` ``"ok"`` with the timing, or ``"skipped"`` / ``"error"`` with a ``reason`` (a
+    backend that is unavailable or claims no serving, a call that raised)."""
     import torch
     from specsample import get_backend, list_backends
 
@@ -161,6 +175,7 @@ def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[
     names = backends or [
         i.name for i in list_backends() if i.available and i.capabilities and i.capabilities.serving
     ]
+    skip = {name: _unusable(name) for name in names}
     timer = Timer(device, preset.policy)
     bandwidth = copy_bandwidth(torch.device(device))["bandwidth_Bps"]
     rows = []
@@ -168,22 +183,35 @@ def run(preset: ServingPreset, backends: list[str] | None, device: str) -> list[
         for batch in preset.batch:
             args = serving_workload(batch, vocab, preset.max_k, preset.greedy_share, 0, device)
             floor = floor_bytes(args)
+            floor_s = floor / bandwidth if bandwidth else None
+            cell = {
+                "batch": batch, "vocab": vocab, "tokens": int(args["cu_num_draft_tokens"][-1]),
+                "floor_bytes": floor, "floor_s": floor_s, "device": device,
+            }  # fmt: skip
             calls = {"baseline": lambda i, args=args: baseline_step(args)}
             for name in names:
+                if skip[name]:
+                    continue
                 be = get_backend(name)
                 flat = dict(args)
                 ids, cu = flat.pop("draft_token_ids"), flat.pop("cu_num_draft_tokens")
                 calls[name] = lambda i, be=be, ids=ids, cu=cu, flat=flat: be.verify_serving_flat(
                     ids, cu, **flat
                 )
-            for name, call in calls.items():
-                m = timer.measure(call)
+            for name in ["baseline", *names]:
+                row = {"backend": name, **cell, "median_s": None, "floor_ratio": None}
+                if name != "baseline" and skip[name]:
+                    rows.append({**row, "status": "skipped", "reason": skip[name]})
+                    continue
+                try:
+                    m = timer.measure(calls[name])
+                except Exception as e:  # noqa: BLE001 - one failing backend must not end the run
+                    rows.append({**row, "status": "error", "reason": f"{type(e).__name__}: {e}"})
+                    continue
                 median = m.to_dict(keep_samples=False)["median"]
-                floor_s = floor / bandwidth if bandwidth else None
                 rows.append({
-                    "backend": name, "batch": batch, "vocab": vocab, "tokens": int(args["cu_num_draft_tokens"][-1]),
-                    "median_s": median, "floor_bytes": floor, "floor_s": floor_s,
-                    "floor_ratio": median / floor_s if floor_s else None, "device": device,
+                    **row, "status": "ok", "median_s": median,
+                    "floor_ratio": median / floor_s if floor_s else None,
                 })  # fmt: skip
     return rows
 
@@ -208,8 +236,13 @@ def serving_summary(doc: dict[str, Any]) -> str:
     """A terminal table of a serving results document."""
     from tabulate import tabulate
 
+    def timing(c: dict[str, Any]) -> str:
+        if c.get("median_s") is None:
+            return f"{c.get('status', 'error')}: {c.get('reason', '')}"
+        return f"{c['median_s'] * 1e6:.1f}"
+
     rows = [
-        [c["backend"], c["batch"], c["vocab"], c["tokens"], f"{c['median_s'] * 1e6:.1f}",
+        [c["backend"], c["batch"], c["vocab"], c["tokens"], timing(c),
          "-" if c["floor_ratio"] is None else f"{c['floor_ratio']:.1f}x"]
         for c in doc["cells"]
     ]  # fmt: skip

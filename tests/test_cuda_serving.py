@@ -1,5 +1,6 @@
-"""The serving kernel of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving.cuh``) against the float64
-serving reference, token for token (GPU only; every test is marked ``gpu``).
+"""The serving kernels of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving_split.cuh``, and
+``csrc/kernel_serving.cuh`` under CUDA-graph capture) against the float64 serving reference, token
+for token (GPU only; every test is marked ``gpu``).
 
 The kernel's weights and sums are float64, so no request needs the float32 excuse of the
 conformance checks: status, tokens and counts must equal the reference's exactly.
@@ -263,9 +264,10 @@ def test_status(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_one_launch_and_graph_replay(name):
-    """One kernel per call; under CUDA-graph capture seeded calls repeat their tokens on replay,
-    generator calls draw fresh coins on every replay."""
-    check_one_launch_and_graph_replay(name, "verify_serving_kernel", temperature=0.9)
+    """One kernel per call (the split kernel outside capture); under CUDA-graph capture (the
+    one-block kernel) seeded calls repeat their tokens on replay, generator calls draw fresh coins
+    on every replay."""
+    check_one_launch_and_graph_replay(name, "verify_serving_split_kernel", temperature=0.9)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

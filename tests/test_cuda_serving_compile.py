@@ -1,9 +1,12 @@
-"""The serving kernel (``csrc/kernel_serving.cuh``) compiles for an H100 (sm_90) without a GPU.
+"""The serving kernels (``csrc/kernel_serving.cuh``, ``csrc/kernel_serving_split.cuh``) compile for
+an H100 (sm_90) without a GPU.
 
 The GPU tests (tests/test_cuda_serving.py) prove its arithmetic where a device exists; here nvcc
 takes ``verify_kernel.cuh``, as NVRTC sees it (no system header, clusters on), to a cubin for every
 element type, so a compile break fails on any machine with the CUDA toolkit. ptxas must report no
-register spills: the kernel's 16 per-thread radix digit totals live in registers. Skipped where
+register spills (the one-block kernel's 16 per-thread radix digit totals live in registers; the
+split kernel keeps eight 16-byte loads in flight per thread) and at most 128 registers (512
+threads per block). Skipped where
 nvcc is missing (CI has none).
 """
 
@@ -34,6 +37,11 @@ def _wrapper() -> str:
             + _SIGNATURE.format(t=ctype)
             + ");"
         )
+        lines.append(
+            f"template __global__ void verify_serving_split_kernel<{ctype}>("
+            + _SIGNATURE.format(t=ctype)
+            + ", u64*, u32*);"
+        )
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -53,6 +61,7 @@ def test_serving_kernel_compiles_for_sm90_without_spills(tmp_path):
     log = result.stderr
     entries = re.findall(r"Compiling entry function '(\w+)'", log)
     assert sum("verify_serving_kernel" in e for e in entries) == 3, entries
+    assert sum("verify_serving_split_kernel" in e for e in entries) == 3, entries
     spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", log)]
     assert spills and max(spills) == 0, log[-4000:]
     registers = [int(r) for r in re.findall(r"Used (\d+) registers", log)]

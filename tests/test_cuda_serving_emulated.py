@@ -1,10 +1,12 @@
-"""The serving kernel's own source (``csrc/kernel_serving.cuh``) run on the CPU against the float64
-serving reference, token for token.
+"""The serving kernels' own source (``csrc/kernel_serving.cuh``, one block per request, and
+``csrc/kernel_serving_split.cuh``, one block per row) run on the CPU against the float64 serving
+reference, token for token.
 
 ``tests/cuda_emulation/cuda_host.h`` stands in for the CUDA built-ins the kernel calls (a fiber
 per CUDA thread, barriers for ``__syncthreads`` and the warp shuffles), so the host C++ compiler
-builds the kernel file unchanged into ``serving_host.cpp``, a small program that runs it block
-after block over inputs written by this test. Blocks of 64 threads (two warps) keep it fast while
+builds the kernel files unchanged into ``serving_host.cpp``, a small program that runs them block
+after block over inputs written by this test; the split kernel's blocks run in launch order and
+in reverse (another block finishes each request), on a workspace of garbage. Blocks of 64 threads (two warps) keep it fast while
 the cross-warp reductions and scans still run; float32 and bfloat16 (float16 goes through inline
 PTX, not emulated: the GPU tests in tests/test_cuda_serving.py cover it). What it cannot show:
 races between real threads (the fibers switch only at barriers), the device's ``exp`` / ``pow``
@@ -14,6 +16,7 @@ races between real threads (the fibers switch only at barriers), the device's ``
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import pytest
@@ -22,15 +25,25 @@ import torch
 from emulation_host import CXX, build_host_program, write_tensor
 from serving_batches import mixed_serving_batch
 from specsample.reference_serving import reference_verify_serving
+from specsample.backends import _cuda_build, _cupy_serving
 from specsample.serving import validate_serving
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
 THREADS = 64
 
 
+KERNELS = {"one-block": 0, "split": 1, "split-reversed": 2}
+
+
 @pytest.fixture(scope="module")
-def program(tmp_path_factory):
+def host(tmp_path_factory):
     return build_host_program("serving_host.cpp", tmp_path_factory.mktemp("serving_host"))
+
+
+@pytest.fixture(params=list(KERNELS))
+def program(request, host):
+    """(the host program, the kernel it runs)."""
+    return host, KERNELS[request.param]
 
 
 def _run(program, tmp_path, ids, **kwargs):
@@ -61,10 +74,10 @@ def _run(program, tmp_path, ids, **kwargs):
     meta = [
         B, K, V, dtype, int(inputs.target_is_logits), int(inputs.draft is not None),
         int(inputs.draft_is_logits), coins, THREADS,
-        int(inputs.draft_token_ids.dtype == torch.int64),
+        int(inputs.draft_token_ids.dtype == torch.int64), program[1],
     ]  # fmt: skip
     (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
-    subprocess.run([str(program), str(tmp_path)], check=True, timeout=600)
+    subprocess.run([str(program[0]), str(tmp_path)], check=True, timeout=600)
     tokens = torch.frombuffer(bytearray((tmp_path / "tokens.bin").read_bytes()), dtype=torch.int64)
     num = torch.frombuffer(bytearray((tmp_path / "num_out.bin").read_bytes()), dtype=torch.int64)
     status = torch.frombuffer(bytearray((tmp_path / "status.bin").read_bytes()), dtype=torch.int32)
@@ -110,11 +123,13 @@ def test_unaligned_rows_and_seeds(program, tmp_path):
     _exact(program, tmp_path, ids.to(torch.int32), **kwargs)
 
 
-def test_filter_ties(program, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_filter_ties(program, tmp_path, dtype):
     """Tie rules at the top-k and top-p boundaries (``-0.0`` ties ``0.0``, whole tie groups
-    kept), probabilities with zeros, top-p's boundary hit exactly."""
+    kept), probabilities with zeros, top-p's boundary hit exactly; in bfloat16 the split kernel
+    takes them from its histogram of values."""
     row = torch.tensor([2.0, 1.0, 1.0, 0.0, -0.0, 0.0, -1.0, -1.0, -5.0, -math.inf, 1.0, -2.0])
-    logits = row.repeat(8, 2, 1)
+    logits = row.repeat(8, 2, 1).to(dtype)
     ids = torch.tensor([[1], [4], [3], [7], [2], [10], [9], [5]])
     kwargs = {
         "target_logits": logits,
@@ -125,13 +140,13 @@ def test_filter_ties(program, tmp_path):
     }
     kwargs["uniforms"][1, 0] = 0.01
     _exact(program, tmp_path, ids, **kwargs)
-    probs = torch.softmax(logits, -1)
+    probs = torch.softmax(logits.float(), -1)
     probs[:, :, 3:6] = 0.0
     probs[:, :, 5] = -0.0
-    kwargs["target_probs"] = probs
+    kwargs["target_probs"] = probs.to(dtype)
     del kwargs["target_logits"]
     _exact(program, tmp_path, ids, **kwargs)
-    row = torch.tensor([0.5, 0.125, 0.125, 0.0, 0.125, 0.125, 0.0, 0.0])
+    row = torch.tensor([0.5, 0.125, 0.125, 0.0, 0.125, 0.125, 0.0, 0.0]).to(dtype)
     u = torch.linspace(0.0, 0.99, 12).reshape(12, 1)
     for p, allowed in ((0.5, {0}), (0.75, {0, 1, 2, 4, 5})):
         tokens, _, _ = _exact(
@@ -208,3 +223,41 @@ def test_top_k_keeps_exactly_k_and_cdf_boundary(program, tmp_path):
         uniforms=torch.tensor([[0.5], [0.75], [0.0]]),
     )  # fmt: skip
     assert tokens[:, 0].tolist() == [1, 2, 0]
+
+
+def test_histogram_edges(program, tmp_path):
+    """bfloat16 rows the split kernel's histogram must get right: 66,000 equal logits in a row of
+    70,000 (a 16-bit count overflows: the kernel detects it and selects by radix instead), -inf
+    masks with top-k beyond the finite values, temperatures whose weights underflow, and a
+    distribution of many distinct values under top-k and top-p."""
+    g = torch.Generator().manual_seed(11)
+    B, K, V = 6, 1, 70000
+    logits = torch.randn(B, K + 1, V, generator=g) * 2
+    logits[0:2, :, :66000] = 0.5  # overflowing counts
+    logits[2, :, 100:] = -math.inf  # 100 finite values
+    logits = logits.to(torch.bfloat16)
+    ids = logits[:, 0].float().argmax(-1, keepdim=True)
+    ids[1, 0] = 7  # a value in the big tie group
+    kwargs = {
+        "target_logits": logits,
+        "draft_logits": (logits.float()[:, :K] + 0.3 * torch.randn(B, K, V, generator=g)).to(torch.bfloat16),
+        "temperature": torch.tensor([1.0, 0.7, 1.0, 0.01, 0.6, 50.0]),
+        "top_k": torch.tensor([0, 20, 500, 0, 5000, 0]),
+        "top_p": torch.tensor([0.9, 1.0, 0.95, 0.9, 0.9, 0.5]),
+        "uniforms": torch.rand(B, K + 1, generator=g),
+    }
+    kwargs["draft_logits"][2, :, 100:] = -math.inf
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    assert (status == 0).all()
+
+
+def test_constants_match_the_python_side():
+    """The CuPy launcher sizes the split kernel's workspace and shared memory from these."""
+    text = (_cuda_build.csrc_dir() / "kernel_serving_split.cuh").read_text()
+    assert f"constexpr int kServingRecordWords = {_cupy_serving.RECORD_WORDS};" in text
+    assert "constexpr int kServingHistWords = 32768;" in text
+    assert "constexpr int kServingHistPhys = kServingHistWords + kServingHistWords / 64;" in text
+    assert _cupy_serving.HIST_BYTES == (32768 + 32768 // 64) * 4
+    threads = re.search(r"constexpr int kServingThreads = (\d+);",
+                        (_cuda_build.csrc_dir() / "kernel_serving.cuh").read_text())  # fmt: skip
+    assert threads and int(threads.group(1)) == _cupy_serving.SERVING_THREADS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from specsample.reports.serving_bench import (
     SERVING_PRESETS,
@@ -69,8 +70,34 @@ def test_cli_serving_run_and_errors(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["schema"] == "specsample.serving-bench/1" and doc["preset"] == "serving-tiny"
     assert {c["backend"] for c in doc["cells"]} == {"baseline", "torch-vectorized"}
+    assert {c["status"] for c in doc["cells"]} == {"ok"}
     assert "serving benchmark (serving-tiny, cpu)" in capsys.readouterr().out
     assert cli.main([*argv, "--nodes", "8", "--force"]) == 2
     assert "--nodes: not used with --serving" in capsys.readouterr().err
     assert cli.main([*argv, "--tree", "--force"]) == 2
     assert "choose one" in capsys.readouterr().err
+
+
+def test_cli_skips_a_backend_that_cannot_serve(tmp_path, capsys):
+    """A named backend that claims no serving (the numpy example plugin) is a skipped cell with
+    its reason, not a crash; the other backends are still timed."""
+    import json
+
+    from specsample import cli, list_backends
+
+    infos = {i.name: i for i in list_backends()}
+    name = next(
+        (n for n, i in infos.items() if not (i.available and i.capabilities and i.capabilities.serving)),
+        None,
+    )
+    if name is None:
+        pytest.skip("every registered backend serves here")
+    out = tmp_path / "serving.json"
+    argv = ["bench", "--serving", "serving-tiny", "--backend", f"torch-vectorized,{name}",
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    assert cli.main(argv) == 0
+    cells = json.loads(out.read_text())["cells"]
+    skipped = [c for c in cells if c["backend"] == name]
+    assert skipped and all(c["status"] == "skipped" and c["reason"] for c in skipped)
+    assert all(c["status"] == "ok" for c in cells if c["backend"] != name)
+    assert "skipped: " in capsys.readouterr().out

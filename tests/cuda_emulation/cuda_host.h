@@ -7,6 +7,9 @@
 // only what the kernel calls is here, and float16 conversions (inline PTX) are not emulated.
 #pragma once
 
+// Kernel code that must differ on the host (dynamic shared memory) tests this.
+#define SPECSAMPLE_CUDA_HOST_EMULATION 1
+
 #include <ucontext.h>
 
 #include <cmath>
@@ -136,6 +139,11 @@ template <typename T>
 inline T __shfl_up_sync(unsigned, T x, int o) {
   const int lane = threadIdx.x & 31;
   return emu_shuffle(x, lane - o, lane < o);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned, T x, int o) {
+  const int lane = threadIdx.x & 31;
+  return emu_shuffle(x, lane + o, lane + o > 31);
 }
 
 // ---- what the tree kernels add (csrc/kernel_tree.cuh, csrc/kernel_traversal.cuh) ---------------

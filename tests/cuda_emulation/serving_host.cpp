@@ -1,6 +1,9 @@
-// Runs csrc/kernel_serving.cuh's verify_serving_kernel on the CPU (cuda_host.h) over inputs that
+// Runs csrc/kernel_serving.cuh's verify_serving_kernel, or kernel_serving_split.cuh's
+// verify_serving_split_kernel, on the CPU (cuda_host.h) over inputs that
 // tests/test_cuda_serving_emulated.py writes as raw little-endian arrays into a folder:
-//   meta.txt   B K V dtype(f32|bf16) target_logits has_draft draft_logits coins threads ids64
+//   meta.txt   B K V dtype(f32|bf16) target_logits has_draft draft_logits coins threads ids64 kernel
+//              (kernel: 0 one block per request; 1 split, blocks in launch order; 2 split, blocks
+//              in reverse order, so that another block finishes each request)
 //   ids.bin num.bin target.bin [draft.bin] temp.bin top_k.bin top_p.bin flags.bin
 //   [uniforms.bin | seeds.bin offsets.bin]
 // and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]).
@@ -8,7 +11,7 @@
 
 #include <functional>
 
-#include "kernel_serving.cuh"
+#include "kernel_serving_split.cuh"
 #include "host_io.h"
 
 using namespace specsample;
@@ -26,30 +29,61 @@ static void run(const std::string& dir, long long B, int K, long long V, int tl,
     seeds = slurp(dir + "/seeds.bin");
     offsets = slurp(dir + "/offsets.bin");
   }
-  int ids64 = 1;
+  int ids64 = 1, kernel = 0;
   {
     std::ifstream m(dir + "/meta.txt");
     std::string skip;
     for (int i = 0; i < 9; ++i) m >> skip;
-    m >> ids64;
+    m >> ids64 >> kernel;
   }
   std::vector<i64> tokens(B * (K + 1)), out_num(B);
   std::vector<int> status(B);
   const bool aligned = (V * (long long)sizeof(T)) % 16 == 0;
   blockDim.x = threads;
   static std::function<void()> body;
-  for (long long b = 0; b < B; ++b) {
-    blockIdx.x = (unsigned)b;
-    body = [&] {
-      verify_serving_kernel<T>(
-          ids.data(), ids64, (const i64*)num.data(), (const T*)target.data(),
-          hd ? (const T*)draft.data() : nullptr, (const float*)temp.data(), (const i64*)top_k.data(),
-          (const float*)top_p.data(), (const int*)flags.data(), u.empty() ? nullptr : (const float*)u.data(),
-          seeds.empty() ? nullptr : (const i64*)seeds.data(),
-          offsets.empty() ? nullptr : (const i64*)offsets.data(), 0, 0, nullptr, nullptr, 0, 0,
-          tokens.data(), out_num.data(), status.data(), V, K, tl, hd, dl, coins, aligned ? 1 : 0);
-    };
-    emu_run_block([] { body(); });
+  if (kernel == 0) {
+    for (long long b = 0; b < B; ++b) {
+      blockIdx.x = (unsigned)b;
+      blockIdx.y = 0;
+      body = [&] {
+        verify_serving_kernel<T>(
+            ids.data(), ids64, (const i64*)num.data(), (const T*)target.data(),
+            hd ? (const T*)draft.data() : nullptr, (const float*)temp.data(), (const i64*)top_k.data(),
+            (const float*)top_p.data(), (const int*)flags.data(), u.empty() ? nullptr : (const float*)u.data(),
+            seeds.empty() ? nullptr : (const i64*)seeds.data(),
+            offsets.empty() ? nullptr : (const i64*)offsets.data(), 0, 0, nullptr, nullptr, 0, 0,
+            tokens.data(), out_num.data(), status.data(), V, K, tl, hd, dl, coins, aligned ? 1 : 0);
+      };
+      emu_run_block([] { body(); });
+    }
+  } else {
+    // a workspace of garbage (every record read must have been written by this call) and zeroed
+    // counters, which the kernel must leave zeroed
+    const long long slots = 2LL * K + 1;
+    std::vector<u64> ws(B * slots * kServingRecordWords, 0x7ff4dead7ff4deadull);
+    std::vector<u32> count(B, 0u);
+    for (long long n = 0; n < B * slots; ++n) {
+      const long long unit = kernel == 1 ? n : B * slots - 1 - n;
+      blockIdx.x = (unsigned)(unit / slots);
+      blockIdx.y = (unsigned)(unit % slots);
+      body = [&] {
+        verify_serving_split_kernel<T>(
+            ids.data(), ids64, (const i64*)num.data(), (const T*)target.data(),
+            hd ? (const T*)draft.data() : nullptr, (const float*)temp.data(), (const i64*)top_k.data(),
+            (const float*)top_p.data(), (const int*)flags.data(), u.empty() ? nullptr : (const float*)u.data(),
+            seeds.empty() ? nullptr : (const i64*)seeds.data(),
+            offsets.empty() ? nullptr : (const i64*)offsets.data(), 0, 0, nullptr, nullptr, 0, 0,
+            tokens.data(), out_num.data(), status.data(), V, K, tl, hd, dl, coins, aligned ? 1 : 0,
+            ws.data(), count.data());
+      };
+      emu_run_block([] { body(); });
+    }
+    for (long long b = 0; b < B; ++b) {
+      if (count[b] != 0) {
+        std::fprintf(stderr, "request %lld: counter left at %u\n", b, count[b]);
+        std::exit(3);
+      }
+    }
   }
   write_array(dir + "/tokens.bin", tokens, tokens.size());
   write_array(dir + "/num_out.bin", out_num, out_num.size());

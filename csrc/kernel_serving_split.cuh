@@ -1,0 +1,503 @@
+// specsample verify kernel: the serving entry point spread over one block per row
+// (verify_serving_split_kernel). Part of the kernel that verify_kernel.cuh assembles; like it,
+// this file includes no system header, so NVRTC compiles it as it is.
+//
+// The one-block kernel (kernel_serving.cuh) walks a request's rows in sequence on one SM, and for
+// every sampling row runs radix selections whose passes evaluate a float64 weight per element:
+// compute-bound, milliseconds per call. Here a row's distribution is what it is independently of
+// the accept decisions, so every row gets its own block, and for 16-bit rows the block never
+// evaluates a weight per element:
+//
+//   grid (B, 2K+1), kServingThreads threads. Block (b, s) owns target row s (s <= K) or draft row
+//   s - K - 1 of request b, if the request owns that row (the others only count themselves).
+//   1. One pass over the row: bad values, maximum and first argmax (serving_scan_row's), and for a
+//      row whose distribution is needed (sampling request; target row, or draft row given as
+//      logits) in a 16-bit dtype, a count of every distinct value: a histogram over the 65536
+//      ordered 16-bit keys in shared memory (two 16-bit counts per word; no-mass values, -inf
+//      logits or zero probabilities, counted apart).
+//   2. The distribution (top, cut, z) from the histogram alone: the weight w(v) of each distinct
+//      value v once (float64, the same serving_weight as everywhere), top-k's cut from the counts,
+//      z = sum count(v) w(v), top-p's cut and the kept mass from the masses above each key, all
+//      with fixed-order block scans (the same bits run after run). float32 rows, and a 16-bit row
+//      where one value occurs 65536 times or more (a count would overflow, detected from the
+//      totals), take the radix selections of the one-block kernel instead.
+//   3. The row's record (top, cut, z, argmax, its status bits) to a workspace; the block that
+//      brings the request's counter to 2K+1 resets it and finishes the request alone: ids and
+//      coins, the status, the greedy chain or the accept tests (one thread per draft), and the
+//      last token from row tau exactly as the one-block kernel draws it (serving_draw_last).
+//
+// Same definitions, same float64 weights and accept tests; only the order of z's additions
+// differs from the one-block kernel (both within float64 rounding of the reference's). The
+// workspace belongs to one stream, so the launchers use the one-block kernel under CUDA-graph
+// capture.
+#pragma once
+
+#include "kernel_serving.cuh"
+
+namespace specsample {
+
+// The histogram: 65536 16-bit keys, two 16-bit counts per 32-bit word, and one padding word per
+// 64 so that thread t's 64 consecutive words (the scans' layout at 512 threads) fall in distinct
+// banks across a warp.
+constexpr int kServingHistWords = 32768;
+constexpr int kServingHistPhys = kServingHistWords + kServingHistWords / 64;
+constexpr int kServingHistBytes = kServingHistPhys * 4;
+// u64 words of one row's record in the workspace: z, (top, cut), argmax, (status bits, empty)
+constexpr int kServingRecordWords = 4;
+constexpr u32 kServingNoKey = 0xffffffffu;
+
+__device__ __forceinline__ int serving_hist_index(u32 word) { return (int)(word + (word >> 6)); }
+
+#if defined(SPECSAMPLE_CUDA_HOST_EMULATION)
+inline u32 emu_serving_hist[kServingHistPhys];
+__device__ __forceinline__ u32* serving_hist_smem() { return emu_serving_hist; }
+#else
+__device__ __forceinline__ u32* serving_hist_smem() {
+  extern __shared__ __align__(16) u32 serving_dynamic_smem[];
+  return serving_dynamic_smem;
+}
+#endif
+
+// The ordered 16-bit key of a float16 / bfloat16 bit pattern (not NaN): a < b iff key(a) <
+// key(b); -0.0 and 0.0 share 0x8000, so key 0 (a NaN pattern) never occurs.
+__device__ __forceinline__ u32 serving_key16(u32 h) {
+  if ((h & 0x7fffu) == 0) return 0x8000u;
+  return (h & 0x8000u) ? (~h & 0xffffu) : (h | 0x8000u);
+}
+
+// The value of a 16-bit key (the inverse of serving_key16; 0x8000 gives +0.0).
+__device__ __forceinline__ u32 serving_key16_bits(u32 key) {
+  return (key & 0x8000u) ? (key & 0x7fffu) : (~key & 0xffffu);
+}
+template <typename T>
+__device__ __forceinline__ float serving_key16_value(u32 key);
+template <>
+__device__ __forceinline__ float serving_key16_value<bf16>(u32 key) {
+  return __uint_as_float(serving_key16_bits(key) << 16);
+}
+template <>
+__device__ __forceinline__ float serving_key16_value<f16>(u32 key) {
+  return half_bits_to_float(serving_key16_bits(key));
+}
+template <>
+__device__ __forceinline__ float serving_key16_value<float>(u32) {  // never called: no histogram
+  return 0.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block scans in a fixed order (warp shuffles, then the warps in index order)
+// ---------------------------------------------------------------------------------------------
+// Exclusive suffix sum over the threads (the sum of x over threads with a larger index) and the
+// block total. Integer or double; the same additions every run.
+template <typename Acc>
+__device__ __forceinline__ Acc serving_block_suffix(Acc x, Acc& total, double* slots) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  Acc incl = x;  // inclusive suffix within the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const Acc y = __shfl_down_sync(0xffffffffu, incl, o);
+    if (lane + o < 32) incl += y;
+  }
+  Acc excl = __shfl_down_sync(0xffffffffu, incl, 1);
+  if (lane == 31) excl = 0;
+  if (lane == 0) {
+    Acc* s = reinterpret_cast<Acc*>(slots);
+    s[warp] = incl;
+  }
+  __syncthreads();
+  const Acc* s = reinterpret_cast<const Acc*>(slots);
+  Acc above = 0, all = 0;
+  for (int w = nw - 1; w >= 0; --w) {
+    if (w == warp) above = all;
+    all += s[w];
+  }
+  __syncthreads();
+  total = all;
+  return above + excl;
+}
+
+__device__ __forceinline__ u32 serving_block_min_u32(u32 x, ServingSmem& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const u32 y = __shfl_xor_sync(0xffffffffu, x, o);
+    x = y < x ? y : x;
+  }
+  if (lane == 0) sm.uval[warp] = x;
+  __syncthreads();
+  u32 s = sm.uval[0];
+  for (int w = 1; w < nw; ++w) s = sm.uval[w] < s ? sm.uval[w] : s;
+  __syncthreads();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The row pass with the histogram
+// ---------------------------------------------------------------------------------------------
+// serving_scan_row's pass that also counts every value with mass into `hist` (zeroed): returns
+// the elements counted there and, in `special`, the no-mass values counted apart.
+template <typename T>
+__device__ __forceinline__ void serving_scan_row_hist(const T* row, i64 V, bool aligned, bool logits,
+                                                      u32 bad_bit, u32* hist, float& top, i64& arg,
+                                                      u32& bad, u32& nan, i64& counted,
+                                                      ServingSmem& sm) {
+  constexpr int N = VecTraits<T>::N;  // 8
+  constexpr int L = 8;
+  const i64 nvec = (V + N - 1) / N;
+  float t = -__int_as_float(0x7f800000);
+  i64 a = V;
+  u32 b = 0, n = 0;
+  i64 c = 0;
+  const i64 step = blockDim.x;
+  for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
+    uint4 raw[L];
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      const i64 g = g0 + l * step;
+      raw[l] = g < nvec ? load_raw<T>(row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int l = 0; l < L; ++l) {
+      const i64 g = g0 + l * step;
+      if (g >= nvec) break;
+      float v[N];
+      VecTraits<T>::unpack(raw[l], v);
+      const u32 w4[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const i64 j = g * N + e;
+        const float x = v[e];
+        if (j >= V) break;
+        if (serving_bad(x, logits)) b = bad_bit;
+        if (x != x) {
+          n = 1;
+          continue;
+        }
+        if (x > t) {
+          t = x;
+          a = j;
+        }
+        // values with mass: finite logits; positive finite probabilities
+        const bool mass = logits ? (x >= -kFloatMax && x <= kFloatMax) : (x > 0.0f && x <= kFloatMax);
+        if (mass) {
+          const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+          atomicAdd(hist + serving_hist_index(key >> 1), (key & 1u) ? 0x10000u : 1u);
+          ++c;
+        }
+      }
+    }
+  }
+  nan = serving_block_or(n, sm);
+  bad = serving_block_or(b, sm);
+  serving_block_argmax(t, a, sm);
+  top = t;
+  arg = a < V ? a : 0;
+  i64 all;
+  serving_block_suffix<i64>(c, all, reinterpret_cast<double*>(sm.red));
+  counted = all;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The distribution from the histogram
+// ---------------------------------------------------------------------------------------------
+// transform_row's (cut, z) from the counts: keys are visited from the largest down, each thread
+// owning kServingHistWords / blockDim.x consecutive words. Returns false when a count overflowed
+// (the counts do not add up to `counted`); the caller then selects by radix.
+template <typename T>
+__device__ bool serving_hist_dist(const u32* hist, i64 counted, i64 V, float top, double temp,
+                                  bool logits, i64 top_k, float top_p, ServingDist& d,
+                                  ServingSmem& sm, u32& shared_key, double& shared_z) {
+  const int W = kServingHistWords / (int)blockDim.x;  // words per thread
+  const u32 w0 = (u32)threadIdx.x * (u32)W;
+  double* slots = reinterpret_cast<double*>(sm.red);
+  auto count_of = [&](int i, int half) -> u32 {  // i: word within the thread's range
+    const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+    return half ? (word >> 16) : (word & 0xffffu);
+  };
+  auto weight = [&](u32 key) -> double {
+    return serving_weight(serving_key16_value<T>(key), top, temp, logits);
+  };
+
+  // counts: the overflow check, then top-k's cut (the k-th largest value)
+  i64 mine = 0;
+  for (int i = 0; i < W; ++i) {
+    const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+    mine += (word & 0xffffu) + (word >> 16);
+  }
+  i64 total_count;
+  const i64 above_count = serving_block_suffix<i64>(mine, total_count, slots);
+  if (total_count != counted) return false;  // a carry between two counts: 65536 equal values
+  u32 floor_key = 0;  // 0: no top-k cut (key 0 never occurs)
+  if (top_k > 0 && top_k < V && top_k <= total_count) {
+    if (threadIdx.x == 0) shared_key = 0;
+    __syncthreads();
+    if (above_count < top_k && top_k <= above_count + mine) {
+      i64 run = above_count;
+      for (int i = W - 1; i >= 0 && run < top_k; --i) {
+        for (int half = 1; half >= 0; --half) {
+          run += count_of(i, half);
+          if (run >= top_k) {
+            shared_key = 2u * (w0 + (u32)i) + (u32)half;
+            break;
+          }
+        }
+      }
+    }
+    __syncthreads();
+    floor_key = shared_key;
+    __syncthreads();
+  }
+  // (a k beyond the values with mass keeps every one of them: no cut)
+
+  // masses: z, then top-p's cut and the kept mass
+  double m = 0.0;
+  u32 lowest = kServingNoKey;
+  for (int i = W - 1; i >= 0; --i) {
+    for (int half = 1; half >= 0; --half) {
+      const u32 cnt = count_of(i, half);
+      const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+      if (cnt == 0 || key < floor_key) continue;
+      m += (double)cnt * weight(key);
+      lowest = key;
+    }
+  }
+  double z;
+  const double above = serving_block_suffix<double>(m, z, slots);
+  u32 cut = floor_key;
+  double z_kept = z;
+  if (top_p < 1.0f) {
+    const double goal = (double)top_p * z;
+    u32 cand = kServingNoKey;
+    double run = above;
+    if (above < goal) {
+      for (int i = W - 1; i >= 0; --i) {
+        bool stop = false;
+        for (int half = 1; half >= 0; --half) {
+          const u32 cnt = count_of(i, half);
+          const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+          if (cnt == 0 || key < floor_key) continue;
+          if (!(run < goal)) {
+            stop = true;
+            break;
+          }
+          cand = key;
+          run += (double)cnt * weight(key);
+        }
+        if (stop) break;
+      }
+    }
+    const u32 lowest_all = serving_block_min_u32(lowest, sm);
+    const u32 c = serving_block_min_u32(cand, sm);
+    if (c != kServingNoKey && c == cand) shared_z = run;
+    __syncthreads();
+    if (c != kServingNoKey && c > lowest_all) {  // else every value above the floor is kept
+      cut = c;
+      z_kept = shared_z;
+    }
+    __syncthreads();
+  }
+  d.top = top;
+  d.cut = cut == 0 ? 0u : serving_key(serving_key16_value<T>(cut));
+  d.z = z_kept;
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. The kernel
+// ---------------------------------------------------------------------------------------------
+struct ServingSplitSmem {
+  ServingSmem base;
+  ServingDist qd[kMaxK + 1];
+  ServingDist dd[kMaxK];
+  u32 key;
+  double z;
+  u32 flags;
+  int is_last;
+  int tau;
+};
+
+// u64 words of one request's records: 2K+1 rows.
+__device__ __forceinline__ i64 serving_split_request_words(int K) {
+  return (i64)(2 * K + 1) * kServingRecordWords;
+}
+
+template <typename T>
+__device__ void verify_serving_split(const void* ids, int ids64, const i64* num_draft, const T* target,
+                                     const T* draft, const float* temperature,
+                                     const i64* top_k_ptr, const float* top_p_ptr,
+                                     const int* param_flags, const ServingCoins& coins,
+                                     i64* out_tokens, i64* out_num, int* out_status, i64 V, int K,
+                                     bool tlogits, bool has_draft, bool dlogits, bool aligned,
+                                     u64* ws, u32* ws_count, ServingSplitSmem& sp) {
+  constexpr bool kHist = VecTraits<T>::N == 8;  // 16-bit types
+  ServingSmem& sm = sp.base;
+  const i64 b = blockIdx.x;
+  const int s = (int)blockIdx.y;
+  const int tid = threadIdx.x;
+  const int nd = (int)__ldg(num_draft + b);
+  const float temp_f = __ldg(temperature + b);
+  const bool greedy = temp_f == 0.0f;
+  const double temp = (!greedy && temp_f > 0.0f) ? (double)temp_f : 1.0;
+  const i64 top_k = __ldg(top_k_ptr + b);
+  const float top_p = __ldg(top_p_ptr + b);
+  const T* q_base = target + b * (i64)(K + 1) * V;
+  const T* d_base = has_draft ? draft + b * (i64)K * V : nullptr;
+  u64* req = ws + b * serving_split_request_words(K);
+
+  // ---- 1, 2: this block's row --------------------------------------------------------------------
+  const bool is_target = s <= K;
+  const int k = is_target ? s : s - K - 1;
+  const bool owned = is_target ? k <= nd : (!greedy && has_draft && k < nd);
+  if (owned) {
+    const T* row = is_target ? q_base + (i64)k * V : d_base + (i64)k * V;
+    const bool logits = is_target ? tlogits : dlogits;
+    const u32 bad_bit = is_target ? kBadTarget : kBadDraft;
+    const bool transform = !greedy && (is_target || dlogits);
+    float top;
+    i64 arg;
+    u32 bad, nan;
+    ServingDist d;
+    d.top = 0.0f;
+    d.cut = 0u;
+    d.z = 0.0;
+    bool counted_ok = false;
+    if (kHist && transform) {
+      u32* hist = serving_hist_smem();
+      for (int i = tid; i < kServingHistPhys / 4; i += blockDim.x) {
+        reinterpret_cast<uint4*>(hist)[i] = make_uint4(0u, 0u, 0u, 0u);
+      }
+      __syncthreads();
+      i64 counted;
+      serving_scan_row_hist(row, V, aligned, logits, bad_bit, hist, top, arg, bad, nan, counted, sm);
+      const bool no_mass = logits ? !(top >= -kFloatMax) : !(top > 0.0f);
+      if (!bad && !no_mass) {
+        counted_ok = serving_hist_dist<T>(hist, counted, V, top, temp, logits, top_k, top_p, d, sm,
+                                          sp.key, sp.z);
+      } else {
+        counted_ok = true;  // a flagged or massless row needs no distribution
+      }
+    } else {
+      serving_scan_row(row, V, aligned, logits, bad_bit, top, arg, bad, nan, sm);
+      counted_ok = !transform;
+    }
+    const bool no_mass = logits ? !(top >= -kFloatMax) : !(top > 0.0f);
+    if (!counted_ok && !bad && !no_mass) {
+      d = serving_row_dist(row, V, aligned, top, temp, logits, top_k, top_p, sm);
+    }
+    if (tid == 0) {
+      const u32 empty = (is_target && !nan && no_mass) ? 1u : 0u;
+      __stcg(req + (i64)s * kServingRecordWords + 0, (u64)__double_as_longlong(d.z));
+      __stcg(req + (i64)s * kServingRecordWords + 1, (u64)__float_as_uint(top) | ((u64)d.cut << 32));
+      __stcg(req + (i64)s * kServingRecordWords + 2, (u64)arg);
+      __stcg(req + (i64)s * kServingRecordWords + 3, (u64)bad | ((u64)empty << 32));
+    }
+  }
+  __threadfence();  // this block's record is visible GPU-wide before the count announces it
+  __syncthreads();
+  if (tid == 0) {
+    const u32 seen = atomicAdd(&ws_count[b], 1u);
+    sp.is_last = seen == (u32)(2 * K) ? 1 : 0;
+    if (sp.is_last) ws_count[b] = 0;  // every block of this call has counted: ready for the next
+  }
+  __syncthreads();
+  if (!sp.is_last) return;
+  __threadfence();  // acquire: the other blocks' records, announced by their counts
+
+  // ---- 3. the request ----------------------------------------------------------------------------
+  u32 bad = serving_ids_coins(ids, ids64, K, b, nd, greedy, coins, V, sm);
+  if (tid == 0) sp.flags = (u32)__ldg(param_flags + b);
+  u32 empty = 0;
+  for (int r = tid; r < 2 * K + 1; r += blockDim.x) {
+    const bool tgt = r <= K;
+    const int kk = tgt ? r : r - K - 1;
+    if (!(tgt ? kk <= nd : (!greedy && has_draft && kk < nd))) continue;
+    const u64 w0 = __ldcg(req + (i64)r * kServingRecordWords + 0);
+    const u64 w1 = __ldcg(req + (i64)r * kServingRecordWords + 1);
+    const u64 w2 = __ldcg(req + (i64)r * kServingRecordWords + 2);
+    const u64 w3 = __ldcg(req + (i64)r * kServingRecordWords + 3);
+    ServingDist d;
+    d.z = __longlong_as_double((long long)w0);
+    d.top = __uint_as_float((u32)(w1 & 0xffffffffu));
+    d.cut = (u32)(w1 >> 32);
+    bad |= (u32)(w3 & 0xffffffffu);
+    if (tgt) {
+      empty |= (u32)(w3 >> 32);
+      sp.qd[kk] = d;
+      sm.amax[kk] = (i64)w2;
+    } else {
+      sp.dd[kk] = d;
+    }
+  }
+  bad = serving_block_or(bad, sm);  // also orders the shared-memory writes above
+  empty = serving_block_or(empty, sm);
+  u32 flags = sp.flags | (bad & (kBadDraftId | kBadTarget));
+  if (!greedy) {
+    flags |= bad & (kBadUniform | kBadDraft);
+    if (empty) flags |= kZeroRow;
+  }
+  if (flags) {
+    serving_write(b, K, flags, 0, 0, out_tokens, out_num, out_status, sm);
+    return;
+  }
+  int n_out = nd;
+  i64 last = 0;
+  if (greedy) {
+    for (int kk = 0; kk < nd; ++kk) {
+      if (sm.ids[kk] != sm.amax[kk]) {
+        n_out = kk;
+        break;
+      }
+    }
+    last = sm.amax[n_out];
+  } else {
+    // the accept tests, one thread per draft; tau = the first rejection
+    if (tid == 0) sp.tau = nd;
+    __syncthreads();
+    i64 first = nd;
+    for (int kk = tid; kk < nd; kk += blockDim.x) {
+      const i64 x = sm.ids[kk];
+      const double q_at = serving_prob(VecTraits<T>::load1(q_base + (i64)kk * V + x), sp.qd[kk], temp, tlogits);
+      double p_at = 1.0;
+      if (has_draft) {
+        const float dv = VecTraits<T>::load1(d_base + (i64)kk * V + x);
+        p_at = dlogits ? serving_prob(dv, sp.dd[kk], temp, true) : (double)dv;
+      }
+      if (!((double)sm.coin[kk] * p_at < q_at) && kk < first) first = kk;
+    }
+    const int tau = (int)serving_block_min(first, sm);
+    n_out = tau;
+    ServingDist dd;
+    dd.top = 0.0f;
+    dd.cut = 0u;
+    dd.z = 0.0;
+    if (has_draft && dlogits && tau < nd) dd = sp.dd[tau];
+    const T* d_row = (has_draft && tau < nd) ? d_base + (i64)tau * V : nullptr;
+    last = serving_draw_last<T>(q_base + (i64)tau * V, d_row, sp.qd[tau], dd, temp, tlogits,
+                                has_draft, dlogits, tau < nd ? sm.ids[tau] : -1, tau < nd,
+                                sm.coin[nd], V, aligned, sm);
+  }
+  serving_write(b, K, 0, n_out, last, out_tokens, out_num, out_status, sm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry point: grid (B, 2K+1) of kServingThreads threads, kServingHistBytes of dynamic shared
+// memory for 16-bit types (none for float32). Parameters as verify_serving_kernel's, plus ws
+// (B * (2K+1) * kServingRecordWords u64) and ws_count (B zeroed u32, left zeroed).
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void __launch_bounds__(kServingThreads) verify_serving_split_kernel(
+    const void* ids, int ids64, const i64* num_draft, const T* target, const T* draft,
+    const float* temperature, const i64* top_k, const float* top_p, const int* param_flags,
+    const float* uniforms, const i64* seeds, const i64* offsets, u64 seed, u64 offset,
+    const i64* seed_ptr, const i64* offset_ptr, u64 offset_intragraph, int captured, i64* out_tokens,
+    i64* out_num, int* out_status, i64 V, int K, int target_logits, int has_draft, int draft_logits,
+    int coins, int aligned, u64* ws, u32* ws_count) {
+  __shared__ ServingSplitSmem sp;
+  const ServingCoins c{coins,  uniforms,   seeds,      offsets,           seed,
+                       offset, seed_ptr,   offset_ptr, offset_intragraph, captured};
+  verify_serving_split<T>(ids, ids64, num_draft, target, draft, temperature, top_k, top_p,
+                          param_flags, c, out_tokens, out_num, out_status, V, K, target_logits != 0,
+                          has_draft != 0, draft_logits != 0, aligned != 0, ws, ws_count, sp);
+}
+
+}  // namespace specsample
