@@ -65,6 +65,15 @@ __device__ __forceinline__ u32 serving_key16(u32 h) {
   return (h & 0x8000u) ? (~h & 0xffffu) : (h | 0x8000u);
 }
 
+template <typename T>
+__device__ __forceinline__ constexpr bool serving_is_bf16() {
+  return false;
+}
+template <>
+__device__ __forceinline__ constexpr bool serving_is_bf16<bf16>() {
+  return true;
+}
+
 // The value of a 16-bit key (the inverse of serving_key16; 0x8000 gives +0.0).
 __device__ __forceinline__ u32 serving_key16_bits(u32 key) {
   return (key & 0x8000u) ? (key & 0x7fffu) : (~key & 0xffffu);
@@ -134,21 +143,24 @@ __device__ __forceinline__ u32 serving_block_min_u32(u32 x, ServingSmem& sm) {
 // ---------------------------------------------------------------------------------------------
 // 1. The row pass with the histogram
 // ---------------------------------------------------------------------------------------------
-// serving_scan_row's pass that also counts every value with mass into `hist` (zeroed): returns
-// the elements counted there and, in `special`, the no-mass values counted apart.
+// The 16-bit key of +inf (NaN keys lie above it and below the key of -inf).
 template <typename T>
-__device__ __forceinline__ void serving_scan_row_hist(const T* row, i64 V, bool aligned, bool logits,
-                                                      u32 bad_bit, u32* hist, float& top, i64& arg,
-                                                      u32& bad, u32& nan, i64& counted,
-                                                      ServingSmem& sm) {
+__device__ __forceinline__ u32 serving_key16_pinf() {
+  return serving_is_bf16<T>() ? 0xff80u : 0xfc00u;
+}
+
+// Counts every element of the row into `hist` (zeroed) by its 16-bit key, except the row's
+// no-mass value (-inf logits, +-0.0 probabilities: key `special`), which each thread counts
+// apart; returns the block's count of those. Per element: the key, one compare, one shared-memory
+// atomic. The checks and the maximum are read off the counts afterwards (serving_hist_summary).
+template <typename T>
+__device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, u32 special,
+                                                 u32* hist, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;  // 8
   constexpr int L = 8;
   const i64 nvec = (V + N - 1) / N;
-  float t = -__int_as_float(0x7f800000);
-  i64 a = V;
-  u32 b = 0, n = 0;
-  i64 c = 0;
   const i64 step = blockDim.x;
+  i64 apart = 0;
   for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
     uint4 raw[L];
 #pragma unroll
@@ -160,53 +172,80 @@ __device__ __forceinline__ void serving_scan_row_hist(const T* row, i64 V, bool 
     for (int l = 0; l < L; ++l) {
       const i64 g = g0 + l * step;
       if (g >= nvec) break;
-      float v[N];
-      VecTraits<T>::unpack(raw[l], v);
       const u32 w4[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};
+      const int n = g * N + N <= V ? N : (int)(V - g * N);
 #pragma unroll
       for (int e = 0; e < N; ++e) {
-        const i64 j = g * N + e;
-        const float x = v[e];
-        if (j >= V) break;
-        if (serving_bad(x, logits)) b = bad_bit;
-        if (x != x) {
-          n = 1;
-          continue;
-        }
-        if (x > t) {
-          t = x;
-          a = j;
-        }
-        // values with mass: finite logits; positive finite probabilities
-        const bool mass = logits ? (x >= -kFloatMax && x <= kFloatMax) : (x > 0.0f && x <= kFloatMax);
-        if (mass) {
-          const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        if (e >= n) break;
+        const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        if (key == special) {
+          ++apart;
+        } else {
           atomicAdd(hist + serving_hist_index(key >> 1), (key & 1u) ? 0x10000u : 1u);
-          ++c;
         }
       }
     }
   }
-  nan = serving_block_or(n, sm);
-  bad = serving_block_or(b, sm);
-  serving_block_argmax(t, a, sm);
-  top = t;
-  arg = a < V ? a : 0;
   i64 all;
-  serving_block_suffix<i64>(c, all, reinterpret_cast<double*>(sm.red));
-  counted = all;
+  serving_block_suffix<i64>(apart, all, reinterpret_cast<double*>(sm.red));
+  return all;
+}
+
+// What the counts say about the row: whether they add up to the elements counted (else a count
+// overflowed), a bad value (logits: NaN or +inf; probabilities: also -inf or negative), a NaN,
+// and the largest key with mass (kServingNoKey: none).
+struct ServingHistSummary {
+  bool complete;
+  u32 bad;
+  u32 nan;
+  u32 top_key;
+};
+
+template <typename T>
+__device__ ServingHistSummary serving_hist_summary(const u32* hist, i64 counted, bool logits,
+                                                   ServingSmem& sm) {
+  const int W = kServingHistWords / (int)blockDim.x;
+  const u32 w0 = (u32)threadIdx.x * (u32)W;
+  const u32 pinf = serving_key16_pinf<T>();
+  const u32 ninf = ~(serving_key16_bits(pinf) | 0x8000u) & 0xffffu;  // the key of -inf
+  const u32 lo_ok = logits ? ninf + 1u : 0x8001u;                    // keys with mass: [lo_ok, pinf)
+  i64 mine = 0;
+  u32 bad = 0, nan = 0, top = 0;
+  for (int i = 0; i < W; ++i) {
+    const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+    if (word == 0) continue;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const u32 cnt = half ? (word >> 16) : (word & 0xffffu);
+      const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+      if (cnt == 0) continue;
+      mine += cnt;
+      if (key > pinf || key < ninf) nan = 1;
+      if (key >= pinf || key < lo_ok) bad = 1;  // (the no-mass value is counted apart)
+      if (key >= lo_ok && key < pinf) top = key;
+    }
+  }
+  i64 total;
+  serving_block_suffix<i64>(mine, total, reinterpret_cast<double*>(sm.red));
+  ServingHistSummary r;
+  r.complete = total == counted;
+  r.bad = serving_block_or(bad, sm);
+  r.nan = serving_block_or(nan, sm);
+  const u32 t = (u32)serving_block_max((i64)top, sm);
+  r.top_key = t == 0 ? kServingNoKey : t;
+  return r;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2. The distribution from the histogram
 // ---------------------------------------------------------------------------------------------
-// transform_row's (cut, z) from the counts: keys are visited from the largest down, each thread
-// owning kServingHistWords / blockDim.x consecutive words. Returns false when a count overflowed
-// (the counts do not add up to `counted`); the caller then selects by radix.
+// transform_row's (cut, z) from complete counts of a row with mass and no bad value: keys are
+// visited from the largest down, each thread owning kServingHistWords / blockDim.x consecutive
+// words.
 template <typename T>
-__device__ bool serving_hist_dist(const u32* hist, i64 counted, i64 V, float top, double temp,
-                                  bool logits, i64 top_k, float top_p, ServingDist& d,
-                                  ServingSmem& sm, u32& shared_key, double& shared_z) {
+__device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp, bool logits,
+                                  i64 top_k, float top_p, ServingDist& d, ServingSmem& sm,
+                                  u32& shared_key, double& shared_z) {
   const int W = kServingHistWords / (int)blockDim.x;  // words per thread
   const u32 w0 = (u32)threadIdx.x * (u32)W;
   double* slots = reinterpret_cast<double*>(sm.red);
@@ -218,16 +257,18 @@ __device__ bool serving_hist_dist(const u32* hist, i64 counted, i64 V, float top
     return serving_weight(serving_key16_value<T>(key), top, temp, logits);
   };
 
-  // counts: the overflow check, then top-k's cut (the k-th largest value)
+  // top-k's cut: the k-th largest value (a k beyond the values with mass keeps them all)
+  u32 floor_key = 0;  // 0: no top-k cut (key 0 is a NaN's, never counted here)
   i64 mine = 0;
-  for (int i = 0; i < W; ++i) {
-    const u32 word = hist[serving_hist_index(w0 + (u32)i)];
-    mine += (word & 0xffffu) + (word >> 16);
+  if (top_k > 0 && top_k < V) {
+    for (int i = 0; i < W; ++i) {
+      const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+      mine += (word & 0xffffu) + (word >> 16);
+    }
   }
-  i64 total_count;
-  const i64 above_count = serving_block_suffix<i64>(mine, total_count, slots);
-  if (total_count != counted) return false;  // a carry between two counts: 65536 equal values
-  u32 floor_key = 0;  // 0: no top-k cut (key 0 never occurs)
+  i64 total_count = 0;
+  const i64 above_count =
+      (top_k > 0 && top_k < V) ? serving_block_suffix<i64>(mine, total_count, slots) : 0;
   if (top_k > 0 && top_k < V && top_k <= total_count) {
     if (threadIdx.x == 0) shared_key = 0;
     __syncthreads();
@@ -247,7 +288,6 @@ __device__ bool serving_hist_dist(const u32* hist, i64 counted, i64 V, float top
     floor_key = shared_key;
     __syncthreads();
   }
-  // (a k beyond the values with mass keeps every one of them: no cut)
 
   // masses: z, then top-p's cut and the kept mass
   double m = 0.0;
@@ -299,7 +339,6 @@ __device__ bool serving_hist_dist(const u32* hist, i64 counted, i64 V, float top
   d.top = top;
   d.cut = cut == 0 ? 0u : serving_key(serving_key16_value<T>(cut));
   d.z = z_kept;
-  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,28 +399,36 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
     d.top = 0.0f;
     d.cut = 0u;
     d.z = 0.0;
-    bool counted_ok = false;
+    bool need_dist = transform;  // still to compute, by radix
     if (kHist && transform) {
       u32* hist = serving_hist_smem();
       for (int i = tid; i < kServingHistPhys / 4; i += blockDim.x) {
         reinterpret_cast<uint4*>(hist)[i] = make_uint4(0u, 0u, 0u, 0u);
       }
       __syncthreads();
-      i64 counted;
-      serving_scan_row_hist(row, V, aligned, logits, bad_bit, hist, top, arg, bad, nan, counted, sm);
-      const bool no_mass = logits ? !(top >= -kFloatMax) : !(top > 0.0f);
-      if (!bad && !no_mass) {
-        counted_ok = serving_hist_dist<T>(hist, counted, V, top, temp, logits, top_k, top_p, d, sm,
-                                          sp.key, sp.z);
-      } else {
-        counted_ok = true;  // a flagged or massless row needs no distribution
+      // the no-mass value: -inf logits, +-0.0 probabilities
+      const u32 special = logits ? (~(serving_key16_bits(serving_key16_pinf<T>()) | 0x8000u) & 0xffffu) : 0x8000u;
+      const i64 apart = serving_count_row(row, V, aligned, special, hist, sm);
+      const ServingHistSummary h = serving_hist_summary<T>(hist, V - apart, logits, sm);
+      if (h.complete) {
+        bad = h.bad ? bad_bit : 0u;
+        nan = h.nan;
+        arg = 0;  // (a sampling row's argmax is not used)
+        top = h.top_key != kServingNoKey ? serving_key16_value<T>(h.top_key)
+                                         : (logits ? -__int_as_float(0x7f800000) : 0.0f);
+        const bool no_mass = h.top_key == kServingNoKey;
+        if (!bad && !no_mass) {
+          serving_hist_dist<T>(hist, V, top, temp, logits, top_k, top_p, d, sm, sp.key, sp.z);
+        }
+        need_dist = false;
+      } else {  // a count overflowed: the plain pass, then radix selections
+        serving_scan_row(row, V, aligned, logits, bad_bit, top, arg, bad, nan, sm);
       }
     } else {
       serving_scan_row(row, V, aligned, logits, bad_bit, top, arg, bad, nan, sm);
-      counted_ok = !transform;
     }
     const bool no_mass = logits ? !(top >= -kFloatMax) : !(top > 0.0f);
-    if (!counted_ok && !bad && !no_mass) {
+    if (need_dist && !bad && !no_mass) {
       d = serving_row_dist(row, V, aligned, top, temp, logits, top_k, top_p, sm);
     }
     if (tid == 0) {

@@ -175,9 +175,11 @@ def test_zero_residual_falls_back_to_q(program, tmp_path):
     assert rank.any(dim=1).all() and len(set(rank.argmax(dim=1).tolist())) > 1
 
 
-def test_status(program, tmp_path):
-    """Every status bit as the reference sets it; unowned rows unread; flagged requests emit -1."""
-    ids, kwargs = mixed_serving_batch(11, 3, 20, seed=8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_status(program, tmp_path, dtype):
+    """Every status bit as the reference sets it; unowned rows unread; flagged requests emit -1.
+    In bfloat16 the split kernel reads the checks of sampling rows off its histogram."""
+    ids, kwargs = mixed_serving_batch(11, 3, 20, seed=8, dtype=dtype)
     kwargs["num_draft_tokens"] = torch.tensor([3, 1, 3, 2, 3, 3, 3, 3, 2, 3, 3])
     kwargs["temperature"] = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
     tl, dl, u = kwargs["target_logits"], kwargs["draft_logits"], kwargs["uniforms"]
@@ -261,3 +263,31 @@ def test_constants_match_the_python_side():
     threads = re.search(r"constexpr int kServingThreads = (\d+);",
                         (_cuda_build.csrc_dir() / "kernel_serving.cuh").read_text())  # fmt: skip
     assert threads and int(threads.group(1)) == _cupy_serving.SERVING_THREADS
+
+
+def test_status_of_probabilities_from_the_histogram(program, tmp_path):
+    """bfloat16 probabilities: a negative value, -inf, +inf and NaN are bad target values, a row
+    of zeros (+0.0 and -0.0) has no mass, a row with only tiny positive values is fine."""
+    g = torch.Generator().manual_seed(12)
+    B, K, V = 7, 2, 40
+    probs = torch.softmax(torch.randn(B, K + 1, V, generator=g) * 2, -1)
+    probs[0, 1, 3] = -1e-3
+    probs[1, 2, 5] = -math.inf
+    probs[2, 0, 0] = math.inf
+    probs[3, 1, 7] = math.nan
+    probs[4, 2] = 0.0
+    probs[4, 2, ::3] = -0.0
+    probs[5, 1] = 1e-30
+    probs = probs.to(torch.bfloat16)
+    ids = probs[:, :K].float().argmax(-1)
+    kwargs = {
+        "target_probs": probs,
+        "temperature": torch.tensor([1.0, 0.8, 1.0, 1.0, 1.0, 0.5, 1.0]),
+        "top_p": torch.full((B,), 0.9),
+        "top_k": torch.tensor([0, 0, 5, 0, 0, 3, 2]),
+        "uniforms": torch.rand(B, K + 1, generator=g),
+    }
+    _, _, status = _exact(program, tmp_path, ids, **kwargs)
+    S = specsample.Status
+    bad = S.BAD_TARGET_VALUE
+    assert status.tolist() == [bad, bad, bad, bad, S.ZERO_ROW, 0, 0]
