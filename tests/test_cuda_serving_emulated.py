@@ -24,8 +24,8 @@ import specsample
 import torch
 from emulation_host import CXX, build_host_program, write_tensor
 from serving_batches import mixed_serving_batch
-from specsample.reference_serving import reference_verify_serving
 from specsample.backends import _cuda_build, _cupy_serving
+from specsample.reference_serving import reference_verify_serving
 from specsample.serving import validate_serving
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ or $CXX)")
@@ -242,7 +242,9 @@ def test_histogram_edges(program, tmp_path):
     ids[1, 0] = 7  # a value in the big tie group
     kwargs = {
         "target_logits": logits,
-        "draft_logits": (logits.float()[:, :K] + 0.3 * torch.randn(B, K, V, generator=g)).to(torch.bfloat16),
+        "draft_logits": (logits.float()[:, :K] + 0.3 * torch.randn(B, K, V, generator=g)).to(
+            torch.bfloat16
+        ),
         "temperature": torch.tensor([1.0, 0.7, 1.0, 0.01, 0.6, 50.0]),
         "top_k": torch.tensor([0, 20, 500, 0, 5000, 0]),
         "top_p": torch.tensor([0.9, 1.0, 0.95, 0.9, 0.9, 0.5]),

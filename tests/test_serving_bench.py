@@ -87,7 +87,11 @@ def test_cli_skips_a_backend_that_cannot_serve(tmp_path, capsys):
 
     infos = {i.name: i for i in list_backends()}
     name = next(
-        (n for n, i in infos.items() if not (i.available and i.capabilities and i.capabilities.serving)),
+        (
+            n
+            for n, i in infos.items()
+            if not (i.available and i.capabilities and i.capabilities.serving)
+        ),
         None,
     )
     if name is None:
