@@ -328,6 +328,7 @@ __device__ __forceinline__ double serving_last(float xq, float xd, i64 j, const 
                                                bool residual) {
   const double q = serving_prob(xq, qd, temp, logits);
   if (!residual) return q;
+  if (!(q > 0.0)) return 0.0;  // max(0, 0 - p) with p >= 0: the draft value is not needed
   double p;
   if (has_draft) {
     p = draft_logits ? serving_prob(xd, dd, temp, true) : (double)xd;
@@ -449,10 +450,18 @@ __device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDi
   constexpr int N = VecTraits<T>::N;
   const int tid = threadIdx.x;
   const i64 nvec = (V + N - 1) / N;
+  // r = max(0, q' - p') needs p' only where q' > 0: the draft row's vector is read only when one
+  // of the target vector's elements has mass (under top-k / top-p, few do)
   auto elems = [&](i64 g, double* r) {
     float vq[N], vd[N];
     VecTraits<T>::unpack(load_raw<T>(q_row, g, V, aligned), vq);
-    if (d_row != nullptr && residual) {
+    bool any_mass = false;
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const i64 j = g * N + e;
+      any_mass |= j < V && serving_key(vq[e]) >= qd.cut && qd.z > 0.0;
+    }
+    if (d_row != nullptr && residual && any_mass) {
       VecTraits<T>::unpack(load_raw<T>(d_row, g, V, aligned), vd);
     } else {
 #pragma unroll
