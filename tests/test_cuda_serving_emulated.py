@@ -100,11 +100,20 @@ def _exact(program, tmp_path, ids, **kwargs):
     "dtype, probs, draft",
     [
         (torch.float32, False, "logits"),
+        (torch.bfloat16, False, "logits"),
         (torch.bfloat16, False, "none"),
+        (torch.bfloat16, False, "probs"),
         (torch.float32, True, "probs"),
         (torch.bfloat16, True, "logits"),
     ],
-    ids=["f32-logits", "bf16-no-draft", "f32-probs", "bf16-probs-draft-logits"],
+    ids=[
+        "f32-logits",
+        "bf16-logits",
+        "bf16-no-draft",
+        "bf16-draft-probs",
+        "f32-probs",
+        "bf16-probs-draft-logits",
+    ],  # fmt: skip
 )
 def test_mixed_batch_exact(program, tmp_path, dtype, probs, draft):
     """Mixed batches token for token; both outcomes of the accept test occur."""
@@ -293,3 +302,14 @@ def test_status_of_probabilities_from_the_histogram(program, tmp_path):
     S = specsample.Status
     bad = S.BAD_TARGET_VALUE
     assert status.tolist() == [bad, bad, bad, bad, S.ZERO_ROW, 0, 0]
+
+
+def test_long_bfloat16_rows(program, tmp_path):
+    """V = 32,000 bfloat16 logits (thousands of distinct values per row, the top-p cut deep in
+    the histogram), every request sampling, top-p 0.9 and 0.95, drafts drawn near the target."""
+    ids, kwargs = mixed_serving_batch(6, 3, 32000, seed=13, dtype=torch.bfloat16)
+    kwargs["temperature"] = torch.tensor([1.0, 0.7, 0.9, 1.0, 0.6, 0.8])
+    kwargs["top_p"] = torch.tensor([0.9, 0.95, 0.9, 1.0, 0.95, 0.9])
+    kwargs["top_k"] = torch.tensor([0, 0, 50, 0, 0, 1000])
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    assert (status == 0).all()
