@@ -21,7 +21,8 @@ from . import _cuda_build, _nvrtc
 SERVING_THREADS = 512  # kServingThreads in csrc/kernel_serving.cuh
 COINS_UNIFORMS, COINS_SEEDS, COINS_GENERATOR = 0, 1, 2  # kServingCoins* in the kernel
 RECORD_WORDS = 4  # kServingRecordWords in csrc/kernel_serving_split.cuh: u64 per row record
-HIST_BYTES = (32768 + 32768 // 64) * 4  # kServingHistBytes: the split kernel's 16-bit histogram
+# kServingDynamicBytes: the split kernel's 16-bit histogram and its list of distinct keys
+DYNAMIC_BYTES = (32768 + 32768 // 64) * 4 + 10240 * 8
 # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (CUDA driver API enum CUfunction_attribute)
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
@@ -65,7 +66,7 @@ class _ServingModule:
             for dtype in ("float16", "bfloat16"):
                 cupy.cuda.driver.funcSetAttribute(
                     self.split_kernels[dtype].ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    HIST_BYTES,
+                    DYNAMIC_BYTES,
                 )  # fmt: skip
 
 
@@ -164,7 +165,7 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
     if split:
         rows = 2 * K + 1
         ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * rows * RECORD_WORDS, B)
-        smem = HIST_BYTES if elem == 2 else 0
+        smem = DYNAMIC_BYTES if elem == 2 else 0
         with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
             mod.split_kernels[dtype](
                 (B, rows), (SERVING_THREADS,), (*args, np.uint64(ws_ptr), np.uint64(count_ptr)),

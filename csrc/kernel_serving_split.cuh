@@ -42,6 +42,10 @@ namespace specsample {
 constexpr int kServingHistWords = 32768;
 constexpr int kServingHistPhys = kServingHistWords + kServingHistWords / 64;
 constexpr int kServingHistBytes = kServingHistPhys * 4;
+// Distinct keys the weight list after the histogram holds (u64 each; the histogram's space then
+// holds their float64 weights): the largest that keeps the block within 227 KB of shared memory.
+constexpr int kServingListCap = 10240;
+constexpr int kServingDynamicBytes = kServingHistBytes + kServingListCap * 8;
 // u64 words of one row's record in the workspace: z, (top, cut), argmax, (status bits, empty)
 constexpr int kServingRecordWords = 4;
 constexpr u32 kServingNoKey = 0xffffffffu;
@@ -49,7 +53,7 @@ constexpr u32 kServingNoKey = 0xffffffffu;
 __device__ __forceinline__ int serving_hist_index(u32 word) { return (int)(word + (word >> 6)); }
 
 #if defined(SPECSAMPLE_CUDA_HOST_EMULATION)
-inline u32 emu_serving_hist[kServingHistPhys];
+inline u32 emu_serving_hist[kServingDynamicBytes / 4];
 __device__ __forceinline__ u32* serving_hist_smem() { return emu_serving_hist; }
 #else
 __device__ __forceinline__ u32* serving_hist_smem() {
@@ -289,52 +293,107 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
     __syncthreads();
   }
 
-  // masses: z, then top-p's cut and the kept mass
-  double m = 0.0;
-  u32 lowest = kServingNoKey;
-  for (int i = W - 1; i >= 0; --i) {
-    for (int half = 1; half >= 0; --half) {
-      const u32 cnt = count_of(i, half);
-      const u32 key = 2u * (w0 + (u32)i) + (u32)half;
-      if (cnt == 0 || key < floor_key) continue;
-      m += (double)cnt * weight(key);
-      lowest = key;
-    }
+  // The keys with mass at or above the floor, largest first, as a list after the histogram, so
+  // that their float64 weights are shared evenly by the threads (a thread's own 128 keys can all
+  // be in use, 128 dependent weights on one thread). Too many distinct values: the thread-range
+  // scans below instead.
+  int nz = 0;
+  for (int i = 0; i < W; ++i) {
+    const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+    const u32 key = 2u * (w0 + (u32)i);
+    nz += ((word & 0xffffu) != 0 && key >= floor_key) + ((word >> 16) != 0 && key + 1u >= floor_key);
   }
-  double z;
-  const double above = serving_block_suffix<double>(m, z, slots);
+  i64 entries;
+  const i64 first = serving_block_suffix<i64>((i64)nz, entries, slots);
   u32 cut = floor_key;
-  double z_kept = z;
-  if (top_p < 1.0f) {
-    const double goal = (double)top_p * z;
-    u32 cand = kServingNoKey;
-    double run = above;
-    if (above < goal) {
-      for (int i = W - 1; i >= 0; --i) {
-        bool stop = false;
-        for (int half = 1; half >= 0; --half) {
-          const u32 cnt = count_of(i, half);
-          const u32 key = 2u * (w0 + (u32)i) + (u32)half;
-          if (cnt == 0 || key < floor_key) continue;
-          if (!(run < goal)) {
-            stop = true;
-            break;
-          }
-          cand = key;
-          run += (double)cnt * weight(key);
-        }
-        if (stop) break;
+  double z, z_kept;
+  if (entries <= kServingListCap) {
+    u64* list = reinterpret_cast<u64*>(const_cast<u32*>(hist) + kServingHistPhys);
+    i64 pos = first;
+    for (int i = W - 1; i >= 0; --i) {
+      for (int half = 1; half >= 0; --half) {
+        const u32 cnt = count_of(i, half);
+        const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+        if (cnt == 0 || key < floor_key) continue;
+        list[pos++] = ((u64)key << 32) | cnt;
       }
     }
-    const u32 lowest_all = serving_block_min_u32(lowest, sm);
-    const u32 c = serving_block_min_u32(cand, sm);
-    if (c != kServingNoKey && c == cand) shared_z = run;
-    __syncthreads();
-    if (c != kServingNoKey && c > lowest_all) {  // else every value above the floor is kept
-      cut = c;
-      z_kept = shared_z;
+    __syncthreads();  // the histogram is no longer read: its space holds the weights
+    double* wts = reinterpret_cast<double*>(const_cast<u32*>(hist));
+    const int n = (int)blockDim.x;
+    const int chunk = n - 1 - (int)threadIdx.x;  // higher threads take the earlier (larger) keys
+    const i64 lo = entries * chunk / n, hi = entries * (chunk + 1) / n;
+    double m = 0.0;
+    for (i64 e = lo; e < hi; ++e) {
+      const u64 it = list[e];
+      const double w = weight((u32)(it >> 32));
+      wts[e] = w;
+      m += (double)(u32)(it & 0xffffffffu) * w;
     }
-    __syncthreads();
+    const double above = serving_block_suffix<double>(m, z, slots);
+    z_kept = z;
+    if (top_p < 1.0f) {
+      const double goal = (double)top_p * z;
+      i64 cand = -1;
+      double run = above;
+      for (i64 e = lo; e < hi && run < goal; ++e) {
+        cand = e;
+        run += (double)(u32)(list[e] & 0xffffffffu) * wts[e];
+      }
+      const i64 c = serving_block_max(cand, sm);
+      if (c >= 0 && c == cand) shared_z = run;
+      __syncthreads();
+      if (c >= 0 && c < entries - 1) {  // else every value above the floor is kept
+        cut = (u32)(list[c] >> 32);
+        z_kept = shared_z;
+      }
+      __syncthreads();
+    }
+  } else {
+    double m = 0.0;
+    u32 lowest = kServingNoKey;
+    for (int i = W - 1; i >= 0; --i) {
+      for (int half = 1; half >= 0; --half) {
+        const u32 cnt = count_of(i, half);
+        const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+        if (cnt == 0 || key < floor_key) continue;
+        m += (double)cnt * weight(key);
+        lowest = key;
+      }
+    }
+    const double above = serving_block_suffix<double>(m, z, slots);
+    z_kept = z;
+    if (top_p < 1.0f) {
+      const double goal = (double)top_p * z;
+      u32 cand = kServingNoKey;
+      double run = above;
+      if (above < goal) {
+        for (int i = W - 1; i >= 0; --i) {
+          bool stop = false;
+          for (int half = 1; half >= 0; --half) {
+            const u32 cnt = count_of(i, half);
+            const u32 key = 2u * (w0 + (u32)i) + (u32)half;
+            if (cnt == 0 || key < floor_key) continue;
+            if (!(run < goal)) {
+              stop = true;
+              break;
+            }
+            cand = key;
+            run += (double)cnt * weight(key);
+          }
+          if (stop) break;
+        }
+      }
+      const u32 lowest_all = serving_block_min_u32(lowest, sm);
+      const u32 c = serving_block_min_u32(cand, sm);
+      if (c != kServingNoKey && c == cand) shared_z = run;
+      __syncthreads();
+      if (c != kServingNoKey && c > lowest_all) {  // else every value above the floor is kept
+        cut = c;
+        z_kept = shared_z;
+      }
+      __syncthreads();
+    }
   }
   d.top = top;
   d.cut = cut == 0 ? 0u : serving_key(serving_key16_value<T>(cut));
@@ -527,7 +586,7 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry point: grid (B, 2K+1) of kServingThreads threads, kServingHistBytes of dynamic shared
+// Entry point: grid (B, 2K+1) of kServingThreads threads, kServingDynamicBytes of dynamic shared
 // memory for 16-bit types (none for float32). Parameters as verify_serving_kernel's, plus ws
 // (B * (2K+1) * kServingRecordWords u64) and ws_count (B zeroed u32, left zeroed).
 // ---------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
   if (!captured && !stream_is_capturing(stream)) {
     const int rows = 2 * K + 1;
     auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
-    const int smem = VecTraits<T>::N == 8 ? kServingHistBytes : 0;  // the 16-bit histogram
+    const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list
     if (smem > 0) {
       static std::once_flag once;
       std::call_once(once, [smem] {

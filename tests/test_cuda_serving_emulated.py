@@ -240,13 +240,19 @@ def test_histogram_edges(program, tmp_path):
     """bfloat16 rows the split kernel's histogram must get right: 66,000 equal logits in a row of
     70,000 (a 16-bit count overflows: the kernel detects it and selects by radix instead), -inf
     masks with top-k beyond the finite values, temperatures whose weights underflow, and a
-    distribution of many distinct values under top-k and top-p."""
+    distribution of many distinct values under top-k and top-p; one row with more distinct values
+    than the kernel's list of weights holds (its thread-range scans)."""
     g = torch.Generator().manual_seed(11)
     B, K, V = 6, 1, 70000
     logits = torch.randn(B, K + 1, V, generator=g) * 2
     logits[0:2, :, :66000] = 0.5  # overflowing counts
     logits[2, :, 100:] = -math.inf  # 100 finite values
+    # ~15,000 distinct bfloat16 values: magnitudes spread over 60 binades, both signs
+    logits[5] = torch.randn(K + 1, V, generator=g).sign() * 2.0 ** (
+        torch.rand(K + 1, V, generator=g) * 60 - 50
+    )
     logits = logits.to(torch.bfloat16)
+    assert len(torch.unique(logits[5, 0])) > 12000
     ids = logits[:, 0].float().argmax(-1, keepdim=True)
     ids[1, 0] = 7  # a value in the big tie group
     kwargs = {
@@ -270,7 +276,9 @@ def test_constants_match_the_python_side():
     assert f"constexpr int kServingRecordWords = {_cupy_serving.RECORD_WORDS};" in text
     assert "constexpr int kServingHistWords = 32768;" in text
     assert "constexpr int kServingHistPhys = kServingHistWords + kServingHistWords / 64;" in text
-    assert _cupy_serving.HIST_BYTES == (32768 + 32768 // 64) * 4
+    assert "constexpr int kServingListCap = 10240;" in text
+    assert "constexpr int kServingDynamicBytes = kServingHistBytes + kServingListCap * 8;" in text
+    assert _cupy_serving.DYNAMIC_BYTES == (32768 + 32768 // 64) * 4 + 10240 * 8
     threads = re.search(r"constexpr int kServingThreads = (\d+);",
                         (_cuda_build.csrc_dir() / "kernel_serving.cuh").read_text())  # fmt: skip
     assert threads and int(threads.group(1)) == _cupy_serving.SERVING_THREADS
