@@ -53,7 +53,7 @@ constexpr u32 kServingNoKey = 0xffffffffu;
 __device__ __forceinline__ int serving_hist_index(u32 word) { return (int)(word + (word >> 6)); }
 
 #if defined(SPECSAMPLE_CUDA_HOST_EMULATION)
-inline u32 emu_serving_hist[kServingDynamicBytes / 4];
+alignas(16) inline u32 emu_serving_hist[kServingDynamicBytes / 4];
 __device__ __forceinline__ u32* serving_hist_smem() { return emu_serving_hist; }
 #else
 __device__ __forceinline__ u32* serving_hist_smem() {
