@@ -411,7 +411,6 @@ struct ServingSplitSmem {
   double z;
   u32 flags;
   int is_last;
-  int tau;
 };
 
 // u64 words of one request's records: 2K+1 rows.
@@ -557,8 +556,6 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
     last = sm.amax[n_out];
   } else {
     // the accept tests, one thread per draft; tau = the first rejection
-    if (tid == 0) sp.tau = nd;
-    __syncthreads();
     i64 first = nd;
     for (int kk = tid; kk < nd; kk += blockDim.x) {
       const i64 x = sm.ids[kk];
