@@ -1,7 +1,8 @@
-"""``cupy``'s serving entry point: ``verify_serving_split_kernel``
-(``csrc/kernel_serving_split.cuh``, one block per row, with this stream's workspace), or under
-CUDA-graph capture ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one block per request),
-compiled by NVRTC and launched on torch's current stream with raw device pointers.
+"""``cupy``'s serving entry point: ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one
+block per request) or, with ``SPECSAMPLE_SERVING_SPLIT=1`` and outside CUDA-graph capture,
+``verify_serving_split_kernel`` (``csrc/kernel_serving_split.cuh``, one block per row, with this
+stream's workspace), compiled by NVRTC and launched on torch's current stream with raw device
+pointers.
 
 The serving kernels live in a module of their own (same sources and options as the verify kernels,
 only the serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
@@ -13,6 +14,7 @@ Coins as in ``cuda-cpp``: explicit uniforms, per-request seeds, or the torch gen
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -29,6 +31,12 @@ _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 _TYPES = {"float32": "float", "float16": "specsample::f16", "bfloat16": "specsample::bf16"}
 _lock = threading.Lock()
 _modules: dict[int, Any] = {}
+
+
+def split_requested() -> bool:
+    """``SPECSAMPLE_SERVING_SPLIT=1``: launch the split kernel outside graph capture (read at
+    every call, as the ``cuda-cpp`` op does)."""
+    return os.environ.get("SPECSAMPLE_SERVING_SPLIT") == "1"
 
 
 def kernel_names() -> dict[str, str]:
@@ -159,9 +167,12 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
     )
     mod = _module(device_id)
     stream_ptr = torch.cuda.current_stream(device).cuda_stream
-    # the split kernel's workspace belongs to this stream: under graph capture (a graph may be
-    # replayed on any stream) the one-block kernel, which needs none
-    split = not captured and not _stream_is_capturing(stream_ptr)
+    # The split kernel runs only with SPECSAMPLE_SERVING_SPLIT=1 until it has been measured on a
+    # GPU (docs/dev/cuda-kernel.md); its workspace belongs to this stream, so under graph capture
+    # (a graph may be replayed on any stream) always the one-block kernel, which needs none.
+    split = (
+        split_requested() and not captured and not _stream_is_capturing(stream_ptr)
+    )  # fmt: skip
     if split:
         rows = 2 * K + 1
         ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * rows * RECORD_WORDS, B)

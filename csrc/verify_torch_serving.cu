@@ -1,7 +1,8 @@
 // ---------------------------------------------------------------------------------------------
-// specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the split
-// kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one per row, with this stream's workspace),
-// or under CUDA-graph capture the one-block kernel (kernel_serving.cuh; B blocks, no workspace). Inputs are the validated padded layout of
+// specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the one-block
+// kernel (kernel_serving.cuh; B blocks, no workspace) or, with SPECSAMPLE_SERVING_SPLIT=1 and
+// outside CUDA-graph capture, the split kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one
+// per row, with this stream's workspace). Inputs are the validated padded layout of
 // specsample.serving.ServingInputs (contiguous, on one device): ids [B, K] int32/int64,
 // num_draft [B] int64 in [0, K], target [B, K+1, V] and draft [B, K, V] (float32/float16/bfloat16
 // logits or probabilities), temperature / top_p [B] float32, top_k [B] int64, param_flags [B]
@@ -9,8 +10,16 @@
 // (advanced by 4 * ceil((K+1)/4), read through PhiloxCudaState as the verify op does).
 // ---------------------------------------------------------------------------------------------
 #include "torch_common.cuh"
+
+#include <cstdlib>
 namespace specsample {
 namespace {
+
+// SPECSAMPLE_SERVING_SPLIT=1 in the environment (read at every call, as the CuPy launcher does).
+bool serving_split_requested() {
+  const char* v = std::getenv("SPECSAMPLE_SERVING_SPLIT");
+  return v != nullptr && v[0] == '1' && v[1] == '\0';
+}
 
 template <typename T>
 void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids, const at::Tensor& num,
@@ -38,9 +47,10 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
       reinterpret_cast<i64*>(tokens.data_ptr<int64_t>()),                                           \
       reinterpret_cast<i64*>(out_num.data_ptr<int64_t>()), status.data_ptr<int>(), (i64)V, K,       \
       target_logits ? 1 : 0, draft.defined() ? 1 : 0, draft_logits ? 1 : 0, coins, aligned ? 1 : 0
-  // the split kernel's workspace belongs to this stream: under graph capture (a graph may be
-  // replayed on any stream) the one-block kernel, which needs none
-  if (!captured && !stream_is_capturing(stream)) {
+  // The split kernel runs only when SPECSAMPLE_SERVING_SPLIT=1 until it has been measured on a
+  // GPU (docs/dev/cuda-kernel.md); its workspace belongs to this stream, so under graph capture (a
+  // graph may be replayed on any stream) always the one-block kernel, which needs none.
+  if (serving_split_requested() && !captured && !stream_is_capturing(stream)) {
     const int rows = 2 * K + 1;
     auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
     const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list

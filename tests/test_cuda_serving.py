@@ -1,6 +1,6 @@
-"""The serving kernels of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving_split.cuh``, and
-``csrc/kernel_serving.cuh`` under CUDA-graph capture) against the float64 serving reference, token
-for token (GPU only; every test is marked ``gpu``).
+"""The serving kernels of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving.cuh``, and
+``csrc/kernel_serving_split.cuh`` with ``SPECSAMPLE_SERVING_SPLIT=1``: every test runs with each)
+against the float64 serving reference, token for token (GPU only; every test is marked ``gpu``).
 
 The kernel's weights and sums are float64, so no request needs the float32 excuse of the
 conformance checks: status, tokens and counts must equal the reference's exactly.
@@ -21,6 +21,16 @@ BACKENDS = [
     pytest.param("cuda-cpp", marks=pytest.mark.gpu),
     pytest.param("cupy", marks=pytest.mark.gpu(needs=("cupy",))),
 ]
+
+
+@pytest.fixture(params=["one-block", "split"], autouse=True)
+def serving_kernel(request, monkeypatch):
+    """Which serving kernel the backends launch outside graph capture (SPECSAMPLE_SERVING_SPLIT)."""
+    if request.param == "split":
+        monkeypatch.setenv("SPECSAMPLE_SERVING_SPLIT", "1")
+    else:
+        monkeypatch.delenv("SPECSAMPLE_SERVING_SPLIT", raising=False)
+    return request.param
 
 
 def _cuda_batch(*args, **kwargs):
@@ -263,11 +273,12 @@ def test_status(name):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_one_launch_and_graph_replay(name):
-    """One kernel per call (the split kernel outside capture); under CUDA-graph capture (the
-    one-block kernel) seeded calls repeat their tokens on replay, generator calls draw fresh coins
-    on every replay."""
-    check_one_launch_and_graph_replay(name, "verify_serving_split_kernel", temperature=0.9)
+def test_one_launch_and_graph_replay(name, serving_kernel):
+    """One kernel per call (the split kernel when asked for, outside capture); under CUDA-graph
+    capture (the one-block kernel) seeded calls repeat their tokens on replay, generator calls
+    draw fresh coins on every replay."""
+    kernel = "verify_serving_split_kernel" if serving_kernel == "split" else "verify_serving_kernel"
+    check_one_launch_and_graph_replay(name, kernel, temperature=0.9)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
