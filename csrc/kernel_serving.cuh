@@ -544,6 +544,26 @@ __device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDi
   return token >= 0 ? token : (last_pos >= 0 ? last_pos : 0);
 }
 
+// A request's status: its parameter bits, then the bits of the values it owns (`bad`, OR-ed over
+// the block) and, for a sampling request, a target row without mass (`empty`).
+__device__ __forceinline__ u32 serving_flags(u32 params, u32 bad, u32 empty, bool greedy) {
+  u32 flags = params | (bad & (kBadDraftId | kBadTarget));
+  if (!greedy) {
+    flags |= bad & (kBadUniform | kBadDraft);
+    if (empty) flags |= kZeroRow;
+  }
+  return flags;
+}
+
+// Step 3, a greedy request: the drafts are accepted while they equal their row's argmax (sm.amax);
+// returns the position of the last token, whose token is sm.amax there.
+__device__ __forceinline__ int serving_greedy_chain(int nd, const ServingSmem& sm) {
+  for (int k = 0; k < nd; ++k) {
+    if (sm.ids[k] != sm.amax[k]) return k;
+  }
+  return nd;
+}
+
 // The outputs of request b: drafts 0..n_out-1, then `last` (n_out + 1 tokens, -1 after), or a
 // flagged request's -1s and its status.
 __device__ __forceinline__ void serving_write(i64 b, int K, u32 flags, int n_out, i64 last,
@@ -577,7 +597,6 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
   const double temp = (!greedy && temp_f > 0.0f) ? (double)temp_f : 1.0;
   const i64 top_k = __ldg(top_k_ptr + b);
   const float top_p = __ldg(top_p_ptr + b);
-  u32 flags = (u32)__ldg(param_flags + b);
 
   // Step 1: ids and coins.
   u32 bad = serving_ids_coins(ids, ids64, K, b, nd, greedy, coins, V, sm);
@@ -607,11 +626,7 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
     }
   }
   bad = serving_block_or(bad, sm);  // also orders the shared-memory writes above
-  flags |= bad & (kBadDraftId | kBadTarget);
-  if (!greedy) {
-    flags |= bad & (kBadUniform | kBadDraft);
-    if (empty) flags |= kZeroRow;
-  }
+  const u32 flags = serving_flags((u32)__ldg(param_flags + b), bad, empty, greedy);
   if (flags) {
     serving_write(b, K, flags, 0, 0, out_tokens, out_num, out_status, sm);
     return;
@@ -621,12 +636,7 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
   int n_out = nd;  // the position of the last token
   i64 last = 0;
   if (greedy) {
-    for (int k = 0; k < nd; ++k) {
-      if (sm.ids[k] != sm.amax[k]) {
-        n_out = k;
-        break;
-      }
-    }
+    n_out = serving_greedy_chain(nd, sm);
     last = sm.amax[n_out];
   } else {
     // Step 4: row after row until the first rejection.

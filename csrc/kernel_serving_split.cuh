@@ -409,7 +409,6 @@ struct ServingSplitSmem {
   ServingDist dd[kMaxK];
   u32 key;
   double z;
-  u32 flags;
   int is_last;
 };
 
@@ -510,7 +509,6 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
 
   // ---- 3. the request ----------------------------------------------------------------------------
   u32 bad = serving_ids_coins(ids, ids64, K, b, nd, greedy, coins, V, sm);
-  if (tid == 0) sp.flags = (u32)__ldg(param_flags + b);
   u32 empty = 0;
   for (int r = tid; r < 2 * K + 1; r += blockDim.x) {
     const bool tgt = r <= K;
@@ -535,11 +533,7 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
   }
   bad = serving_block_or(bad, sm);  // also orders the shared-memory writes above
   empty = serving_block_or(empty, sm);
-  u32 flags = sp.flags | (bad & (kBadDraftId | kBadTarget));
-  if (!greedy) {
-    flags |= bad & (kBadUniform | kBadDraft);
-    if (empty) flags |= kZeroRow;
-  }
+  const u32 flags = serving_flags((u32)__ldg(param_flags + b), bad, empty, greedy);
   if (flags) {
     serving_write(b, K, flags, 0, 0, out_tokens, out_num, out_status, sm);
     return;
@@ -547,12 +541,7 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
   int n_out = nd;
   i64 last = 0;
   if (greedy) {
-    for (int kk = 0; kk < nd; ++kk) {
-      if (sm.ids[kk] != sm.amax[kk]) {
-        n_out = kk;
-        break;
-      }
-    }
+    n_out = serving_greedy_chain(nd, sm);
     last = sm.amax[n_out];
   } else {
     // the accept tests, one thread per draft; tau = the first rejection
