@@ -10,15 +10,17 @@
 //
 //   grid (B, 2K+1), kServingThreads threads. Block (b, s) owns target row s (s <= K) or draft row
 //   s - K - 1 of request b, if the request owns that row (the others only count themselves).
-//   1. One pass over the row: bad values, maximum and first argmax (serving_scan_row's), and for a
-//      row whose distribution is needed (sampling request; target row, or draft row given as
-//      logits) in a 16-bit dtype, a count of every distinct value: a histogram over the 65536
-//      ordered 16-bit keys in shared memory (two 16-bit counts per word; no-mass values, -inf
-//      logits or zero probabilities, counted apart).
-//   2. The distribution (top, cut, z) from the histogram alone: the weight w(v) of each distinct
-//      value v once (float64, the same serving_weight as everywhere), top-k's cut from the counts,
-//      z = sum count(v) w(v), top-p's cut and the kept mass from the masses above each key, all
-//      with fixed-order block scans (the same bits run after run). float32 rows, and a 16-bit row
+//   1. One pass over the row. A row whose distribution is needed (sampling request; target row,
+//      or draft row given as logits) in a 16-bit dtype is counted by value: a histogram over the
+//      65536 ordered 16-bit keys in shared memory (two 16-bit counts per word; the no-mass value,
+//      -inf logits or zero probabilities, counted apart), one key and one shared-memory atomic
+//      per element; its bad values, NaNs and maximum are read off the counts. Other rows: bad
+//      values, maximum and first argmax (serving_scan_row's).
+//   2. The distribution (top, cut, z) from the counts alone: top-k's cut from the counts, then the
+//      distinct keys in use compacted into a list after the histogram so that the threads share
+//      their float64 weights w(v) evenly (serving_weight, each distinct value once), z =
+//      sum count(v) w(v), top-p's cut and the kept mass from the masses above each key, all with
+//      fixed-order block scans (the same bits run after run). float32 rows, and a 16-bit row
 //      where one value occurs 65536 times or more (a count would overflow, detected from the
 //      totals), take the radix selections of the one-block kernel instead.
 //   3. The row's record (top, cut, z, argmax, its status bits) to a workspace; the block that
@@ -28,8 +30,8 @@
 //
 // Same definitions, same float64 weights and accept tests; only the order of z's additions
 // differs from the one-block kernel (both within float64 rounding of the reference's). The
-// workspace belongs to one stream, so the launchers use the one-block kernel under CUDA-graph
-// capture.
+// workspace belongs to one stream, so the launchers never use this kernel under CUDA-graph
+// capture (and, until it has been measured on a GPU, only with SPECSAMPLE_SERVING_SPLIT=1).
 #pragma once
 
 #include "kernel_serving.cuh"
