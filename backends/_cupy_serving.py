@@ -71,11 +71,16 @@ class _ServingModule:
             self.split_kernels = {
                 d: self.module.get_function(lowered[n]) for d, n in split_names.items()
             }
-            for dtype in ("float16", "bfloat16"):
-                cupy.cuda.driver.funcSetAttribute(
-                    self.split_kernels[dtype].ptr, _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    DYNAMIC_BYTES,
-                )  # fmt: skip
+            # the 16-bit split kernels need more shared memory than pre-Hopper GPUs give a block
+            self.split_ok = int(props.get("sharedMemPerBlockOptin", 0)) >= DYNAMIC_BYTES + (
+                16 << 10
+            )
+            if self.split_ok:
+                for dtype in ("float16", "bfloat16"):
+                    cupy.cuda.driver.funcSetAttribute(
+                        self.split_kernels[dtype].ptr,
+                        _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, DYNAMIC_BYTES,
+                    )  # fmt: skip
 
 
 def _module(device_id: int) -> _ServingModule:
@@ -171,7 +176,8 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
     # GPU (docs/dev/cuda-kernel.md); its workspace belongs to this stream, so under graph capture
     # (a graph may be replayed on any stream) always the one-block kernel, which needs none.
     split = (
-        split_requested() and not captured and not _stream_is_capturing(stream_ptr)
+        split_requested() and mod.split_ok and not captured
+        and not _stream_is_capturing(stream_ptr)
     )  # fmt: skip
     if split:
         rows = 2 * K + 1

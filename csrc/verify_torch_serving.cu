@@ -50,10 +50,13 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
   // The split kernel runs only when SPECSAMPLE_SERVING_SPLIT=1 until it has been measured on a
   // GPU (docs/dev/cuda-kernel.md); its workspace belongs to this stream, so under graph capture (a
   // graph may be replayed on any stream) always the one-block kernel, which needs none.
-  if (serving_split_requested() && !captured && !stream_is_capturing(stream)) {
+  // (The 16-bit split kernels need more shared memory than pre-Hopper GPUs give a block.)
+  const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list
+  const bool fits = (size_t)smem + sizeof(ServingSplitSmem) <=
+                    at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  if (serving_split_requested() && fits && !captured && !stream_is_capturing(stream)) {
     const int rows = 2 * K + 1;
     auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
-    const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list
     if (smem > 0) {
       static std::once_flag once;
       std::call_once(once, [smem] {
