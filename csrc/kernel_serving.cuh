@@ -390,18 +390,13 @@ __device__ __forceinline__ u32 serving_ids_coins(const void* ids, int ids64, int
   return bad;
 }
 
-// Step 2 for one row: its bad values (`bad_bit`), NaN, maximum and the first index holding it,
-// as block-wide values. Eight 16-byte vectors per thread are requested before any is used.
-template <typename T>
-__device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool aligned, bool logits,
-                                                 u32 bad_bit, float& top, i64& arg, u32& bad,
-                                                 u32& nan, ServingSmem& sm) {
+// Calls f(g, raw) for every 16-byte vector g of `row` this thread owns (strided over the block,
+// in increasing g), eight vectors requested before any is used.
+template <typename T, typename F>
+__device__ __forceinline__ void serving_row_vectors(const T* row, i64 V, bool aligned, F&& f) {
   constexpr int N = VecTraits<T>::N;
   constexpr int L = 8;
   const i64 nvec = (V + N - 1) / N;
-  float t = -__int_as_float(0x7f800000);
-  i64 a = V;
-  u32 b = 0, n = 0;
   const i64 step = blockDim.x;
   for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
     uint4 raw[L];
@@ -414,23 +409,38 @@ __device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool align
     for (int l = 0; l < L; ++l) {
       const i64 g = g0 + l * step;
       if (g >= nvec) break;
-      float v[N];
-      VecTraits<T>::unpack(raw[l], v);
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        const i64 j = g * N + e;
-        const float x = v[e];
-        if (j >= V) break;
-        if (serving_bad(x, logits)) b = bad_bit;
-        if (x != x) {
-          n = 1;
-        } else if (x > t) {  // j grows within a thread: the first index of a tie stays
-          t = x;
-          a = j;
-        }
-      }
+      f(g, raw[l]);
     }
   }
+}
+
+// Step 2 for one row: its bad values (`bad_bit`), NaN, maximum and the first index holding it,
+// as block-wide values.
+template <typename T>
+__device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool aligned, bool logits,
+                                                 u32 bad_bit, float& top, i64& arg, u32& bad,
+                                                 u32& nan, ServingSmem& sm) {
+  constexpr int N = VecTraits<T>::N;
+  float t = -__int_as_float(0x7f800000);
+  i64 a = V;
+  u32 b = 0, n = 0;
+  serving_row_vectors(row, V, aligned, [&](i64 g, const uint4& raw) {
+    float v[N];
+    VecTraits<T>::unpack(raw, v);
+#pragma unroll
+    for (int e = 0; e < N; ++e) {
+      const i64 j = g * N + e;
+      const float x = v[e];
+      if (j >= V) break;
+      if (serving_bad(x, logits)) b = bad_bit;
+      if (x != x) {
+        n = 1;
+      } else if (x > t) {  // j grows within a thread: the first index of a tie stays
+        t = x;
+        a = j;
+      }
+    }
+  });
   nan = serving_block_or(n, sm);
   bad = serving_block_or(b, sm);
   serving_block_argmax(t, a, sm);

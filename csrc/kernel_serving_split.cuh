@@ -131,21 +131,6 @@ __device__ __forceinline__ Acc serving_block_suffix(Acc x, Acc& total, double* s
   return above + excl;
 }
 
-__device__ __forceinline__ u32 serving_block_min_u32(u32 x, ServingSmem& sm) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const u32 y = __shfl_xor_sync(0xffffffffu, x, o);
-    x = y < x ? y : x;
-  }
-  if (lane == 0) sm.uval[warp] = x;
-  __syncthreads();
-  u32 s = sm.uval[0];
-  for (int w = 1; w < nw; ++w) s = sm.uval[w] < s ? sm.uval[w] : s;
-  __syncthreads();
-  return s;
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. The row pass with the histogram
 // ---------------------------------------------------------------------------------------------
@@ -163,35 +148,21 @@ template <typename T>
 __device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, u32 special,
                                                  u32* hist, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;  // 8
-  constexpr int L = 8;
-  const i64 nvec = (V + N - 1) / N;
-  const i64 step = blockDim.x;
   i64 apart = 0;
-  for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
-    uint4 raw[L];
+  serving_row_vectors(row, V, aligned, [&](i64 g, const uint4& raw) {
+    const u32 w4[4] = {raw.x, raw.y, raw.z, raw.w};
+    const int n = g * N + N <= V ? N : (int)(V - g * N);
 #pragma unroll
-    for (int l = 0; l < L; ++l) {
-      const i64 g = g0 + l * step;
-      raw[l] = g < nvec ? load_raw<T>(row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u);
-    }
-#pragma unroll
-    for (int l = 0; l < L; ++l) {
-      const i64 g = g0 + l * step;
-      if (g >= nvec) break;
-      const u32 w4[4] = {raw[l].x, raw[l].y, raw[l].z, raw[l].w};
-      const int n = g * N + N <= V ? N : (int)(V - g * N);
-#pragma unroll
-      for (int e = 0; e < N; ++e) {
-        if (e >= n) break;
-        const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
-        if (key == special) {
-          ++apart;
-        } else {
-          atomicAdd(hist + serving_hist_index(key >> 1), (key & 1u) ? 0x10000u : 1u);
-        }
+    for (int e = 0; e < N; ++e) {
+      if (e >= n) break;
+      const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+      if (key == special) {
+        ++apart;
+      } else {
+        atomicAdd(hist + serving_hist_index(key >> 1), (key & 1u) ? 0x10000u : 1u);
       }
     }
-  }
+  });
   i64 all;
   serving_block_suffix<i64>(apart, all, reinterpret_cast<double*>(sm.red));
   return all;
@@ -297,8 +268,8 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
 
   // The keys with mass at or above the floor, largest first, as a list after the histogram, so
   // that their float64 weights are shared evenly by the threads (a thread's own 128 keys can all
-  // be in use, 128 dependent weights on one thread). Too many distinct values: the thread-range
-  // scans below instead.
+  // be in use, 128 dependent weights on one thread). With more distinct values than the list
+  // holds, each thread visits its own keys instead.
   int nz = 0;
   for (int i = 0; i < W; ++i) {
     const u32 word = hist[serving_hist_index(w0 + (u32)i)];
@@ -307,95 +278,75 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
   }
   i64 entries;
   const i64 first = serving_block_suffix<i64>((i64)nz, entries, slots);
-  u32 cut = floor_key;
-  double z, z_kept;
-  if (entries <= kServingListCap) {
-    u64* list = reinterpret_cast<u64*>(const_cast<u32*>(hist) + kServingHistPhys);
+  const bool listed = entries <= kServingListCap;
+  u64* list = reinterpret_cast<u64*>(const_cast<u32*>(hist) + kServingHistPhys);
+  double* wts = reinterpret_cast<double*>(const_cast<u32*>(hist));  // once the list is built
+  i64 lo = 0, hi = 0;  // this thread's slice of the list
+  if (listed) {
     i64 pos = first;
     for (int i = W - 1; i >= 0; --i) {
       for (int half = 1; half >= 0; --half) {
         const u32 cnt = count_of(i, half);
         const u32 key = 2u * (w0 + (u32)i) + (u32)half;
-        if (cnt == 0 || key < floor_key) continue;
-        list[pos++] = ((u64)key << 32) | cnt;
+        if (cnt != 0 && key >= floor_key) list[pos++] = ((u64)key << 32) | cnt;
       }
     }
     __syncthreads();  // the histogram is no longer read: its space holds the weights
-    double* wts = reinterpret_cast<double*>(const_cast<u32*>(hist));
     const int n = (int)blockDim.x;
     const int chunk = n - 1 - (int)threadIdx.x;  // higher threads take the earlier (larger) keys
-    const i64 lo = entries * chunk / n, hi = entries * (chunk + 1) / n;
-    double m = 0.0;
-    for (i64 e = lo; e < hi; ++e) {
-      const u64 it = list[e];
-      const double w = weight((u32)(it >> 32));
-      wts[e] = w;
-      m += (double)(u32)(it & 0xffffffffu) * w;
-    }
-    const double above = serving_block_suffix<double>(m, z, slots);
-    z_kept = z;
-    if (top_p < 1.0f) {
-      const double goal = (double)top_p * z;
-      i64 cand = -1;
-      double run = above;
-      for (i64 e = lo; e < hi && run < goal; ++e) {
-        cand = e;
-        run += (double)(u32)(list[e] & 0xffffffffu) * wts[e];
+    lo = entries * chunk / n;
+    hi = entries * (chunk + 1) / n;
+  }
+  // f(key, count, list index or -1) for this thread's keys, largest first, until f returns false
+  auto for_each_key = [&](auto&& f) {
+    if (listed) {
+      for (i64 e = lo; e < hi; ++e) {
+        if (!f((u32)(list[e] >> 32), (u32)(list[e] & 0xffffffffu), e)) return;
       }
-      const i64 c = serving_block_max(cand, sm);
-      if (c >= 0 && c == cand) shared_z = run;
-      __syncthreads();
-      if (c >= 0 && c < entries - 1) {  // else every value above the floor is kept
-        cut = (u32)(list[c] >> 32);
-        z_kept = shared_z;
-      }
-      __syncthreads();
+      return;
     }
-  } else {
-    double m = 0.0;
-    u32 lowest = kServingNoKey;
     for (int i = W - 1; i >= 0; --i) {
       for (int half = 1; half >= 0; --half) {
         const u32 cnt = count_of(i, half);
         const u32 key = 2u * (w0 + (u32)i) + (u32)half;
-        if (cnt == 0 || key < floor_key) continue;
-        m += (double)cnt * weight(key);
-        lowest = key;
+        if (cnt != 0 && key >= floor_key && !f(key, cnt, (i64)-1)) return;
       }
     }
-    const double above = serving_block_suffix<double>(m, z, slots);
-    z_kept = z;
-    if (top_p < 1.0f) {
-      const double goal = (double)top_p * z;
-      u32 cand = kServingNoKey;
-      double run = above;
-      if (above < goal) {
-        for (int i = W - 1; i >= 0; --i) {
-          bool stop = false;
-          for (int half = 1; half >= 0; --half) {
-            const u32 cnt = count_of(i, half);
-            const u32 key = 2u * (w0 + (u32)i) + (u32)half;
-            if (cnt == 0 || key < floor_key) continue;
-            if (!(run < goal)) {
-              stop = true;
-              break;
-            }
-            cand = key;
-            run += (double)cnt * weight(key);
-          }
-          if (stop) break;
-        }
-      }
-      const u32 lowest_all = serving_block_min_u32(lowest, sm);
-      const u32 c = serving_block_min_u32(cand, sm);
-      if (c != kServingNoKey && c == cand) shared_z = run;
-      __syncthreads();
-      if (c != kServingNoKey && c > lowest_all) {  // else every value above the floor is kept
-        cut = c;
-        z_kept = shared_z;
-      }
-      __syncthreads();
+  };
+
+  // masses: z, then top-p's cut and the kept mass
+  double m = 0.0;
+  u32 lowest = kServingNoKey;
+  for_each_key([&](u32 key, u32 cnt, i64 e) {
+    const double w = weight(key);
+    if (e >= 0) wts[e] = w;
+    m += (double)cnt * w;
+    lowest = key;
+    return true;
+  });
+  double z;
+  const double above = serving_block_suffix<double>(m, z, slots);
+  u32 cut = floor_key;
+  double z_kept = z;
+  if (top_p < 1.0f) {
+    const double goal = (double)top_p * z;
+    u32 cand = kServingNoKey;
+    double run = above;
+    for_each_key([&](u32 key, u32 cnt, i64 e) {
+      if (!(run < goal)) return false;
+      cand = key;
+      run += (double)cnt * (e >= 0 ? wts[e] : weight(key));
+      return true;
+    });
+    const u32 lowest_all = (u32)serving_block_min((i64)lowest, sm);
+    const u32 c = (u32)serving_block_min((i64)cand, sm);
+    if (c != kServingNoKey && c == cand) shared_z = run;
+    __syncthreads();
+    if (c != kServingNoKey && c > lowest_all) {  // else every value above the floor is kept
+      cut = c;
+      z_kept = shared_z;
     }
+    __syncthreads();
   }
   d.top = top;
   d.cut = cut == 0 ? 0u : serving_key(serving_key16_value<T>(cut));

@@ -52,9 +52,11 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
   // graph may be replayed on any stream) always the one-block kernel, which needs none.
   // (The 16-bit split kernels need more shared memory than pre-Hopper GPUs give a block.)
   const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list
-  const bool fits = (size_t)smem + sizeof(ServingSplitSmem) <=
-                    at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  if (serving_split_requested() && fits && !captured && !stream_is_capturing(stream)) {
+  auto fits = [smem] {
+    return (size_t)smem + sizeof(ServingSplitSmem) <=
+           at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+  };
+  if (serving_split_requested() && !captured && fits() && !stream_is_capturing(stream)) {
     const int rows = 2 * K + 1;
     auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
     if (smem > 0) {
