@@ -55,6 +55,13 @@ __device__ __forceinline__ float half_bits_to_float(u32 h) {
   return f;
 }
 
+// The float16 bit pattern of x (exact for a value that came from float16).
+__device__ __forceinline__ u32 float_to_half_bits(float x) {
+  unsigned short s = 0;
+  asm("{.reg .b16 h;\n\tcvt.rn.f16.f32 h, %1;\n\tmov.b16 %0, h;}" : "=h"(s) : "f"(x));
+  return s;
+}
+
 template <typename T>
 struct VecTraits;
 template <>

@@ -320,21 +320,26 @@ __device__ ServingDist serving_row_dist(const T* row, i64 V, bool aligned, float
   return d;
 }
 
+// q' and p' of an element of value x, computed from the rows' distributions. kernel_serving_split.cuh's ServingTableProbs gives the same values from
+// tables of the weights of the distinct values in use.
+struct ServingDirectProbs {
+  ServingDist qd, dd;
+  double temp;
+  bool tlogits, dlogits;
+  __device__ __forceinline__ double q(float x) const { return serving_prob(x, qd, temp, tlogits); }
+  __device__ __forceinline__ double p(float x) const {
+    return dlogits ? serving_prob(x, dd, temp, true) : (double)x;
+  }
+};
+
 // One element of the last row: max(0, q' - p') where `residual`, else q'.
-template <typename T>
-__device__ __forceinline__ double serving_last(float xq, float xd, i64 j, const ServingDist& qd,
-                                               const ServingDist& dd, double temp, bool logits,
-                                               bool has_draft, bool draft_logits, i64 x_tau,
-                                               bool residual) {
-  const double q = serving_prob(xq, qd, temp, logits);
+template <typename Probs>
+__device__ __forceinline__ double serving_last(float xq, float xd, i64 j, const Probs& probs,
+                                               bool has_draft, i64 x_tau, bool residual) {
+  const double q = probs.q(xq);
   if (!residual) return q;
   if (!(q > 0.0)) return 0.0;  // max(0, 0 - p) with p >= 0: the draft value is not needed
-  double p;
-  if (has_draft) {
-    p = draft_logits ? serving_prob(xd, dd, temp, true) : (double)xd;
-  } else {
-    p = j == x_tau ? 1.0 : 0.0;
-  }
+  const double p = has_draft ? probs.p(xd) : (j == x_tau ? 1.0 : 0.0);
   const double r = q - p;
   return r > 0.0 ? r : 0.0;
 }
@@ -452,11 +457,10 @@ __device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool align
 // zero; `residual` false: the bonus row q'), summed in float64, then the inverse CDF tile by tile
 // (smallest j with cumsum(r)[j] > coin * sum(r), never a zero-weight token; a threshold rounded
 // past the end takes the last positive token). d_row is the draft row tau (null without one).
-template <typename T>
+template <typename T, typename Probs>
 __device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDist& qd,
-                                 const ServingDist& dd, double temp, bool tlogits, bool has_draft,
-                                 bool dlogits, i64 x_tau, bool residual, float coin, i64 V,
-                                 bool aligned, ServingSmem& sm) {
+                                 const Probs& probs, bool has_draft, i64 x_tau, bool residual,
+                                 float coin, i64 V, bool aligned, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;
   const int tid = threadIdx.x;
   const i64 nvec = (V + N - 1) / N;
@@ -480,9 +484,7 @@ __device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDi
 #pragma unroll
     for (int e = 0; e < N; ++e) {
       const i64 j = g * N + e;
-      r[e] = j < V ? serving_last<T>(vq[e], vd[e], j, qd, dd, temp, tlogits, has_draft, dlogits,
-                                     x_tau, residual)
-                   : 0.0;
+      r[e] = j < V ? serving_last(vq[e], vd[e], j, probs, has_draft, x_tau, residual) : 0.0;
     }
   };
   double total = 0.0;
@@ -679,9 +681,9 @@ __device__ void verify_serving(const void* ids, int ids64, const i64* num_draft,
 
     // Step 5: the last row.
     const T* d_row = (has_draft && tau < nd) ? d_base + (i64)tau * V : nullptr;
-    last = serving_draw_last<T>(q_base + (i64)tau * V, d_row, qd, dd, temp, tlogits, has_draft,
-                                dlogits, tau < nd ? sm.ids[tau] : -1, tau < nd, sm.coin[nd], V,
-                                aligned, sm);
+    const ServingDirectProbs probs{qd, dd, temp, tlogits, dlogits};
+    last = serving_draw_last<T>(q_base + (i64)tau * V, d_row, qd, probs, has_draft,
+                                tau < nd ? sm.ids[tau] : -1, tau < nd, sm.coin[nd], V, aligned, sm);
   }
   serving_write(b, K, 0, n_out, last, out_tokens, out_num, out_status, sm);
 }

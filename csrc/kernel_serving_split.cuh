@@ -48,6 +48,8 @@ constexpr int kServingHistBytes = kServingHistPhys * 4;
 // holds their float64 weights): the largest that keeps the block within 227 KB of shared memory.
 constexpr int kServingListCap = 10240;
 constexpr int kServingDynamicBytes = kServingHistBytes + kServingListCap * 8;
+// float64 entries of the last row's probability tables (section 3), in the same space
+constexpr int kServingTableCap = kServingDynamicBytes / 8;
 // u64 words of one row's record in the workspace: z, (top, cut), argmax, (status bits, empty)
 constexpr int kServingRecordWords = 4;
 constexpr u32 kServingNoKey = 0xffffffffu;
@@ -354,7 +356,94 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. The kernel
+// 3. The last row's probabilities from tables
+// ---------------------------------------------------------------------------------------------
+// The last block draws the last token alone: serving_draw_last's passes evaluate q' (and p' for a
+// residual) per element, float64 exp and divisions that the warp executes wherever one lane needs
+// them. For 16-bit rows the kept values lie in a short range of 16-bit keys ([key of the cut, key
+// of the maximum]; a few hundred under top-p), so the block first evaluates q' (and a draft row's
+// p') once per key of that range into shared memory, and the passes look them up.
+
+// The smallest 16-bit key in [key(-inf), key(+inf)] whose value's serving_key is >= `key32`
+// (key(+inf) + 1 if none); serving_key of the values is nondecreasing over that range.
+template <typename T>
+__device__ __forceinline__ u32 serving_key16_at_least(u32 key32) {
+  const u32 pinf = serving_key16_pinf<T>();
+  u32 lo = ~(serving_key16_bits(pinf) | 0x8000u) & 0xffffu, hi = pinf + 1u;  // [lo, hi)
+  while (lo < hi) {
+    const u32 mid = (lo + hi) >> 1;
+    if (serving_key(serving_key16_value<T>(mid)) >= key32) {
+      hi = mid;
+    } else {
+      lo = mid + 1u;
+    }
+  }
+  return lo;
+}
+
+// One row's q' (or p') for the keys [lo, lo + n), in `w`; keys below `mass_lo` have none, and
+// the keys in [mass_lo, lo) (a range longer than the table) are evaluated one by one.
+struct ServingKeyTable {
+  const double* w;
+  u32 lo;
+  u32 n;
+  u32 mass_lo;
+};
+
+// The keys a row's distribution can give mass to, [its cut (or the smallest value with mass),
+// its maximum], the largest `cap` of them tabled; n = 0 without mass.
+template <typename T>
+__device__ __forceinline__ ServingKeyTable serving_key_range(const ServingDist& d, bool logits,
+                                                             u32 cap) {
+  ServingKeyTable t{nullptr, 0u, 0u, 0u};
+  if (!(d.z > 0.0)) return t;
+  const u32 floor32 = logits ? serving_key(-kFloatMax) : serving_key(__uint_as_float(1u));
+  t.mass_lo = serving_key16_at_least<T>(d.cut > floor32 ? d.cut : floor32);
+  const u32 hi = serving_key16_at_least<T>(serving_key(d.top));
+  if (hi < t.mass_lo) return t;
+  t.n = hi - t.mass_lo + 1u < cap ? hi - t.mass_lo + 1u : cap;
+  t.lo = hi + 1u - t.n;
+  return t;
+}
+
+template <typename T>
+__device__ __forceinline__ void serving_fill_table(ServingKeyTable& t, double* w,
+                                                   const ServingDist& d, double temp, bool logits) {
+  for (u32 i = threadIdx.x; i < t.n; i += blockDim.x) {
+    w[i] = serving_prob(serving_key16_value<T>(t.lo + i), d, temp, logits);
+  }
+  t.w = w;
+}
+
+// Out of line: rows whose kept range outgrows the table only (keeps the lookups' registers low).
+inline __device__ __noinline__ double serving_prob_untabled(float x, const ServingDist& d, double temp,
+                                                     bool logits) {
+  return serving_prob(x, d, temp, logits);
+}
+
+// q' and p' by key: the same values as ServingDirectProbs (each table entry is its formula at
+// that key's value; -0.0 shares +0.0's key and its weight), looked up.
+template <typename T>
+struct ServingTableProbs {
+  ServingDirectProbs direct;
+  ServingKeyTable qt, pt;
+  __device__ __forceinline__ static double at(const ServingKeyTable& t, float x,
+                                              const ServingDist& d, double temp, bool logits) {
+    const u32 key = serving_key16(serving_is_bf16<T>() ? __float_as_uint(x) >> 16 : float_to_half_bits(x));
+    if (key - t.lo < t.n) return t.w[key - t.lo];  // (keys below lo wrap past n)
+    if (key < t.mass_lo) return 0.0;
+    return serving_prob_untabled(x, d, temp, logits);
+  }
+  __device__ __forceinline__ double q(float x) const {
+    return at(qt, x, direct.qd, direct.temp, direct.tlogits);
+  }
+  __device__ __forceinline__ double p(float x) const {
+    return direct.dlogits ? at(pt, x, direct.dd, direct.temp, true) : (double)x;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// 4. The kernel
 // ---------------------------------------------------------------------------------------------
 struct ServingSplitSmem {
   ServingSmem base;
@@ -517,9 +606,25 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
     dd.z = 0.0;
     if (has_draft && dlogits && tau < nd) dd = sp.dd[tau];
     const T* d_row = (has_draft && tau < nd) ? d_base + (i64)tau * V : nullptr;
-    last = serving_draw_last<T>(q_base + (i64)tau * V, d_row, sp.qd[tau], dd, temp, tlogits,
-                                has_draft, dlogits, tau < nd ? sm.ids[tau] : -1, tau < nd,
-                                sm.coin[nd], V, aligned, sm);
+    const ServingDist qd = sp.qd[tau];
+    const ServingDirectProbs direct{qd, dd, temp, tlogits, dlogits};
+    const bool residual = tau < nd;
+    const i64 x_tau = residual ? sm.ids[tau] : -1;
+    const i64 t_row = (i64)tau * V;
+    if constexpr (kHist) {
+      constexpr u32 cap = kServingTableCap / 2;  // each row's share of the tables
+      ServingTableProbs<T> probs{direct, serving_key_range<T>(qd, tlogits, cap), {}};
+      if (residual && has_draft && dlogits) probs.pt = serving_key_range<T>(dd, true, cap);
+      double* w = reinterpret_cast<double*>(serving_hist_smem());
+      serving_fill_table<T>(probs.qt, w, qd, temp, tlogits);
+      serving_fill_table<T>(probs.pt, w + cap, dd, temp, true);
+      __syncthreads();
+      last = serving_draw_last<T>(q_base + t_row, d_row, qd, probs, has_draft, x_tau, residual,
+                                  sm.coin[nd], V, aligned, sm);
+    } else {
+      last = serving_draw_last<T>(q_base + t_row, d_row, qd, direct, has_draft, x_tau, residual,
+                                  sm.coin[nd], V, aligned, sm);
+    }
   }
   serving_write(b, K, 0, n_out, last, out_tokens, out_num, out_status, sm);
 }

@@ -1,8 +1,8 @@
 // ---------------------------------------------------------------------------------------------
-// specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the one-block
-// kernel (kernel_serving.cuh; B blocks, no workspace) or, with SPECSAMPLE_SERVING_SPLIT=1 and
-// outside CUDA-graph capture, the split kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one
-// per row, with this stream's workspace). Inputs are the validated padded layout of
+// specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the split
+// kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one per row, with this stream's workspace)
+// or, under CUDA-graph capture, where a block cannot have its shared memory, or with
+// SPECSAMPLE_SERVING_SPLIT=0, the one-block kernel (kernel_serving.cuh; B blocks, no workspace). Inputs are the validated padded layout of
 // specsample.serving.ServingInputs (contiguous, on one device): ids [B, K] int32/int64,
 // num_draft [B] int64 in [0, K], target [B, K+1, V] and draft [B, K, V] (float32/float16/bfloat16
 // logits or probabilities), temperature / top_p [B] float32, top_k [B] int64, param_flags [B]
@@ -15,10 +15,11 @@
 namespace specsample {
 namespace {
 
-// SPECSAMPLE_SERVING_SPLIT=1 in the environment (read at every call, as the CuPy launcher does).
+// The split kernel unless SPECSAMPLE_SERVING_SPLIT=0 asks for the one-block kernel (read at every
+// call, as the CuPy launcher does).
 bool serving_split_requested() {
   const char* v = std::getenv("SPECSAMPLE_SERVING_SPLIT");
-  return v != nullptr && v[0] == '1' && v[1] == '\0';
+  return !(v != nullptr && v[0] == '0' && v[1] == '\0');
 }
 
 template <typename T>
@@ -47,9 +48,9 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
       reinterpret_cast<i64*>(tokens.data_ptr<int64_t>()),                                           \
       reinterpret_cast<i64*>(out_num.data_ptr<int64_t>()), status.data_ptr<int>(), (i64)V, K,       \
       target_logits ? 1 : 0, draft.defined() ? 1 : 0, draft_logits ? 1 : 0, coins, aligned ? 1 : 0
-  // The split kernel runs only when SPECSAMPLE_SERVING_SPLIT=1 until it has been measured on a
-  // GPU (docs/dev/cuda-kernel.md); its workspace belongs to this stream, so under graph capture (a
-  // graph may be replayed on any stream) always the one-block kernel, which needs none.
+  // The split kernel (docs/dev/cuda-kernel.md) unless SPECSAMPLE_SERVING_SPLIT=0; its workspace
+  // belongs to this stream, so under graph capture (a graph may be replayed on any stream) always
+  // the one-block kernel, which needs none.
   // (The 16-bit split kernels need more shared memory than pre-Hopper GPUs give a block.)
   const int smem = VecTraits<T>::N == 8 ? kServingDynamicBytes : 0;  // histogram and list
   auto fits = [smem] {

@@ -1,5 +1,6 @@
 """The serving kernels of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving.cuh``, and
-``csrc/kernel_serving_split.cuh`` with ``SPECSAMPLE_SERVING_SPLIT=1``: every test runs with each)
+``csrc/kernel_serving_split.cuh``, the default; ``SPECSAMPLE_SERVING_SPLIT=0`` asks for the first:
+every test runs with each)
 against the float64 serving reference, token for token (GPU only; every test is marked ``gpu``).
 
 The kernel's weights and sums are float64, so no request needs the float32 excuse of the
@@ -27,9 +28,9 @@ BACKENDS = [
 def serving_kernel(request, monkeypatch):
     """Which serving kernel the backends launch outside graph capture (SPECSAMPLE_SERVING_SPLIT)."""
     if request.param == "split":
-        monkeypatch.setenv("SPECSAMPLE_SERVING_SPLIT", "1")
-    else:
         monkeypatch.delenv("SPECSAMPLE_SERVING_SPLIT", raising=False)
+    else:
+        monkeypatch.setenv("SPECSAMPLE_SERVING_SPLIT", "0")
     return request.param
 
 

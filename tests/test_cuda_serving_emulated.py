@@ -321,3 +321,35 @@ def test_long_bfloat16_rows(program, tmp_path):
     kwargs["top_k"] = torch.tensor([0, 0, 50, 0, 0, 1000])
     tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
     assert (status == 0).all()
+
+
+def test_last_row_beyond_the_probability_tables(program, tmp_path):
+    """The split kernel's last block tables q' (and a draft row's p') per 16-bit key over the kept
+    range; a row whose range is longer than its share of the table has its lowest keys evaluated
+    one by one. bfloat16 logits over 60 binades of both signs (about 15,000 keys between the
+    smallest and the largest), no top-k / top-p and temperatures that leave every key real mass:
+    the untabled keys must carry theirs."""
+    g = torch.Generator().manual_seed(14)
+    B, K, V = 4, 1, 40000
+    logits = torch.randn(B, K + 1, V, generator=g).sign() * 2.0 ** (
+        torch.rand(B, K + 1, V, generator=g) * 60 - 50
+    )
+    logits = logits.to(torch.bfloat16)
+    keys = torch.unique(logits[0, 1])
+    assert len(keys) > 14000
+    draft = logits[:, :K].float() * (1 + 0.2 * torch.rand(B, K, V, generator=g))
+    ids = torch.randint(0, V, (B, K), generator=g)
+    kwargs = {
+        "target_logits": logits,
+        "draft_logits": draft.to(torch.bfloat16),
+        "temperature": torch.tensor([1e4, 3e3, 1e4, 2e3]),
+        "top_p": torch.ones(B),
+        "top_k": torch.zeros(B, dtype=torch.int64),
+        "uniforms": torch.tensor([[0.1, 0.02], [0.99, 0.05], [0.5, 0.97], [0.3, 0.5]]),
+    }
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    assert (status == 0).all()
+    # the draws fall among the lowest keys too (the ones past the table)
+    last = tokens[torch.arange(B), num - 1]
+    values = logits[torch.arange(B), num - 1, last].float()
+    assert (values < 0).any()

@@ -91,6 +91,7 @@ inline void emu_run_block(void (*body)()) {
 #define __host__
 #define __global__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 #define __shared__ static
 #define asm(...) ((void)0)  // inline PTX (float16 conversion): not emulated
