@@ -1,7 +1,7 @@
-"""``cupy``'s serving entry point: ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one
-block per request) or, with ``SPECSAMPLE_SERVING_SPLIT=1`` and outside CUDA-graph capture,
-``verify_serving_split_kernel`` (``csrc/kernel_serving_split.cuh``, one block per row, with this
-stream's workspace), compiled by NVRTC and launched on torch's current stream with raw device
+"""``cupy``'s serving entry point: ``verify_serving_split_kernel`` (``csrc/kernel_serving_split.cuh``,
+one block per row, with this stream's workspace) or, under CUDA-graph capture, before Hopper or
+with ``SPECSAMPLE_SERVING_SPLIT=0``, ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one
+block per request), compiled by NVRTC and launched on torch's current stream with raw device
 pointers.
 
 The serving kernels live in a module of their own (same sources and options as the verify kernels,

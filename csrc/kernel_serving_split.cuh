@@ -26,12 +26,13 @@
 //   3. The row's record (top, cut, z, argmax, its status bits) to a workspace; the block that
 //      brings the request's counter to 2K+1 resets it and finishes the request alone: ids and
 //      coins, the status, the greedy chain or the accept tests (one thread per draft), and the
-//      last token from row tau exactly as the one-block kernel draws it (serving_draw_last).
+//      last token from row tau as the one-block kernel draws it (serving_draw_last), with q' and
+//      p' of 16-bit rows looked up in tables of the kept keys (section 3).
 //
 // Same definitions, same float64 weights and accept tests; only the order of z's additions
 // differs from the one-block kernel (both within float64 rounding of the reference's). The
 // workspace belongs to one stream, so the launchers never use this kernel under CUDA-graph
-// capture (and, until it has been measured on a GPU, only with SPECSAMPLE_SERVING_SPLIT=1).
+// capture (nor with SPECSAMPLE_SERVING_SPLIT=0).
 #pragma once
 
 #include "kernel_serving.cuh"
