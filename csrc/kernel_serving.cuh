@@ -320,8 +320,8 @@ __device__ ServingDist serving_row_dist(const T* row, i64 V, bool aligned, float
   return d;
 }
 
-// q' and p' of an element of value x, computed from the rows' distributions. kernel_serving_split.cuh's ServingTableProbs gives the same values from
-// tables of the weights of the distinct values in use.
+// q' and p' of an element of value x, computed from the rows' distributions
+// (kernel_serving_split.cuh's ServingTableProbs looks the same values up in tables).
 struct ServingDirectProbs {
   ServingDist qd, dd;
   double temp;

@@ -417,8 +417,8 @@ __device__ __forceinline__ void serving_fill_table(ServingKeyTable& t, double* w
 }
 
 // Out of line: rows whose kept range outgrows the table only (keeps the lookups' registers low).
-inline __device__ __noinline__ double serving_prob_untabled(float x, const ServingDist& d, double temp,
-                                                     bool logits) {
+inline __device__ __noinline__ double serving_prob_untabled(float x, const ServingDist& d,
+                                                            double temp, bool logits) {
   return serving_prob(x, d, temp, logits);
 }
 
@@ -430,7 +430,8 @@ struct ServingTableProbs {
   ServingKeyTable qt, pt;
   __device__ __forceinline__ static double at(const ServingKeyTable& t, float x,
                                               const ServingDist& d, double temp, bool logits) {
-    const u32 key = serving_key16(serving_is_bf16<T>() ? __float_as_uint(x) >> 16 : float_to_half_bits(x));
+    const u32 key =
+        serving_key16(serving_is_bf16<T>() ? __float_as_uint(x) >> 16 : float_to_half_bits(x));
     if (key - t.lo < t.n) return t.w[key - t.lo];  // (keys below lo wrap past n)
     if (key < t.mass_lo) return 0.0;
     return serving_prob_untabled(x, d, temp, logits);

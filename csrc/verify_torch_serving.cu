@@ -2,12 +2,13 @@
 // specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the split
 // kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one per row, with this stream's workspace)
 // or, under CUDA-graph capture, where a block cannot have its shared memory, or with
-// SPECSAMPLE_SERVING_SPLIT=0, the one-block kernel (kernel_serving.cuh; B blocks, no workspace). Inputs are the validated padded layout of
-// specsample.serving.ServingInputs (contiguous, on one device): ids [B, K] int32/int64,
-// num_draft [B] int64 in [0, K], target [B, K+1, V] and draft [B, K, V] (float32/float16/bfloat16
-// logits or probabilities), temperature / top_p [B] float32, top_k [B] int64, param_flags [B]
-// int32; coins from uniforms [B, K+1] float32, else seeds / offsets [B] int64, else the generator
-// (advanced by 4 * ceil((K+1)/4), read through PhiloxCudaState as the verify op does).
+// SPECSAMPLE_SERVING_SPLIT=0, the one-block kernel (kernel_serving.cuh; B blocks, no workspace).
+// Inputs are the validated padded layout of specsample.serving.ServingInputs (contiguous, on one
+// device): ids [B, K] int32/int64, num_draft [B] int64 in [0, K], target [B, K+1, V] and draft
+// [B, K, V] (float32/float16/bfloat16 logits or probabilities), temperature / top_p [B] float32,
+// top_k [B] int64, param_flags [B] int32; coins from uniforms [B, K+1] float32, else seeds /
+// offsets [B] int64, else the generator (advanced by 4 * ceil((K+1)/4), read through
+// PhiloxCudaState as the verify op does).
 // ---------------------------------------------------------------------------------------------
 #include "torch_common.cuh"
 
