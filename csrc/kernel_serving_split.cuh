@@ -59,6 +59,7 @@ __device__ __forceinline__ int serving_hist_index(u32 word) { return (int)(word 
 
 #if defined(SPECSAMPLE_CUDA_HOST_EMULATION)
 alignas(16) inline u32 emu_serving_hist[kServingDynamicBytes / 4];
+inline long long emu_serving_radix_rows = 0;  // 16-bit rows that left the histogram path
 __device__ __forceinline__ u32* serving_hist_smem() { return emu_serving_hist; }
 #else
 __device__ __forceinline__ u32* serving_hist_smem() {
@@ -146,28 +147,33 @@ __device__ __forceinline__ u32 serving_key16_pinf() {
 // Counts every element of the row into `hist` (zeroed) by its 16-bit key, except the row's
 // no-mass value (-inf logits, +-0.0 probabilities: key `special`), which each thread counts
 // apart; returns the block's count of those. Per element: the key, one compare, one shared-memory
-// atomic. The checks and the maximum are read off the counts afterwards (serving_hist_summary).
+// atomic (adding 0 for the no-mass value: no branch in the loop). The checks and the maximum are
+// read off the counts afterwards (serving_hist_summary).
 template <typename T>
 __device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, u32 special,
                                                  u32* hist, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;  // 8
-  i64 apart = 0;
+  u32 apart = 0;
+  auto count = [&](u32 h) {
+    const u32 key = serving_key16(h);
+    const bool no_mass = key == special;
+    apart += no_mass ? 1u : 0u;
+    atomicAdd(hist + serving_hist_index(key >> 1), no_mass ? 0u : 1u << (16u * (key & 1u)));
+  };
   serving_row_vectors(row, V, aligned, [&](i64 g, const uint4& raw) {
     const u32 w4[4] = {raw.x, raw.y, raw.z, raw.w};
-    const int n = g * N + N <= V ? N : (int)(V - g * N);
+    if (g * N + N <= V) {  // every vector but a short last one
 #pragma unroll
-    for (int e = 0; e < N; ++e) {
-      if (e >= n) break;
-      const u32 key = serving_key16((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
-      if (key == special) {
-        ++apart;
-      } else {
-        atomicAdd(hist + serving_hist_index(key >> 1), (key & 1u) ? 0x10000u : 1u);
+      for (int e = 0; e < N; ++e) count((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+    } else {
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        if (g * N + e < V) count((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
       }
     }
   });
   i64 all;
-  serving_block_suffix<i64>(apart, all, reinterpret_cast<double*>(sm.red));
+  serving_block_suffix<i64>((i64)apart, all, reinterpret_cast<double*>(sm.red));
   return all;
 }
 
@@ -523,6 +529,9 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
         }
         need_dist = false;
       } else {  // a count overflowed: the plain pass, then radix selections
+#if defined(SPECSAMPLE_CUDA_HOST_EMULATION)
+        if (tid == 0) ++emu_serving_radix_rows;  // (the CPU tests check which rows come here)
+#endif
         serving_scan_row(row, V, aligned, logits, bad_bit, top, arg, bad, nan, sm);
       }
     } else {

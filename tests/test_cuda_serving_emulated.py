@@ -84,6 +84,12 @@ def _run(program, tmp_path, ids, **kwargs):
     return tokens.reshape(B, K + 1), num, status
 
 
+def _radix_rows(tmp_path) -> int:
+    """16-bit rows of the last run that the split kernel took off its histogram path (a count
+    overflowed); always 0 for the one-block kernel."""
+    return int((tmp_path / "radix_rows.txt").read_text())
+
+
 def _exact(program, tmp_path, ids, **kwargs):
     tokens, num, status = _run(program, tmp_path, ids, **kwargs)
     ref = reference_verify_serving(ids, **kwargs)
@@ -121,15 +127,19 @@ def test_mixed_batch_exact(program, tmp_path, dtype, probs, draft):
     tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
     assert (status == 0).all()
     assert 0 < int((num < kwargs["num_draft_tokens"] + 1).sum()) < 16
+    assert _radix_rows(tmp_path) == 0  # every 16-bit row through the histogram
 
 
-def test_unaligned_rows_and_seeds(program, tmp_path):
-    """V * 4 not a multiple of 16 (the element-by-element load path), int32 ids, seeded coins."""
-    ids, kwargs = mixed_serving_batch(8, 2, 1001, seed=2)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_unaligned_rows_and_seeds(program, tmp_path, dtype):
+    """Rows of V = 1001 (not a multiple of 16 bytes: the element-by-element load path, and a
+    short last vector), int32 ids, seeded coins."""
+    ids, kwargs = mixed_serving_batch(8, 2, 1001, seed=2, dtype=dtype)
     del kwargs["uniforms"]
     kwargs["seeds"] = torch.arange(8) * 7919 - 3
     kwargs["offsets"] = torch.arange(8) * 5
     _exact(program, tmp_path, ids.to(torch.int32), **kwargs)
+    assert _radix_rows(tmp_path) == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
@@ -268,6 +278,8 @@ def test_histogram_edges(program, tmp_path):
     kwargs["draft_logits"][2, :, 100:] = -math.inf
     tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
     assert (status == 0).all()
+    # the overflow is detected on exactly the four target rows of requests 0 and 1
+    assert _radix_rows(tmp_path) == (0 if program[1] == 0 else 4)
 
 
 def test_constants_match_the_python_side():
@@ -321,6 +333,7 @@ def test_long_bfloat16_rows(program, tmp_path):
     kwargs["top_k"] = torch.tensor([0, 0, 50, 0, 0, 1000])
     tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
     assert (status == 0).all()
+    assert _radix_rows(tmp_path) == 0
 
 
 def test_last_row_beyond_the_probability_tables(program, tmp_path):

@@ -6,7 +6,8 @@
 //              in reverse order, so that another block finishes each request)
 //   ids.bin num.bin target.bin [draft.bin] temp.bin top_k.bin top_p.bin flags.bin
 //   [uniforms.bin | seeds.bin offsets.bin]
-// and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]).
+// and writes tokens.bin (int64 [B, K+1]), num_out.bin (int64 [B]), status.bin (int32 [B]) and
+// radix_rows.txt (the split kernel's 16-bit rows that left the histogram path).
 #include "cuda_host.h"
 
 #include <functional>
@@ -88,6 +89,10 @@ static void run(const std::string& dir, long long B, int K, long long V, int tl,
   write_array(dir + "/tokens.bin", tokens, tokens.size());
   write_array(dir + "/num_out.bin", out_num, out_num.size());
   write_array(dir + "/status.bin", status, status.size());
+  if (FILE* f = std::fopen((dir + "/radix_rows.txt").c_str(), "w")) {
+    std::fprintf(f, "%lld\n", emu_serving_radix_rows);
+    std::fclose(f);
+  }
 }
 
 int main(int argc, char** argv) {
