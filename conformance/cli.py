@@ -97,6 +97,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.quiet:
         print("\n".join(summary_lines(outcome.results)))
+    elif args.jobs > 1 or args.time_budget is not None:
+        # each process printed its own part; the whole run's table last
+        print("===== all =====")
+        print("\n".join(summary_lines(outcome.results)))
     for name, reason in outcome.unavailable_requested.items():
         print(
             f"specsample conform: backend {name!r} could not be checked: {reason}", file=sys.stderr

@@ -202,6 +202,9 @@ def _units(
     return units
 
 
+_WRITTEN = "results written to "  # the line conformance/cli.py prints after --json
+
+
 def _run_parallel(
     names: list[str],
     level: str,
@@ -296,7 +299,11 @@ def _run_parallel(
                     name = units[index][0]
                     proc, path, log, t0 = running.pop(index)
                     log.seek(0)
-                    output = log.read()
+                    # (the child's own "results written to" line names a file of this run's
+                    # temporary folder: not the user's)
+                    output = "".join(
+                        line for line in log.readlines() if not line.startswith(_WRITTEN + tmp)
+                    )
                     log.close()
                     checks = _read_checks(path, name)
                     if proc.returncode in (2, 3, 4) or checks is None:

@@ -272,3 +272,17 @@ def test_parallel_children_share_out_the_cpu_threads(monkeypatch):
     assert child_env(32)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert child_env(4)["OMP_NUM_THREADS"] == "3"  # the user's choice wins
+
+
+def test_parallel_run_ends_with_the_whole_table(tmp_path):
+    """Without -q, -j prints each process's block and then one table for the whole run; the
+    children's temporary result files are not shown."""
+    env = {**os.environ, "SPECSAMPLE_PLUGINS": ""}
+    cmd = [sys.executable, "-m", "specsample", "conform", "--backend", "torch-vectorized"]
+    cmd += ["--checks", "contract.padding,block.exact", "-j", "2", "--no-progress"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "specsample-conform-" not in out.stdout
+    whole = out.stdout.split("===== all =====")[-1].splitlines()
+    row = next(line.split() for line in whole if line.startswith("torch-vectorized"))
+    assert row[1:5] == ["2", "0", "0", "0"]
