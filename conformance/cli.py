@@ -97,8 +97,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.quiet:
         print("\n".join(summary_lines(outcome.results)))
-    elif args.jobs > 1 or args.time_budget is not None:
-        # each process printed its own part; the whole run's table last
+    elif outcome.in_processes:  # the processes printed their own parts: the whole run's last
         print("===== all =====")
         print("\n".join(summary_lines(outcome.results)))
     for name, reason in outcome.unavailable_requested.items():

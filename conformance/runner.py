@@ -29,6 +29,7 @@ class ConformanceRun:
     results: dict[str, Any]
     exit_code: int  # pytest's exit code (0 when no backend could run)
     unavailable_requested: dict[str, str]
+    in_processes: bool = False  # each process printed its own part (jobs > 1 or a time budget)
 
     @property
     def ok(self) -> bool:
@@ -80,7 +81,8 @@ def run(
     code = 0
     if progress is None:
         progress = quiet and sys.stderr.isatty()
-    if available and (jobs > 1 or time_budget is not None):
+    in_processes = bool(available) and (jobs > 1 or time_budget is not None)
+    if in_processes:
         tested, code = _run_parallel(
             available, level, pytest_args, quiet, jobs, progress, time_budget
         )
@@ -120,7 +122,7 @@ def run(
     if json_path:
         write(json_path, results)
     requested_missing = unavailable if backends else {}
-    return ConformanceRun(results, code, requested_missing)
+    return ConformanceRun(results, code, requested_missing, in_processes)
 
 
 #: Checks that take minutes at the full level: each runs in a process of its own when a

@@ -1,7 +1,7 @@
-"""The serving kernels of ``cuda-cpp`` and ``cupy`` (``csrc/kernel_serving.cuh``, and
-``csrc/kernel_serving_split.cuh``, the default; ``SPECSAMPLE_SERVING_SPLIT=0`` asks for the first:
-every test runs with each)
-against the float64 serving reference, token for token (GPU only; every test is marked ``gpu``).
+"""The serving kernels of ``cuda-cpp`` and ``cupy`` against the float64 serving reference, token
+for token (GPU only; every test is marked ``gpu``). Every test runs with each kernel:
+``csrc/kernel_serving_split.cuh`` (the default) and ``csrc/kernel_serving.cuh``
+(``SPECSAMPLE_SERVING_SPLIT=0``).
 
 The kernel's weights and sums are float64, so no request needs the float32 excuse of the
 conformance checks: status, tokens and counts must equal the reference's exactly.
