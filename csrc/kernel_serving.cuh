@@ -39,6 +39,10 @@ constexpr int kServingThreads = 512;
 constexpr int kServingWarps = kServingThreads / 32;
 constexpr int kServingDigits = 16;  // 4 key bits per radix pass
 constexpr int kServingLevels = 8;   // 32 key bits
+// The last token's draw (serving_draw_last): at most this many units per row, and this many
+// vectors of each row in flight per lane.
+constexpr int kServingDrawUnits = 256;
+constexpr int kServingDrawLoads = 4;
 
 // coin sources
 constexpr int kServingCoinsUniforms = 0;   // explicit [B, K+1] float32
@@ -55,6 +59,7 @@ struct ServingSmem {
   float top[kMaxK + 1];
   float dtop[kMaxK + 1];
   i64 amax[kMaxK + 1];
+  double units[kServingDrawUnits];  // the last draw's unit sums (serving_draw_last)
 };
 
 // The ordered key of a float32 value (not NaN): a < b iff key(a) < key(b).
@@ -124,6 +129,30 @@ __device__ __forceinline__ double serving_block_sum(double x, ServingSmem& sm) {
   for (int w = 0; w < nw; ++w) s += sm.red[w][0];
   __syncthreads();
   return s;
+}
+
+// Exclusive prefix sum over the threads in index order (the lanes by shuffles, then the warps in
+// order) and the block's total in `total`, the same additions every run.
+__device__ __forceinline__ double serving_block_prefix(double x, double& total, ServingSmem& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  double incl = x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const double up = __shfl_up_sync(0xffffffffu, incl, 1);
+  const double excl = lane > 0 ? up : 0.0;
+  if (lane == 31) sm.red[warp][0] = incl;
+  __syncthreads();
+  double before = 0.0, t = 0.0;
+  for (int w = 0; w < nw; ++w) {
+    if (w == warp) before = t;
+    t += sm.red[w][0];
+  }
+  __syncthreads();
+  total = t;
+  return before + excl;
 }
 
 __device__ __forceinline__ u32 serving_block_or(u32 x, ServingSmem& sm) {
@@ -454,63 +483,139 @@ __device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool align
 }
 
 // Step 5: the last token, drawn from row tau: the residual max(0, q' - p') (q' when that sums to
-// zero; `residual` false: the bonus row q'), summed in float64, then the inverse CDF tile by tile
-// (smallest j with cumsum(r)[j] > coin * sum(r), never a zero-weight token; a threshold rounded
-// past the end takes the last positive token). d_row is the draft row tau (null without one).
+// zero; `residual` false: the bonus row q'), summed in float64, then the inverse CDF (smallest j
+// with cumsum(r)[j] > coin * sum(r), never a zero-weight token; a threshold rounded past the end
+// takes the last positive token). d_row is the draft row tau (null without one).
+//
+// One pass over the row with every lane keeping kServingDrawLoads vectors of each row in flight:
+// the row is cut into at most kServingDrawUnits units of consecutive vectors, each warp sums its
+// units (a lane's vectors in float64, then the warp in a fixed order) into sm.units, and the
+// inverse CDF runs on those sums; only the unit where the threshold is crossed is read again.
+// (Walking the row tile by tile, a block reduction per tile with one load per lane in flight,
+// took tens of microseconds for one row.)
 template <typename T, typename Probs>
-__device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDist& qd,
+__device__ __noinline__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDist& qd,
                                  const Probs& probs, bool has_draft, i64 x_tau, bool residual,
                                  float coin, i64 V, bool aligned, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;
-  const int tid = threadIdx.x;
+  constexpr int L = kServingDrawLoads;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
   const i64 nvec = (V + N - 1) / N;
-  // r = max(0, q' - p') needs p' only where q' > 0: the draft row's vector is read only when one
-  // of the target vector's elements has mass (under top-k / top-p, few do)
-  auto elems = [&](i64 g, double* r) {
+  // a unit: `per_unit` consecutive vectors, a multiple of 32 * L (one round of loads per warp)
+  const i64 round = 32 * L;
+  i64 per_unit = (nvec + kServingDrawUnits - 1) / kServingDrawUnits;
+  per_unit = (per_unit + round - 1) / round * round;
+  const int units = (int)((nvec + per_unit - 1) / per_unit);
+  // The draft row's vector is read only where the target vector has mass: r = max(0, q' - p')
+  // needs p' only where q' > 0, and under top-k / top-p few elements have it.
+  auto has_mass = [&](const uint4& raw, i64 g) {
+    float vq[N];
+    VecTraits<T>::unpack(raw, vq);
+    bool any = false;
+#pragma unroll
+    for (int e = 0; e < N; ++e) any |= g * N + e < V && serving_key(vq[e]) >= qd.cut;
+    return any && qd.z > 0.0;
+  };
+  auto values = [&](i64 g, const uint4& raw_q, const uint4& raw_d, double* r) {
     float vq[N], vd[N];
-    VecTraits<T>::unpack(load_raw<T>(q_row, g, V, aligned), vq);
-    bool any_mass = false;
-#pragma unroll
-    for (int e = 0; e < N; ++e) {
-      const i64 j = g * N + e;
-      any_mass |= j < V && serving_key(vq[e]) >= qd.cut && qd.z > 0.0;
-    }
-    if (d_row != nullptr && residual && any_mass) {
-      VecTraits<T>::unpack(load_raw<T>(d_row, g, V, aligned), vd);
-    } else {
-#pragma unroll
-      for (int e = 0; e < N; ++e) vd[e] = 0.0f;
-    }
+    VecTraits<T>::unpack(raw_q, vq);
+    VecTraits<T>::unpack(raw_d, vd);
 #pragma unroll
     for (int e = 0; e < N; ++e) {
       const i64 j = g * N + e;
       r[e] = j < V ? serving_last(vq[e], vd[e], j, probs, has_draft, x_tau, residual) : 0.0;
     }
   };
-  double total = 0.0;
-  for (int pass = 0; pass < 2; ++pass) {
-    double acc = 0.0;
-    for (i64 g = tid; g < nvec; g += blockDim.x) {
-      double r[N];
-      elems(g, r);
+  // r of this lane's vectors g0, g0 + 32, ... (L of them), summed in float64
+  auto lane_sum = [&](i64 g0) {
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    uint4 rq[L], rd[L];
 #pragma unroll
-      for (int e = 0; e < N; ++e) acc += r[e];
+    for (int i = 0; i < L; ++i) {
+      const i64 g = g0 + 32 * i;
+      rq[i] = g < nvec ? load_raw<T>(q_row, g, V, aligned) : zero;
     }
-    total = serving_block_sum(acc, sm);
+#pragma unroll
+    for (int i = 0; i < L; ++i) {
+      const i64 g = g0 + 32 * i;
+      const bool need = d_row != nullptr && residual && g < nvec && has_mass(rq[i], g);
+      rd[i] = need ? load_raw<T>(d_row, g, V, aligned) : zero;
+    }
+    double acc = 0.0;
+#pragma unroll
+    for (int i = 0; i < L; ++i) {
+      float vq[N], vd[N];
+      VecTraits<T>::unpack(rq[i], vq);
+      VecTraits<T>::unpack(rd[i], vd);
+#pragma unroll
+      for (int e = 0; e < N; ++e) {
+        const i64 j = (g0 + 32 * i) * N + e;
+        if (j < V) acc += serving_last(vq[e], vd[e], j, probs, has_draft, x_tau, residual);
+      }
+    }
+    return acc;
+  };
+
+  double total = 0.0, before = 0.0;  // before: this thread's exclusive prefix of the unit sums
+  int first_u = 0, last_u = 0;       // this thread's units [first_u, last_u)
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int u = warp; u < units; u += nw) {
+      double acc = 0.0;
+      for (i64 g0 = (i64)u * per_unit + lane; g0 < (i64)(u + 1) * per_unit; g0 += round) {
+        acc += lane_sum(g0);
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) sm.units[u] = acc;
+    }
+    __syncthreads();
+    // the total, in unit order: thread t sums units [first_u, last_u), then a block scan
+    first_u = (int)((i64)units * tid / (int)blockDim.x);
+    last_u = (int)((i64)units * (tid + 1) / (int)blockDim.x);
+    double mine = 0.0;
+    for (int u = first_u; u < last_u; ++u) mine += sm.units[u];
+    before = serving_block_prefix(mine, total, sm);
     if (!(residual && !(total > 0.0))) break;
     residual = false;  // an empty residual falls back to q'
   }
 
-  // The inverse CDF, tile by tile (a tile: one vector per thread, in index order).
+  // the unit where the threshold is crossed (else, rounding, the last unit with mass)
   const double thr = (double)coin * total;
-  const int lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
-  double running = 0.0;
+  int cross_u = units, last_mass_u = -1;
+  double run = before, cross_before = 0.0, last_mass_before = 0.0;
+  for (int u = first_u; u < last_u; ++u) {
+    const double s = sm.units[u];
+    if (s > 0.0) {
+      if (cross_u == units && run + s > thr) {
+        cross_u = u;
+        cross_before = run;
+      }
+      last_mass_u = u;
+      last_mass_before = run;
+    }
+    run += s;
+  }
+  // (the block reductions' barriers also end every thread's reads of sm.units)
+  const int cu = (int)serving_block_min((i64)cross_u, sm);
+  const int lu = cu == units ? (int)serving_block_max((i64)last_mass_u, sm) : cu;
+  if (lu < 0) return 0;  // no mass at all (the callers rule that out)
+  if (cu != units ? cross_u == cu : last_mass_u == lu) {
+    sm.units[0] = cu != units ? cross_before : last_mass_before;  // the prefix before the unit
+  }
+  __syncthreads();
+  cross_before = sm.units[0];
+  cross_u = lu;
+
+  // that unit, tile by tile (one vector per thread, in index order)
+  const i64 u_end = (i64)(cross_u + 1) * per_unit < nvec ? (i64)(cross_u + 1) * per_unit : nvec;
+  double running = cross_before;
   i64 token = -1, last_pos = -1;
-  for (i64 g0 = 0; g0 < nvec; g0 += blockDim.x) {
+  for (i64 g0 = (i64)cross_u * per_unit; g0 < u_end; g0 += blockDim.x) {
     const i64 g = g0 + tid;
     double r[N];
-    if (g < nvec) {
-      elems(g, r);
+    if (g < u_end) {
+      const uint4 raw_q = load_raw<T>(q_row, g, V, aligned);
+      const bool need = d_row != nullptr && residual && has_mass(raw_q, g);
+      values(g, raw_q, need ? load_raw<T>(d_row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u), r);
     } else {
 #pragma unroll
       for (int e = 0; e < N; ++e) r[e] = 0.0;
@@ -522,28 +627,14 @@ __device__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDi
       s += r[e];
       if (r[e] > 0.0) pos = g * N + e;
     }
-    // inclusive scan of the thread sums over the warp, then over the warps in order
-    double incl = s;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const double y = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += y;
-    }
-    if (lane == 31) sm.red[warp][0] = incl;
-    __syncthreads();
-    double before = running, tile = 0.0;
-    for (int w = 0; w < nw; ++w) {
-      if (w == warp) before += tile;
-      tile += sm.red[w][0];
-    }
-    double c = before + (incl - s);
+    double tile;
+    double c = running + serving_block_prefix(s, tile, sm);
     i64 cross = (i64)1 << 62;
 #pragma unroll
     for (int e = 0; e < N; ++e) {
       c += r[e];
       if (r[e] > 0.0 && c > thr && cross == ((i64)1 << 62)) cross = g * N + e;
     }
-    __syncthreads();
     cross = serving_block_min(cross, sm);
     const i64 tile_last = serving_block_max(pos, sm);
     if (tile_last >= 0) last_pos = tile_last;

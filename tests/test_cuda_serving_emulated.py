@@ -366,3 +366,27 @@ def test_last_row_beyond_the_probability_tables(program, tmp_path):
     last = tokens[torch.arange(B), num - 1]
     values = logits[torch.arange(B), num - 1, last].float()
     assert (values < 0).any()
+
+
+def test_last_draw_over_units_of_several_rounds(program, tmp_path):
+    """The last token's draw sums the row in at most 256 units of consecutive vectors, then reads
+    again only the unit where the threshold is crossed. V = 300,000 bfloat16 values make a unit
+    two rounds of a warp's loads (256 vectors) and, at 64 threads, four tiles when it is read
+    again; every request samples its last token from the residual or the bonus row."""
+    g = torch.Generator().manual_seed(15)
+    B, K, V = 3, 1, 300_000
+    logits = (torch.randn(B, K + 1, V, generator=g) * 2).to(torch.bfloat16)
+    draft = (logits[:, :K].float() + 0.5 * torch.randn(B, K, V, generator=g)).to(torch.bfloat16)
+    # request 0 drafts the target's argmax; 1 and 2 its smallest value, outside their top-p
+    ids = torch.stack([logits[0, 0].float().argmax(), *logits[1:, 0].float().argmin(-1)])[:, None]
+    kwargs = {
+        "target_logits": logits,
+        "draft_logits": draft,
+        "temperature": torch.tensor([1.0, 0.8, 1.5]),
+        "top_p": torch.tensor([1.0, 0.95, 0.9]),
+        "top_k": torch.zeros(B, dtype=torch.int64),
+        "uniforms": torch.tensor([[0.001, 0.999], [0.5, 0.37], [0.5, 0.001]]),
+    }
+    tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+    assert (status == 0).all()
+    assert num.tolist() == [2, 1, 1]  # the bonus row, then two residual draws
