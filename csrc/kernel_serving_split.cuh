@@ -242,11 +242,15 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
   auto weight = [&](u32 key) -> double {
     return serving_weight(serving_key16_value<T>(key), top, temp, logits);
   };
+  // Most threads' keys are all unused (a row's values fill a few binades: a few warps' ranges),
+  // and the passes below skip them, so the warps with nothing to count skip whole passes.
+  u32 used = 0;
+  for (int i = 0; i < W; ++i) used |= hist[serving_hist_index(w0 + (u32)i)];
 
   // top-k's cut: the k-th largest value (a k beyond the values with mass keeps them all)
   u32 floor_key = 0;  // 0: no top-k cut (key 0 is a NaN's, never counted here)
   i64 mine = 0;
-  if (top_k > 0 && top_k < V) {
+  if (top_k > 0 && top_k < V && used) {
     for (int i = 0; i < W; ++i) {
       const u32 word = hist[serving_hist_index(w0 + (u32)i)];
       mine += (word & 0xffffu) + (word >> 16);
@@ -280,7 +284,7 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
   // be in use, 128 dependent weights on one thread). With more distinct values than the list
   // holds, each thread visits its own keys instead.
   int nz = 0;
-  for (int i = 0; i < W; ++i) {
+  for (int i = 0; i < W && used; ++i) {
     const u32 word = hist[serving_hist_index(w0 + (u32)i)];
     const u32 key = 2u * (w0 + (u32)i);
     nz += ((word & 0xffffu) != 0 && key >= floor_key) + ((word >> 16) != 0 && key + 1u >= floor_key);
@@ -293,7 +297,7 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
   i64 lo = 0, hi = 0;  // this thread's slice of the list
   if (listed) {
     i64 pos = first;
-    for (int i = W - 1; i >= 0; --i) {
+    for (int i = W - 1; i >= 0 && used; --i) {
       for (int half = 1; half >= 0; --half) {
         const u32 cnt = count_of(i, half);
         const u32 key = 2u * (w0 + (u32)i) + (u32)half;
@@ -314,7 +318,7 @@ __device__ void serving_hist_dist(const u32* hist, i64 V, float top, double temp
       }
       return;
     }
-    for (int i = W - 1; i >= 0; --i) {
+    for (int i = W - 1; i >= 0 && used; --i) {
       for (int half = 1; half >= 0; --half) {
         const u32 cnt = count_of(i, half);
         const u32 key = 2u * (w0 + (u32)i) + (u32)half;
