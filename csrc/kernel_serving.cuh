@@ -492,7 +492,8 @@ __device__ __forceinline__ void serving_scan_row(const T* row, i64 V, bool align
 // units (a lane's vectors in float64, then the warp in a fixed order) into sm.units, and the
 // inverse CDF runs on those sums; only the unit where the threshold is crossed is read again.
 // (Walking the row tile by tile, a block reduction per tile with one load per lane in flight,
-// took tens of microseconds for one row.)
+// made the draw a chain of a few dozen dependent steps on one SM.) Out of line: inlined, the
+// loads in flight push the kernels past 128 registers into spills.
 template <typename T, typename Probs>
 __device__ __noinline__ i64 serving_draw_last(const T* q_row, const T* d_row, const ServingDist& qd,
                                  const Probs& probs, bool has_draft, i64 x_tau, bool residual,
