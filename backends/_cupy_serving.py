@@ -72,7 +72,7 @@ class _ServingModule:
                 d: self.module.get_function(lowered[n]) for d, n in split_names.items()
             }
             # the 16-bit split kernels need more shared memory than pre-Hopper GPUs give a block
-            # (16 KB over the dynamic bytes: room for their 10 KB of static shared memory)
+            # (16 KB over the dynamic bytes: room for their 12 KB of static shared memory)
             self.split_ok = int(props.get("sharedMemPerBlockOptin", 0)) >= DYNAMIC_BYTES + (
                 16 << 10
             )

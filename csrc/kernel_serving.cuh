@@ -527,7 +527,8 @@ __device__ __noinline__ i64 serving_draw_last(const T* q_row, const T* d_row, co
       r[e] = j < V ? serving_last(vq[e], vd[e], j, probs, has_draft, x_tau, residual) : 0.0;
     }
   };
-  // r of this lane's vectors g0, g0 + 32, ... (L of them), summed in float64
+  // r of this lane's vectors g0, g0 + 32, ... (L of them), summed in float64 (added one by one:
+  // `values`' r[N] array here spills the ServingTableProbs instantiations)
   auto lane_sum = [&](i64 g0) {
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     uint4 rq[L], rd[L];
