@@ -1,5 +1,5 @@
 """``cupy``'s serving entry point: ``verify_serving_split_kernel`` (``csrc/kernel_serving_split.cuh``,
-one block per row, with this stream's workspace) or, under CUDA-graph capture, before Hopper or
+one or more blocks per row, with this stream's workspace) or, under CUDA-graph capture, before Hopper or
 with ``SPECSAMPLE_SERVING_SPLIT=0``, ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one
 block per request), compiled by NVRTC and launched on torch's current stream with raw device
 pointers.
@@ -25,6 +25,10 @@ COINS_UNIFORMS, COINS_SEEDS, COINS_GENERATOR = 0, 1, 2  # kServingCoins* in the 
 RECORD_WORDS = 4  # kServingRecordWords in csrc/kernel_serving_split.cuh: u64 per row record
 # kServingDynamicBytes: the split kernel's 16-bit histogram and its list of distinct keys
 DYNAMIC_BYTES = (32768 + 32768 // 64) * 4 + 10240 * 8
+# kServingChunkMax / kServingChunkRowStride: blocks per counted row at most, and the u32 words of
+# one row's space when a row has several (section 1b of the split kernel)
+CHUNK_MAX = 8
+CHUNK_ROW_WORDS = 32768 + 32
 # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES (CUDA driver API enum CUfunction_attribute)
 _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 
@@ -37,6 +41,27 @@ def split_requested() -> bool:
     """The split kernel unless ``SPECSAMPLE_SERVING_SPLIT=0`` asks for the one-block kernel (read
     at every call, as the ``cuda-cpp`` op does)."""
     return os.environ.get("SPECSAMPLE_SERVING_SPLIT") != "0"
+
+
+def split_chunks(batch: int, num_draft: int, vocab: int, element_size: int, num_sms: int) -> int:
+    """Blocks per counted row of the split kernel (``csrc/kernel_serving_split.cuh``, section 1b),
+    as the ``cuda-cpp`` op chooses them: ``SPECSAMPLE_SERVING_CHUNKS=N`` (read at every call)
+    gives N (at most 8; anything but a positive integer is an error); otherwise, for 16-bit rows when the batch's ``B * (2K+1)`` rows
+    fill at most half the SMs, as many as fill them, at most 8, each with at least 1024 16-byte
+    vectors of the row; else 1. float32 rows always take 1."""
+    if element_size != 2:
+        return 1
+    forced = os.environ.get("SPECSAMPLE_SERVING_CHUNKS", "")
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise ValueError(
+                f"SPECSAMPLE_SERVING_CHUNKS must be a positive integer, got {forced!r}"
+            )
+        return min(int(forced), CHUNK_MAX)
+    rows = batch * (2 * num_draft + 1)
+    if 2 * rows > num_sms:
+        return 1
+    return min(CHUNK_MAX, num_sms // rows, max((vocab + 7) // 8 // 1024, 1))
 
 
 def kernel_names() -> dict[str, str]:
@@ -76,6 +101,7 @@ class _ServingModule:
             self.split_ok = int(props.get("sharedMemPerBlockOptin", 0)) >= DYNAMIC_BYTES + (
                 16 << 10
             )
+            self.num_sms = int(props["multiProcessorCount"])
             if self.split_ok:
                 for dtype in ("float16", "bfloat16"):
                     cupy.cuda.driver.funcSetAttribute(
@@ -182,11 +208,20 @@ def launch_serving(inputs: Any) -> tuple[Any, Any, Any]:
     )  # fmt: skip
     if split:
         rows = 2 * K + 1
-        ws_ptr, count_ptr = _split_workspace(device_id, stream_ptr, B * rows * RECORD_WORDS, B)
+        chunks = split_chunks(B, K, V, elem, mod.num_sms)
+        # the request counters, then (16-byte aligned) the rows' space when rows have several blocks
+        rows_at = (B + 3) // 4 * 4
+        counters = rows_at + B * rows * CHUNK_ROW_WORDS if chunks > 1 else B
+        ws_ptr, count_ptr = _split_workspace(
+            device_id, stream_ptr, B * rows * RECORD_WORDS, counters
+        )
+        rows_ptr = count_ptr + 4 * rows_at if chunks > 1 else 0
         smem = DYNAMIC_BYTES if elem == 2 else 0
         with cupy.cuda.Device(device_id), _external_stream(stream_ptr, device_id):
             mod.split_kernels[dtype](
-                (B, rows), (SERVING_THREADS,), (*args, np.uint64(ws_ptr), np.uint64(count_ptr)),
+                (B, rows, chunks), (SERVING_THREADS,),
+                (*args, np.uint64(ws_ptr), np.uint64(count_ptr), np.uint64(rows_ptr),
+                 np.int32(chunks)),
                 shared_mem=smem,
             )  # fmt: skip
     else:

@@ -424,28 +424,34 @@ __device__ __forceinline__ u32 serving_ids_coins(const void* ids, int ids64, int
   return bad;
 }
 
-// Calls f(g, raw) for every 16-byte vector g of `row` this thread owns (strided over the block,
-// in increasing g), eight vectors requested before any is used.
+// Calls f(g, raw) for every 16-byte vector g in [g_lo, g_hi) of `row` this thread owns (strided
+// over the block, in increasing g), eight vectors requested before any is used.
 template <typename T, typename F>
-__device__ __forceinline__ void serving_row_vectors(const T* row, i64 V, bool aligned, F&& f) {
-  constexpr int N = VecTraits<T>::N;
+__device__ __forceinline__ void serving_row_vectors_in(const T* row, i64 V, bool aligned, i64 g_lo,
+                                                       i64 g_hi, F&& f) {
   constexpr int L = 8;
-  const i64 nvec = (V + N - 1) / N;
   const i64 step = blockDim.x;
-  for (i64 g0 = threadIdx.x; g0 < nvec; g0 += L * step) {
+  for (i64 g0 = g_lo + threadIdx.x; g0 < g_hi; g0 += L * step) {
     uint4 raw[L];
 #pragma unroll
     for (int l = 0; l < L; ++l) {
       const i64 g = g0 + l * step;
-      raw[l] = g < nvec ? load_raw<T>(row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u);
+      raw[l] = g < g_hi ? load_raw<T>(row, g, V, aligned) : make_uint4(0u, 0u, 0u, 0u);
     }
 #pragma unroll
     for (int l = 0; l < L; ++l) {
       const i64 g = g0 + l * step;
-      if (g >= nvec) break;
+      if (g >= g_hi) break;
       f(g, raw[l]);
     }
   }
+}
+
+// The same over the whole row.
+template <typename T, typename F>
+__device__ __forceinline__ void serving_row_vectors(const T* row, i64 V, bool aligned, F&& f) {
+  constexpr int N = VecTraits<T>::N;
+  serving_row_vectors_in(row, V, aligned, 0, (V + N - 1) / N, f);
 }
 
 // Step 2 for one row: its bad values (`bad_bit`), NaN, maximum and the first index holding it,

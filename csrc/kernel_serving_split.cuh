@@ -144,14 +144,14 @@ __device__ __forceinline__ u32 serving_key16_pinf() {
   return serving_is_bf16<T>() ? 0xff80u : 0xfc00u;
 }
 
-// Counts every element of the row into `hist` (zeroed) by its 16-bit key, except the row's
-// no-mass value (-inf logits, +-0.0 probabilities: key `special`), which each thread counts
-// apart; returns the block's count of those. Per element: the key, one compare, one shared-memory
+// Counts every element of the row's 16-byte vectors [g_lo, g_hi) into `hist` (zeroed) by its
+// 16-bit key, except the row's no-mass value (-inf logits, +-0.0 probabilities: key `special`),
+// which each thread counts apart; returns the block's count of those. Per element: the key, one compare, one shared-memory
 // atomic (adding 0 for the no-mass value: no branch in the loop). The checks and the maximum are
 // read off the counts afterwards (serving_hist_summary).
 template <typename T>
-__device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, u32 special,
-                                                 u32* hist, ServingSmem& sm) {
+__device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, i64 g_lo,
+                                                 i64 g_hi, u32 special, u32* hist, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;  // 8
   u32 apart = 0;
   auto count = [&](u32 h) {
@@ -160,7 +160,7 @@ __device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool align
     apart += no_mass ? 1u : 0u;
     atomicAdd(hist + serving_hist_index(key >> 1), no_mass ? 0u : 1u << (16u * (key & 1u)));
   };
-  serving_row_vectors(row, V, aligned, [&](i64 g, const uint4& raw) {
+  serving_row_vectors_in(row, V, aligned, g_lo, g_hi, [&](i64 g, const uint4& raw) {
     const u32 w4[4] = {raw.x, raw.y, raw.z, raw.w};
     if (g * N + N <= V) {  // every vector but a short last one
 #pragma unroll
@@ -220,6 +220,85 @@ __device__ ServingHistSummary serving_hist_summary(const u32* hist, i64 counted,
   const u32 t = (u32)serving_block_max((i64)top, sm);
   r.top_key = t == 0 ? kServingNoKey : t;
   return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1b. A row counted by several blocks
+// ---------------------------------------------------------------------------------------------
+// A batch with fewer rows than the GPU has SMs would leave most SMs idle while one block per row
+// counts 128K elements. The launcher then gives every row `chunks` blocks (grid z): block c
+// counts its share of the row's vectors into its own histogram, adds the nonzero words into the
+// row's histogram in global memory and marks the 64-word segments it touched; the block that
+// arrives last copies the marked segments into its shared memory, leaves the global words zeroed,
+// and goes on as the row's only block would. The counts are integers, so the merged histogram is
+// the same whichever block arrives last. Rows that are not counted by value take one block (c = 0).
+//
+// The rows' space (ws_rows, zeroed by the launcher, left zeroed): per row of the batch
+// (request-major), kServingHistWords words of histogram, then the arrival counter, the count of
+// no-mass elements and kServingChunkMaskWords words of segment bits, padded to
+// kServingChunkRowStride words.
+constexpr int kServingChunkMax = 8;
+constexpr int kServingChunkSegments = kServingHistWords / 64;
+constexpr int kServingChunkMaskWords = kServingChunkSegments / 32;
+constexpr int kServingChunkRowStride = kServingHistWords + 32;
+
+struct ServingChunkRow {
+  u32* hist;
+  u32* arrivals;
+  u32* apart;
+  u32* mask;
+};
+
+__device__ __forceinline__ ServingChunkRow serving_chunk_row(u32* ws_rows, i64 r) {
+  u32* base = ws_rows + r * kServingChunkRowStride;
+  return {base, base + kServingHistWords, base + kServingHistWords + 1, base + kServingHistWords + 2};
+}
+
+// This block's counts into the row's histogram in global memory (one atomic per nonzero word),
+// and the bits of the segments they touch.
+__device__ __forceinline__ void serving_chunk_flush(const u32* hist, const ServingChunkRow& g) {
+  const int W = kServingHistWords / (int)blockDim.x;  // a multiple of 64 (at most 512 threads)
+  const u32 w0 = (u32)threadIdx.x * (u32)W;
+  for (int s0 = 0; s0 < W; s0 += 64) {
+    u32 any = 0;
+    for (int i = s0; i < s0 + 64; ++i) {
+      const u32 word = hist[serving_hist_index(w0 + (u32)i)];
+      if (word != 0) atomicAdd(g.hist + w0 + i, word);
+      any |= word;
+    }
+    const u32 seg = (w0 + (u32)s0) >> 6;
+    if (any) atomicOr(g.mask + (seg >> 5), 1u << (seg & 31u));
+  }
+}
+
+// The last block of a row: the row's counts into `hist` (its own are among them) and the global
+// words zeroed for the next call; returns the row's count of no-mass elements.
+__device__ __forceinline__ i64 serving_chunk_take(u32* hist, const ServingChunkRow& g) {
+  const int W = kServingHistWords / (int)blockDim.x;
+  const u32 w0 = (u32)threadIdx.x * (u32)W;
+  for (int s0 = 0; s0 < W; s0 += 64) {
+    const u32 seg = (w0 + (u32)s0) >> 6;
+    // an unmarked segment: no block counted there, this one's words are zero as well
+    if (!((__ldcg(g.mask + (seg >> 5)) >> (seg & 31u)) & 1u)) continue;
+    uint4* src = reinterpret_cast<uint4*>(g.hist + w0 + s0);
+#pragma unroll 4
+    for (int j = 0; j < 16; ++j) {
+      const uint4 v = __ldcg(src + j);
+      __stcg(src + j, make_uint4(0u, 0u, 0u, 0u));
+      const u32 w = w0 + (u32)s0 + 4u * (u32)j;  // the 4 words share a segment: no padding between
+      u32* dst = hist + serving_hist_index(w);
+      dst[0] = v.x;
+      dst[1] = v.y;
+      dst[2] = v.z;
+      dst[3] = v.w;
+    }
+  }
+  const i64 apart = (i64)__ldcg(g.apart);
+  __syncthreads();  // every thread has read the bits and the count
+  if ((int)threadIdx.x < kServingChunkMaskWords) g.mask[threadIdx.x] = 0u;
+  if (threadIdx.x == 0) *g.apart = 0u;
+  __syncthreads();  // the histogram is complete
+  return apart;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,11 +557,13 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
                                      const int* param_flags, const ServingCoins& coins,
                                      i64* out_tokens, i64* out_num, int* out_status, i64 V, int K,
                                      bool tlogits, bool has_draft, bool dlogits, bool aligned,
-                                     u64* ws, u32* ws_count, ServingSplitSmem& sp) {
+                                     u64* ws, u32* ws_count, u32* ws_rows, int chunks,
+                                     ServingSplitSmem& sp) {
   constexpr bool kHist = VecTraits<T>::N == 8;  // 16-bit types
   ServingSmem& sm = sp.base;
   const i64 b = blockIdx.x;
   const int s = (int)blockIdx.y;
+  const int chunk = (int)blockIdx.z;
   const int tid = threadIdx.x;
   const int nd = (int)__ldg(num_draft + b);
   const float temp_f = __ldg(temperature + b);
@@ -498,6 +579,9 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
   const bool is_target = s <= K;
   const int k = is_target ? s : s - K - 1;
   const bool owned = is_target ? k <= nd : (!greedy && has_draft && k < nd);
+  // counted by value (section 1) by `chunks` blocks (section 1b); every other row by block 0
+  const bool chunked = kHist && owned && !greedy && (is_target || dlogits) && chunks > 1;
+  if (!chunked && chunk != 0) return;
   if (owned) {
     const T* row = is_target ? q_base + (i64)k * V : d_base + (i64)k * V;
     const bool logits = is_target ? tlogits : dlogits;
@@ -519,7 +603,30 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
       __syncthreads();
       // the no-mass value: -inf logits, +-0.0 probabilities
       const u32 special = logits ? (~(serving_key16_bits(serving_key16_pinf<T>()) | 0x8000u) & 0xffffu) : 0x8000u;
-      const i64 apart = serving_count_row(row, V, aligned, special, hist, sm);
+      const i64 nvec = (V + VecTraits<T>::N - 1) / VecTraits<T>::N;
+      i64 apart;
+      if (chunked) {
+        const i64 per = (nvec + chunks - 1) / chunks;
+        const i64 g_lo = (i64)chunk * per < nvec ? (i64)chunk * per : nvec;
+        const i64 g_hi = g_lo + per < nvec ? g_lo + per : nvec;
+        const i64 mine = serving_count_row(row, V, aligned, g_lo, g_hi, special, hist, sm);
+        const ServingChunkRow g = serving_chunk_row(ws_rows, b * (2 * K + 1) + s);
+        serving_chunk_flush(hist, g);
+        if (tid == 0 && mine != 0) atomicAdd(g.apart, (u32)mine);
+        __threadfence();  // this block's counts are in before its arrival is
+        __syncthreads();
+        if (tid == 0) {
+          const u32 seen = atomicAdd(g.arrivals, 1u);
+          sp.is_last = seen == (u32)(chunks - 1) ? 1 : 0;
+          if (sp.is_last) *g.arrivals = 0u;
+        }
+        __syncthreads();
+        if (!sp.is_last) return;
+        __threadfence();  // acquire: the other blocks' counts, announced by their arrivals
+        apart = serving_chunk_take(hist, g);
+      } else {
+        apart = serving_count_row(row, V, aligned, 0, nvec, special, hist, sm);
+      }
       const ServingHistSummary h = serving_hist_summary<T>(hist, V - apart, logits, sm);
       if (h.complete) {
         bad = h.bad ? bad_bit : 0u;
@@ -645,9 +752,11 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
 }
 
 // ---------------------------------------------------------------------------------------------
-// Entry point: grid (B, 2K+1) of kServingThreads threads, kServingDynamicBytes of dynamic shared
-// memory for 16-bit types (none for float32). Parameters as verify_serving_kernel's, plus ws
-// (B * (2K+1) * kServingRecordWords u64) and ws_count (B zeroed u32, left zeroed).
+// Entry point: grid (B, 2K+1, chunks) of kServingThreads threads, kServingDynamicBytes of dynamic
+// shared memory for 16-bit types (none for float32). Parameters as verify_serving_kernel's, plus
+// ws (B * (2K+1) * kServingRecordWords u64), ws_count (B zeroed u32, left zeroed) and, with
+// chunks > 1 (16-bit types only), ws_rows (B * (2K+1) * kServingChunkRowStride zeroed u32, 16-byte
+// aligned, left zeroed; section 1b).
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 __global__ void __launch_bounds__(kServingThreads) verify_serving_split_kernel(
@@ -656,13 +765,14 @@ __global__ void __launch_bounds__(kServingThreads) verify_serving_split_kernel(
     const float* uniforms, const i64* seeds, const i64* offsets, u64 seed, u64 offset,
     const i64* seed_ptr, const i64* offset_ptr, u64 offset_intragraph, int captured, i64* out_tokens,
     i64* out_num, int* out_status, i64 V, int K, int target_logits, int has_draft, int draft_logits,
-    int coins, int aligned, u64* ws, u32* ws_count) {
+    int coins, int aligned, u64* ws, u32* ws_count, u32* ws_rows, int chunks) {
   __shared__ ServingSplitSmem sp;
   const ServingCoins c{coins,  uniforms,   seeds,      offsets,           seed,
                        offset, seed_ptr,   offset_ptr, offset_intragraph, captured};
   verify_serving_split<T>(ids, ids64, num_draft, target, draft, temperature, top_k, top_p,
                           param_flags, c, out_tokens, out_num, out_status, V, K, target_logits != 0,
-                          has_draft != 0, draft_logits != 0, aligned != 0, ws, ws_count, sp);
+                          has_draft != 0, draft_logits != 0, aligned != 0, ws, ws_count, ws_rows,
+                          chunks, sp);
 }
 
 }  // namespace specsample

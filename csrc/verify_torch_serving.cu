@@ -1,6 +1,7 @@
 // ---------------------------------------------------------------------------------------------
 // specsample::verify_serving: the serving entry point (docs/serving.md), one launch: the split
-// kernel (kernel_serving_split.cuh; (B, 2K+1) blocks, one per row, with this stream's workspace)
+// kernel (kernel_serving_split.cuh; (B, 2K+1, chunks) blocks: one or more per row, with this
+// stream's workspace)
 // or, under CUDA-graph capture, where a block cannot have its shared memory, or with
 // SPECSAMPLE_SERVING_SPLIT=0, the one-block kernel (kernel_serving.cuh; B blocks, no workspace).
 // Inputs are the validated padded layout of specsample.serving.ServingInputs (contiguous, on one
@@ -12,6 +13,7 @@
 // ---------------------------------------------------------------------------------------------
 #include "torch_common.cuh"
 
+#include <algorithm>
 #include <cstdlib>
 namespace specsample {
 namespace {
@@ -21,6 +23,27 @@ namespace {
 bool serving_split_requested() {
   const char* v = std::getenv("SPECSAMPLE_SERVING_SPLIT");
   return !(v != nullptr && v[0] == '0' && v[1] == '\0');
+}
+
+// Blocks per counted row of the split kernel (kernel_serving_split.cuh, section 1b); 1 for
+// float32. SPECSAMPLE_SERVING_CHUNKS=N (read at every call) gives N, at most kServingChunkMax;
+// otherwise, when the batch's rows fill at most half the SMs, as many as fill them, at most
+// kServingChunkMax, each with at least 1024 16-byte vectors of the row.
+// backends/_cupy_serving.py's split_chunks is the same rule.
+int serving_split_chunks(int64_t B, int64_t K, int64_t V, int64_t elem, int64_t sms) {
+  if (elem != 2) return 1;
+  const char* v = std::getenv("SPECSAMPLE_SERVING_CHUNKS");
+  if (v != nullptr && v[0] != '\0') {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    TORCH_CHECK(v[0] >= '0' && v[0] <= '9' && *end == '\0' && n >= 1,
+                "SPECSAMPLE_SERVING_CHUNKS must be a positive integer, got '", v, "'");
+    return (int)std::min<long>(n, kServingChunkMax);
+  }
+  const int64_t rows = B * (2 * K + 1);
+  if (2 * rows > sms) return 1;
+  const int64_t by_vectors = std::max<int64_t>((V + 7) / 8 / 1024, 1);
+  return (int)std::min<int64_t>({(int64_t)kServingChunkMax, sms / rows, by_vectors});
 }
 
 template <typename T>
@@ -60,7 +83,13 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
   };
   if (serving_split_requested() && !captured && fits() && !stream_is_capturing(stream)) {
     const int rows = 2 * K + 1;
-    auto ws = split_workspace(B * rows * kServingRecordWords, B, target.device(), stream);
+    const auto* prop = at::cuda::getCurrentDeviceProperties();
+    const int chunks = serving_split_chunks(B, K, V, (int64_t)sizeof(T), prop->multiProcessorCount);
+    // the request counters, then (16-byte aligned) the rows' space of section 1b
+    const int64_t rows_at = (B + 3) / 4 * 4;
+    const int64_t counters = chunks > 1 ? rows_at + B * rows * (int64_t)kServingChunkRowStride : B;
+    auto ws = split_workspace(B * rows * kServingRecordWords, counters, target.device(), stream);
+    u32* ws_rows = chunks > 1 ? ws.second + rows_at : nullptr;
     if (smem > 0) {
       static std::once_flag once;
       std::call_once(once, [smem] {
@@ -68,8 +97,9 @@ void launch_serving_typed(int64_t B, cudaStream_t stream, const at::Tensor& ids,
                                             cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
       });
     }
-    verify_serving_split_kernel<T><<<dim3((unsigned)B, (unsigned)rows), dim3(kServingThreads), smem, stream>>>(
-        SPECSAMPLE_SERVING_KERNEL_ARGS, ws.first, ws.second);
+    verify_serving_split_kernel<T>
+        <<<dim3((unsigned)B, (unsigned)rows, (unsigned)chunks), dim3(kServingThreads), smem, stream>>>(
+            SPECSAMPLE_SERVING_KERNEL_ARGS, ws.first, ws.second, ws_rows, chunks);
   } else {
     verify_serving_kernel<T><<<dim3((unsigned)B), dim3(kServingThreads), 0, stream>>>(
         SPECSAMPLE_SERVING_KERNEL_ARGS);

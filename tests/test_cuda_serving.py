@@ -1,7 +1,7 @@
 """The serving kernels of ``cuda-cpp`` and ``cupy`` against the float64 serving reference, token
 for token (GPU only; every test is marked ``gpu``). Every test runs with each kernel:
-``csrc/kernel_serving_split.cuh`` (the default) and ``csrc/kernel_serving.cuh``
-(``SPECSAMPLE_SERVING_SPLIT=0``).
+``csrc/kernel_serving_split.cuh`` (the default), the same with three blocks for every counted row
+(``SPECSAMPLE_SERVING_CHUNKS=3``) and ``csrc/kernel_serving.cuh`` (``SPECSAMPLE_SERVING_SPLIT=0``).
 
 The kernel's weights and sums are float64, so no request needs the float32 excuse of the
 conformance checks: status, tokens and counts must equal the reference's exactly.
@@ -24,13 +24,18 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(params=["one-block", "split"], autouse=True)
+@pytest.fixture(params=["one-block", "split", "split-chunks"], autouse=True)
 def serving_kernel(request, monkeypatch):
-    """Which serving kernel the backends launch outside graph capture (SPECSAMPLE_SERVING_SPLIT)."""
-    if request.param == "split":
-        monkeypatch.delenv("SPECSAMPLE_SERVING_SPLIT", raising=False)
-    else:
+    """Which serving kernel the backends launch outside graph capture (SPECSAMPLE_SERVING_SPLIT):
+    the split kernel with its own choice of blocks per row, or with three blocks for every counted
+    row whatever the batch (SPECSAMPLE_SERVING_CHUNKS=3), or the one-block kernel."""
+    monkeypatch.delenv("SPECSAMPLE_SERVING_CHUNKS", raising=False)
+    if request.param == "one-block":
         monkeypatch.setenv("SPECSAMPLE_SERVING_SPLIT", "0")
+    else:
+        monkeypatch.delenv("SPECSAMPLE_SERVING_SPLIT", raising=False)
+        if request.param == "split-chunks":
+            monkeypatch.setenv("SPECSAMPLE_SERVING_CHUNKS", "3")
     return request.param
 
 
@@ -278,7 +283,8 @@ def test_one_launch_and_graph_replay(name, serving_kernel):
     """One kernel per call (the split kernel when asked for, outside capture); under CUDA-graph
     capture (the one-block kernel) seeded calls repeat their tokens on replay, generator calls
     draw fresh coins on every replay."""
-    kernel = "verify_serving_split_kernel" if serving_kernel == "split" else "verify_serving_kernel"
+    split = serving_kernel != "one-block"
+    kernel = "verify_serving_split_kernel" if split else "verify_serving_kernel"
     check_one_launch_and_graph_replay(name, kernel, temperature=0.9)
 
 

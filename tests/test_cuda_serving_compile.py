@@ -40,7 +40,7 @@ def _wrapper() -> str:
         lines.append(
             f"template __global__ void verify_serving_split_kernel<{ctype}>("
             + _SIGNATURE.format(t=ctype)
-            + ", u64*, u32*);"
+            + ", u64*, u32*, u32*, int);"
         )
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -5,8 +5,9 @@ reference, token for token.
 ``tests/cuda_emulation/cuda_host.h`` stands in for the CUDA built-ins the kernel calls (a fiber
 per CUDA thread, barriers for ``__syncthreads`` and the warp shuffles), so the host C++ compiler
 builds the kernel files unchanged into ``serving_host.cpp``, a small program that runs them block
-after block over inputs written by this test; the split kernel's blocks run in launch order and
-in reverse (another block finishes each request), on a workspace of garbage. Blocks of 64 threads (two warps) keep it fast while
+after block over inputs written by this test; the split kernel's blocks run in launch order, in
+reverse (another block finishes each request) and with three blocks per counted row (every row's
+count in flight at once, a chunk other than the last one finishing it), on a workspace of garbage. Blocks of 64 threads (two warps) keep it fast while
 the cross-warp reductions and scans still run; float32 and bfloat16 (float16 goes through inline
 PTX, not emulated: the GPU tests in tests/test_cuda_serving.py cover it). What it cannot show:
 races between real threads (the fibers switch only at barriers), the device's ``exp`` / ``pow``
@@ -32,7 +33,10 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler (c++, g++ o
 THREADS = 64
 
 
-KERNELS = {"one-block": 0, "split": 1, "split-reversed": 2}
+# one-block; split in launch order; split in reverse order; split with three blocks per counted
+# row (serving_host.cpp's kernel codes)
+KERNELS = {"one-block": 0, "split": 1, "split-reversed": 2, "split-chunks": 3}
+CHUNKS = 3
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,7 @@ def _run(program, tmp_path, ids, **kwargs):
         B, K, V, dtype, int(inputs.target_is_logits), int(inputs.draft is not None),
         int(inputs.draft_is_logits), coins, THREADS,
         int(inputs.draft_token_ids.dtype == torch.int64), program[1],
+        CHUNKS if program[1] == 3 else 1,
     ]  # fmt: skip
     (tmp_path / "meta.txt").write_text(" ".join(map(str, meta)))
     subprocess.run([str(program[0]), str(tmp_path)], check=True, timeout=600)
