@@ -144,37 +144,75 @@ __device__ __forceinline__ u32 serving_key16_pinf() {
   return serving_is_bf16<T>() ? 0xff80u : 0xfc00u;
 }
 
-// Counts every element of the row's 16-byte vectors [g_lo, g_hi) into `hist` (zeroed) by its
-// 16-bit key, except the row's no-mass value (-inf logits, +-0.0 probabilities: key `special`),
-// which each thread counts apart; returns the block's count of those. Per element: the key, one compare, one shared-memory
-// atomic (adding 0 for the no-mass value: no branch in the loop). The checks and the maximum are
-// read off the counts afterwards (serving_hist_summary).
+// The raw ordered keys of the two 16-bit values packed in `w` (low half first): serving_key16
+// without its -0.0 case, two at a time (-0.0 gets 0x7fff, one below +0.0's 0x8000;
+// serving_fold_negative_zero moves its count afterwards).
+__device__ __forceinline__ u32 serving_raw_keys16x2(u32 w) {
+  return w ^ (0x80008000u | (((w >> 15) & 0x00010001u) * 0x7fffu));
+}
+
+// Whether the histogram may count a row: each thread counts its elements of the row's no-mass
+// value in one 16-bit half of a word of its own (below), so no thread may see 65536 elements.
+template <typename T>
+__device__ __forceinline__ bool serving_countable(i64 V) {
+  constexpr int N = VecTraits<T>::N;
+  const i64 nvec = (V + N - 1) / N;
+  return (nvec + blockDim.x - 1) / blockDim.x * N < 65536;
+}
+
+// Counts every element of the row's 16-byte vectors [g_lo, g_hi) into `hist` (zeroed) by its raw
+// 16-bit key, except the row's no-mass value (-inf logits, +0.0 probabilities: key `special`),
+// whose atomics go to a word of the thread's own after the histogram (the list's space, unused
+// until the distribution); returns the block's count of those. Per element: the key (two per
+// packed word), the word's address or the thread's own, one shared-memory atomic; no branch. The
+// checks and the maximum are read off the counts afterwards (serving_hist_summary), once -0.0's
+// count is folded (serving_fold_negative_zero).
 template <typename T>
 __device__ __forceinline__ i64 serving_count_row(const T* row, i64 V, bool aligned, i64 g_lo,
                                                  i64 g_hi, u32 special, u32* hist, ServingSmem& sm) {
   constexpr int N = VecTraits<T>::N;  // 8
-  u32 apart = 0;
-  auto count = [&](u32 h) {
-    const u32 key = serving_key16(h);
-    const bool no_mass = key == special;
-    apart += no_mass ? 1u : 0u;
-    atomicAdd(hist + serving_hist_index(key >> 1), no_mass ? 0u : 1u << (16u * (key & 1u)));
+  u32* own = hist + kServingHistPhys + threadIdx.x;
+  *own = 0u;  // (only this thread touches it until the block scan below)
+  auto count = [&](u32 key) {
+    u32* at = key == special ? own : hist + serving_hist_index(key >> 1);
+    atomicAdd(at, 1u + (key & 1u) * 0xffffu);  // the key's 16-bit half
   };
   serving_row_vectors_in(row, V, aligned, g_lo, g_hi, [&](i64 g, const uint4& raw) {
     const u32 w4[4] = {raw.x, raw.y, raw.z, raw.w};
     if (g * N + N <= V) {  // every vector but a short last one
 #pragma unroll
-      for (int e = 0; e < N; ++e) count((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+      for (int p = 0; p < 4; ++p) {
+        const u32 keys = serving_raw_keys16x2(w4[p]);
+        count(keys & 0xffffu);
+        count(keys >> 16);
+      }
     } else {
 #pragma unroll
       for (int e = 0; e < N; ++e) {
-        if (g * N + e < V) count((w4[e >> 1] >> (16 * (e & 1))) & 0xffffu);
+        if (g * N + e < V) count((serving_raw_keys16x2(w4[e >> 1]) >> (16 * (e & 1))) & 0xffffu);
       }
     }
   });
+  const u32 mine = *own >> (16u * (special & 1u));
   i64 all;
-  serving_block_suffix<i64>((i64)apart, all, reinterpret_cast<double*>(sm.red));
+  serving_block_suffix<i64>((i64)mine, all, reinterpret_cast<double*>(sm.red));
   return all;
+}
+
+// -0.0's count, kept under its raw key 0x7fff by serving_count_row, joins +0.0's (logits: the
+// value 0) or the no-mass count (probabilities: returned, to add to it). A carry out of +0.0's
+// half is seen as any overflow is (the counts no longer add up).
+__device__ __forceinline__ i64 serving_fold_negative_zero(u32* hist, bool logits) {
+  u32* neg = hist + serving_hist_index(0x7fffu >> 1);
+  const u32 word = *neg;
+  const u32 c = word >> 16;
+  __syncthreads();  // every thread has read it
+  if (threadIdx.x == 0 && c != 0) {
+    *neg = word & 0xffffu;
+    if (logits) hist[serving_hist_index(0x8000u >> 1)] += c;
+  }
+  __syncthreads();
+  return logits ? 0 : (i64)c;
 }
 
 // What the counts say about the row: whether they add up to the elements counted (else a count
@@ -580,7 +618,8 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
   const int k = is_target ? s : s - K - 1;
   const bool owned = is_target ? k <= nd : (!greedy && has_draft && k < nd);
   // counted by value (section 1) by `chunks` blocks (section 1b); every other row by block 0
-  const bool chunked = kHist && owned && !greedy && (is_target || dlogits) && chunks > 1;
+  const bool chunked =
+      kHist && owned && !greedy && (is_target || dlogits) && chunks > 1 && serving_countable<T>(V);
   if (!chunked && chunk != 0) return;
   if (owned) {
     const T* row = is_target ? q_base + (i64)k * V : d_base + (i64)k * V;
@@ -595,7 +634,7 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
     d.cut = 0u;
     d.z = 0.0;
     bool need_dist = transform;  // still to compute, by radix
-    if (kHist && transform) {
+    if (kHist && transform && serving_countable<T>(V)) {
       u32* hist = serving_hist_smem();
       for (int i = tid; i < kServingHistPhys / 4; i += blockDim.x) {
         reinterpret_cast<uint4*>(hist)[i] = make_uint4(0u, 0u, 0u, 0u);
@@ -627,6 +666,7 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
       } else {
         apart = serving_count_row(row, V, aligned, 0, nvec, special, hist, sm);
       }
+      apart += serving_fold_negative_zero(hist, logits);
       const ServingHistSummary h = serving_hist_summary<T>(hist, V - apart, logits, sm);
       if (h.complete) {
         bad = h.bad ? bad_bit : 0u;
@@ -656,7 +696,8 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
       const u32 empty = (is_target && !nan && no_mass) ? 1u : 0u;
       __stcg(req + (i64)s * kServingRecordWords + 0, (u64)__double_as_longlong(d.z));
       __stcg(req + (i64)s * kServingRecordWords + 1, (u64)__float_as_uint(top) | ((u64)d.cut << 32));
-      __stcg(req + (i64)s * kServingRecordWords + 2, (u64)arg);
+      // (a sampling row's argmax is not used: not kept live through its radix selections)
+      __stcg(req + (i64)s * kServingRecordWords + 2, transform ? (u64)0 : (u64)arg);
       __stcg(req + (i64)s * kServingRecordWords + 3, (u64)bad | ((u64)empty << 32));
     }
   }

@@ -287,6 +287,38 @@ def test_histogram_edges(program, tmp_path):
     assert _radix_rows(tmp_path) == (0 if program[1] == 0 else 4)
 
 
+def test_signed_zeros_in_bfloat16_rows(program, tmp_path):
+    """-0.0 and +0.0 in bfloat16 rows: as logits both are the value 0 (mass, one key), as
+    probabilities both have none. The split kernel counts -0.0 under a key of its own and folds it
+    afterwards; a lost or misplaced count would leave the counts short of the row, which sends the
+    row to the radix path, so the test also requires that no row went there."""
+    g = torch.Generator().manual_seed(23)
+    B, K, V = 4, 2, 5000
+    logits = torch.randn(B, K + 1, V, generator=g).clamp(-1, 1)
+    zero = torch.rand(B, K + 1, V, generator=g)
+    logits[zero < 0.3] = -0.0
+    logits[(zero >= 0.3) & (zero < 0.4)] = 0.0
+    logits = logits.to(torch.bfloat16)
+    assert (torch.signbit(logits) & (logits == 0)).sum() > 3000
+    probs = torch.softmax(torch.randn(B, K + 1, V, generator=g) * 3, -1)
+    probs[zero < 0.3] = -0.0  # the same positions: no mass
+    probs[(zero >= 0.3) & (zero < 0.4)] = 0.0
+    probs = probs.to(torch.bfloat16)
+    for name, rows in (("target_logits", logits), ("target_probs", probs)):
+        ids = rows[:, :K].float().argmax(-1)
+        kwargs = {
+            name: rows,
+            "draft_logits": (logits.float()[:, :K] + 0.2).to(torch.bfloat16),
+            "temperature": torch.tensor([1.0, 0.5, 2.0, 1.0]),
+            "top_k": torch.tensor([0, 0, 100, 0]),
+            "top_p": torch.tensor([1.0, 0.8, 0.95, 0.3]),
+            "uniforms": torch.rand(B, K + 1, generator=g),
+        }
+        tokens, num, status = _exact(program, tmp_path, ids, **kwargs)
+        assert (status == 0).all(), name
+        assert _radix_rows(tmp_path) == 0, name
+
+
 def test_constants_match_the_python_side():
     """The CuPy launcher sizes the split kernel's workspace and shared memory from these."""
     text = (_cuda_build.csrc_dir() / "kernel_serving_split.cuh").read_text()
