@@ -8,8 +8,9 @@
 // the accept decisions, so every row gets its own block, and for 16-bit rows the block never
 // evaluates a weight per element:
 //
-//   grid (B, 2K+1), kServingThreads threads. Block (b, s) owns target row s (s <= K) or draft row
-//   s - K - 1 of request b, if the request owns that row (the others only count themselves).
+//   grid (B, 2K+1, chunks), kServingThreads threads. Block (b, s, 0) owns target row s (s <= K) or
+//   draft row s - K - 1 of request b, if the request owns that row (the others only count
+//   themselves); at small batch a row counted by value is shared by `chunks` blocks (section 1b).
 //   1. One pass over the row. A row whose distribution is needed (sampling request; target row,
 //      or draft row given as logits) in a 16-bit dtype is counted by value: a histogram over the
 //      65536 ordered 16-bit keys in shared memory (two 16-bit counts per word; the no-mass value,
