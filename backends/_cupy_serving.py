@@ -53,7 +53,7 @@ def split_chunks(batch: int, num_draft: int, vocab: int, element_size: int, num_
         return 1
     forced = os.environ.get("SPECSAMPLE_SERVING_CHUNKS", "")
     if forced:
-        if not forced.isdigit() or int(forced) < 1:
+        if not (forced.isascii() and forced.isdigit()) or int(forced) < 1:
             raise ValueError(
                 f"SPECSAMPLE_SERVING_CHUNKS must be a positive integer, got {forced!r}"
             )
