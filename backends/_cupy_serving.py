@@ -1,8 +1,8 @@
-"""``cupy``'s serving entry point: ``verify_serving_split_kernel`` (``csrc/kernel_serving_split.cuh``,
-one or more blocks per row, with this stream's workspace) or, under CUDA-graph capture, before Hopper or
-with ``SPECSAMPLE_SERVING_SPLIT=0``, ``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one
-block per request), compiled by NVRTC and launched on torch's current stream with raw device
-pointers.
+"""``cupy``'s serving entry point: ``verify_serving_split_kernel``
+(``csrc/kernel_serving_split.cuh``, one or more blocks per row, with this stream's workspace) or,
+under CUDA-graph capture, before Hopper or with ``SPECSAMPLE_SERVING_SPLIT=0``,
+``verify_serving_kernel`` (``csrc/kernel_serving.cuh``, one block per request), compiled by NVRTC
+and launched on torch's current stream with raw device pointers.
 
 The serving kernels live in a module of their own (same sources and options as the verify kernels,
 only the serving instantiations, compiled by :mod:`specsample.backends._nvrtc` with float32
@@ -45,10 +45,13 @@ def split_requested() -> bool:
 
 def split_chunks(batch: int, num_draft: int, vocab: int, element_size: int, num_sms: int) -> int:
     """Blocks per counted row of the split kernel (``csrc/kernel_serving_split.cuh``, section 1b),
-    as the ``cuda-cpp`` op chooses them: ``SPECSAMPLE_SERVING_CHUNKS=N`` (read at every call)
-    gives N (at most 8; anything but a positive integer is an error); otherwise, for 16-bit rows when the batch's ``B * (2K+1)`` rows
-    fill at most half the SMs, as many as fill them, at most 8, each with at least 1024 16-byte
-    vectors of the row; else 1. float32 rows always take 1."""
+    as the ``cuda-cpp`` op chooses them; float32 rows always take 1.
+
+    ``SPECSAMPLE_SERVING_CHUNKS=N`` (read at every call) gives N, at most 8; anything but a
+    positive integer raises ``ValueError``. Otherwise, when the batch's ``B * (2K+1)`` rows fill at
+    most half of the ``num_sms`` SMs, as many as fill them, at most 8, each with at least 1024
+    16-byte vectors of the row; else 1.
+    """
     if element_size != 2:
         return 1
     forced = os.environ.get("SPECSAMPLE_SERVING_CHUNKS", "")
