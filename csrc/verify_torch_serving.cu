@@ -36,8 +36,8 @@ int serving_split_chunks(int64_t B, int64_t K, int64_t V, int64_t elem, int64_t 
   if (v != nullptr && v[0] != '\0') {
     char* end = nullptr;
     const long n = std::strtol(v, &end, 10);
-    TORCH_CHECK(v[0] >= '0' && v[0] <= '9' && *end == '\0' && n >= 1,
-                "SPECSAMPLE_SERVING_CHUNKS must be a positive integer, got '", v, "'");
+    SPECSAMPLE_CHECK(v[0] >= '0' && v[0] <= '9' && *end == '\0' && n >= 1,
+                     "SPECSAMPLE_SERVING_CHUNKS must be a positive integer, got '%s'", v);
     return (int)std::min<long>(n, kServingChunkMax);
   }
   const int64_t rows = B * (2 * K + 1);
