@@ -635,6 +635,8 @@ __device__ void verify_serving_split(const void* ids, int ids64, const i64* num_
     d.cut = 0u;
     d.z = 0.0;
     bool need_dist = transform;  // still to compute, by radix
+    // (`chunked`'s test without `chunks`, spelled out again: a flag kept live through the row's
+    // passes costs the 16-bit kernels a spill at 128 registers)
     if (kHist && transform && serving_countable<T>(V)) {
       u32* hist = serving_hist_smem();
       for (int i = tid; i < kServingHistPhys / 4; i += blockDim.x) {
