@@ -66,6 +66,17 @@ def _key(x):
 
 
 @triton.jit
+def _skey(x, SHIFT: tl.constexpr):
+    """``_key(x) >> SHIFT`` as int64. Values widened from a 16-bit type have their low float32 bits
+    zero (bfloat16: 16, float16: 13), so the shifted key still orders and separates them, and a
+    bisection over it takes 16 (19) steps instead of 32."""
+    k = _key(x)
+    if SHIFT > 0:
+        k = k >> SHIFT
+    return k.to(tl.int64)
+
+
+@triton.jit
 def _is_bad(x, IS_LOGITS: tl.constexpr):
     """Elementwise (float32): a value the status flags. Logits: NaN or ``+inf`` (``-inf`` masks a
     token). Probabilities: NaN, infinite or negative (``-0.0`` is fine)."""
@@ -128,9 +139,11 @@ def _row_params(
     USE_TOP_K: tl.constexpr,
     USE_TOP_P: tl.constexpr,
     BLOCK: tl.constexpr,
+    SHIFT: tl.constexpr,
 ):
     """The sampling distribution of one row per request (``transform_row``), as ``(cut, z)``:
-    token ``j`` has probability ``w_j / z`` where ``key(x_j) >= cut``, else 0.
+    token ``j`` has probability ``w_j / z`` where ``skey(x_j) >= cut`` (:func:`_skey` with
+    ``SHIFT``), else 0.
 
     ``rows`` ``[ROWS]`` row pointers, ``live`` which requests need the row, ``top`` its maximum
     (float32), ``temp`` / ``top_p`` float32 and ``top_k`` int64 ``[ROWS]``.
@@ -146,11 +159,12 @@ def _row_params(
     NT = tl.cdiv(V, BLOCK)
     top2 = top[:, None]
     temp2 = temp[:, None]
-    hi_key = _key(top).to(tl.int64)
-    cut = tl.full(top.shape, _KEY_MIN, tl.int64)
+    hi_key = _skey(top, SHIFT)
+    key_min = tl.full(top.shape, _KEY_MIN, tl.int64) >> SHIFT  # below every key: keep everything
+    cut = key_min
     if USE_TOP_K:
         active = live & (top_k > 0) & (top_k < V)
-        lo = tl.full(top.shape, _KEY_MIN, tl.int64)  # #{key >= lo} = V >= k
+        lo = key_min  # #{key >= lo} = V >= k
         hi = hi_key + 1  # #{key >= hi} = 0 < k
         go = active & (hi - lo > 1)
         while tl.max(go.to(tl.int32), axis=0) > 0:
@@ -159,7 +173,7 @@ def _row_params(
             for t in range(0, NT):
                 offs = t * BLOCK + ar
                 x, m = _load(rows, offs, go, V, IS_LOGITS)
-                count += tl.sum(tl.where(m & (_key(x).to(tl.int64) >= mid[:, None]), 1, 0), axis=1)
+                count += tl.sum(tl.where(m & (_skey(x, SHIFT) >= mid[:, None]), 1, 0), axis=1)
             enough = count >= top_k
             lo = tl.where(go & enough, mid, lo)
             hi = tl.where(go & ~enough, mid, hi)
@@ -169,7 +183,7 @@ def _row_params(
     for t in range(0, NT):
         offs = t * BLOCK + ar
         x, m = _load(rows, offs, live, V, IS_LOGITS)
-        keep = m & (_key(x).to(tl.int64) >= cut[:, None])
+        keep = m & (_skey(x, SHIFT) >= cut[:, None])
         z += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
     if USE_TOP_P:
         active = live & (top_p < 1.0)
@@ -183,7 +197,7 @@ def _row_params(
             for t in range(0, NT):
                 offs = t * BLOCK + ar
                 x, m = _load(rows, offs, go, V, IS_LOGITS)
-                kx = _key(x).to(tl.int64)
+                kx = _skey(x, SHIFT)
                 sel = m & (kx > mid[:, None]) & (kx >= cut[:, None])
                 above += tl.sum(tl.where(sel, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
             small = above < goal
@@ -198,18 +212,18 @@ def _row_params(
             for t in range(0, NT):
                 offs = t * BLOCK + ar
                 x, m = _load(rows, offs, moved, V, IS_LOGITS)
-                keep = m & (_key(x).to(tl.int64) >= cut[:, None])
+                keep = m & (_skey(x, SHIFT) >= cut[:, None])
                 z2 += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
             z = tl.where(moved, z2, z)
     return cut, z
 
 
 @triton.jit
-def _prob(x, top, temp, cut, z, IS_LOGITS: tl.constexpr):
-    """Float64 probabilities ``w / z`` of the float32 values ``x`` (0 below ``cut``); ``top``,
-    ``temp``, ``cut`` and ``z`` broadcastable to ``x``."""
+def _prob(x, top, temp, cut, z, IS_LOGITS: tl.constexpr, SHIFT: tl.constexpr):
+    """Float64 probabilities ``w / z`` of the float32 values ``x`` (0 where the shifted key is
+    below ``cut``); ``top``, ``temp``, ``cut`` and ``z`` broadcastable to ``x``."""
     w = _weight(x, top, temp, IS_LOGITS)
-    keep = (_key(x).to(tl.int64) >= cut) & (z > 0)
+    keep = (_skey(x, SHIFT) >= cut) & (z > 0)
     return tl.where(keep, w / tl.where(z > 0, z, 1.0), 0.0)
 
 
@@ -237,6 +251,125 @@ def _uniform_token(key_lo, key_hi, ctr):
     return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
+#: bits of a row record's flags (serving_rows_kernel)
+ROW_BAD = tl.constexpr(1)  # a value the status flags
+ROW_EMPTY = tl.constexpr(2)  # no NaN and no mass: the row's maximum carries no weight
+
+
+@triton.jit
+def _scan_row(rows, live, V, IS_LOGITS: tl.constexpr, ARG: tl.constexpr, BLOCK: tl.constexpr):
+    """One pass over one row per request (``rows`` ``[ROWS]`` pointers, ``live`` ``[ROWS]``):
+    ``(top, arg, bad, nan)``, the maximum (float32, ``-inf`` when no value is read), the smallest id
+    holding it (int64; with ``ARG``, else 0), and int32 flags: a value the status flags, a NaN."""
+    ar = tl.arange(0, BLOCK)
+    top = tl.full(live.shape, float("-inf"), tl.float32)
+    arg = tl.zeros(live.shape, tl.int64)
+    bad = tl.zeros(live.shape, tl.int32)
+    nan = tl.zeros(live.shape, tl.int32)
+    for t in range(0, tl.cdiv(V, BLOCK)):
+        offs = t * BLOCK + ar
+        x, m = _load(rows, offs, live, V, IS_LOGITS)
+        bad = tl.maximum(bad, _anyr(m & _is_bad(x, IS_LOGITS)))
+        nan = tl.maximum(nan, _anyr(m & (x != x)))  # NaN makes the reference's maximum NaN
+        xs = tl.where(m & (x == x), x, float("-inf"))
+        tile_top = tl.max(xs, axis=1)
+        if ARG:
+            first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
+            arg = tl.where(tile_top > top, first.to(tl.int64), arg)
+        top = tl.maximum(top, tile_top)
+    return top, arg, bad, nan
+
+
+@triton.jit(do_not_specialize=["B", "K"])
+def serving_rows_kernel(
+    num_draft_ptr,  # [B] int64 draft counts in [0, K]
+    q_ptr,  # [B, K+1, V] target logits or probabilities
+    d_ptr,  # [B, K, V] draft logits or probabilities (unused when not HAS_DRAFT)
+    temp_ptr,  # [B] float32 (0 = greedy)
+    top_k_ptr,  # [B] int64 (0 = off)
+    top_p_ptr,  # [B] float32 (1 = off)
+    pflags_ptr,  # [B] int32 status bits found by validation
+    top_ptr,  # [B, 2K+1] float32 out: row maximum (target rows 0..K, then draft rows 0..K-1)
+    arg_ptr,  # [B, 2K+1] int64 out: the target rows' argmax
+    rflag_ptr,  # [B, 2K+1] int32 out: ROW_BAD | ROW_EMPTY
+    cut_ptr,  # [B, 2K+1] int64 out: the sampling rows' (cut, z) (_row_params)
+    z_ptr,  # [B, 2K+1] float64 out
+    B,
+    V,
+    K,
+    ROWS: tl.constexpr,  # rows per program
+    BLOCK: tl.constexpr,
+    TARGET_LOGITS: tl.constexpr,
+    HAS_DRAFT: tl.constexpr,
+    DRAFT_LOGITS: tl.constexpr,
+    USE_TOP_K: tl.constexpr,
+    USE_TOP_P: tl.constexpr,
+    Q_SHIFT: tl.constexpr,
+    D_SHIFT: tl.constexpr,
+):
+    """Step 2 and the rows' distributions of :func:`serving_kernel`, every row in parallel.
+
+    Grid ``(ceil(B (K+1) / ROWS), 2)`` (axis 1 is 1 without draft rows): axis 1 = 0 takes target
+    row ``f = b (K+1) + k``, 1 takes draft row ``f = b K + k``, ``ROWS`` rows per program. A
+    request's owned rows are recorded at columns ``k`` (target) and ``K + 1 + k`` (draft) of its
+    ``[2K+1]`` records; other columns are left unwritten. Every sampling row (of a request whose
+    parameters are valid and whose row is clean) gets its ``(cut, z)``, including the rows past the
+    first rejection, which the one-program walk would not read: in exchange no row waits for the
+    one before it.
+    """
+    f = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    if tl.program_id(1) == 0:
+        valid = f < B * (K + 1)
+        b = f // (K + 1)
+        k = f % (K + 1)
+        nd = tl.load(num_draft_ptr + b, mask=valid, other=0).to(tl.int64)
+        live = valid & (k <= nd)
+        temp = tl.load(temp_ptr + b, mask=valid, other=0.0)
+        rand = live & (temp != 0.0) & (tl.load(pflags_ptr + b, mask=valid, other=1) == 0)
+        rows = q_ptr + f * V
+        top, arg, bad, nan = _scan_row(rows, live, V, TARGET_LOGITS, True, BLOCK)
+        cut, z = _row_params(
+            rows, rand & (bad == 0), top, tl.where(rand & (temp > 0.0), temp, 1.0),
+            tl.load(top_k_ptr + b, mask=valid, other=0).to(tl.int64),
+            tl.load(top_p_ptr + b, mask=valid, other=1.0), V,
+            TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK, Q_SHIFT,
+        )  # fmt: skip
+        empty = (nan == 0) & _no_mass(top, TARGET_LOGITS)
+        rec = b * (2 * K + 1) + k
+        tl.store(top_ptr + rec, top, mask=live)
+        tl.store(arg_ptr + rec, arg, mask=live)
+        tl.store(
+            rflag_ptr + rec,
+            tl.where(bad > 0, ROW_BAD, 0) | tl.where(empty, ROW_EMPTY, 0),
+            mask=live,
+        )
+        tl.store(cut_ptr + rec, cut, mask=live)
+        tl.store(z_ptr + rec, z, mask=live)
+    else:
+        if HAS_DRAFT:
+            valid = f < B * K
+            b = f // K
+            k = f % K
+            nd = tl.load(num_draft_ptr + b, mask=valid, other=0).to(tl.int64)
+            temp = tl.load(temp_ptr + b, mask=valid, other=0.0)
+            live = valid & (k < nd) & (temp != 0.0)  # greedy requests read no draft row
+            rand = live & (tl.load(pflags_ptr + b, mask=valid, other=1) == 0)
+            rows = d_ptr + f * V
+            top, _, bad, _ = _scan_row(rows, live, V, DRAFT_LOGITS, False, BLOCK)
+            rec = b * (2 * K + 1) + K + 1 + k
+            tl.store(top_ptr + rec, top, mask=live)
+            tl.store(rflag_ptr + rec, tl.where(bad > 0, ROW_BAD, 0), mask=live)
+            if DRAFT_LOGITS:
+                cut, z = _row_params(
+                    rows, rand & (bad == 0), top, tl.where(rand & (temp > 0.0), temp, 1.0),
+                    tl.load(top_k_ptr + b, mask=valid, other=0).to(tl.int64),
+                    tl.load(top_p_ptr + b, mask=valid, other=1.0), V,
+                    True, USE_TOP_K, USE_TOP_P, BLOCK, D_SHIFT,
+                )  # fmt: skip
+                tl.store(cut_ptr + rec, cut, mask=live)
+                tl.store(z_ptr + rec, z, mask=live)
+
+
 # Batch size, draft count and coin source are runtime values, not specialized: a server's batch
 # changes every step, and each new value would otherwise compile a new variant.
 @triton.jit(
@@ -257,6 +390,11 @@ def serving_kernel(
     tok_ptr,  # [B, K+1] int64 out
     num_ptr,  # [B] int64 out
     st_ptr,  # [B] int32 out
+    top_ptr,  # [B, 2K+1] float32 records of serving_rows_kernel (ROWS_FIRST; else unused)
+    arg_ptr,  # [B, 2K+1] int64
+    rflag_ptr,  # [B, 2K+1] int32
+    cut_ptr,  # [B, 2K+1] int64
+    z_ptr,  # [B, 2K+1] float64
     seed_lo,
     seed_hi,
     off_lo,
@@ -274,6 +412,9 @@ def serving_kernel(
     DRAFT_LOGITS: tl.constexpr,
     USE_TOP_K: tl.constexpr,
     USE_TOP_P: tl.constexpr,
+    Q_SHIFT: tl.constexpr,  # _skey's shift for the target's dtype
+    D_SHIFT: tl.constexpr,  # and for the draft's
+    ROWS_FIRST: tl.constexpr,  # the rows' records come from serving_rows_kernel
 ):
     rb = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)  # [R] requests
     rmask = rb < B
@@ -320,44 +461,57 @@ def serving_kernel(
         u = _uniform_token(key_lo, key_hi, base + rb[:, None] * (K + 1) + kr[None, :])
     u64 = u.to(tl.float64)
 
-    # Step 2: every owned row once: bad values, no mass, and each target row's max and argmax.
     q_base = q_ptr + rb * (K + 1) * V
     d_base = d_ptr + rb * K * V
-    tops = tl.zeros([ROWS, K_P2], tl.float32)
-    dtops = tl.zeros([ROWS, K_P2], tl.float32)
-    amax = tl.zeros([ROWS, K_P2], tl.int64)
-    qbad = flags * 0
-    dbad = flags * 0
-    empty = flags * 0
-    for k in range(0, K + 1):
-        live = rmask & (k <= nd)
-        rows = q_base + k * V
-        top = tl.full([ROWS], float("-inf"), tl.float32)
-        arg = tl.zeros([ROWS], tl.int64)
-        nan = flags * 0  # a NaN makes the row's maximum NaN in the reference: not "no mass"
-        for t in range(0, NT):
-            offs = t * BLOCK + ar
-            x, m = _load(rows, offs, live, V, TARGET_LOGITS)
-            qbad = tl.maximum(qbad, _anyr(m & _is_bad(x, TARGET_LOGITS)))
-            nan = tl.maximum(nan, _anyr(m & (x != x)))
-            xs = tl.where(m & (x == x), x, float("-inf"))
-            tile_top = tl.max(xs, axis=1)
-            first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
-            arg = tl.where(tile_top > top, first.to(tl.int64), arg)
-            top = tl.maximum(top, tile_top)
-        empty = tl.maximum(empty, tl.where(live & (nan == 0) & _no_mass(top, TARGET_LOGITS), 1, 0))
-        tops = _put(tops, k, top, kr)
-        amax = _put(amax, k, arg, kr)
+
+    # Step 2: every owned row once: bad values, no mass, and each target row's max and argmax;
+    # with ROWS_FIRST, read from the records serving_rows_kernel wrote.
+    tmask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] target rows 0..K_b
+    dmask = owned & rand[:, None]  # [R, K_P2] draft rows 0..K_b-1 of sampling requests
+    if ROWS_FIRST:
+        rec = rb[:, None] * (2 * K + 1) + kr[None, :]
+        tops = tl.load(top_ptr + rec, mask=tmask, other=0.0)
+        amax = tl.load(arg_ptr + rec, mask=tmask, other=0)
+        rflags = tl.load(rflag_ptr + rec, mask=tmask, other=0)
+        qbad = _anyr((rflags & ROW_BAD) != 0)
+        empty = _anyr((rflags & ROW_EMPTY) != 0)
+        cuts = tl.load(cut_ptr + rec, mask=tmask, other=0)
+        zs = tl.load(z_ptr + rec, mask=tmask, other=0.0)
+        dbad = flags * 0
+        dtops = tl.zeros([ROWS, K_P2], tl.float32)
+        dcuts = tl.zeros([ROWS, K_P2], tl.int64)
+        dzs = tl.zeros([ROWS, K_P2], tl.float64)
         if HAS_DRAFT:
-            dlive = rmask & rand & (k < nd)
-            drows = d_base + k * V
-            dtop = tl.full([ROWS], float("-inf"), tl.float32)
-            for t in range(0, NT):
-                offs = t * BLOCK + ar
-                x, m = _load(drows, offs, dlive, V, DRAFT_LOGITS)
-                dbad = tl.maximum(dbad, _anyr(m & _is_bad(x, DRAFT_LOGITS)))
-                dtop = tl.maximum(dtop, tl.max(tl.where(m & (x == x), x, float("-inf")), axis=1))
-            dtops = _put(dtops, k, dtop, kr)
+            drec = rec + K + 1
+            dbad = _anyr((tl.load(rflag_ptr + drec, mask=dmask, other=0) & ROW_BAD) != 0)
+            dtops = tl.load(top_ptr + drec, mask=dmask, other=0.0)
+            dcuts = tl.load(cut_ptr + drec, mask=dmask, other=0)
+            dzs = tl.load(z_ptr + drec, mask=dmask, other=0.0)
+    else:
+        tops = tl.zeros([ROWS, K_P2], tl.float32)
+        dtops = tl.zeros([ROWS, K_P2], tl.float32)
+        amax = tl.zeros([ROWS, K_P2], tl.int64)
+        qbad = flags * 0
+        dbad = flags * 0
+        empty = flags * 0
+        for k in range(0, K + 1):
+            live = rmask & (k <= nd)
+            top, arg, bad, nan = _scan_row(q_base + k * V, live, V, TARGET_LOGITS, True, BLOCK)
+            qbad = tl.maximum(qbad, bad)
+            empty = tl.maximum(
+                empty, tl.where(live & (nan == 0) & _no_mass(top, TARGET_LOGITS), 1, 0)
+            )
+            tops = _put(tops, k, top, kr)
+            amax = _put(amax, k, arg, kr)
+            if HAS_DRAFT:
+                dlive = rmask & rand & (k < nd)
+                dtop, _, bad, _ = _scan_row(d_base + k * V, dlive, V, DRAFT_LOGITS, False, BLOCK)
+                dbad = tl.maximum(dbad, bad)
+                dtops = _put(dtops, k, dtop, kr)
+        cuts = tl.zeros([ROWS, K_P2], tl.int64)
+        zs = tl.zeros([ROWS, K_P2], tl.float64)
+        dcuts = tl.zeros([ROWS, K_P2], tl.int64)
+        dzs = tl.zeros([ROWS, K_P2], tl.float64)
     flags = flags | tl.where(qbad > 0, BAD_TARGET, 0)
     flags = flags | tl.where(rand & (dbad > 0), BAD_DRAFT, 0)
     flags = flags | tl.where(rand & (empty > 0), ZERO_ROW, 0)
@@ -369,37 +523,41 @@ def serving_kernel(
     greedy_last = _at(amax, stop, kr)
 
     # Step 4, sampling: row after row until the first rejection; the distribution of each row
-    # read (target and draft) kept as (cut, z) per position.
-    cuts = tl.zeros([ROWS, K_P2], tl.int64)
-    zs = tl.zeros([ROWS, K_P2], tl.float64)
-    dcuts = tl.zeros([ROWS, K_P2], tl.int64)
-    dzs = tl.zeros([ROWS, K_P2], tl.float64)
+    # read (target and draft) kept as (cut, z) per position (or read from the records).
     n_acc = nd
     still = ok & rand
     for k in range(0, K + 1):
         need = still & (k <= nd)
         top = _col(tops, k, kr)
-        cut, z = _row_params(
-            q_base + k * V, need, top, temp, top_k, top_p, V,
-            TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK,
-        )  # fmt: skip
-        cuts = _put(cuts, k, cut, kr)
-        zs = _put(zs, k, z, kr)
+        if ROWS_FIRST:
+            cut = _col(cuts, k, kr)
+            z = _col(zs, k, kr)
+        else:
+            cut, z = _row_params(
+                q_base + k * V, need, top, temp, top_k, top_p, V,
+                TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK, Q_SHIFT,
+            )  # fmt: skip
+            cuts = _put(cuts, k, cut, kr)
+            zs = _put(zs, k, z, kr)
         decide = need & (k < nd)
         x_k = _col(ids, k, kr)
         qv = _f32(tl.load(q_base + k * V + x_k, mask=decide, other=0.0))
-        q_at = _prob(qv, top, temp, cut, z, TARGET_LOGITS)
+        q_at = _prob(qv, top, temp, cut, z, TARGET_LOGITS, Q_SHIFT)
         if HAS_DRAFT:
             dv = _f32(tl.load(d_base + k * V + x_k, mask=decide, other=0.0))
             if DRAFT_LOGITS:
                 dtop = _col(dtops, k, kr)
-                dcut, dz = _row_params(
-                    d_base + k * V, decide, dtop, temp, top_k, top_p, V,
-                    True, USE_TOP_K, USE_TOP_P, BLOCK,
-                )  # fmt: skip
-                dcuts = _put(dcuts, k, dcut, kr)
-                dzs = _put(dzs, k, dz, kr)
-                p_at = _prob(dv, dtop, temp, dcut, dz, True)
+                if ROWS_FIRST:
+                    dcut = _col(dcuts, k, kr)
+                    dz = _col(dzs, k, kr)
+                else:
+                    dcut, dz = _row_params(
+                        d_base + k * V, decide, dtop, temp, top_k, top_p, V,
+                        True, USE_TOP_K, USE_TOP_P, BLOCK, D_SHIFT,
+                    )  # fmt: skip
+                    dcuts = _put(dcuts, k, dcut, kr)
+                    dzs = _put(dzs, k, dz, kr)
+                p_at = _prob(dv, dtop, temp, dcut, dz, True, D_SHIFT)
             else:
                 p_at = dv.to(tl.float64)
         else:
@@ -430,7 +588,7 @@ def serving_kernel(
         offs = t * BLOCK + ar
         r = _last_tile(
             q_rows, d_rows, offs, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
         )  # fmt: skip
         total += tl.sum(r, axis=1)
     res = res & (total > 0)  # an empty residual falls back to q'
@@ -441,7 +599,7 @@ def serving_kernel(
             offs = t * BLOCK + ar
             r = _last_tile(
                 q_rows, d_rows, offs, V, refill, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
             )  # fmt: skip
             total += tl.sum(r, axis=1)
 
@@ -456,7 +614,7 @@ def serving_kernel(
         offs = t * BLOCK + ar
         r = _last_tile(
             q_rows, d_rows, offs, V, todo, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS,
+            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
         )  # fmt: skip
         pos = r > 0
         last_pos = tl.where(
@@ -502,15 +660,17 @@ def _last_tile(
     TARGET_LOGITS: tl.constexpr,
     HAS_DRAFT: tl.constexpr,
     DRAFT_LOGITS: tl.constexpr,
+    Q_SHIFT: tl.constexpr,
+    D_SHIFT: tl.constexpr,
 ):
     """One ``[ROWS, BLOCK]`` float64 tile of the last row's weights: ``max(0, q' - p')`` where
     ``res``, else ``q'``; 0 past the row's end and for requests not ``live`` (no bytes read)."""
     x, m = _load(q_rows, offs, live, V, TARGET_LOGITS)
-    q = tl.where(m, _prob(x, top, t64, cut, z, TARGET_LOGITS), 0.0)
+    q = tl.where(m, _prob(x, top, t64, cut, z, TARGET_LOGITS, Q_SHIFT), 0.0)
     if HAS_DRAFT:
         dx, _ = _load(d_rows, offs, live & res, V, DRAFT_LOGITS)
         if DRAFT_LOGITS:
-            p = _prob(dx, dtop, t64, dcut, dz, True)
+            p = _prob(dx, dtop, t64, dcut, dz, True, D_SHIFT)
         else:
             p = dx.to(tl.float64)
     else:
@@ -547,9 +707,27 @@ def serving_config(
     return (*block_config(batch if interpret else MAX_ROWS, vocab, interpret), k_p2)
 
 
-def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
-    """Run :func:`serving_kernel` on validated :class:`specsample.serving.ServingInputs` (B > 0) on
+#: :func:`_skey`'s shift per triton dtype name: the low float32 bits that a value widened from
+#: that dtype always has zero
+SHIFTS = {"bf16": 16, "fp16": 13, "fp32": 0}
+
+
+def key_shift(dtype: Any) -> int:
+    """:func:`_skey`'s shift for rows of the torch ``dtype`` (:data:`SHIFTS`)."""
+    import torch
+
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    return SHIFTS[names[dtype]]
+
+
+def launch_serving(inputs: Any, dummy: Any, split32: Any, rows_first: bool | None = None) -> Any:
+    """Run the serving kernels on validated :class:`specsample.serving.ServingInputs` (B > 0) on
     the current device; return the :class:`specsample.serving.ServingOutput`.
+
+    Target logits: two launches, :func:`serving_rows_kernel` (every row in parallel) then
+    :func:`serving_kernel` (one program per ``ROWS`` requests, reading the rows' records).
+    Target probabilities: :func:`serving_kernel` alone, reading each row as it goes. ``rows_first``
+    overrides that choice (tests compare the two).
 
     ``dummy`` is a one-element int64 tensor on the device standing in for unused pointers;
     ``split32`` turns a 64-bit value into ``(low, high)`` signed 32-bit halves.
@@ -576,12 +754,56 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         coins = COINS_KEY
         key, from_ptr, seed, offset = philox_key(inputs.generator, device, B * (K + 1), dummy)
         seeds = key
+    has_draft = inputs.draft is not None
+    filters = dict(
+        TARGET_LOGITS=inputs.target_is_logits,
+        HAS_DRAFT=has_draft,
+        DRAFT_LOGITS=inputs.draft_is_logits,
+        USE_TOP_K=inputs.uses_top_k,
+        USE_TOP_P=inputs.uses_top_p,
+        Q_SHIFT=key_shift(inputs.target.dtype),
+        D_SHIFT=key_shift(inputs.draft.dtype) if has_draft else 0,
+    )
+    if rows_first is None:
+        rows_first = bool(inputs.target_is_logits)
+    records = [
+        dummy.view(torch.float32),
+        dummy,
+        dummy.view(torch.int32),
+        dummy,
+        dummy.view(torch.float64),
+    ]
+    if rows_first:
+        shape = (B, 2 * K + 1)
+        records = [
+            torch.empty(shape, dtype=dt, device=device)
+            for dt in (torch.float32, torch.int64, torch.int32, torch.int64, torch.float64)
+        ]
+        n_rows = B * (K + 1)
+        block, rows, warps = _rows_config(n_rows, V)
+        serving_rows_kernel[(-(-n_rows // rows), 2 if has_draft and K > 0 else 1)](
+            inputs.num_draft_tokens,
+            inputs.target,
+            inputs.draft if has_draft else dummy,
+            inputs.temperature,
+            inputs.top_k,
+            inputs.top_p,
+            inputs.param_flags,
+            *records,
+            B,
+            V,
+            K,
+            ROWS=rows,
+            BLOCK=block,
+            num_warps=warps,
+            **filters,
+        )
     block, rows, warps, k_p2 = serving_config(B, V, K, INTERPRET)
     serving_kernel[(-(-B // rows),)](
         inputs.draft_token_ids if K > 0 else dummy,
         inputs.num_draft_tokens,
         inputs.target,
-        inputs.draft if inputs.draft is not None else dummy,
+        inputs.draft if has_draft else dummy,
         inputs.temperature,
         inputs.top_k,
         inputs.top_p,
@@ -592,6 +814,7 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         tok,
         num,
         status,
+        *records,
         *split32(seed),
         *split32(offset),
         B,
@@ -602,11 +825,17 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any) -> Any:
         K_P2=k_p2,
         ROWS=rows,
         BLOCK=block,
-        TARGET_LOGITS=inputs.target_is_logits,
-        HAS_DRAFT=inputs.draft is not None,
-        DRAFT_LOGITS=inputs.draft_is_logits,
-        USE_TOP_K=inputs.uses_top_k,
-        USE_TOP_P=inputs.uses_top_p,
+        ROWS_FIRST=rows_first,
         num_warps=warps,
+        **filters,
     )
     return ServingOutput(tok, num, status)
+
+
+def _rows_config(n_rows: int, vocab: int) -> tuple[int, int, int]:
+    """``(BLOCK, ROWS, num_warps)`` of :func:`serving_rows_kernel`: the serving kernel's packing of
+    rows into ``[ROWS, BLOCK]`` tiles; compiled, for a fixed count so that the batch never
+    compiles a new variant."""
+    from ._triton_block import block_config
+
+    return block_config(n_rows if INTERPRET else MAX_ROWS, vocab, INTERPRET)

@@ -378,7 +378,8 @@ class TritonBackend(Backend):
         return VerifyOutput(tok, num, status)
 
     def _verify_serving(self, inputs):
-        """The serving entry point: one launch of the serving kernel (``_triton_serving.py``)."""
+        """The serving entry point: the serving kernels of ``_triton_serving.py`` (two launches for
+        target logits, one for probabilities)."""
         import torch
 
         from . import _triton_serving

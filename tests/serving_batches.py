@@ -42,12 +42,13 @@ def mixed_serving_batch(
 
 
 def check_one_launch_and_graph_replay(
-    name: str, kernel_name: str, temperature: float | None = None
+    name: str, kernel_name: str | tuple[str, ...], temperature: float | None = None
 ) -> None:
-    """GPU: one ``kernel_name`` launch per ``verify_serving`` call of backend ``name`` (seeds, or a
-    generator); under CUDA-graph capture, seeded calls repeat their tokens on every replay and
-    generator calls draw fresh coins. ``temperature``: one for every request (default: the mixed
-    batch's, greedy requests included)."""
+    """GPU: one launch of each kernel named in ``kernel_name`` (a name, or several) per
+    ``verify_serving`` call of backend ``name`` (bf16 logits; seeds, or a generator); under
+    CUDA-graph capture, seeded calls repeat their tokens on every replay and generator calls draw
+    fresh coins. ``temperature``: one for every request (default: the mixed batch's, greedy
+    requests included)."""
     from torch.profiler import ProfilerActivity, profile
 
     be = specsample.get_backend(name)
@@ -68,8 +69,9 @@ def check_one_launch_and_graph_replay(
         torch.cuda.synchronize()
     ops = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     # (the argument checks of verify_serving may add small elementwise kernels of their own)
-    kernels = [e for e in ops if kernel_name in e.name]
-    assert len(kernels) == 10, sorted({e.name for e in ops})
+    for kernel in (kernel_name,) if isinstance(kernel_name, str) else kernel_name:
+        kernels = [e for e in ops if kernel in e.name]
+        assert len(kernels) == 10, (kernel, sorted({e.name for e in ops}))
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())

@@ -48,6 +48,11 @@ POINTERS = {
     "pflags_ptr": "*i32",
     "seeds_ptr": "*i64",
     "offsets_ptr": "*i64",
+    "top_ptr": "*fp32",
+    "arg_ptr": "*i64",
+    "rflag_ptr": "*i32",
+    "cut_ptr": "*i64",
+    "z_ptr": "*fp64",
 }
 
 
@@ -213,19 +218,42 @@ def test_traversal_kernel(has_u):
     assert _cubin(compile_for_hopper(k.traversal_kernel, const, warps=8))
 
 
+SERVING_VARIANTS = [
+    ("bf16", True, True, True, True, True, 1, 2048),
+    ("fp32", False, True, False, True, True, 4, 512),
+    ("fp16", True, False, False, False, False, 16, 32),
+]
+
+
+@pytest.mark.parametrize("rows_first", [False, True])
 @pytest.mark.parametrize(
-    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block",
-    [
-        ("bf16", True, True, True, True, True, 1, 2048),
-        ("fp32", False, True, False, True, True, 4, 512),
-        ("fp16", True, False, False, False, False, 16, 32),
-    ],  # fmt: skip
+    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block", SERVING_VARIANTS
 )
-def test_serving_kernel(dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block):
+def test_serving_kernel(
+    dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block, rows_first
+):
     from specsample.backends import _triton_serving as k
 
+    shift = k.SHIFTS[dtype]
     const = dict(K_P2=8, ROWS=rows, BLOCK=block, TARGET_LOGITS=target_logits,
                  HAS_DRAFT=has_draft, DRAFT_LOGITS=draft_logits, USE_TOP_K=top_k,
-                 USE_TOP_P=top_p)  # fmt: skip
+                 USE_TOP_P=top_p, Q_SHIFT=shift, D_SHIFT=shift,
+                 ROWS_FIRST=rows_first)  # fmt: skip
     pointers = {"q_ptr": "*" + dtype, "d_ptr": "*" + dtype}
     assert _cubin(compile_for_hopper(k.serving_kernel, const, pointers, warps=8))
+
+
+@pytest.mark.parametrize(
+    "dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block", SERVING_VARIANTS
+)
+def test_serving_rows_kernel(
+    dtype, target_logits, has_draft, draft_logits, top_k, top_p, rows, block
+):
+    from specsample.backends import _triton_serving as k
+
+    shift = k.SHIFTS[dtype]
+    const = dict(ROWS=rows, BLOCK=block, TARGET_LOGITS=target_logits, HAS_DRAFT=has_draft,
+                 DRAFT_LOGITS=draft_logits, USE_TOP_K=top_k, USE_TOP_P=top_p, Q_SHIFT=shift,
+                 D_SHIFT=shift)  # fmt: skip
+    pointers = {"q_ptr": "*" + dtype, "d_ptr": "*" + dtype}
+    assert _cubin(compile_for_hopper(k.serving_rows_kernel, const, pointers, warps=8))

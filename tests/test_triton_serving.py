@@ -288,6 +288,52 @@ def test_interp_serving_status():
     assert (out.num_emitted[flagged] == 0).all() and (out.token_ids[flagged] == -1).all()
 
 
+@INNER
+@pytest.mark.parametrize("probs", [False, True], ids=["logits", "probs"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_interp_serving_rows_first_is_the_one_program_walk(dtype, probs):
+    """The two-launch path (every row's record first, then the walk) and the one-program walk give
+    the same tokens, counts and statuses, bad values included; each is also the reference's."""
+    from specsample.backends import _triton_serving
+    from specsample.backends.triton_backend import _split32
+    from specsample.serving import validate_serving
+
+    ids, kwargs = mixed_serving_batch(13, 4, 300, seed=21, dtype=dtype, probs=probs, draft="logits")
+    rows = kwargs["target_probs" if probs else "target_logits"]
+    rows[2, 1, 7] = math.nan  # BAD_TARGET_VALUE, or nothing where request 2 does not own row 1
+    kwargs["draft_logits"][4, 0, 3] = math.inf  # BAD_DRAFT_VALUE unless request 4 is greedy
+    _exact(ids, kwargs)
+    inputs = validate_serving(ids, **kwargs)
+    dummy = torch.zeros(1, dtype=torch.int64)
+    outs = [
+        _triton_serving.launch_serving(inputs, dummy, _split32, rows_first=flag)
+        for flag in (True, False)
+    ]
+    for name in ("token_ids", "num_emitted", "status"):
+        assert torch.equal(getattr(outs[0], name), getattr(outs[1], name)), name
+
+
+@pytest.mark.parametrize("dtype, shift", [(torch.bfloat16, 16), (torch.float16, 13)])
+def test_shifted_keys_order_and_separate_every_16_bit_value(dtype, shift):
+    """The kernel's bisection runs over the float32 key shifted right by ``key_shift(dtype)``: for
+    every value of the 16-bit dtype (NaN aside) the shifted key is strictly increasing with the
+    value, and +0.0 / -0.0 share one, as the unshifted keys do."""
+    pytest.importorskip("triton")
+    from specsample.backends._triton_serving import key_shift
+
+    assert key_shift(dtype) == shift and key_shift(torch.float32) == 0
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).float()
+    values = values[~values.isnan()]
+    bits = values.view(torch.int32)
+    key = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    key = torch.where(values == 0, torch.zeros_like(key), key) >> shift
+    order = torch.argsort(values, stable=True)
+    v, k = values[order], key[order]
+    same = v[1:] == v[:-1]
+    assert (same == (k[1:] == k[:-1])).all()
+    assert (k[1:] >= k[:-1]).all()
+
+
 # ----------------------------------------------------------------------------- compiled (CUDA)
 
 
@@ -312,9 +358,10 @@ def test_compiled_serving_exact(B, K, V, dtype):
 @pytest.mark.gpu(needs=("triton",))
 @pytest.mark.skipif(_interp(), reason="the compiled kernel (not under the interpreter)")
 def test_compiled_serving_one_launch_and_graph_replay():
-    """One serving-kernel launch per call (seeds, or a generator); under CUDA graph capture with
-    seeds the replay repeats the tokens, with the default generator it draws fresh coins."""
-    check_one_launch_and_graph_replay("triton", "serving_kernel")
+    """Logits in: one launch of the rows kernel and one of the serving kernel per call (seeds, or a
+    generator); under CUDA graph capture with seeds the replay repeats the tokens, with the default
+    generator it draws fresh coins."""
+    check_one_launch_and_graph_replay("triton", ("serving_rows_kernel", "serving_kernel"))
 
 
 @pytest.mark.gpu(needs=("triton",))
@@ -329,9 +376,12 @@ def test_compiled_serving_compiles_once_per_vocabulary_and_dtypes():
     backend = specsample.get_backend("triton")
     ids, kwargs = mixed_serving_batch(1, 1, V, seed=3, dtype=torch.bfloat16, device="cuda")
     _exact(ids, kwargs)
-    cache = _triton_serving.serving_kernel.device_caches[torch.cuda.current_device()][0]
-    variants = len(cache)
-    assert variants >= 1
+    caches = [
+        kernel.device_caches[torch.cuda.current_device()][0]
+        for kernel in (_triton_serving.serving_kernel, _triton_serving.serving_rows_kernel)
+    ]
+    variants = [len(cache) for cache in caches]
+    assert min(variants) >= 1
     for B, K in [(2, 3), (5, 7), (16, 2), (33, 5), (300, 4)]:
         ids, kwargs = mixed_serving_batch(B, K, V, seed=B * K, dtype=torch.bfloat16, device="cuda")
         _exact(ids, kwargs)
@@ -344,4 +394,5 @@ def test_compiled_serving_compiles_once_per_vocabulary_and_dtypes():
             ids, **kwargs, generator=torch.Generator("cuda").manual_seed(B)
         )
         assert int((out.status != 0).sum()) == 0
-    assert len(cache) == variants, f"{len(cache) - variants} new compiled variant(s)"
+    now = [len(cache) for cache in caches]
+    assert now == variants, f"compiled variants (walk, rows) went from {variants} to {now}"
