@@ -1,12 +1,16 @@
-"""The ``triton`` backend's serving kernel (docs/serving.md): one launch per serving call.
+"""The ``triton`` backend's serving kernels (docs/serving.md): one launch per serving call with
+target probabilities, two with target logits.
 
 Imported only lazily (by :mod:`specsample.backends.triton_backend` on the first serving call),
 because it imports triton. It runs compiled or under the CPU interpreter depending on
 ``TRITON_INTERPRET`` when :mod:`specsample.backends._triton_kernels` is imported.
 
-Grid: ``(ceil(B / ROWS),)``; each program serves ``ROWS`` requests in ``[ROWS, BLOCK]`` tiles
-(:func:`serving_config`: compiled, the constexprs follow the vocabulary, not the batch). Logits or probabilities are read in
-their dtype and widened to float32; no probability row is ever written. Per request:
+:func:`serving_kernel`, grid ``(ceil(B / ROWS),)``: each program serves ``ROWS`` requests in
+``[ROWS, BLOCK]`` tiles (:func:`serving_config`: compiled, the constexprs follow the vocabulary,
+not the batch). With target logits, :func:`serving_rows_kernel` runs first and does steps 2 and
+4's row work for every owned row in parallel; the walk then reads its records. Logits or
+probabilities are read in their dtype and widened to float32; no probability row is ever written.
+Per request:
 
 1. the draft ids, the parameters and the coins (explicit ``uniforms``; the request's own Philox
    stream from ``seeds`` / ``offsets``, word ``n % 4`` of counter ``n // 4``, as
