@@ -184,11 +184,12 @@ def _row_params(
             go = active & (hi - lo > 1)
         cut = tl.where(active, lo, cut)
     z = tl.zeros(top.shape, tl.float64)
-    for t in range(0, NT):
-        offs = t * BLOCK + ar
-        x, m = _load(rows, offs, live, V, IS_LOGITS)
-        keep = m & (_skey(x, SHIFT) >= cut[:, None])
-        z += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
+    if tl.max(live.to(tl.int32), axis=0) > 0:  # (rows of greedy requests need no weights)
+        for t in range(0, NT):
+            offs = t * BLOCK + ar
+            x, m = _load(rows, offs, live, V, IS_LOGITS)
+            keep = m & (_skey(x, SHIFT) >= cut[:, None])
+            z += tl.sum(tl.where(keep, _weight(x, top2, temp2, IS_LOGITS), 0.0), axis=1)
     if USE_TOP_P:
         active = live & (top_p < 1.0)
         goal = top_p.to(tl.float64) * z
@@ -270,17 +271,18 @@ def _scan_row(rows, live, V, IS_LOGITS: tl.constexpr, ARG: tl.constexpr, BLOCK: 
     arg = tl.zeros(live.shape, tl.int64)
     bad = tl.zeros(live.shape, tl.int32)
     nan = tl.zeros(live.shape, tl.int32)
-    for t in range(0, tl.cdiv(V, BLOCK)):
-        offs = t * BLOCK + ar
-        x, m = _load(rows, offs, live, V, IS_LOGITS)
-        bad = tl.maximum(bad, _anyr(m & _is_bad(x, IS_LOGITS)))
-        nan = tl.maximum(nan, _anyr(m & (x != x)))  # NaN makes the reference's maximum NaN
-        xs = tl.where(m & (x == x), x, float("-inf"))
-        tile_top = tl.max(xs, axis=1)
-        if ARG:
-            first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
-            arg = tl.where(tile_top > top, first.to(tl.int64), arg)
-        top = tl.maximum(top, tile_top)
+    if tl.max(live.to(tl.int32), axis=0) > 0:
+        for t in range(0, tl.cdiv(V, BLOCK)):
+            offs = t * BLOCK + ar
+            x, m = _load(rows, offs, live, V, IS_LOGITS)
+            bad = tl.maximum(bad, _anyr(m & _is_bad(x, IS_LOGITS)))
+            nan = tl.maximum(nan, _anyr(m & (x != x)))  # NaN makes the reference's maximum NaN
+            xs = tl.where(m & (x == x), x, float("-inf"))
+            tile_top = tl.max(xs, axis=1)
+            if ARG:
+                first = tl.min(tl.where(xs == tile_top[:, None], offs[None, :], 2147483647), axis=1)
+                arg = tl.where(tile_top > top, first.to(tl.int64), arg)
+            top = tl.maximum(top, tile_top)
     return top, arg, bad, nan
 
 
@@ -588,13 +590,14 @@ def serving_kernel(
     u_last = _at(u64, nd, kr)
 
     total = tl.zeros([ROWS], tl.float64)
-    for t in range(0, NT):
-        offs = t * BLOCK + ar
-        r = _last_tile(
-            q_rows, d_rows, offs, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-            TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
-        )  # fmt: skip
-        total += tl.sum(r, axis=1)
+    if tl.max(live.to(tl.int32), axis=0) > 0:  # (a program of greedy requests skips the passes)
+        for t in range(0, NT):
+            offs = t * BLOCK + ar
+            r = _last_tile(
+                q_rows, d_rows, offs, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
+            )  # fmt: skip
+            total += tl.sum(r, axis=1)
     res = res & (total > 0)  # an empty residual falls back to q'
     refill = live & (tau < nd) & ~res
     if tl.max(refill.to(tl.int32), axis=0) > 0:
@@ -614,8 +617,10 @@ def serving_kernel(
     last_pos = tl.zeros([ROWS], tl.int64)
     todo = live
     running = tl.zeros([ROWS], tl.float64)
-    for t in range(0, NT):
+    t = tl.full([], 0, tl.int32)
+    while (t < NT) & (tl.max(todo.to(tl.int32), axis=0) > 0):  # up to the last crossing
         offs = t * BLOCK + ar
+        t += 1
         r = _last_tile(
             q_rows, d_rows, offs, V, todo, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
             TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
