@@ -11,9 +11,10 @@ vectors over the ``N`` nodes (tokens, parents, the drafted entries ``q[parent po
 the coins) and walks from the root:
 
 1. Structure, before any probability is read: ``num_nodes`` in ``0..N``, every real node's parent
-   ``-1`` or an earlier node (``BAD_TREE``); when ``max_depth < num_nodes`` the depths, one pass
-   over the nodes in order; under the target-only and without-replacement rules, repeated sibling
-   tokens (``REPEATED_SIBLING``). The children of a position are the real nodes whose parent it
+   ``-1`` or an earlier node (``BAD_TREE``); when ``max_depth < num_nodes`` the depths (each
+   node's ``max_depth``-th ancestor, one vector gather per level); under the target-only and
+   without-replacement rules, repeated sibling tokens (``REPEATED_SIBLING``; the nodes against 16
+   earlier nodes at a time). No step loops over the nodes one by one. The children of a position are the real nodes whose parent it
    is: a vector compare, no layout is built.
 2. Values read up front: the real nodes' ids (``BAD_DRAFT_ID``); in random mode the drafted entries
    and the coins (``BAD_TARGET_VALUE``, ``BAD_UNIFORM``), with draft probabilities also each node's
@@ -69,6 +70,35 @@ def _drop_tokens(r, offs, base, tok, drop, nodes, N_P2: tl.constexpr, BLOCK: tl.
         r = tl.where(offs == x, 0.0, r)
         k = tl.min(tl.where(inr & (nodes > k), nodes, N_P2), axis=0)
     return r
+
+
+@triton.jit
+def _too_deep(par_row, real, nodes, D):
+    """1 when a real node lies deeper than ``D`` (the root's children at depth 1), else 0, for a
+    tree whose parents are valid (-1 or an earlier node): node i is too deep iff its D-th ancestor
+    (the 0-th is i) is a node. ``D`` vector gathers from the parents in memory (``par_row``, L1
+    hits), one per level, and no reduction per node."""
+    anc = tl.where(real, nodes, -1).to(tl.int64)
+    for _ in range(0, D):  # anc: each node's ancestor that many levels up, or -1
+        anc = tl.load(par_row + anc, mask=anc >= 0, other=-1)
+    return tl.max(tl.where(anc >= 0, 1, 0), axis=0)
+
+
+@triton.jit
+def _repeats_sibling(ids_row, par_row, par, tok, real, nodes, n, JB: tl.constexpr):
+    """1 when a real node has an earlier sibling with its token, else 0: the nodes against ``JB``
+    columns of earlier nodes at a time, the columns read from memory (no per-node reduction)."""
+    jr = tl.arange(0, JB)
+    rep = n * 0
+    for j0 in range(0, n, JB):
+        cj = j0 + jr
+        mj = cj < n
+        pj = tl.load(par_row + cj, mask=mj, other=-2)
+        tj = tl.load(ids_row + cj, mask=mj, other=-1).to(tl.int64)
+        same = (real[:, None] & mj[None, :]) & (cj[None, :] < nodes[:, None])
+        same = same & (par[:, None] == pj[None, :]) & (tok[:, None] == tj[None, :])
+        rep = tl.maximum(rep, tl.max(tl.max(tl.where(same, 1, 0), axis=1), axis=0))
+    return rep
 
 
 @triton.jit
@@ -183,24 +213,14 @@ def tree_kernel(
     tree_bad = tl.where(
         n_bad, 1, tl.max(tl.where(real & ((par < -1) | (par >= nodes)), 1, 0), axis=0)
     )
-    # (vec[k] of a register vector is written tl.sum(tl.where(nodes == k, vec, 0)): the helpers
-    # are inlined because the interpreter pays per call of a jitted function)
     if (tree_bad == 0) & (D < n):
-        depth = tl.zeros([N_P2], tl.int32)
-        for i in range(0, n):  # parents come first: one pass in node order
-            pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
-            di = tl.sum(tl.where(nodes == pi, depth, 0), axis=0) + 1  # the root's children: 1
-            depth = tl.where(nodes == i, di, depth)
-        tree_bad = tl.max(tl.where(real & (depth > D), 1, 0), axis=0)
+        tree_bad = _too_deep(par_ptr + b64 * N, real, nodes, D)
     flags = tl.where(tree_bad > 0, BAD_TREE, 0)
     if DISTINCT:
         if tree_bad == 0:
-            rep = b * 0
-            for i in range(1, n):  # an earlier sibling with node i's token
-                pi = tl.sum(tl.where(nodes == i, par, 0), axis=0)
-                ti = tl.sum(tl.where(nodes == i, tok, 0), axis=0)
-                same = real & (nodes < i) & (par == pi) & (tok == ti)
-                rep = tl.maximum(rep, tl.max(tl.where(same, 1, 0), axis=0))
+            rep = _repeats_sibling(
+                ids_ptr + b64 * N, par_ptr + b64 * N, par, tok, real, nodes, n, 16
+            )
             flags = tl.where(rep > 0, REPEATED, flags)
     # a vector compare: the interpreter gives a scalar compare's mask the wrong dtype
     ok = real & ((nodes * 0 + flags) == 0)
