@@ -6,7 +6,9 @@ kernel implements greedy mode, the random target-only rule (``draft_probs=None``
 rejection sampling with draft probabilities (siblings drawn with or without replacement; the
 sibling steps are in ``_triton_tree_rrs.py``).
 
-Grid: ``(B,)``, one program per request. The program holds the request's tree in registers as
+Grid: ``(B, C)``: ``C`` programs per request under the target-only rule (:func:`tree_chunks`),
+each walking the same path and then summing its share of the last row, else one. A program holds
+the request's tree in registers as
 vectors over the ``N`` nodes (tokens, parents, the drafted entries ``q[parent position, token]``,
 the coins) and walks from the root:
 
@@ -29,7 +31,9 @@ the coins) and walks from the root:
 4. The last token (random mode): by the inverse CDF of the stop position's row with its children's
    tokens removed (the row itself when that leaves nothing), with the last coin. Pass 1 keeps the
    running sum after each tile in registers (float32 tile sums, float64 running sums, as the chain
-   kernel does); the pick re-reads the one tile where the threshold is crossed. With draft
+   kernel does); the pick re-reads the one tile where the threshold is crossed. With ``C > 1`` each
+   program writes its tiles' float64 sums to the workspace and the last of the request's programs
+   to finish (an atomic counter, reset by it) adds them in tile order and picks. With draft
    probabilities the row is the float32 residual ``max(0, q - p)`` after one rejected child (the
    chain kernel's), the last float64 residual (as float32 tiles) after several.
 
@@ -129,8 +133,9 @@ def _draw(
     q_row, V, u, tok, drop, nodes, N_P2: tl.constexpr, NT_P2: tl.constexpr, BLOCK: tl.constexpr
 ):
     """The last token from ``q_row`` without the tokens of the nodes in ``drop`` (the row itself
-    when that sums to zero), by the inverse CDF with the coin ``u``. Returns ``(token, flags)``:
-    ``BAD_TARGET_VALUE`` for a bad row, ``ROW_SUM_OVERFLOW`` / ``ZERO_ROW`` for its sum."""
+    when that sums to zero), by the inverse CDF with the coin ``u``, in one program. Returns
+    ``(token, flags)``: ``BAD_TARGET_VALUE`` for a bad row, ``ROW_SUM_OVERFLOW`` / ``ZERO_ROW`` for
+    its sum."""
     ar = tl.arange(0, BLOCK)
     tr = tl.arange(0, NT_P2)
     NT = tl.cdiv(V, BLOCK)
@@ -142,12 +147,46 @@ def _draw(
     for t in range(0, NT):
         offs = t * BLOCK + ar
         q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
-        qbad = tl.maximum(qbad, tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0))
+        qbad = tl.maximum(qbad, _row_bad(q))
         r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
         run_r += _tile_sum(r)
         run_q += _tile_sum(q)
         cum_r = tl.where(tr == t, run_r, cum_r)
         cum_q = tl.where(tr == t, run_q, cum_q)
+    return _draw_pick(
+        q_row, V, u, tok, drop, nodes, run_r, run_q, cum_r, cum_q, qbad, N_P2, NT_P2, BLOCK
+    )
+
+
+@triton.jit
+def _row_bad(q):
+    """1 (int32) when the float32 tile ``q`` holds a NaN, infinite or negative value."""
+    return tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0)
+
+
+@triton.jit
+def _draw_pick(
+    q_row,
+    V,
+    u,
+    tok,
+    drop,
+    nodes,
+    run_r,
+    run_q,
+    cum_r,
+    cum_q,
+    qbad,
+    N_P2: tl.constexpr,
+    NT_P2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """:func:`_draw`'s end, from the row's sums: ``run_r`` / ``run_q`` the float64 totals without
+    and with the dropped tokens, ``cum_r`` / ``cum_q`` ``[NT_P2]`` the running totals after each
+    tile, ``qbad`` the bad-value bit. Re-reads the one tile where the threshold is crossed."""
+    ar = tl.arange(0, BLOCK)
+    tr = tl.arange(0, NT_P2)
+    NT = tl.cdiv(V, BLOCK)
     use_q = run_r == 0.0
     total = tl.where(use_q, run_q, run_r)
     cum = tl.where(use_q, cum_q, cum_r)
@@ -168,6 +207,48 @@ def _draw(
     return token, flags
 
 
+@triton.jit
+def _draw_part(
+    q_row, V, t0, t1, c, tok, drop, nodes, ws_row, N_P2: tl.constexpr, NT_P2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One program's share of a split draw: tiles ``t0 .. t1 - 1`` of ``q_row``. Their float64 tile
+    sums without and with the dropped tokens go to ``ws_row[t]`` and ``ws_row[NT_P2 + t]``, the
+    bad-value bit of chunk ``c`` to ``ws_row[2 NT_P2 + c]``."""
+    ar = tl.arange(0, BLOCK)
+    qbad = 0
+    for t in range(t0, t1):
+        offs = t * BLOCK + ar
+        q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
+        qbad = tl.maximum(qbad, _row_bad(q))
+        r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
+        tl.store(ws_row + t, _tile_sum(r))
+        tl.store(ws_row + NT_P2 + t, _tile_sum(q))
+    tl.store(ws_row + 2 * NT_P2 + c, qbad.to(tl.float64))
+
+
+@triton.jit
+def _draw_combine(
+    q_row, V, u, C, tok, drop, nodes, ws_row, N_P2: tl.constexpr, NT_P2: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The last program of a split draw: the running totals from every chunk's tile sums (added
+    in tile order, as :func:`_draw` adds them), then :func:`_draw_pick`."""
+    tr = tl.arange(0, NT_P2)
+    tv = tr < tl.cdiv(V, BLOCK)
+    rs = tl.load(ws_row + tr, mask=tv, other=0.0, cache_modifier=".cg")
+    qs = tl.load(ws_row + NT_P2 + tr, mask=tv, other=0.0, cache_modifier=".cg")
+    bad = tl.load(ws_row + 2 * NT_P2 + tr, mask=tr < C, other=0.0, cache_modifier=".cg")
+    cum_r = tl.cumsum(rs, axis=0)
+    cum_q = tl.cumsum(qs, axis=0)
+    run_r = tl.max(tl.where(tr == NT_P2 - 1, cum_r, 0.0), axis=0)
+    run_q = tl.max(tl.where(tr == NT_P2 - 1, cum_q, 0.0), axis=0)
+    qbad = tl.where(tl.max(bad, axis=0) > 0.0, 1, 0)
+    return _draw_pick(
+        q_row, V, u, tok, drop, nodes, run_r, run_q, cum_r, cum_q, qbad, N_P2, NT_P2, BLOCK
+    )
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def tree_kernel(
     ids_ptr,  # [B, N] int32/int64
@@ -181,6 +262,8 @@ def tree_kernel(
     acc_ptr,  # [B, D] int64 out
     num_ptr,  # [B] int64 out
     st_ptr,  # [B] int32 out: status bits
+    wsf_ptr,  # [B, 3 NT_P2] float64 scratch of a split draw (C > 1; else unused)
+    ctr_ptr,  # [B] int32 zeroed counters of a split draw (each request's last program resets it)
     seed_lo,
     seed_hi,
     off_lo,
@@ -188,6 +271,8 @@ def tree_kernel(
     V,
     N,
     D,
+    C,  # programs per request (grid axis 1): > 1 only for the target-only rule
+    TPC,  # tiles of the last row per program when C > 1
     N_P2: tl.constexpr,  # power of two > N
     D_P2: tl.constexpr,  # power of two > min(D, N): the longest possible path, and the token
     NT_P2: tl.constexpr,  # power of two >= the tiles of a row
@@ -200,6 +285,7 @@ def tree_kernel(
     WITHOUT: tl.constexpr = False,  # siblings drawn without replacement
 ):
     b = tl.program_id(0)
+    chunk = tl.program_id(1)
     b64 = b.to(tl.int64)
     nodes = tl.arange(0, N_P2)
     n64 = tl.load(cnt_ptr + b)
@@ -235,6 +321,7 @@ def tree_kernel(
     s = b * 0  # accepted so far
     pos = b * 0  # the walk's position: 0 the root, i + 1 node i
     token = b64 * 0
+    writer = chunk == 0  # the program that writes the request's output
     if GREEDY:
         flags = tl.where(flags == 0, vflags, flags)
         done = tl.where(flags != 0, 1, 0)
@@ -324,8 +411,26 @@ def tree_kernel(
                     nxt = tl.min(tl.where(kids & (nodes > c), nodes, N_P2), axis=0)
                     c = tl.where(take, N_P2, nxt)
                 if hit < 0:
-                    # 4. No child accepted (or a leaf): the last token.
-                    t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
+                    # 4. No child accepted (or a leaf): the last token, in this program, or
+                    # split over the request's C programs (each walked the same path): every
+                    # program sums its tiles, the last to arrive combines them and draws.
+                    if C > 1:
+                        t0 = chunk * TPC
+                        ws_row = wsf_ptr + b64 * 3 * NT_P2
+                        _draw_part(
+                            row, V, t0, tl.minimum(t0 + TPC, tl.cdiv(V, BLOCK)), chunk, tok, kids,
+                            nodes, ws_row, N_P2, NT_P2, BLOCK,
+                        )  # fmt: skip
+                        tl.debug_barrier()
+                        prev = tl.atomic_add(ctr_ptr + b, 1, sem="acq_rel")
+                        writer = prev == C - 1
+                        if writer:
+                            tl.store(ctr_ptr + b, 0)
+                            t, f = _draw_combine(
+                                row, V, u_last, C, tok, kids, nodes, ws_row, N_P2, NT_P2, BLOCK
+                            )
+                    else:
+                        t, f = _draw(row, V, u_last, tok, kids, nodes, N_P2, NT_P2, BLOCK)
             if hit >= 0:
                 ptok = tl.where(dr == s, tl.sum(tl.where(nodes == hit, tok, 0), axis=0), ptok)
                 pnode = tl.where(dr == s, hit.to(tl.int64), pnode)
@@ -336,7 +441,8 @@ def tree_kernel(
                 flags = f
                 done = 1
 
-    store_path(tok_ptr, acc_ptr, num_ptr, st_ptr, b, D, dr, s, ptok, pnode, token, flags, D_P2)
+    if writer:
+        store_path(tok_ptr, acc_ptr, num_ptr, st_ptr, b, D, dr, s, ptok, pnode, token, flags, D_P2)
 
 
 @triton.jit
@@ -370,13 +476,30 @@ def tree_block(vocab: int, interpret: bool) -> tuple[int, int]:
     return block, (8 if block >= 4096 else 4)
 
 
-def launch_tree(inputs, dummy, split32):
+def tree_chunks(batch: int, vocab: int, n_sm: int, interpret: bool) -> tuple[int, int]:
+    """``(C, TPC)``: programs per request and tiles of the last row per program, for the
+    target-only rule (every other rule runs one program per request). Compiled, as many programs
+    as put about two per SM over the batch, at most one per tile; under the interpreter, two per
+    request up to B = 4 so that the combine runs on the CPU too."""
+    block, _ = tree_block(vocab, interpret)
+    tiles = -(-vocab // block)
+    wanted = (2 if batch <= 4 else 1) if interpret else (2 * n_sm) // max(batch, 1)
+    wanted = max(1, min(wanted, tiles))
+    tpc = -(-tiles // wanted)
+    return -(-tiles // tpc), tpc
+
+
+def launch_tree(inputs, dummy, split32, n_sm: int = 1, workspace=None, chunks: int | None = None):
     """Run :func:`tree_kernel` on validated :class:`~specsample.contract_tree.TreeVerifyInputs`
     (greedy, or random with any ``draft_sampling``); returns ``TreeVerifyOutput``.
 
     ``dummy`` is a 1-element int64 tensor on the device (for unused pointers), ``split32`` splits a
     64-bit value into two signed-int32 halves. No host sync: the coins come from the caller or
-    from the generator's Philox state as in ``verify()``.
+    from the generator's Philox state as in ``verify()``. The target-only rule spreads the last
+    row over ``C`` programs per request (:func:`tree_chunks` from ``n_sm``, the device's SM count,
+    or ``chunks``); they combine through ``workspace(nf, nc)``, which returns at least ``nf``
+    float64 elements and ``nc`` zeroed int32 counters (the last program of a request resets its
+    counter). Without ``workspace`` the kernel runs one program per request.
     """
     import torch
     from specsample.contract_tree import TreeVerifyOutput
@@ -399,7 +522,18 @@ def launch_tree(inputs, dummy, split32):
             inputs.generator, device, B * (N + 1), dummy
         )
     block, warps = tree_block(V, INTERPRET)
-    tree_kernel[(B,)](
+    nt_p2 = _next_pow2(-(-V // block))
+    split, tpc = 1, nt_p2
+    if not greedy and not has_p and workspace is not None:
+        split, tpc = tree_chunks(B, V, n_sm, INTERPRET)
+        if chunks is not None:
+            tiles = -(-V // block)
+            tpc = -(-tiles // max(1, min(chunks, tiles)))
+            split = -(-tiles // tpc)
+    wsf, counters = dummy.view(torch.float64), dummy.view(torch.int32)
+    if split > 1:
+        wsf, counters = workspace(B * 3 * nt_p2, B)
+    tree_kernel[(B, split)](
         inputs.draft_token_ids if N > 0 else dummy,
         inputs.parents if N > 0 else dummy,
         inputs.num_nodes,
@@ -411,14 +545,18 @@ def launch_tree(inputs, dummy, split32):
         acc if D > 0 else dummy,
         num,
         status,
+        wsf,
+        counters,
         *split32(seed),
         *split32(offset),
         V,
         N,
         D,
+        split,
+        tpc,
         N_P2=_next_pow2(N + 1),
         D_P2=_next_pow2(min(D, N) + 1),
-        NT_P2=_next_pow2(-(-V // block)),
+        NT_P2=nt_p2,
         BLOCK=block,
         GREEDY=greedy,
         HAS_U=has_u,

@@ -392,8 +392,10 @@ class TritonBackend(Backend):
 
     def _verify_tree(self, inputs):
         """Tree verification, greedy and every random rule: one launch of the tree kernel
-        (``_triton_tree.py``), one program per request."""
+        (``_triton_tree.py``): one program per request, or, under the target-only rule, several
+        sharing the last row (through this stream's workspace)."""
         import torch
+        from specsample import rng
 
         from . import _triton_tree
 
@@ -407,7 +409,16 @@ class TritonBackend(Backend):
             from . import _triton_traversal
 
             return _triton_traversal.launch_traversal(inputs, self._dummy(torch, device), _split32)
-        return _triton_tree.launch_tree(inputs, self._dummy(torch, device), _split32)
+        stream = torch.cuda.current_stream().cuda_stream if device.type == "cuda" else 0
+        capturing = rng.is_capturing(device)
+
+        def workspace(nf: int, nc: int):
+            ws = self._workspace(torch, device, nf, 0, nc, capturing, stream)
+            return ws.f, ws.counters
+
+        return _triton_tree.launch_tree(
+            inputs, self._dummy(torch, device), _split32, self._n_sm(device), workspace
+        )
 
     @staticmethod
     def _launch(

@@ -48,6 +48,7 @@ POINTERS = {
     "pflags_ptr": "*i32",
     "seeds_ptr": "*i64",
     "offsets_ptr": "*i64",
+    "ctr_ptr": "*i32",
     "top_ptr": "*fp32",
     "arg_ptr": "*i64",
     "rflag_ptr": "*i32",

@@ -156,6 +156,40 @@ def test_interp_bad_rows():
 
 
 @INNER
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_interp_target_only_split_draw(monkeypatch, chunks):
+    """Target-only with the last row shared by several programs per request (their tile sums
+    combined by the last to finish) gives the one-program kernel's outputs, which are the
+    reference's: children dropped in any chunk, the fallback to the whole row when the children
+    hold all of it, a bad value or no mass in a chunk the crossing is not in."""
+    import functools
+
+    from specsample.backends import _triton_tree
+
+    V, N = 4500, 6  # five tiles of 1024 under the interpreter
+    ids, parents, counts, q, u = _random_trees(7, N, V, seed=chunks, kinds=("star", "eagle2"))
+    ids[0, :3], parents[0, :3], counts[0] = torch.tensor([10, 2100, 4400]), -1, 3
+    q[0, 0] = 0.0
+    q[0, 0, [10, 2100, 4400]] = torch.tensor([0.25, 0.5, 0.25])  # the children hold the root row
+    u[0, :4] = torch.tensor([0.999, 0.999, 0.999, 0.6])  # every child rejected: fallback to q
+    ids[1, :1], parents[1, :1], counts[1] = 7, -1, 1
+    q[1, 0, 4300] = float("nan")  # the last tile of the row the walk stops in
+    u[1, 0] = 0.999
+    ids[2, :1], parents[2, :1], counts[2] = 7, -1, 1
+    q[2, 0] = 0.0  # no mass: the child is never accepted, and the draw finds ZERO_ROW
+    kw = dict(num_nodes=counts, uniforms=u)
+    whole, ref = _both(ids, parents, q, **kw)
+    _assert_same(whole, ref, "one program per request")
+    S = Status
+    assert ref.status.tolist()[:3] == [0, S.BAD_TARGET_VALUE, S.ZERO_ROW]
+    assert int(ref.token_ids[0, 0]) in (10, 2100, 4400)
+    orig = _triton_tree.launch_tree
+    monkeypatch.setattr(_triton_tree, "launch_tree", functools.partial(orig, chunks=chunks))
+    out, _ = _both(ids, parents, q, **kw)
+    _assert_same(out, ref, f"{chunks} programs per request")
+
+
+@INNER
 def test_interp_chain_generator_equals_verify():
     """A chain drawn with the generator gives verify()'s tokens (the same Philox coins)."""
     B, K, V = 16, 5, 30
