@@ -6,9 +6,9 @@ kernel implements greedy mode, the random target-only rule (``draft_probs=None``
 rejection sampling with draft probabilities (siblings drawn with or without replacement; the
 sibling steps are in ``_triton_tree_rrs.py``).
 
-Grid: ``(B, C)``: ``C`` programs per request under the target-only rule (:func:`tree_chunks`),
-each walking the same path and then summing its share of the last row, else one. A program holds
-the request's tree in registers as
+Grid: ``(B, C)``: ``C`` programs per request in greedy mode and under the target-only rule
+(:func:`tree_chunks`), each walking the same path over its share of the rows, else one. A program
+holds the request's tree in registers as
 vectors over the ``N`` nodes (tokens, parents, the drafted entries ``q[parent position, token]``,
 the coins) and walks from the root:
 
@@ -22,7 +22,11 @@ the coins) and walks from the root:
    and the coins (``BAD_TARGET_VALUE``, ``BAD_UNIFORM``), with draft probabilities also each node's
    entry in its first sibling's draft row (``BAD_DRAFT_VALUE``).
 3. The walk. Greedy: the argmax of the position's row over ``BLOCK`` tiles (smallest id on ties;
-   a bad value flags the request), then the first child holding it. Target-only: the first
+   a bad value flags the request), then the first child holding it. With ``C > 1`` the child
+   that can be the argmax comes from the drafted entries (the largest, smallest token on ties);
+   each program reads its tiles of the row, records their maximum and stops where they refute
+   that child, and the last program to finish takes the walk to the least stop and the token to
+   that row's argmax over every program's records. Target-only: the first
    child's coin walks the raw CDF of the children's entries in node order, in float64 and one
    child at a time (the reference's order of additions: its decisions are matched bit for bit).
    With draft probabilities: the first child is accepted iff ``u * p(x) < q(x)`` on the drafted
@@ -106,14 +110,15 @@ def _repeats_sibling(ids_row, par_row, par, tok, real, nodes, n, JB: tl.constexp
 
 
 @triton.jit
-def _row_argmax(row, V, BLOCK: tl.constexpr):
-    """``(argmax, bad)`` of a target row over its tiles: smallest id on ties; ``bad`` is 1 when
-    the row holds a NaN, infinite or negative value."""
+def _range_argmax(row, V, t0, t1, BLOCK: tl.constexpr):
+    """``(max, argmax, bad)`` of a target row over its tiles ``t0 .. t1 - 1``: the largest value
+    (float32), the smallest id holding it, and 1 when those tiles hold a NaN, infinite or negative
+    value."""
     ar = tl.arange(0, BLOCK)
     m_run = float("-inf")
     i_run = 0
     rbad = 0
-    for t in range(0, tl.cdiv(V, BLOCK)):
+    for t in range(t0, t1):
         offs = t * BLOCK + ar
         v = _f32(tl.load(row + offs, mask=offs < V, other=float("-inf")))
         tm = tl.max(v, axis=0)
@@ -125,7 +130,26 @@ def _row_argmax(row, V, BLOCK: tl.constexpr):
             rbad,
             tl.max(tl.where((offs < V) & ((v != v) | (v < 0.0) | (v > _FMAX)), 1, 0), axis=0),
         )
-    return i_run, rbad
+    return m_run, i_run, rbad
+
+
+@triton.jit
+def _greedy_combine(ws, C, D_P2: tl.constexpr, NT_P2: tl.constexpr):
+    """The last program of a split greedy walk: ``(s, token, bad)`` from the ``C`` programs'
+    records at ``ws`` (``3 D_P2 + 1`` float64 each: per depth the tiles' maximum, its smallest id,
+    the bad bit; then the depth the program stopped at). The walk stops at the least of those
+    depths; the token is the argmax of that row over every program's tiles (smallest id on ties)."""
+    cr = tl.arange(0, NT_P2)
+    cm = cr < C
+    rec = ws + cr * (3 * D_P2 + 1)
+    stop = tl.load(rec + 3 * D_P2, mask=cm, other=1e9, cache_modifier=".cg")
+    s = tl.min(stop, axis=0).to(tl.int32)
+    m = tl.load(rec + s, mask=cm, other=float("-inf"), cache_modifier=".cg")
+    i = tl.load(rec + D_P2 + s, mask=cm, other=0.0, cache_modifier=".cg")
+    bad = tl.load(rec + 2 * D_P2 + s, mask=cm, other=0.0, cache_modifier=".cg")
+    top = tl.max(m, axis=0)
+    token = tl.min(tl.where(cm & (m == top), i, 1e18), axis=0).to(tl.int64)
+    return s, token, tl.where(tl.max(bad, axis=0) > 0.0, 1, 0)
 
 
 @triton.jit
@@ -325,17 +349,56 @@ def tree_kernel(
     if GREEDY:
         flags = tl.where(flags == 0, vflags, flags)
         done = tl.where(flags != 0, 1, 0)
-        while done == 0:
-            best, rbad = _row_argmax(q_ptr + (q_base + pos) * V, V, BLOCK)
-            c = tl.min(tl.where(live & (par == pos - 1) & (tok == best), nodes, N_P2), axis=0)
-            take = (rbad == 0) & (c < N_P2)
-            flags = tl.where(rbad > 0, BAD_TARGET, flags)
-            ptok = tl.where(take & (dr == s), best.to(tl.int64), ptok)
-            pnode = tl.where(take & (dr == s), c.to(tl.int64), pnode)
-            s = tl.where(take, s + 1, s)
-            pos = tl.where(take, c + 1, pos)
-            token = tl.where(take, token, best.to(tl.int64))
-            done = tl.where(take, 0, 1)
+        if C > 1:
+            # Split: each program reads its tiles of every row along the path. The child that can
+            # be the argmax is known from the drafted entries (the largest, smallest token on
+            # ties); a program stops where its tiles refute it (a larger value, or an equal one at
+            # a smaller id), hold a bad value, or the position has no child. Every program walks
+            # the same path up to the first such stop of any, which is where the walk stops.
+            qx = _f32(tl.load(q_ptr + (q_base + par + 1) * V + tok, mask=live, other=0.0))
+            t0 = chunk * TPC
+            t1 = tl.minimum(t0 + TPC, tl.cdiv(V, BLOCK))
+            ws_row = wsf_ptr + (b64 * C + chunk) * (3 * D_P2 + 1)
+            if done == 0:
+                while done == 0:
+                    kids = live & (par == pos - 1)
+                    vmax = tl.max(tl.where(kids, qx, float("-inf")), axis=0)
+                    tstar = tl.min(tl.where(kids & (qx == vmax), tok, V), axis=0)
+                    cand = tl.min(tl.where(kids & (tok == tstar), nodes, N_P2), axis=0)
+                    m, i, rbad = _range_argmax(q_ptr + (q_base + pos) * V, V, t0, t1, BLOCK)
+                    tl.store(ws_row + s, m.to(tl.float64))
+                    tl.store(ws_row + D_P2 + s, i.to(tl.float64))
+                    tl.store(ws_row + 2 * D_P2 + s, rbad.to(tl.float64))
+                    refuted = (m > vmax) | ((m == vmax) & (i < tstar))
+                    take = (rbad == 0) & (cand < N_P2) & ~refuted
+                    ptok = tl.where(take & (dr == s), tstar, ptok)
+                    pnode = tl.where(take & (dr == s), cand.to(tl.int64), pnode)
+                    s = tl.where(take, s + 1, s)
+                    pos = tl.where(take, cand + 1, pos)
+                    done = tl.where(take, 0, 1)
+                tl.store(ws_row + 3 * D_P2, s.to(tl.float64))
+                tl.debug_barrier()
+                prev = tl.atomic_add(ctr_ptr + b, 1, sem="acq_rel")
+                writer = prev == C - 1
+                if writer:
+                    tl.store(ctr_ptr + b, 0)
+                    s, token, gbad = _greedy_combine(wsf_ptr + b64 * C * (3 * D_P2 + 1), C,
+                                                     D_P2, NT_P2)  # fmt: skip
+                    flags = tl.where(gbad > 0, BAD_TARGET, flags)
+        else:
+            while done == 0:
+                _, best, rbad = _range_argmax(
+                    q_ptr + (q_base + pos) * V, V, 0, tl.cdiv(V, BLOCK), BLOCK
+                )
+                c = tl.min(tl.where(live & (par == pos - 1) & (tok == best), nodes, N_P2), axis=0)
+                take = (rbad == 0) & (c < N_P2)
+                flags = tl.where(rbad > 0, BAD_TARGET, flags)
+                ptok = tl.where(take & (dr == s), best.to(tl.int64), ptok)
+                pnode = tl.where(take & (dr == s), c.to(tl.int64), pnode)
+                s = tl.where(take, s + 1, s)
+                pos = tl.where(take, c + 1, pos)
+                token = tl.where(take, token, best.to(tl.int64))
+                done = tl.where(take, 0, 1)
     else:
         # 2. The values read up front: drafted entries in the parent's row, the coins.
         qx = _f32(tl.load(q_ptr + (q_base + par + 1) * V + tok, mask=live, other=0.0))
@@ -477,8 +540,8 @@ def tree_block(vocab: int, interpret: bool) -> tuple[int, int]:
 
 
 def tree_chunks(batch: int, vocab: int, n_sm: int, interpret: bool) -> tuple[int, int]:
-    """``(C, TPC)``: programs per request and tiles of the last row per program, for the
-    target-only rule (every other rule runs one program per request). Compiled, as many programs
+    """``(C, TPC)``: programs per request and tiles of a row per program, in greedy mode and under
+    the target-only rule (with draft probabilities one program per request). Compiled, as many programs
     as put about two per SM over the batch, at most one per tile; under the interpreter, two per
     request up to B = 4 so that the combine runs on the CPU too."""
     block, _ = tree_block(vocab, interpret)
@@ -495,8 +558,8 @@ def launch_tree(inputs, dummy, split32, n_sm: int = 1, workspace=None, chunks: i
 
     ``dummy`` is a 1-element int64 tensor on the device (for unused pointers), ``split32`` splits a
     64-bit value into two signed-int32 halves. No host sync: the coins come from the caller or
-    from the generator's Philox state as in ``verify()``. The target-only rule spreads the last
-    row over ``C`` programs per request (:func:`tree_chunks` from ``n_sm``, the device's SM count,
+    from the generator's Philox state as in ``verify()``. Greedy mode and the target-only rule
+    spread the rows they read over ``C`` programs per request (:func:`tree_chunks` from ``n_sm``, the device's SM count,
     or ``chunks``); they combine through ``workspace(nf, nc)``, which returns at least ``nf``
     float64 elements and ``nc`` zeroed int32 counters (the last program of a request resets its
     counter). Without ``workspace`` the kernel runs one program per request.
@@ -524,15 +587,16 @@ def launch_tree(inputs, dummy, split32, n_sm: int = 1, workspace=None, chunks: i
     block, warps = tree_block(V, INTERPRET)
     nt_p2 = _next_pow2(-(-V // block))
     split, tpc = 1, nt_p2
-    if not greedy and not has_p and workspace is not None:
+    if not has_p and workspace is not None:
         split, tpc = tree_chunks(B, V, n_sm, INTERPRET)
         if chunks is not None:
             tiles = -(-V // block)
             tpc = -(-tiles // max(1, min(chunks, tiles)))
             split = -(-tiles // tpc)
+    d_p2 = _next_pow2(min(D, N) + 1)
     wsf, counters = dummy.view(torch.float64), dummy.view(torch.int32)
-    if split > 1:
-        wsf, counters = workspace(B * 3 * nt_p2, B)
+    if split > 1:  # greedy: records per program and depth; target-only: tile sums per request
+        wsf, counters = workspace(B * (split * (3 * d_p2 + 1) if greedy else 3 * nt_p2), B)
     tree_kernel[(B, split)](
         inputs.draft_token_ids if N > 0 else dummy,
         inputs.parents if N > 0 else dummy,
@@ -555,7 +619,7 @@ def launch_tree(inputs, dummy, split32, n_sm: int = 1, workspace=None, chunks: i
         split,
         tpc,
         N_P2=_next_pow2(N + 1),
-        D_P2=_next_pow2(min(D, N) + 1),
+        D_P2=d_p2,
         NT_P2=nt_p2,
         BLOCK=block,
         GREEDY=greedy,

@@ -190,6 +190,50 @@ def test_interp_target_only_split_draw(monkeypatch, chunks):
 
 
 @INNER
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_interp_greedy_split_walk(monkeypatch, chunks):
+    """Greedy with every row along the path shared by several programs per request (each stops
+    where its tiles refute the child that can be the argmax; the walk stops at the first such
+    stop) gives the one-program kernel's outputs, which are the reference's: deep walks, a
+    maximum tied across chunks (the smallest id wins, child or not), a child beaten by a value in
+    another chunk, bad values on the path and past its end, repeated sibling tokens."""
+    import functools
+
+    from specsample.backends import _triton_tree
+
+    V, N = 4500, 7
+    ids, parents, counts, q, _ = _random_trees(8, N, V, seed=10 + chunks)
+    ids[0, :3], parents[0, :3], counts[0] = torch.tensor([4400, 100, 7]), -1, 3
+    q[0, 0, [100, 4400]] = 0.9  # tied maximum in two chunks: id 100, child node 1
+    ids[1, :2], parents[1, :2], counts[1] = torch.tensor([5, 9]), torch.tensor([-1, 0]), 2
+    q[1, 0, 5] = 0.9
+    q[1, 1, 9] = 0.5
+    q[1, 1, 4000] = 0.6  # node 0's row: the child 9 is beaten in the last chunk
+    ids[2, :2], parents[2, :2], counts[2] = torch.tensor([5, 5]), -1, 2  # repeated tokens
+    q[2, 0, 5] = 0.9
+    q[2, 1, 2222] = float("nan")  # on the path (node 0's row): BAD_TARGET_VALUE
+    ids[3, :1], parents[3, :1], counts[3] = 5, -1, 1
+    q[3, 0, 6] = 0.9  # the root's argmax is no child: the walk stops at the root
+    q[3, 1, 3333] = float("inf")  # never read
+    ids[4, :2], parents[4, :2], counts[4] = torch.tensor([4400, 9]), -1, 2
+    q[4, 0, [100, 4400]] = 0.9  # a tie with a smaller id that is no child: the walk stops, 100
+    kw = dict(num_nodes=counts)
+    whole, ref = _both(ids, parents, q, mode="greedy", **kw)
+    _assert_same(whole, ref, "one program per request")
+    S = Status
+    assert ref.status.tolist()[:5] == [0, 0, S.BAD_TARGET_VALUE, 0, 0]
+    assert ref.token_ids[0, 0] == 100 and ref.num_emitted[1] == 2 and ref.token_ids[1, 1] == 4000
+    assert ref.num_emitted[4] == 1 and ref.token_ids[4, 0] == 100
+    assert int(ref.num_emitted.max()) >= 3
+    orig = _triton_tree.launch_tree
+    monkeypatch.setattr(_triton_tree, "launch_tree", functools.partial(orig, chunks=chunks))
+    out, _ = _both(ids, parents, q, mode="greedy", **kw)
+    _assert_same(out, ref, f"{chunks} programs per request")
+    out, ref = _both(ids, parents, q, mode="greedy", max_depth=2, **kw)
+    _assert_same(out, ref, f"{chunks} programs per request, max_depth 2")
+
+
+@INNER
 def test_interp_chain_generator_equals_verify():
     """A chain drawn with the generator gives verify()'s tokens (the same Philox coins)."""
     B, K, V = 16, 5, 30
