@@ -286,8 +286,8 @@ def tree_kernel(
     acc_ptr,  # [B, D] int64 out
     num_ptr,  # [B] int64 out
     st_ptr,  # [B] int32 out: status bits
-    wsf_ptr,  # [B, 3 NT_P2] float64 scratch of a split draw (C > 1; else unused)
-    ctr_ptr,  # [B] int32 zeroed counters of a split draw (each request's last program resets it)
+    wsf_ptr,  # float64 scratch when C > 1: greedy [B, C, 3 D_P2 + 1], target-only [B, 3 NT_P2]
+    ctr_ptr,  # [B] int32 zeroed counters when C > 1 (each request's last program resets its own)
     seed_lo,
     seed_hi,
     off_lo,
@@ -295,8 +295,8 @@ def tree_kernel(
     V,
     N,
     D,
-    C,  # programs per request (grid axis 1): > 1 only for the target-only rule
-    TPC,  # tiles of the last row per program when C > 1
+    C,  # programs per request (grid axis 1): > 1 only in greedy mode and for the target-only rule
+    TPC,  # tiles of a row per program when C > 1
     N_P2: tl.constexpr,  # power of two > N
     D_P2: tl.constexpr,  # power of two > min(D, N): the longest possible path, and the token
     NT_P2: tl.constexpr,  # power of two >= the tiles of a row
