@@ -256,6 +256,27 @@ def _uniform_token(key_lo, key_hi, ctr):
     return (r >> 8).to(tl.float32) * (1.0 / 16777216.0)
 
 
+@triton.jit
+def _row_at(
+    cuts, zs, k, kr, rows, need, top, temp, top_k, top_p, V, IS_LOGITS: tl.constexpr,
+    USE_TOP_K: tl.constexpr, USE_TOP_P: tl.constexpr, BLOCK: tl.constexpr, SHIFT: tl.constexpr,
+    ROWS_FIRST: tl.constexpr,
+):  # fmt: skip
+    """``(cut, z, cuts, zs)``: row ``k``'s distribution (:func:`_row_params`) for the ``[ROWS]``
+    requests, read from column ``k`` of the ``[ROWS, K_P2]`` records ``cuts`` / ``zs`` (with
+    ``ROWS_FIRST``) or computed from ``rows`` where ``need`` and kept in them."""
+    if ROWS_FIRST:
+        cut = _col(cuts, k, kr)
+        z = _col(zs, k, kr)
+    else:
+        cut, z = _row_params(
+            rows, need, top, temp, top_k, top_p, V, IS_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK, SHIFT
+        )
+        cuts = _put(cuts, k, cut, kr)
+        zs = _put(zs, k, z, kr)
+    return cut, z, cuts, zs
+
+
 #: bits of a row record's flags (serving_rows_kernel)
 ROW_BAD = tl.constexpr(1)  # a value the status flags
 ROW_EMPTY = tl.constexpr(2)  # no NaN and no mass: the row's maximum carries no weight
@@ -535,16 +556,10 @@ def serving_kernel(
     for k in range(0, K + 1):
         need = still & (k <= nd)
         top = _col(tops, k, kr)
-        if ROWS_FIRST:
-            cut = _col(cuts, k, kr)
-            z = _col(zs, k, kr)
-        else:
-            cut, z = _row_params(
-                q_base + k * V, need, top, temp, top_k, top_p, V,
-                TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK, Q_SHIFT,
-            )  # fmt: skip
-            cuts = _put(cuts, k, cut, kr)
-            zs = _put(zs, k, z, kr)
+        cut, z, cuts, zs = _row_at(
+            cuts, zs, k, kr, q_base + k * V, need, top, temp, top_k, top_p, V,
+            TARGET_LOGITS, USE_TOP_K, USE_TOP_P, BLOCK, Q_SHIFT, ROWS_FIRST,
+        )  # fmt: skip
         decide = need & (k < nd)
         x_k = _col(ids, k, kr)
         qv = _f32(tl.load(q_base + k * V + x_k, mask=decide, other=0.0))
@@ -553,16 +568,10 @@ def serving_kernel(
             dv = _f32(tl.load(d_base + k * V + x_k, mask=decide, other=0.0))
             if DRAFT_LOGITS:
                 dtop = _col(dtops, k, kr)
-                if ROWS_FIRST:
-                    dcut = _col(dcuts, k, kr)
-                    dz = _col(dzs, k, kr)
-                else:
-                    dcut, dz = _row_params(
-                        d_base + k * V, decide, dtop, temp, top_k, top_p, V,
-                        True, USE_TOP_K, USE_TOP_P, BLOCK, D_SHIFT,
-                    )  # fmt: skip
-                    dcuts = _put(dcuts, k, dcut, kr)
-                    dzs = _put(dzs, k, dz, kr)
+                dcut, dz, dcuts, dzs = _row_at(
+                    dcuts, dzs, k, kr, d_base + k * V, decide, dtop, temp, top_k, top_p, V,
+                    True, USE_TOP_K, USE_TOP_P, BLOCK, D_SHIFT, ROWS_FIRST,
+                )  # fmt: skip
                 p_at = _prob(dv, dtop, temp, dcut, dz, True, D_SHIFT)
             else:
                 p_at = dv.to(tl.float64)
@@ -589,26 +598,17 @@ def serving_kernel(
     t64 = temp.to(tl.float64)[:, None]
     u_last = _at(u64, nd, kr)
 
-    total = tl.zeros([ROWS], tl.float64)
-    if tl.max(live.to(tl.int32), axis=0) > 0:  # (a program of greedy requests skips the passes)
-        for t in range(0, NT):
-            offs = t * BLOCK + ar
-            r = _last_tile(
-                q_rows, d_rows, offs, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
-            )  # fmt: skip
-            total += tl.sum(r, axis=1)
+    total = _last_sum(
+        q_rows, d_rows, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+        TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT, BLOCK,
+    )  # fmt: skip
     res = res & (total > 0)  # an empty residual falls back to q'
     refill = live & (tau < nd) & ~res
-    if tl.max(refill.to(tl.int32), axis=0) > 0:
-        total = tl.where(refill, 0.0, total)
-        for t in range(0, NT):
-            offs = t * BLOCK + ar
-            r = _last_tile(
-                q_rows, d_rows, offs, V, refill, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
-                TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
-            )  # fmt: skip
-            total += tl.sum(r, axis=1)
+    refilled = _last_sum(
+        q_rows, d_rows, V, refill, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+        TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT, BLOCK,
+    )  # fmt: skip
+    total = tl.where(refill, refilled, total)
 
     # The inverse CDF: the smallest j with cumsum(r)[j] > u * sum(r), never a zero-weight token;
     # a threshold rounded past the row's end takes the last positive token.
@@ -686,6 +686,26 @@ def _last_tile(
         p = tl.where(offs[None, :] == x_tau[:, None], 1.0, 0.0).to(tl.float64)
     r = tl.where(res[:, None], tl.maximum(q - p, 0.0), q)
     return tl.where(m, r, 0.0)
+
+
+@triton.jit
+def _last_sum(
+    q_rows, d_rows, V, live, res, top, cut, z, dtop, dcut, dz, x_tau, t64,
+    TARGET_LOGITS: tl.constexpr, HAS_DRAFT: tl.constexpr, DRAFT_LOGITS: tl.constexpr,
+    Q_SHIFT: tl.constexpr, D_SHIFT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """``[ROWS]`` float64: the sum of :func:`_last_tile` over the row for the ``live`` requests
+    (0 elsewhere); no pass at all when none is (a program of greedy requests)."""
+    ar = tl.arange(0, BLOCK)
+    total = tl.zeros(live.shape, tl.float64)
+    if tl.max(live.to(tl.int32), axis=0) > 0:
+        for t in range(0, tl.cdiv(V, BLOCK)):
+            r = _last_tile(
+                q_rows, d_rows, t * BLOCK + ar, V, live, res, top, cut, z, dtop, dcut, dz, x_tau,
+                t64, TARGET_LOGITS, HAS_DRAFT, DRAFT_LOGITS, Q_SHIFT, D_SHIFT,
+            )  # fmt: skip
+            total += tl.sum(r, axis=1)
+    return total
 
 
 INTERPRET = type(serving_kernel).__name__ == "InterpretedFunction"
