@@ -397,6 +397,33 @@ def test_gpu_random_trees(mode, N, V):
 
 
 @GPU
+@pytest.mark.parametrize("mode", ["random", "greedy"])
+@pytest.mark.parametrize(
+    ("B", "V", "chunks"), [(2, 128256, None), (2, 128256, 3), (64, 32000, None)]
+)
+def test_gpu_split_walks(monkeypatch, mode, B, V, chunks):
+    """Target-only and greedy walks shared by several programs per request on the device (the
+    launch's own choice, 32 or 4 per request here, or 3 forced), their atomics and the workspace
+    included, against the reference."""
+    import functools
+
+    from specsample.backends import _triton_tree
+
+    if chunks is not None:
+        orig = _triton_tree.launch_tree
+        monkeypatch.setattr(_triton_tree, "launch_tree", functools.partial(orig, chunks=chunks))
+    ids, parents, counts, q, u = _random_trees(B, 16, V, 7 + B)
+    be = specsample.get_backend("triton")
+    for _ in range(2):  # the second call reuses the workspace and its reset counters
+        kw = dict(num_nodes=counts.cuda(), uniforms=u.cuda() if mode == "random" else None)
+        out = be.verify_tree(ids.cuda(), parents.cuda(), None, q.cuda(), mode=mode, **kw)
+        kw = dict(num_nodes=counts, uniforms=u if mode == "random" else None)
+        ref = reference_verify_tree(ids, parents, None, q, mode=mode, **kw)
+        for name in ("status", "num_emitted", "accepted_nodes", "token_ids"):
+            assert torch.equal(getattr(out, name).cpu(), getattr(ref, name)), name
+
+
+@GPU
 def test_gpu_graph_replays_draw_fresh_coins():
     """Under CUDA graph capture the Philox key is drawn by a replayed op: replays differ."""
     B, N, V = 64, 8, 16
