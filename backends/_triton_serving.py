@@ -493,9 +493,9 @@ def serving_kernel(
 
     # Step 2: every owned row once: bad values, no mass, and each target row's max and argmax;
     # with ROWS_FIRST, read from the records serving_rows_kernel wrote.
-    tmask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] target rows 0..K_b
-    dmask = owned & rand[:, None]  # [R, K_P2] draft rows 0..K_b-1 of sampling requests
     if ROWS_FIRST:
+        tmask = rmask[:, None] & (kr[None, :] <= nd[:, None])  # [R, K_P2] target rows 0..K_b
+        dmask = owned & rand[:, None]  # [R, K_P2] draft rows 0..K_b-1 of sampling requests
         rec = rb[:, None] * (2 * K + 1) + kr[None, :]
         tops = tl.load(top_ptr + rec, mask=tmask, other=0.0)
         amax = tl.load(arg_ptr + rec, mask=tmask, other=0)
@@ -803,10 +803,17 @@ def launch_serving(inputs: Any, dummy: Any, split32: Any, rows_first: bool | Non
         dummy.view(torch.float64),
     ]
     if rows_first:
-        shape = (B, 2 * K + 1)
+        # top, arg, flags, cut, z: [B, 2K+1] each, carved from one allocation (8-byte ones first)
+        n = B * (2 * K + 1)
+        buf = torch.empty(32 * n, dtype=torch.uint8, device=device)
+        z, arg, cut = (buf[i * 8 * n : (i + 1) * 8 * n] for i in range(3))
+        top, flag = buf[24 * n : 28 * n], buf[28 * n :]
         records = [
-            torch.empty(shape, dtype=dt, device=device)
-            for dt in (torch.float32, torch.int64, torch.int32, torch.int64, torch.float64)
+            top.view(torch.float32),
+            arg.view(torch.int64),
+            flag.view(torch.int32),
+            cut.view(torch.int64),
+            z.view(torch.float64),
         ]
         n_rows = B * (K + 1)
         block, rows, warps = _rows_config(n_rows, V)

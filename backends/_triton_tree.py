@@ -160,7 +160,6 @@ def _draw(
     when that sums to zero), by the inverse CDF with the coin ``u``, in one program. Returns
     ``(token, flags)``: ``BAD_TARGET_VALUE`` for a bad row, ``ROW_SUM_OVERFLOW`` / ``ZERO_ROW`` for
     its sum."""
-    ar = tl.arange(0, BLOCK)
     tr = tl.arange(0, NT_P2)
     NT = tl.cdiv(V, BLOCK)
     run_r = tl.zeros([NT_P2], tl.float64).sum(axis=0)
@@ -169,12 +168,10 @@ def _draw(
     cum_q = cum_r
     qbad = 0
     for t in range(0, NT):
-        offs = t * BLOCK + ar
-        q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
-        qbad = tl.maximum(qbad, _row_bad(q))
-        r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
-        run_r += _tile_sum(r)
-        run_q += _tile_sum(q)
+        r_sum, q_sum, bad = _tile_sums(q_row, V, t, tok, drop, nodes, N_P2, BLOCK)
+        qbad = tl.maximum(qbad, bad)
+        run_r += r_sum
+        run_q += q_sum
         cum_r = tl.where(tr == t, run_r, cum_r)
         cum_q = tl.where(tr == t, run_q, cum_q)
     return _draw_pick(
@@ -183,9 +180,14 @@ def _draw(
 
 
 @triton.jit
-def _row_bad(q):
-    """1 (int32) when the float32 tile ``q`` holds a NaN, infinite or negative value."""
-    return tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0)
+def _tile_sums(q_row, V, t, tok, drop, nodes, N_P2: tl.constexpr, BLOCK: tl.constexpr):
+    """Tile ``t`` of ``q_row``: its float64 sums (:func:`_tile_sum`) without and with the tokens
+    of the nodes in ``drop``, and 1 (int32) when it holds a NaN, infinite or negative value."""
+    offs = t * BLOCK + tl.arange(0, BLOCK)
+    q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
+    bad = tl.max(tl.where((q != q) | (q < 0.0) | (q > _FMAX), 1, 0), axis=0)
+    r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
+    return _tile_sum(r), _tile_sum(q), bad
 
 
 @triton.jit
@@ -239,15 +241,12 @@ def _draw_part(
     """One program's share of a split draw: tiles ``t0 .. t1 - 1`` of ``q_row``. Their float64 tile
     sums without and with the dropped tokens go to ``ws_row[t]`` and ``ws_row[NT_P2 + t]``, the
     bad-value bit of chunk ``c`` to ``ws_row[2 NT_P2 + c]``."""
-    ar = tl.arange(0, BLOCK)
     qbad = 0
     for t in range(t0, t1):
-        offs = t * BLOCK + ar
-        q = _f32(tl.load(q_row + offs, mask=offs < V, other=0.0))
-        qbad = tl.maximum(qbad, _row_bad(q))
-        r = _drop_tokens(q, offs, t * BLOCK, tok, drop, nodes, N_P2, BLOCK)
-        tl.store(ws_row + t, _tile_sum(r))
-        tl.store(ws_row + NT_P2 + t, _tile_sum(q))
+        r_sum, q_sum, bad = _tile_sums(q_row, V, t, tok, drop, nodes, N_P2, BLOCK)
+        qbad = tl.maximum(qbad, bad)
+        tl.store(ws_row + t, r_sum)
+        tl.store(ws_row + NT_P2 + t, q_sum)
     tl.store(ws_row + 2 * NT_P2 + c, qbad.to(tl.float64))
 
 
